@@ -1,0 +1,25 @@
+# Two entry points for a newcomer: `make serve` and `make test`. Each builds its own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint bench clean
+
+$(BIN)/blockdrop: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+serve: $(BIN)/blockdrop
+	$(BIN)/blockdrop serve
+
+test: $(BIN)/blockdrop
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: $(BIN)/blockdrop
+	$(BIN)/python -m bench.executor
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

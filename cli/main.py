@@ -1,0 +1,43 @@
+"""The ``blockdrop`` command. Each package registers its own subcommands and is imported only when used,
+so ``blockdrop serve`` never loads the training code and vice versa."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with ``register(subparsers)``, one-line help)
+_COMMANDS = {
+    "serve": ("service.cli", "run the inference service"),
+    "train": ("training.cli", "train backbones, policies and the static variants"),
+    "eval": ("training.evaluate_cli", "evaluate an artifact on CIFAR (the paper's Table 1)"),
+    "bench": ("bench.cli", "benchmark the executor and every variant"),
+    "import-official": ("models.import_cli", "convert an original BlockDrop checkpoint into an artifact"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blockdrop", description="Dynamic-inference ResNets: train, evaluate, serve.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in _COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).register(subparsers, name, help_text)
+        else:
+            subparsers.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"blockdrop {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""BlockDrop: a policy picks, per image, which residual blocks of a flat ResNet to run; the executor runs only those.
+
+Stage semantics follow the original code: the stage's shortcut always runs; a kept block gives
+``relu(shortcut + block(x))``; a dropped block passes the shortcut output on unchanged. The original batched
+code computes every block for every image and multiplies by the mask, so it saves nothing. Here each block
+runs only on the rows that keep it (gather, run, scatter back), with fast paths when all or none keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.flops import FlopsTable, measure_flops
+from models.policy import PolicyNet
+from models.resnet import FlatResNet
+
+
+class Mode(str, Enum):
+    POLICY = "policy"  # the policy decides (keep-probability >= threshold)
+    FULL = "full"  # every block
+    FIRST_K = "first_k"  # the paper's baseline: the first k blocks
+    RANDOM_K = "random_k"  # the paper's baseline: k blocks chosen at random per image
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    logits: Tensor  # [N, classes]
+    keep_mask: Tensor  # [N, blocks], bool
+    flops: Tensor  # [N], int64, the policy included when it ran
+
+
+def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Tensor:
+    """One block for a batch: rows where ``keep`` is true get relu(residual + block(x)), others residual."""
+    kept = keep.nonzero().squeeze(1)
+    if kept.numel() == keep.numel():
+        return F.relu(residual + block(x))
+    if kept.numel() == 0:
+        return residual
+    out = F.relu(residual.index_select(0, kept) + block(x.index_select(0, kept)))
+    return residual.index_copy(0, kept, out)
+
+
+def run_backbone(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:
+    """Logits of ``backbone`` on ``x`` with each image running only the blocks its row of ``keep_mask`` keeps."""
+    x = backbone.stem(x)
+    k = 0
+    for shortcut, stage in zip(backbone.ds, backbone.blocks):
+        for i, block in enumerate(stage):
+            residual = shortcut(x) if i == 0 else x
+            x = run_block(block, x, residual, keep_mask[:, k])
+            k += 1
+    return backbone.head(x)
+
+
+def run_backbone_masked(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:
+    """The original code's batched method: every block runs on every image, outputs mixed by the mask.
+
+    Same result as ``run_backbone``, none of its savings; kept as the reference for tests and benchmarks.
+    """
+    x = backbone.stem(x)
+    k = 0
+    for shortcut, stage in zip(backbone.ds, backbone.blocks):
+        for i, block in enumerate(stage):
+            residual = shortcut(x) if i == 0 else x
+            mask = keep_mask[:, k].to(x.dtype).view(-1, 1, 1, 1)
+            x = F.relu(residual + block(x)) * mask + residual * (1 - mask)
+            k += 1
+    return backbone.head(x)
+
+
+def first_k_mask(n: int, num_blocks: int, k: int, device: torch.device | None = None) -> Tensor:
+    mask = torch.zeros(n, num_blocks, dtype=torch.bool, device=device)
+    mask[:, :k] = True
+    return mask
+
+
+def random_k_mask(n: int, num_blocks: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    scores = torch.rand(n, num_blocks, generator=generator)
+    chosen = scores.topk(k, dim=1).indices
+    return torch.zeros(n, num_blocks, dtype=torch.bool).scatter_(1, chosen, True)
+
+
+class BlockDropModel(nn.Module):
+    """Policy + backbone. Without a policy it is a plain ResNet whose mask is all ones.
+
+    ``manifest`` is set by ``models.artifacts.load_artifact``.
+    """
+
+    def __init__(self, backbone: FlatResNet, policy: PolicyNet | None = None, input_size: tuple[int, int] = (32, 32)):
+        super().__init__()
+        self.backbone = backbone
+        self.policy = policy
+        self.input_size = input_size
+        self.flops_table: FlopsTable = measure_flops(backbone, input_size, policy)
+        self.manifest: Any = None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.backbone.num_blocks
+
+    def default_mode(self) -> Mode:
+        return Mode.POLICY if self.policy is not None else Mode.FULL
+
+    def decide(
+        self,
+        x: Tensor,
+        mode: Mode | str | None = None,
+        threshold: float = 0.5,
+        k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The [N, blocks] bool keep mask that ``mode`` gives for ``x``."""
+        mode = Mode(mode) if mode is not None else self.default_mode()
+        n = x.shape[0]
+        if mode is Mode.POLICY:
+            if self.policy is None:
+                raise ValueError("this model has no policy; use mode 'full'")
+            return self.policy(x) >= threshold
+        if mode is Mode.FULL:
+            return torch.ones(n, self.num_blocks, dtype=torch.bool, device=x.device)
+        if k is None or not 0 <= k <= self.num_blocks:
+            raise ValueError(f"mode {mode.value} needs k in [0, {self.num_blocks}]")
+        if mode is Mode.FIRST_K:
+            return first_k_mask(n, self.num_blocks, k, x.device)
+        return random_k_mask(n, self.num_blocks, k, generator).to(x.device)
+
+    @torch.no_grad()
+    def infer(
+        self,
+        x: Tensor,
+        threshold: float = 0.5,
+        mode: Mode | str | None = None,
+        k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> InferenceResult:
+        """Logits, keep mask and FLOPs per image for a normalised batch ``x`` [N, 3, H, W]."""
+        mode = Mode(mode) if mode is not None else self.default_mode()
+        keep_mask = self.decide(x, mode, threshold, k, generator)
+        logits = run_backbone(self.backbone, x, keep_mask)
+        flops = self.flops_table.per_image(keep_mask, include_policy=mode is Mode.POLICY)
+        return InferenceResult(logits=logits, keep_mask=keep_mask, flops=flops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.infer(x).logits

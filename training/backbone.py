@@ -1,0 +1,41 @@
+"""``blockdrop train backbone``: a CIFAR ResNet trained from scratch with the shared loop."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from models.resnet import ResNetConfig, FlatResNet
+from training.checkpoint import RunFolder
+from training.data import load_training_split, normalization_for
+from training.loop import FitConfig, fit
+
+
+def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
+    return FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        bf16=args.bf16,
+        seed=args.seed,
+        max_batches=args.max_batches,
+    )
+
+
+def train_backbone(args: argparse.Namespace) -> int:
+    train, val = load_training_split(args)
+    mean, std, normalize = normalization_for(args.dataset)
+    torch.manual_seed(args.seed)
+    config = ResNetConfig("cifar", args.depth, len(train.classes))
+    model = FlatResNet(config)
+    run = RunFolder(args.run_dir)
+    started = time.time()
+    history = fit(model, train, val, normalize, fit_config_from_args(args), run, description=f"resnet{args.depth}")
+    if args.out:
+        from training.export import export_resnet
+
+        export_resnet(model, args, train.classes, (mean, std), history, time.time() - started)
+    return 0
