@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 # subcommand -> (module with ``register(subparsers)``, one-line help)
@@ -32,6 +33,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    args.command_line = "blockdrop " + shlex.join(argv)  # recorded in artifacts' provenance
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError) as error:

@@ -13,7 +13,7 @@ import importlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,9 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ArtifactError(f"manifest format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
+            raise ArtifactError(
+                f"manifest format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
+            )
         try:
             return cls(
                 name=data["name"],
@@ -144,8 +146,10 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, manifest: Manifest)
     save_file(state, folder / WEIGHTS_NAME)
     manifest.architecture = architecture_of(model)
     manifest.flops = model.flops_table.to_dict()
-    manifest.files = {WEIGHTS_NAME: {"sha256": sha256_of(folder / WEIGHTS_NAME), "bytes": (folder / WEIGHTS_NAME).stat().st_size}}
-    manifest.created = manifest.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.files = {
+        WEIGHTS_NAME: {"sha256": sha256_of(folder / WEIGHTS_NAME), "bytes": (folder / WEIGHTS_NAME).stat().st_size}
+    }
+    manifest.created = manifest.created or datetime.now(UTC).isoformat(timespec="seconds")
     write_manifest(folder, manifest)
     return manifest
 
@@ -174,7 +178,9 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{file} is missing")
         actual = sha256_of(file)
         if actual != entry.get("sha256"):
-            raise ArtifactError(f"{file} does not match its sha256 in the manifest (the file was changed or is corrupt)")
+            raise ArtifactError(
+                f"{file} does not match its sha256 in the manifest (the file was changed or is corrupt)"
+            )
 
 
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

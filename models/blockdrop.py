@@ -9,7 +9,7 @@ runs only on the rows that keep it (gather, run, scatter back), with fast paths 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from models.policy import PolicyNet
 from models.resnet import FlatResNet
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     POLICY = "policy"  # the policy decides (keep-probability >= threshold)
     FULL = "full"  # every block
     FIRST_K = "first_k"  # the paper's baseline: the first k blocks
@@ -43,7 +43,9 @@ def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Te
     if kept.numel() == 0:
         return residual
     out = F.relu(residual.index_select(0, kept) + block(x.index_select(0, kept)))
-    return residual.index_copy(0, kept, out)
+    if torch.is_grad_enabled():
+        return residual.index_copy(0, kept, out)  # autograd may still need residual's values
+    return residual.index_copy_(0, kept, out)  # inference: residual is ours to overwrite, save a copy
 
 
 def run_backbone(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:

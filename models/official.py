@@ -83,11 +83,18 @@ def policy_state(data: dict) -> dict[str, Tensor] | None:
     state = data.get("agent", data.get("net"))
     if state is None:
         return None
-    return {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("features.fc")}
+    return {
+        k.removeprefix("module."): v
+        for k, v in state.items()
+        if not k.removeprefix("module.").startswith("features.fc")
+    }
 
 
 def import_official(
-    checkpoint: str | os.PathLike, arch: str, out: str | os.PathLike, backbone_checkpoint: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike,
+    arch: str,
+    out: str | os.PathLike,
+    backbone_checkpoint: str | os.PathLike | None = None,
 ) -> Manifest:
     """Convert ``checkpoint`` (and a separate backbone file, if the checkpoint holds only the agent) to an artifact."""
     if arch not in OFFICIAL_ARCHS:
@@ -114,7 +121,11 @@ def import_official(
         classes=spec.classes(),
         input=spec.input,
         metrics={},
-        training={"source": "imported from the original BlockDrop repository", "arch": arch, "file": Path(checkpoint).name},
+        training={
+            "source": "imported from the original BlockDrop repository",
+            "arch": arch,
+            "file": Path(checkpoint).name,
+        },
         defaults={"threshold": 0.5},
     )
     return save_artifact(model, out, manifest)

@@ -167,7 +167,9 @@ class FlatResNet(nn.Module):
         in_channels = CIFAR_WIDTHS[0]
         for stage, (width, count) in enumerate(zip(CIFAR_WIDTHS, config.stage_blocks)):
             stride = 1 if stage == 0 else 2
-            shortcut = nn.Identity() if stride == 1 and in_channels == width else ZeroPadShortcut(in_channels, width, stride)
+            shortcut = (
+                nn.Identity() if stride == 1 and in_channels == width else ZeroPadShortcut(in_channels, width, stride)
+            )
             blocks = [BasicBlock(in_channels, width, stride, next(inner, None))]
             blocks += [BasicBlock(width, width, 1, next(inner, None)) for _ in range(count - 1)]
             shortcuts.append(shortcut)
@@ -185,7 +187,9 @@ class FlatResNet(nn.Module):
             stride = 1 if stage == 0 else 2
             out_channels = planes * expansion
             needs_projection = stride != 1 or in_channels != out_channels
-            shortcuts.append(projection_shortcut(in_channels, out_channels, stride) if needs_projection else nn.Identity())
+            shortcuts.append(
+                projection_shortcut(in_channels, out_channels, stride) if needs_projection else nn.Identity()
+            )
             blocks = [block_type(in_channels, planes, stride)]
             blocks += [block_type(out_channels, planes) for _ in range(count - 1)]
             stages.append(nn.ModuleList(blocks))

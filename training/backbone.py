@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from models.resnet import ResNetConfig, FlatResNet
+from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
 from training.loop import FitConfig, fit
@@ -27,15 +26,14 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 def train_backbone(args: argparse.Namespace) -> int:
     train, val = load_training_split(args)
-    mean, std, normalize = normalization_for(args.dataset)
+    _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
     config = ResNetConfig("cifar", args.depth, len(train.classes))
     model = FlatResNet(config)
     run = RunFolder(args.run_dir)
-    started = time.time()
     history = fit(model, train, val, normalize, fit_config_from_args(args), run, description=f"resnet{args.depth}")
     if args.out:
         from training.export import export_resnet
 
-        export_resnet(model, args, train.classes, (mean, std), history, time.time() - started)
+        export_resnet(model, args, train.classes, history)
     return 0

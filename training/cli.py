@@ -11,7 +11,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     parser.add_argument("--download", action="store_true", help="download the dataset with torchvision if missing")
-    parser.add_argument("--run-dir", required=True, help="run folder: checkpoint each epoch, log.jsonl; rerun to resume")
+    parser.add_argument(
+        "--run-dir", required=True, help="run folder: checkpoint each epoch, log.jsonl; rerun to resume"
+    )
     parser.add_argument("--out", help="artifact folder to write when training ends")
     parser.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
     parser.add_argument("--seed", type=int, default=0)
@@ -33,6 +35,34 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     backbone.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     backbone.add_argument("--weight-decay", type=float, default=5e-4)
     backbone.set_defaults(handler=_run("training.backbone", "train_backbone"))
+
+    policy = commands.add_parser("policy", help="curriculum-train a policy over a frozen backbone artifact")
+    add_common_options(policy)
+    policy.add_argument("--backbone", required=True, help="artifact of the backbone (kind resnet)")
+    policy.add_argument(
+        "--policy-downsample",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="average-pool the image by this factor before the policy (2: 4x cheaper policy)",
+    )
+    add_reinforce_options(policy, epochs=25, lr=1e-3)
+    policy.set_defaults(handler=_run("training.policy", "train_policy"))
+
+    finetune = commands.add_parser("finetune", help="jointly finetune the policy and backbone of a BlockDrop artifact")
+    add_common_options(finetune)
+    finetune.add_argument("--model", required=True, help="BlockDrop artifact from 'train policy'")
+    add_reinforce_options(finetune, epochs=10, lr=1e-4)
+    finetune.set_defaults(handler=_run("training.policy", "finetune"))
+
+
+def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    parser.add_argument("--alpha", type=float, default=0.8, help="bounds the sampling probabilities away from 0 and 1")
+    parser.add_argument("--penalty", type=float, default=5.0, help="gamma: a wrong prediction is rewarded -gamma")
+    parser.add_argument("--entropy-weight", type=float, default=0.1)
+    parser.set_defaults(batch_size=256)
 
 
 def _run(module: str, function: str):

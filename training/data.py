@@ -53,7 +53,7 @@ _ALLOWED_GLOBALS = {
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+    def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
         return super().find_class(module, name)
@@ -90,7 +90,9 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     return Path(root)
 
 
-def load_cifar(data_root: str | os.PathLike | None, split: str, dataset: str = "cifar10", download: bool = False) -> ImageSet:
+def load_cifar(
+    data_root: str | os.PathLike | None, split: str, dataset: str = "cifar10", download: bool = False
+) -> ImageSet:
     """Load the ``train`` or ``test`` split of ``cifar10`` / ``cifar100`` from ``data_root``."""
     layout = _LAYOUTS[dataset]
     root = resolve_data_root(data_root)
@@ -99,7 +101,9 @@ def load_cifar(data_root: str | os.PathLike | None, split: str, dataset: str = "
         folder = root
     if not folder.is_dir():
         if not download:
-            raise FileNotFoundError(f"{folder} not found; point --data-root at the folder holding it, or pass --download")
+            raise FileNotFoundError(
+                f"{folder} not found; point --data-root at the folder holding it, or pass --download"
+            )
         _download(root, dataset)
     images, labels = [], []
     for name in layout[split]:
@@ -179,7 +183,7 @@ def normalization_for(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...
     return mean, std, Normalizer(mean, std)
 
 
-def load_training_split(args) -> tuple[ImageSet, ImageSet]:  # noqa: ANN001 - argparse namespace from training.cli
+def load_training_split(args) -> tuple[ImageSet, ImageSet]:
     """The (train, validation) split the command-line options ask for."""
     full = load_cifar(args.data_root, "train", args.dataset, download=args.download)
     train, val = train_val_split(full, args.val_size, seed=args.seed)

@@ -82,19 +82,28 @@ def fit(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
     )
-    steps = config.steps_per_epoch(train)
+    total_steps = config.epochs * config.steps_per_epoch(train)
+    if total_steps < 5:
+        raise ValueError(f"the one-cycle schedule needs at least 5 optimiser steps, this run has {total_steps}")
+    # OneCycleLR needs at least two warm-up steps; only tiny smoke runs come near that
+    warmup = min(max(config.warmup_fraction, 2.5 / total_steps), 0.5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=config.warmup_fraction
+        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup
     )
     start_epoch = _resume(run, model, optimizer, schedule, asdict(config))
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
-        train_stats = _train_epoch(model, train, normalize, config, epoch, optimizer, schedule, after_backward, description)
+        train_stats = _train_epoch(
+            model, train, normalize, config, epoch, optimizer, schedule, after_backward, description
+        )
         val_stats = evaluate_classifier(model, val, normalize, config)
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1), "lr": schedule.get_last_lr()[0]}
         record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
         run.log(record)
-        tqdm.write(f"{description} epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        tqdm.write(
+            f"{description} epoch {epoch + 1}/{config.epochs}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+        )
         run.save(
             {
                 "epoch": epoch + 1,
@@ -123,7 +132,9 @@ def _resume(run: RunFolder, model: nn.Module, optimizer, schedule, config: dict)
 def _train_epoch(model, train, normalize, config, epoch, optimizer, schedule, after_backward, description) -> dict:
     model.train()
     steps = config.steps_per_epoch(train)
-    batches = iterate_batches(train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True)
+    batches = iterate_batches(
+        train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True
+    )
     seen, correct, loss_sum = 0, 0, 0.0
     with tqdm(total=steps, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, mininterval=5) as bar:
         for step, (images, labels) in enumerate(batches):

@@ -25,7 +25,9 @@ def _manifest(name: str = "tiny") -> Manifest:
 
 @pytest.fixture
 def tiny_artifact(tmp_path):
-    model = BlockDropModel(randomize_batchnorm(cifar_resnet(8)), randomize_batchnorm(PolicyNet(PolicyConfig("cifar", 3))))
+    model = BlockDropModel(
+        randomize_batchnorm(cifar_resnet(8)), randomize_batchnorm(PolicyNet(PolicyConfig("cifar", 3)))
+    )
     save_artifact(model.eval(), tmp_path / "tiny", _manifest())
     return model, tmp_path / "tiny"
 
@@ -58,7 +60,7 @@ def test_weights_changed_by_one_byte_are_refused_naming_the_file(tiny_artifact):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model.safetensors does not match its sha256"):
+    with pytest.raises(ArtifactError, match=r"model\.safetensors does not match its sha256"):
         load_artifact(path)
 
 

@@ -27,10 +27,14 @@ def _as_original_agent(policy: PolicyNet) -> dict:
 
 def test_finetuned_checkpoint_imports_with_identical_logits_and_masks(tmp_path):
     backbone, policy = _original_pair()
-    torch.save({"resnet": backbone.state_dict(), "agent": _as_original_agent(policy), "epoch": 10, "acc": 0.9},
-               tmp_path / "ckpt.t7")
-    assert blockdrop(["import-official", str(tmp_path / "ckpt.t7"), "--arch", "R32_C10", "--out",
-                      str(tmp_path / "art")]) == 0
+    torch.save(
+        {"resnet": backbone.state_dict(), "agent": _as_original_agent(policy), "epoch": 10, "acc": 0.9},
+        tmp_path / "ckpt.t7",
+    )
+    assert (
+        blockdrop(["import-official", str(tmp_path / "ckpt.t7"), "--arch", "R32_C10", "--out", str(tmp_path / "art")])
+        == 0
+    )
     loaded = load_artifact(tmp_path / "art")
     reference = BlockDropModel(backbone, policy).eval()
     x = torch.randn(8, 3, 32, 32)
@@ -63,8 +67,9 @@ def test_agent_only_checkpoint_takes_its_backbone_from_a_second_file(tmp_path):
     backbone, policy = _original_pair()
     torch.save({"net": _as_original_agent(policy)}, tmp_path / "agent.t7")
     torch.save({"resnet": backbone.state_dict()}, tmp_path / "backbone.t7")
-    manifest = import_official(tmp_path / "agent.t7", "R32_C10", tmp_path / "art",
-                               backbone_checkpoint=tmp_path / "backbone.t7")
+    manifest = import_official(
+        tmp_path / "agent.t7", "R32_C10", tmp_path / "art", backbone_checkpoint=tmp_path / "backbone.t7"
+    )
     assert manifest.kind == "blockdrop"
     with pytest.raises(ValueError, match="holds no backbone"):
         import_official(tmp_path / "agent.t7", "R32_C10", tmp_path / "art2")
@@ -88,4 +93,7 @@ def test_wrong_architecture_and_unsafe_pickles_are_refused(tmp_path):
     torch.save({"resnet": Evil()}, tmp_path / "evil.t7")
     with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
         import_official(tmp_path / "evil.t7", "R32_C10", tmp_path / "art")
-    assert blockdrop(["import-official", str(tmp_path / "evil.t7"), "--arch", "R32_C10", "--out", str(tmp_path / "a")]) == 2
+    assert (
+        blockdrop(["import-official", str(tmp_path / "evil.t7"), "--arch", "R32_C10", "--out", str(tmp_path / "a")])
+        == 2
+    )

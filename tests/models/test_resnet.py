@@ -52,8 +52,10 @@ def test_torchvision_weights_load_and_give_identical_logits(depth, builder):
 def test_module_prefix_is_dropped_when_loading():
     source = cifar_resnet(8)
     state = {f"module.{k}".replace("blocks.0.0.", "layer1.0."): v for k, v in source.state_dict().items()}
-    state = {k.replace("module.blocks.1.0.", "module.layer2.0.").replace("module.blocks.2.0.", "module.layer3.0."): v
-             for k, v in state.items()}
+    state = {
+        k.replace("module.blocks.1.0.", "module.layer2.0.").replace("module.blocks.2.0.", "module.layer3.0."): v
+        for k, v in state.items()
+    }
     target = FlatResNet(ResNetConfig("cifar", 8))
     load_torchvision_state_dict(target, state)
     for key, value in source.state_dict().items():

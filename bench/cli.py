@@ -1,0 +1,15 @@
+"""``blockdrop bench executor``: benchmarks live in ``bench/`` and write their tables to ``bench/results/``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    from bench import executor
+
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    benches = parser.add_subparsers(dest="which", metavar="WHICH", required=True)
+    executor_parser = benches.add_parser("executor", help=executor.__doc__.split("\n\n")[0])
+    executor.add_arguments(executor_parser)
+    executor_parser.set_defaults(handler=executor.execute)

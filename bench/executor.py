@@ -1,0 +1,137 @@
+"""Wall-clock cost of skipping blocks: full forward vs the reference masked multiply vs the gather/scatter executor.
+
+For a CIFAR ResNet (default 110) at each batch size and keep fraction, every image keeps a random subset of
+exactly that fraction of blocks. The FLOPs-ideal time is the full forward's time times the FLOPs ratio: what a
+perfect executor would take. Times are medians from ``torch.utils.benchmark``; results go to
+``bench/results/executor.{json,md}``.
+
+    python -m bench.executor            # or: blockdrop bench executor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+from torch.utils import benchmark
+
+from models.blockdrop import random_k_mask, run_backbone, run_backbone_masked
+from models.flops import measure_flops
+from models.resnet import cifar_resnet
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def median_seconds(fn, min_run_time: float) -> float:
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+@torch.no_grad()
+def run(depth: int, batch_sizes: list[int], keep_fractions: list[float], min_run_time: float) -> dict:
+    torch.manual_seed(0)
+    backbone = cifar_resnet(depth).eval()
+    table = measure_flops(backbone, (32, 32))
+    k_total = backbone.num_blocks
+    rows = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, 32, 32)
+        full = median_seconds(lambda x=x: backbone(x), min_run_time)
+        for fraction in keep_fractions:
+            mask = random_k_mask(batch, k_total, round(fraction * k_total), torch.Generator().manual_seed(1))
+            flops_ratio = table.per_image(mask, include_policy=False).double().mean().item() / table.full
+            masked = median_seconds(lambda x=x, m=mask: run_backbone_masked(backbone, x, m), min_run_time)
+            executor = median_seconds(lambda x=x, m=mask: run_backbone(backbone, x, m), min_run_time)
+            ideal = full * flops_ratio
+            rows.append(
+                {
+                    "batch": batch,
+                    "keep_fraction": fraction,
+                    "flops_ratio": round(flops_ratio, 4),
+                    "full_ms": round(full * 1e3, 3),
+                    "masked_multiply_ms": round(masked * 1e3, 3),
+                    "executor_ms": round(executor * 1e3, 3),
+                    "flops_ideal_ms": round(ideal * 1e3, 3),
+                    "executor_over_ideal": round(executor / ideal, 3),
+                    "speedup_vs_full": round(full / executor, 3),
+                }
+            )
+            print(
+                f"batch {batch:>3} keep {fraction:.0%}: full {full * 1e3:.1f} ms, masked {masked * 1e3:.1f} ms, "
+                f"executor {executor * 1e3:.1f} ms, ideal {ideal * 1e3:.1f} ms",
+                flush=True,
+            )
+    return {
+        "model": f"CIFAR ResNet-{depth}",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {_cpu_name()}, torch {torch.__version__}",
+        "rows": rows,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"{result['model']} on {result['device']} ({result['threads']} threads; {result['machine']}). "
+        "Median wall-clock per forward pass; every image keeps a random subset of the given fraction of blocks.",
+        "",
+        "| batch | blocks kept | FLOPs ratio | full | masked multiply (reference) | executor | FLOPs-ideal | "
+        "executor / ideal |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['batch']} | {r['keep_fraction']:.0%} | {r['flops_ratio']:.3f} | {r['full_ms']:.1f} ms | "
+            f"{r['masked_multiply_ms']:.1f} ms | {r['executor_ms']:.1f} ms | {r['flops_ideal_ms']:.1f} ms | "
+            f"{r['executor_over_ideal']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depth", type=int, default=110)
+    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--keep", default="0.3,0.5,0.7", help="fractions of blocks each image keeps")
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per figure")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for executor.json and executor.md")
+
+
+def execute(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(
+        args.depth,
+        [int(b) for b in args.batch_sizes.split(",")],
+        [float(f) for f in args.keep.split(",")],
+        args.min_run_time,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "executor.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "executor.md").write_text(to_markdown(result))
+    print(f"wrote {out / 'executor.json'} and {out / 'executor.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Tiny runs of every train command on a synthetic CIFAR folder; resume equivalence; eval --json schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli.main import main as blockdrop
+from models import load_artifact
+from training.checkpoint import RunFolder
+
+TINY = ["--max-batches", "2", "--batch-size", "16", "--val-size", "40", "--threads", "1"]
+
+
+def _backbone(cifar_root, tmp_path, epochs: int = 2, name: str = "bb") -> list[str]:
+    return [
+        "train",
+        "backbone",
+        "--data-root",
+        str(cifar_root),
+        "--depth",
+        "8",
+        "--epochs",
+        str(epochs),
+        "--run-dir",
+        str(tmp_path / name),
+        "--out",
+        str(tmp_path / f"{name}-artifact"),
+        *TINY,
+        "--max-batches",
+        "5",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_root, tmp_path_factory):
+    """backbone -> policy -> finetune, each a tiny run, sharing artifacts like the real pipeline."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    assert blockdrop(_backbone(cifar_root, tmp)) == 0
+    assert (
+        blockdrop(
+            [
+                "train",
+                "policy",
+                "--backbone",
+                str(tmp / "bb-artifact"),
+                "--data-root",
+                str(cifar_root),
+                "--epochs",
+                "4",
+                "--run-dir",
+                str(tmp / "policy"),
+                "--out",
+                str(tmp / "policy-artifact"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert (
+        blockdrop(
+            [
+                "train",
+                "finetune",
+                "--model",
+                str(tmp / "policy-artifact"),
+                "--data-root",
+                str(cifar_root),
+                "--epochs",
+                "1",
+                "--run-dir",
+                str(tmp / "ft"),
+                "--out",
+                str(tmp / "ft-artifact"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    return tmp
+
+
+def test_backbone_run_writes_log_checkpoint_and_artifact(trained):
+    history = RunFolder(trained / "bb").history()
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert {"train_loss", "val_accuracy", "seconds", "lr"} <= history[0].keys()
+    model = load_artifact(trained / "bb-artifact")
+    assert model.manifest.kind == "resnet" and model.num_blocks == 3
+    assert model.manifest.training["epochs"] == 2 and "train backbone" in model.manifest.training["command"]
+
+
+def test_policy_run_follows_the_curriculum_and_finetune_trains_the_backbone(trained):
+    history = RunFolder(trained / "policy").history()
+    assert [r["released"] for r in history] == [1, 2, 3, 3]
+    assert {"val_accuracy", "val_blocks_mean", "val_distinct_policies", "val_flops_mean"} <= history[-1].keys()
+    policy_model = load_artifact(trained / "policy-artifact")
+    finetuned = load_artifact(trained / "ft-artifact")
+    assert finetuned.manifest.kind == "blockdrop" and finetuned.manifest.training["started_from"] == "policy-artifact"
+    # the policy stage froze the backbone; finetuning changed it
+    backbone = load_artifact(trained / "bb-artifact").backbone.state_dict()
+    assert all(torch.equal(v, policy_model.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert not all(torch.equal(v, finetuned.backbone.state_dict()[k]) for k, v in backbone.items())
+
+
+def _interrupt_after_first_save(monkeypatch):
+    original = RunFolder.save
+    calls = {"n": 0}
+
+    def save_then_stop(self, state):
+        original(self, state)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunFolder, "save", save_then_stop)
+
+
+def test_interrupted_backbone_run_resumes_to_identical_weights(cifar_root, tmp_path, monkeypatch):
+    assert blockdrop(_backbone(cifar_root, tmp_path, name="straight")) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_save(patch)
+        with pytest.raises(KeyboardInterrupt):
+            blockdrop(_backbone(cifar_root, tmp_path, name="resumed"))
+    assert RunFolder(tmp_path / "resumed").load()["epoch"] == 1
+    assert blockdrop(_backbone(cifar_root, tmp_path, name="resumed")) == 0
+    straight = RunFolder(tmp_path / "straight").load()
+    resumed = RunFolder(tmp_path / "resumed").load()
+    assert resumed["epoch"] == 2
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_interrupted_policy_run_resumes_to_identical_weights(cifar_root, trained, tmp_path, monkeypatch):
+    def policy_args(name):
+        return [
+            "train",
+            "policy",
+            "--backbone",
+            str(trained / "bb-artifact"),
+            "--data-root",
+            str(cifar_root),
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(tmp_path / name),
+            *TINY,
+        ]
+
+    assert blockdrop(policy_args("straight")) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_save(patch)
+        with pytest.raises(KeyboardInterrupt):
+            blockdrop(policy_args("resumed"))
+    assert blockdrop(policy_args("resumed")) == 0
+    straight, resumed = RunFolder(tmp_path / "straight").load(), RunFolder(tmp_path / "resumed").load()
+    for key, value in straight["policy"].items():
+        assert torch.equal(value, resumed["policy"][key]), key
+
+
+def test_resuming_with_other_settings_is_refused(cifar_root, tmp_path, capsys):
+    assert blockdrop(_backbone(cifar_root, tmp_path, epochs=1)) == 0
+    assert blockdrop(_backbone(cifar_root, tmp_path, epochs=3)) == 2
+    assert "epochs: 1 -> 3" in capsys.readouterr().err
+
+
+def test_eval_json_schema(trained, cifar_root, capsys):
+    assert (
+        blockdrop(
+            [
+                "eval",
+                str(trained / "ft-artifact"),
+                "--data-root",
+                str(cifar_root),
+                "--split",
+                "test",
+                "--json",
+                "--sweep",
+                "0.4,0.6",
+                "--record",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 40 and set(result["rows"]) == {"full", "first_k", "random_k", "blockdrop"}
+    for row in list(result["rows"].values()) + result["sweep"]:
+        assert {"accuracy", "blocks_mean", "blocks_std", "flops_mean", "distinct_policies"} <= row.keys()
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert [row["threshold"] for row in result["sweep"]] == [0.4, 0.6]
+    assert result["rows"]["first_k"]["blocks_mean"] == result["k"]
+    assert load_artifact(trained / "ft-artifact").manifest.metrics["test"]["images"] == 40
+    assert blockdrop(["eval", str(trained / "ft-artifact"), "--data-root", str(cifar_root), "--val-size", "40"]) == 0
+    assert "BlockDrop" in capsys.readouterr().out

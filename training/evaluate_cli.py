@@ -1,0 +1,112 @@
+"""``blockdrop eval ARTIFACT``: the paper's Table 1 for one model, and an accuracy-vs-FLOPs threshold sweep.
+
+Rows: the full ResNet, FirstK and RandomK with K = BlockDrop's mean blocks (rounded), and BlockDrop. ``--split``
+chooses the validation split (for tuning) or the test set (report once); ``--record`` stores the figures in
+the artifact's manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from training.data import DATA_ROOT_ENV, Normalizer, load_cifar, train_val_split
+
+DEFAULT_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifact", help="artifact folder")
+    parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    parser.add_argument(
+        "--split",
+        choices=["val", "test"],
+        default="val",
+        help="val: the seeded 5,000-image split held out of training (tune here); test: the test set",
+    )
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0, help="split seed (must match training) and RandomK seed")
+    parser.add_argument("--threshold", type=float, help="policy threshold (default: the artifact's)")
+    parser.add_argument(
+        "--sweep",
+        default=",".join(map(str, DEFAULT_SWEEP)),
+        help="comma-separated thresholds for the accuracy-vs-FLOPs sweep ('' for none)",
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (smoke tests)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--record", action="store_true", help="write the figures into the artifact's manifest")
+    parser.set_defaults(handler=_handle)
+
+
+def evaluate_table(model, data, threshold: float, sweep: list[float], seed: int) -> dict[str, Any]:
+    from training.evaluate import evaluate_blockdrop
+
+    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
+    rows = {"full": evaluate_blockdrop(model, data, normalize, mode="full")}
+    result: dict[str, Any] = {"images": len(data), "full_network_flops": model.flops_table.full, "rows": rows}
+    if model.policy is None:
+        return result
+    blockdrop = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
+    k = round(blockdrop["blocks_mean"])
+    rows["first_k"] = evaluate_blockdrop(model, data, normalize, mode="first_k", k=k)
+    rows["random_k"] = evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed)
+    rows["blockdrop"] = blockdrop
+    result |= {"k": k, "threshold": threshold}
+    result["sweep"] = [
+        {"threshold": t} | evaluate_blockdrop(model, data, normalize, mode="policy", threshold=t) for t in sweep
+    ]
+    return result
+
+
+def format_table(name: str, split: str, result: dict[str, Any]) -> str:
+    full_flops = result["full_network_flops"]
+    lines = [
+        f"{name} on {split} ({result['images']} images); FLOPs include the policy where it runs",
+        f"{'model':<12} {'accuracy':>9} {'blocks':>14} {'FLOPs':>10} {'of full':>8} {'policies':>9}",
+    ]
+    labels = {
+        "full": "Full ResNet",
+        "first_k": f"FirstK={result.get('k')}",
+        "random_k": f"RandomK={result.get('k')}",
+        "blockdrop": "BlockDrop",
+    }
+    for key, row in result["rows"].items():
+        lines.append(_row(labels[key], row, full_flops))
+    if result.get("sweep"):
+        lines += ["", "threshold sweep:"]
+        lines += [_row(f"t={row['threshold']:.2f}", row, full_flops) for row in result["sweep"]]
+    return "\n".join(lines)
+
+
+def _row(label: str, row: dict[str, float], full_flops: int) -> str:
+    blocks = f"{row['blocks_mean']:.2f} ± {row['blocks_std']:.2f}"
+    return (
+        f"{label:<12} {row['accuracy'] * 100:>8.2f}% {blocks:>14} {row['flops_mean']:>10.3g} "
+        f"{row['flops_mean'] / full_flops * 100:>7.1f}% {row['distinct_policies']:>9}"
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import load_artifact
+    from models.artifacts import write_manifest
+
+    model = load_artifact(args.artifact)
+    if args.split == "test":
+        data = load_cifar(args.data_root, "test", args.dataset)
+    else:
+        _, data = train_val_split(load_cifar(args.data_root, "train", args.dataset), args.val_size, seed=args.seed)
+    if args.limit:
+        data = data.subset(torch.arange(min(args.limit, len(data))))
+    threshold = args.threshold if args.threshold is not None else model.manifest.defaults.get("threshold", 0.5)
+    sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
+    result = evaluate_table(model, data, threshold, sweep, args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
+    if args.record:
+        model.manifest.metrics[args.split] = result
+        write_manifest(args.artifact, model.manifest)
+    return 0

@@ -1,0 +1,70 @@
+"""Write trained models as artifacts, with how they were trained and their validation figures.
+
+Test-set figures are added later, once, by ``blockdrop eval --record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from models.artifacts import InputSpec, Manifest, save_artifact
+from training.data import normalization_for
+
+
+def provenance(args: argparse.Namespace, history: list[dict], stage: str) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "command": getattr(args, "command_line", ""),
+        "dataset": args.dataset,
+        "validation_images": args.val_size,
+        "seed": args.seed,
+        "epochs": len(history),
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+        "last_epoch": history[-1] if history else {},
+    }
+
+
+def export_resnet(
+    model: nn.Module, args: argparse.Namespace, classes: tuple[str, ...], history: list[dict], kind: str = "resnet"
+) -> Manifest:
+    mean, std, _ = normalization_for(args.dataset)
+    last = history[-1] if history else {}
+    manifest = Manifest(
+        name=Path(args.out).name,
+        kind=kind,
+        architecture={},
+        classes=list(classes),
+        input=InputSpec(32, 32, None, mean, std),
+        metrics={"val_accuracy": last.get("val_accuracy")},
+        training=provenance(args, history, "backbone"),
+    )
+    return save_artifact(_wrap(model), args.out, manifest)
+
+
+def export_blockdrop(
+    model: nn.Module, source: Manifest, args: argparse.Namespace, history: list[dict], stage: str
+) -> Manifest:
+    last = history[-1] if history else {}
+    manifest = Manifest(
+        name=Path(args.out).name,
+        kind="blockdrop",
+        architecture={},
+        classes=source.classes,
+        input=source.input,
+        metrics={k: v for k, v in last.items() if k.startswith("val_")},
+        training=provenance(args, history, stage) | {"started_from": source.name},
+        defaults={"threshold": 0.5},
+    )
+    return save_artifact(model, args.out, manifest)
+
+
+def _wrap(model: nn.Module) -> nn.Module:
+    """A bare FlatResNet is saved as a BlockDropModel without a policy (a plain ResNet variant)."""
+    from models.blockdrop import BlockDropModel
+    from models.resnet import FlatResNet
+
+    return BlockDropModel(model) if isinstance(model, FlatResNet) else model

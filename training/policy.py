@@ -1,0 +1,207 @@
+"""``blockdrop train policy`` (curriculum, frozen backbone) and ``blockdrop train finetune`` (joint).
+
+Both run the same epoch loop: sample masks from the policy, run the backbone with the executor (which skips
+the dropped blocks, so training gets cheaper as the policy learns to drop), reward, update. Finetuning also
+trains the backbone with cross-entropy on the sampled masks. Resumable from the run folder after any epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import load_artifact
+from models.blockdrop import BlockDropModel, run_backbone
+from models.policy import PolicyConfig, PolicyNet
+from training.checkpoint import RunFolder
+from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
+from training.evaluate import evaluate_blockdrop
+from training.loop import autocast
+from training.reinforce import block_reward, policy_gradient_loss, sample_actions
+
+
+@dataclass(frozen=True)
+class PolicyTrainConfig:
+    epochs: int
+    joint: bool  # finetune the backbone too
+    curriculum: bool  # release one more block (from the last backwards) each epoch
+    batch_size: int = 256
+    lr: float = 1e-3
+    alpha: float = 0.8
+    penalty: float = 5.0  # gamma: a wrong prediction is rewarded -gamma
+    entropy_weight: float = 0.1
+    bf16: bool = True
+    seed: int = 0
+    max_batches: int | None = None
+
+
+def released_blocks(config: PolicyTrainConfig, epoch: int, num_blocks: int) -> int:
+    return min(epoch + 1, num_blocks) if config.curriculum else num_blocks
+
+
+def train_blockdrop(
+    model: BlockDropModel,
+    train: ImageSet,
+    val: ImageSet,
+    normalize: Normalizer,
+    config: PolicyTrainConfig,
+    run: RunFolder,
+) -> list[dict]:
+    torch.manual_seed(config.seed)
+    parameters = list(model.policy.parameters()) + (list(model.backbone.parameters()) if config.joint else [])
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    start_epoch = _resume(run, model, optimizer, config)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        released = released_blocks(config, epoch, model.num_blocks)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # the Bernoulli samples replay on resume
+        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer)
+        val_stats = _validate(model, val, normalize, config, released)
+        record = {"epoch": epoch + 1, "released": released, "seconds": round(time.time() - started, 1)}
+        record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
+        run.log(record)
+        tqdm.write(
+            f"{'finetune' if config.joint else 'policy'} epoch {epoch + 1}/{config.epochs}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
+        )
+        run.save(
+            {
+                "epoch": epoch + 1,
+                "config": asdict(config),
+                "policy": model.policy.state_dict(),
+                "backbone": model.backbone.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            }
+        )
+    model.eval()
+    return run.history()
+
+
+def _resume(run: RunFolder, model: BlockDropModel, optimizer: torch.optim.Optimizer, config: PolicyTrainConfig) -> int:
+    state = run.load()
+    if state is None:
+        return 0
+    run.check_config(state, asdict(config))
+    model.policy.load_state_dict(state["policy"])
+    model.backbone.load_state_dict(state["backbone"])
+    optimizer.load_state_dict(state["optimizer"])
+    tqdm.write(f"resuming {run.path} after epoch {state['epoch']}")
+    return int(state["epoch"])
+
+
+def _train_epoch(model, train, normalize, config, epoch, released, optimizer) -> dict[str, float]:
+    model.policy.train()
+    model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
+    steps = num_batches(train, config.batch_size, drop_last=True)
+    steps = min(steps, config.max_batches) if config.max_batches else steps
+    batches = iterate_batches(
+        train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True
+    )
+    totals = {"reward": 0.0, "accuracy": 0.0, "blocks": 0.0}
+    seen = 0
+    with tqdm(total=steps, desc=f"epoch {epoch + 1} ({released} released)", leave=False, mininterval=5) as bar:
+        for step, (images, labels) in enumerate(batches):
+            if step == steps:
+                break
+            x = normalize(images)
+            with autocast(config.bf16):
+                probabilities = model.policy(x).float()
+            actions = sample_actions(probabilities, config.alpha, released)
+            with torch.no_grad(), autocast(config.bf16):
+                greedy_logits = run_backbone(model.backbone, x, actions.greedy)
+            with torch.set_grad_enabled(config.joint), autocast(config.bf16):
+                sampled_logits = run_backbone(model.backbone, x, actions.sampled).float()
+            sampled_right = sampled_logits.argmax(1) == labels
+            reward = block_reward(sampled_right, actions.sampled, config.penalty)
+            baseline = block_reward(greedy_logits.argmax(1) == labels, actions.greedy, config.penalty)
+            loss = policy_gradient_loss(actions, reward - baseline, config.entropy_weight)
+            if config.joint:
+                loss = loss + F.cross_entropy(sampled_logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(labels)
+            seen += n
+            totals["reward"] += reward.sum().item()
+            totals["accuracy"] += sampled_right.sum().item()
+            totals["blocks"] += actions.sampled.float().sum(1).sum().item()
+            bar.update()
+            bar.set_postfix(
+                reward=f"{totals['reward'] / seen:.3f}", blocks=f"{totals['blocks'] / seen:.2f}", refresh=False
+            )
+    return {k: v / seen for k, v in totals.items()}
+
+
+@torch.no_grad()
+def _validate(model: BlockDropModel, val: ImageSet, normalize: Normalizer, config: PolicyTrainConfig, released: int):
+    """Greedy masks with the curriculum's forced blocks, as training sees them; after it, the plain policy."""
+    if released >= model.num_blocks:
+        return evaluate_blockdrop(model, val, normalize)
+    return _validate_curriculum(model, val, normalize, config, released)
+
+
+@torch.no_grad()
+def _validate_curriculum(model, val, normalize, config, released) -> dict[str, float]:
+    model.eval()
+    correct, blocks = 0, 0.0
+    for images, labels in iterate_batches(val, 500, shuffle=False, augment=False):
+        x = normalize(images)
+        actions = sample_actions(model.policy(x), config.alpha, released)
+        correct += (run_backbone(model.backbone, x, actions.greedy).argmax(1) == labels).sum().item()
+        blocks += actions.greedy.sum().item()
+    return {"accuracy": correct / len(val), "blocks_mean": blocks / len(val)}
+
+
+def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfig:
+    return PolicyTrainConfig(
+        epochs=args.epochs,
+        joint=joint,
+        curriculum=not joint,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        alpha=args.alpha,
+        penalty=args.penalty,
+        entropy_weight=args.entropy_weight,
+        bf16=args.bf16,
+        seed=args.seed,
+        max_batches=args.max_batches,
+    )
+
+
+def _normalizer_of(manifest) -> Normalizer:
+    return Normalizer(manifest.input.mean, manifest.input.std)
+
+
+def train_policy(args: argparse.Namespace) -> int:
+    """Curriculum stage: a new policy over a frozen backbone artifact."""
+    backbone_model = load_artifact(args.backbone)
+    manifest = backbone_model.manifest
+    torch.manual_seed(args.seed)
+    policy = PolicyNet(PolicyConfig("cifar", backbone_model.num_blocks, args.policy_downsample))
+    model = BlockDropModel(backbone_model.backbone, policy, manifest.input.size)
+    return _train_and_export(model, manifest, args, joint=False)
+
+
+def finetune(args: argparse.Namespace) -> int:
+    """Joint stage: policy and backbone of a BlockDrop artifact trained together."""
+    model = load_artifact(args.model)
+    if model.policy is None:
+        raise ValueError(f"{args.model} has no policy; train one with 'blockdrop train policy' first")
+    return _train_and_export(model, model.manifest, args, joint=True)
+
+
+def _train_and_export(model: BlockDropModel, manifest, args: argparse.Namespace, joint: bool) -> int:
+    train, val = load_training_split(args)
+    normalize = _normalizer_of(manifest)
+    run = RunFolder(args.run_dir)
+    history = train_blockdrop(model, train, val, normalize, _config_from_args(args, joint), run)
+    if args.out:
+        from training.export import export_blockdrop
+
+        export_blockdrop(model, manifest, args, history, stage="finetune" if joint else "policy")
+    return 0
