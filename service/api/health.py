@@ -1,0 +1,30 @@
+"""Liveness, readiness and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import get_plane
+from service.dataplane import DataPlane
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz/live", summary="The process is up")
+async def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/healthz/ready", summary="Every variant is loaded and warmed up (503 otherwise)")
+async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    if plane.ready:
+        return JSONResponse({"status": "ready", "variants": list(plane.variants)})
+    reason = "shutting down" if plane.draining else "loading"
+    return JSONResponse({"error": f"not ready: {reason}"}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(plane: DataPlane = Depends(get_plane)) -> Response:
+    return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)

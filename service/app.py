@@ -1,0 +1,63 @@
+"""``create_app(settings)``: the FastAPI application, its lifecycle and its middleware."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from anyio import to_thread
+from fastapi import FastAPI
+
+from service.api import health, v1, v2
+from service.api.errors import install_error_handlers
+from service.api.middleware import BodySizeLimit, RequestMetrics
+from service.config import Settings, resolve_device
+from service.dataplane import DataPlane
+from service.metrics import ServiceMetrics
+from service.variants import load_variant
+
+log = logging.getLogger(__name__)
+
+
+def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
+    """Load every variant (fails fast, naming the variant, if an artifact is bad)."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolve_device(settings.device)
+    variants = {v.name: load_variant(v, device) for v in settings.variants}
+    return DataPlane(settings, variants, metrics)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        plane = await to_thread.run_sync(load_dataplane, settings, metrics)
+        app.state.plane = plane
+        plane.start()
+        if settings.warmup:
+            await to_thread.run_sync(plane.warm_up)
+        else:
+            plane.ready = True
+        log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
+        yield
+        await plane.stop()
+
+    app = FastAPI(
+        title="BlockDrop serving",
+        version="0.1.0",
+        description="Dynamic-inference ResNets: per-image block dropping, with static variants to A/B test against.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

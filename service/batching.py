@@ -1,0 +1,188 @@
+"""Micro-batching: one bounded queue and one inference thread per variant, apart from the web server.
+
+Requests put one image each on the queue and await a future; the thread takes the first waiting image, gathers
+more until the batch is full or the wait is over, runs the variant once and resolves every future. It waits
+only while more images for this variant are on their way (decoding), so a lone request is not delayed. A full
+queue refuses at once (503 with Retry-After); an image whose deadline passed while queued is not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from models.blockdrop import InferenceResult
+from service.errors import DeadlineExceeded, Overloaded, ServiceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    logits: Tensor  # [classes]
+    keep_mask: Tensor  # [blocks] bool
+    flops: int
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    tensor: Tensor
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    deadline: float
+
+
+_STOP = object()
+BatchObserver = Callable[[InferenceResult, float], None]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        infer: Callable[[Tensor], InferenceResult],
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_limit: int,
+        retry_after_s: int = 1,
+        on_batch: BatchObserver | None = None,
+    ):
+        self.name = name
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue_limit = queue_limit
+        self.retry_after_s = retry_after_s
+        self._on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_limit)
+        self._incoming = 0  # images routed here and still being decoded
+        self._incoming_lock = threading.Lock()
+        self._accepting = False
+        self._thread = threading.Thread(target=self._run, name=f"infer-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._accepting = True
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def expect(self, images: int) -> None:
+        """Announce images that will be submitted soon (or withdraw them with a negative count)."""
+        with self._incoming_lock:
+            self._incoming += images
+
+    def submit(self, tensor: Tensor, deadline: float) -> asyncio.Future:
+        """Queue one image; call from the event loop. ``deadline`` is a ``time.monotonic()`` value."""
+        if not self._accepting:
+            raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
+        loop = asyncio.get_running_loop()
+        item = _Item(tensor, loop.create_future(), loop, time.monotonic(), deadline)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise Overloaded(
+                f"variant {self.name!r} is overloaded ({self.queue_limit} images waiting); retry shortly",
+                self.retry_after_s,
+            ) from None
+        return item.future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new images, finish the queued ones, end the thread."""
+        self._accepting = False
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            wait_until = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                item, stopping = self._next_item(wait_until)
+                if item is None:
+                    break
+                batch.append(item)
+            self._process(batch)
+
+    def _next_item(self, wait_until: float) -> tuple[_Item | None, bool]:
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            remaining = wait_until - time.monotonic()
+            with self._incoming_lock:
+                more_coming = self._incoming > 0
+            if remaining <= 0 or not more_coming:
+                return None, False
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return None, False
+        if item is _STOP:
+            return None, True
+        return item, False
+
+    def _process(self, batch: list[_Item]) -> None:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.deadline <= now:
+                _resolve(item, error=DeadlineExceeded("the request's deadline passed while it waited in the queue"))
+            elif not item.future.cancelled():
+                live.append(item)
+        if not live:
+            return
+        import torch
+
+        started = time.monotonic()
+        try:
+            result = self._infer(torch.stack([item.tensor for item in live]))
+        except Exception as error:  # a model failure must fail these requests, not the thread
+            log.exception("inference failed on variant %s", self.name)
+            for item in live:
+                _resolve(item, error=ServiceError(f"inference failed: {type(error).__name__}"))
+            return
+        seconds = time.monotonic() - started
+        if self._on_batch is not None:
+            self._on_batch(result, seconds)
+        for i, item in enumerate(live):
+            _resolve(
+                item,
+                value=ImageResult(
+                    logits=result.logits[i],
+                    keep_mask=result.keep_mask[i],
+                    flops=int(result.flops[i]),
+                    queue_seconds=started - item.enqueued,
+                    inference_seconds=seconds,
+                    batch_size=len(live),
+                ),
+            )
+
+
+def _resolve(item: _Item, value: ImageResult | None = None, error: Exception | None = None) -> None:
+    def settle() -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting any more
+        item.loop.call_soon_threadsafe(settle)

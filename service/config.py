@@ -1,0 +1,125 @@
+"""Service settings: one typed object, from ``BLOCKDROP_*`` environment variables and an optional settings file.
+
+Every default works out of the box: the shipped CIFAR-10 checkpoints, a 50/50 A/B split between the BlockDrop
+ResNet and the full ResNet. Complex values are JSON in the environment, e.g.
+``BLOCKDROP_VARIANTS='[{"name": "full", "artifact": "/models/r32", "mode": "full"}]'``.
+The settings file (``BLOCKDROP_SETTINGS_FILE``, TOML or JSON) is read first; environment variables override it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "BLOCKDROP_"
+SETTINGS_FILE_ENV = f"{ENV_PREFIX}SETTINGS_FILE"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
+
+
+class VariantSettings(BaseModel):
+    """A routable model: a name, an artifact folder, a mode and (for ``blockdrop``) the policy threshold."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    artifact: Path
+    mode: Literal["blockdrop", "full"] = "full"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="default: the artifact's")
+    weight: float = Field(default=1.0, ge=0.0, description="share of unpinned traffic, relative to the others")
+
+
+def default_variants() -> list[VariantSettings]:
+    return [
+        VariantSettings(
+            name="blockdrop", artifact=CHECKPOINTS / "cifar10-resnet32-blockdrop", mode="blockdrop", weight=50
+        ),
+        VariantSettings(name="full", artifact=CHECKPOINTS / "cifar10-resnet32", mode="full", weight=50),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    variants: list[VariantSettings] = Field(default_factory=default_variants)
+    shadow_variant: str | None = Field(default=None, description="run this variant too, after answering")
+    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="share of requests shadowed")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int | None = Field(default=None, ge=1, description="intra-op threads; default: all cores")
+
+    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0.0)
+    queue_limit: int = Field(default=256, ge=1, description="waiting images per variant before 503")
+    request_timeout_s: float = Field(default=10.0, gt=0.0, description="deadline per request before 504")
+    retry_after_s: int = Field(default=1, ge=1)
+
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1, description="width x height, checked before decoding")
+    max_images_per_request: int = Field(default=64, ge=1)
+    max_top_k: int = Field(default=10, ge=1)
+
+    feedback_capacity: int = Field(default=100_000, ge=1, description="recent predictions kept for feedback")
+    feedback_ttl_s: float = Field(default=3600.0, gt=0.0)
+    warmup: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [v.name for v in self.variants]
+        if not names:
+            raise ValueError("at least one variant is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("at least one variant needs a positive weight")
+        if self.shadow_variant is not None and self.shadow_variant not in names:
+            raise ValueError(f"shadow_variant {self.shadow_variant!r} is not one of the variants {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        settings_file = os.environ.get(SETTINGS_FILE_ENV)
+        if settings_file:
+            path = Path(settings_file)
+            if not path.is_file():
+                raise ValueError(f"{SETTINGS_FILE_ENV}={settings_file} does not exist")
+            if path.suffix == ".toml":
+                sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+            else:
+                sources += (JsonConfigSettingsSource(settings_cls, json_file=path),)
+        return sources
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
+    return device

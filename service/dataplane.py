@@ -1,0 +1,251 @@
+"""Protocol-neutral operations behind the HTTP routes: classify, infer on tensors, feedback, model listing.
+
+The v1 JSON routes and the Open Inference Protocol v2 routes are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from anyio import to_thread
+from torch import Tensor
+
+from service.batching import ImageResult, MicroBatcher
+from service.config import Settings
+from service.errors import DeadlineExceeded, NotFound, Overloaded, Unprocessable
+from service.feedback import PredictionStore
+from service.imaging import ImagePreprocessor
+from service.metrics import ServiceMetrics
+from service.routing import Router
+from service.variants import Variant
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    variant: Variant
+    results: list[ImageResult]
+    started: float
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, variants: dict[str, Variant], metrics: ServiceMetrics):
+        self.settings = settings
+        self.variants = variants
+        self.metrics = metrics
+        self.router = Router(
+            {v.name: v.weight for v in settings.variants}, settings.shadow_variant, settings.shadow_fraction
+        )
+        self.preprocessors = {
+            name: ImagePreprocessor(v.manifest.input, settings.max_pixels) for name, v in variants.items()
+        }
+        self.batchers = {name: self._batcher(v) for name, v in variants.items()}
+        self.store = PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
+        self.ready = False
+        self.draining = False
+        self._background: set[asyncio.Task] = set()
+
+    def _batcher(self, variant: Variant) -> MicroBatcher:
+        s = self.settings
+        batcher = MicroBatcher(
+            variant.name,
+            variant.infer,
+            s.max_batch_size,
+            s.max_batch_wait_ms / 1000,
+            s.queue_limit,
+            s.retry_after_s,
+            on_batch=lambda result, seconds: self.metrics.observe_batch(
+                variant.name, result, seconds, variant.full_flops
+            ),
+        )
+        self.metrics.queue_depth.labels(variant.name).set_function(batcher.depth)
+        self.metrics.init_variant(
+            variant.name,
+            variant.manifest.name,
+            variant.manifest.kind,
+            variant.mode,
+            variant.threshold if variant.mode == "blockdrop" else None,
+            variant.num_blocks,
+        )
+        return batcher
+
+    # lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.start()
+
+    def warm_up(self) -> None:
+        """Run every variant once per batch size it will see most, so the first requests are not slow."""
+        for variant in self.variants.values():
+            spec = variant.manifest.input
+            for n in sorted({1, self.settings.max_batch_size}):
+                variant.infer(torch.zeros(n, 3, spec.height, spec.width))
+        self.ready = True
+
+    def begin_shutdown(self) -> None:
+        self.draining = True
+        self.ready = False
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.request_timeout_s)
+        for batcher in self.batchers.values():
+            await to_thread.run_sync(batcher.stop, self.settings.request_timeout_s)
+
+    # operations ----------------------------------------------------------------------------------------------
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise NotFound(f"unknown model {name!r}; known: {', '.join(self.variants)}")
+        return self.variants[name]
+
+    def route(self, override: str | None, client_key: str | None) -> Variant:
+        self._refuse_if_draining()
+        return self.variants[self.router.choose(override, client_key)]
+
+    async def classify(self, variant: Variant, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
+        """Decode, batch and run ``images`` on ``variant``; one response dict per image."""
+        if not 1 <= top_k <= self.settings.max_top_k:
+            raise Unprocessable(f"top_k must be between 1 and {self.settings.max_top_k}")
+        started = time.monotonic()
+        batcher = self.batchers[variant.name]
+        preprocess = self.preprocessors[variant.name]
+        batcher.expect(len(images))
+        try:
+            tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
+        finally:
+            batcher.expect(-len(images))
+        served = Served(variant, await self._run(variant, tensors, started), started)
+        responses = [self._classification(served, result, top_k) for result in served.results]
+        self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
+        return responses
+
+    async def infer_tensor(self, variant: Variant, batch: Tensor) -> list[ImageResult]:
+        """Run a ready, normalised batch [N, 3, H, W] (the v2 protocol's input)."""
+        self._refuse_if_draining()
+        return await self._run(variant, list(batch), time.monotonic())
+
+    def feedback(self, request_id: str, label: int | str) -> dict[str, Any]:
+        served = self.store.pop(request_id)
+        if served is None:
+            raise NotFound(
+                f"no recent prediction with request_id {request_id!r} (unknown, expired, or already given feedback)"
+            )
+        classes = self.variants[served.variant].manifest.classes
+        label_id = _class_id(label, classes)
+        correct = label_id == served.class_id
+        self.metrics.feedback.labels(served.variant, "right" if correct else "wrong").inc()
+        return {
+            "request_id": request_id,
+            "variant": served.variant,
+            "predicted": served.class_id,
+            "label": label_id,
+            "correct": correct,
+        }
+
+    def models(self) -> list[dict[str, Any]]:
+        total = sum(v.weight for v in self.settings.variants)
+        weights = {v.name: v.weight / total for v in self.settings.variants}
+        return [
+            variant.summary() | {"traffic_share": weights[name], "shadow": name == self.settings.shadow_variant}
+            for name, variant in self.variants.items()
+        ]
+
+    # internals -----------------------------------------------------------------------------------------------
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Overloaded("the service is shutting down; retry on another instance", self.settings.retry_after_s)
+
+    async def _run(self, variant: Variant, tensors: list[Tensor], started: float) -> list[ImageResult]:
+        batcher = self.batchers[variant.name]
+        deadline = started + self.settings.request_timeout_s
+        futures: list[asyncio.Future] = []
+        try:
+            for tensor in tensors:
+                futures.append(batcher.submit(tensor, deadline))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                results = await asyncio.gather(*futures)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within the {self.settings.request_timeout_s:g} s deadline") from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for finished ones; the batcher skips cancelled ones
+        queue_wait = self.metrics.queue_wait.labels(variant.name)
+        for result in results:
+            queue_wait.observe(result.queue_seconds)
+        return results
+
+    def _classification(self, served: Served, result: ImageResult, top_k: int) -> dict[str, Any]:
+        variant = served.variant
+        classes = variant.manifest.classes
+        probabilities = torch.softmax(result.logits, 0)
+        top = probabilities.topk(min(top_k, len(classes)))
+        ranked = [
+            {"class_id": int(i), "label": classes[int(i)], "confidence": round(float(p), 6)}
+            for p, i in zip(top.values, top.indices)
+        ]
+        mask = result.keep_mask.tolist()
+        used = sum(mask)
+        request_id = uuid.uuid4().hex
+        self.store.add(request_id, variant.name, ranked[0]["class_id"])
+        total_ms = (time.monotonic() - served.started) * 1000
+        return {
+            "request_id": request_id,
+            "variant": variant.name,
+            "model": variant.manifest.name,
+            "prediction": ranked[0],
+            "top_k": ranked,
+            "blocks": {
+                "used": used,
+                "total": len(mask),
+                "skipped": len(mask) - used,
+                "mask": "".join("1" if keep else "0" for keep in mask),
+            },
+            "flops": {
+                "executed": result.flops,
+                "full": variant.full_flops,
+                "ratio": round(result.flops / variant.full_flops, 6),
+            },
+            "latency_ms": {
+                "total": round(total_ms, 3),
+                "queue": round(result.queue_seconds * 1000, 3),
+                "inference": round(result.inference_seconds * 1000, 3),
+            },
+        }
+
+    def _maybe_shadow(self, served: Variant, images: list[bytes], predictions: list[int]) -> None:
+        shadow = self.router.shadow_for(served.name)
+        if shadow is None:
+            return
+        task = asyncio.create_task(self._shadow(served.name, self.variants[shadow], images, predictions))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, served: str, shadow: Variant, images: list[bytes], predictions: list[int]) -> None:
+        preprocess = self.preprocessors[shadow.name]
+        try:
+            tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
+            results = await self._run(shadow, tensors, time.monotonic())
+        except (Overloaded, DeadlineExceeded):
+            self.metrics.shadow.labels(served, shadow.name, "skipped").inc(len(images))
+            return
+        for result, served_class in zip(results, predictions):
+            outcome = "agree" if int(result.logits.argmax()) == served_class else "disagree"
+            self.metrics.shadow.labels(served, shadow.name, outcome).inc()
+
+
+def _class_id(label: int | str, classes: list[str]) -> int:
+    if isinstance(label, int) and not isinstance(label, bool):
+        if 0 <= label < len(classes):
+            return label
+        raise Unprocessable(f"label {label} is out of range: class ids go from 0 to {len(classes) - 1}")
+    if isinstance(label, str) and label in classes:
+        return classes.index(label)
+    raise Unprocessable(f"label {label!r} is neither a class id nor one of the class names")

@@ -1,0 +1,47 @@
+"""Recent predictions, kept so that ``POST /v1/feedback`` can say whether a served prediction was right.
+
+Bounded in count (oldest evicted first) and in age; each prediction takes feedback once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServedPrediction:
+    variant: str
+    class_id: int
+    served_at: float
+
+
+class PredictionStore:
+    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._items: OrderedDict[str, ServedPrediction] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, request_id: str, variant: str, class_id: int) -> None:
+        self._items[request_id] = ServedPrediction(variant, class_id, self._clock())
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def pop(self, request_id: str) -> ServedPrediction | None:
+        """The prediction served under ``request_id``, once; None if unknown or older than the TTL."""
+        self._evict_expired()
+        return self._items.pop(request_id, None)
+
+    def _evict_expired(self) -> None:
+        cutoff = self._clock() - self.ttl_s
+        while self._items:
+            oldest = next(iter(self._items.values()))
+            if oldest.served_at > cutoff:
+                break
+            self._items.popitem(last=False)

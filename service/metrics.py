@@ -1,0 +1,128 @@
+"""Every Prometheus metric the service exports, in one registry per app (so tests and apps stay apart).
+
+Names start with ``blockdrop_``, use base units (seconds, FLOPs) and carry a ``variant`` label wherever they are
+per variant. The README's metrics table lists them all.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models.blockdrop import InferenceResult
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FLOPS_BUCKETS = (1e7, 2e7, 3e7, 4e7, 5e7, 6e7, 7e7, 8e7, 9e7, 1e8, 1.2e8, 1.4e8, 1.6e8, 2e8, 3e8, 5e8, 1e9, 1e10)
+SKIPPED_BUCKETS = (*range(0, 16), 20, 25, 30, 40, 54)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "blockdrop_requests", "HTTP requests by variant and status code", ["variant", "status"], registry=r
+        )
+        self.images = Counter("blockdrop_images", "Images classified", ["variant"], registry=r)
+        self.latency = Histogram(
+            "blockdrop_request_latency_seconds",
+            "End-to-end request latency",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "blockdrop_queue_wait_seconds",
+            "Time an image waited for its batch",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "blockdrop_inference_seconds", "Model time per batch", ["variant"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "blockdrop_batch_size", "Images per executed batch", ["variant"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.flops_per_image = Histogram(
+            "blockdrop_flops_per_image",
+            "Executed FLOPs per image (policy included)",
+            ["variant"],
+            buckets=FLOPS_BUCKETS,
+            registry=r,
+        )
+        self.executed_flops = Counter(
+            "blockdrop_executed_flops", "FLOPs executed (policy included)", ["variant"], registry=r
+        )
+        self.full_flops = Counter(
+            "blockdrop_full_flops", "FLOPs the full network would have executed", ["variant"], registry=r
+        )
+        self.blocks_skipped = Histogram(
+            "blockdrop_blocks_skipped",
+            "Residual blocks skipped per image",
+            ["variant"],
+            buckets=SKIPPED_BUCKETS,
+            registry=r,
+        )
+        self.block_executions = Counter(
+            "blockdrop_block_executions", "Images that ran each residual block", ["variant", "block"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "blockdrop_queue_depth", "Images waiting in the variant's queue", ["variant"], registry=r
+        )
+        self.shadow = Counter(
+            "blockdrop_shadow_comparisons",
+            "Shadow runs by agreement with the served prediction",
+            ["variant", "shadow", "outcome"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "blockdrop_feedback", "Feedback on served predictions", ["variant", "outcome"], registry=r
+        )
+        self.model_info = Gauge(
+            "blockdrop_model_info",
+            "The model behind each variant (value 1)",
+            ["variant", "model", "kind", "mode", "threshold", "blocks"],
+            registry=r,
+        )
+
+    def observe_batch(self, variant: str, result: InferenceResult, seconds: float, full_flops: int) -> None:
+        """Per-batch and per-image figures of one executed batch."""
+        n = len(result.flops)
+        self.inference.labels(variant).observe(seconds)
+        self.batch_size.labels(variant).observe(n)
+        self.images.labels(variant).inc(n)
+        self.executed_flops.labels(variant).inc(float(result.flops.sum()))
+        self.full_flops.labels(variant).inc(float(full_flops) * n)
+        flops_histogram = self.flops_per_image.labels(variant)
+        skipped_histogram = self.blocks_skipped.labels(variant)
+        blocks = result.keep_mask.shape[1]
+        for flops, used in zip(result.flops.tolist(), result.keep_mask.sum(1).tolist()):
+            flops_histogram.observe(flops)
+            skipped_histogram.observe(blocks - used)
+        for block, count in enumerate(result.keep_mask.sum(0).tolist()):
+            if count:
+                self.block_executions.labels(variant, str(block)).inc(count)
+
+    def init_variant(
+        self, variant: str, model: str, kind: str, mode: str, threshold: float | None, blocks: int
+    ) -> None:
+        """Create the variant's series at zero, so dashboards show them before the first request."""
+        self.model_info.labels(
+            variant, model, kind, mode, "" if threshold is None else f"{threshold:g}", str(blocks)
+        ).set(1)
+        for metric in (
+            self.images,
+            self.latency,
+            self.queue_wait,
+            self.inference,
+            self.batch_size,
+            self.flops_per_image,
+            self.executed_flops,
+            self.full_flops,
+            self.blocks_skipped,
+            self.queue_depth,
+        ):
+            metric.labels(variant)
+        for outcome in ("right", "wrong"):
+            self.feedback.labels(variant, outcome)

@@ -1,0 +1,82 @@
+"""A variant: a name, a loaded artifact, a mode and a threshold. Every variant answers
+``infer(batch) -> logits, keep mask, FLOPs per image``; a plain network's mask is all ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models import load_artifact
+from models.artifacts import ArtifactError, Manifest
+from models.blockdrop import InferenceResult, Mode
+from service.config import VariantSettings
+
+
+@dataclass
+class Variant:
+    name: str
+    model: nn.Module
+    mode: str  # "blockdrop" | "full"
+    threshold: float
+    device: str
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.model.manifest
+
+    @property
+    def num_blocks(self) -> int:
+        return self.model.num_blocks
+
+    @property
+    def full_flops(self) -> int:
+        return self.model.flops_table.full
+
+    @torch.inference_mode()
+    def infer(self, batch: Tensor) -> InferenceResult:
+        mode = Mode.POLICY if self.mode == "blockdrop" else Mode.FULL
+        result = self.model.infer(batch.to(self.device), threshold=self.threshold, mode=mode)
+        return InferenceResult(result.logits.float().cpu(), result.keep_mask.cpu(), result.flops.cpu())
+
+    def summary(self) -> dict[str, Any]:
+        manifest = self.manifest
+        return {
+            "name": self.name,
+            "model": manifest.name,
+            "kind": manifest.kind,
+            "mode": self.mode,
+            "threshold": self.threshold if self.mode == "blockdrop" else None,
+            "device": self.device,
+            "architecture": manifest.architecture,
+            "classes": len(manifest.classes),
+            "input": {"height": manifest.input.height, "width": manifest.input.width},
+            "blocks": self.num_blocks,
+            "flops": {"full": self.full_flops, "policy": self.model.flops_table.policy},
+            "metrics": _headline_metrics(manifest.metrics),
+        }
+
+
+def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The measured test figures (or validation, if no test run was recorded), without the sweep tables."""
+    figures: dict[str, Any] = {}
+    for split in ("test", "val"):
+        table = metrics.get(split)
+        if isinstance(table, dict) and "rows" in table:
+            figures[split] = table["rows"]
+    return figures or {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def load_variant(settings: VariantSettings, device: str) -> Variant:
+    try:
+        model = load_artifact(settings.artifact, device=device)
+    except ArtifactError as error:
+        raise ArtifactError(f"variant {settings.name!r}: {error}") from None
+    if settings.mode == "blockdrop" and getattr(model, "policy", None) is None:
+        raise ArtifactError(f"variant {settings.name!r}: mode 'blockdrop' needs an artifact with a policy")
+    threshold = settings.threshold
+    if threshold is None:
+        threshold = float(model.manifest.defaults.get("threshold", 0.5))
+    return Variant(settings.name, model, settings.mode, threshold, device)

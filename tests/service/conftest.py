@@ -1,0 +1,77 @@
+"""Small artifacts made here (ResNet-8 with and without a policy) and an app serving them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models import save_artifact
+from models.artifacts import InputSpec, Manifest
+from models.blockdrop import BlockDropModel
+from models.classes import CIFAR10_CLASSES
+from models.policy import PolicyConfig, PolicyNet
+from models.resnet import cifar_resnet
+from service.app import create_app
+from service.config import Settings, VariantSettings
+from tests.conftest import randomize_batchnorm
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def make_artifacts(root: Path) -> dict[str, Path]:
+    import torch
+
+    torch.manual_seed(0)
+    policy = randomize_batchnorm(PolicyNet(PolicyConfig("cifar", 3)), seed=3)
+    with torch.no_grad():
+        policy.logit.bias.copy_(torch.tensor([3.0, 0.0, -3.0]))  # block 0 mostly kept, block 2 mostly dropped
+    paths = {}
+    for name, model in {
+        "tiny-blockdrop": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=1), policy),
+        "tiny-resnet": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=2)),
+    }.items():
+        manifest = Manifest(name=name, kind="blockdrop" if model.policy is not None else "resnet", architecture={},
+                            classes=list(CIFAR10_CLASSES), input=InputSpec(32, 32, None, MEAN, STD),
+                            metrics={"val_accuracy": 0.1}, defaults={"threshold": 0.5})
+        save_artifact(model.eval(), root / name, manifest)
+        paths[name] = root / name
+    return paths
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    return make_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+def make_settings(artifacts: dict[str, Path], **overrides) -> Settings:
+    variants = [
+        VariantSettings(name="blockdrop", artifact=artifacts["tiny-blockdrop"], mode="blockdrop", weight=1),
+        VariantSettings(name="full", artifact=artifacts["tiny-resnet"], mode="full", weight=1),
+    ]
+    return Settings(variants=overrides.pop("variants", variants), **overrides)
+
+
+@pytest.fixture
+def settings(artifacts) -> Settings:
+    return make_settings(artifacts)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def png_bytes(size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0, fmt: str = "PNG", **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None, "CMYK": 4}[mode]
+    shape = (size[1], size[0]) if channels is None else (size[1], size[0], channels)
+    image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()

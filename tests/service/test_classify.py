@@ -1,0 +1,145 @@
+import base64
+
+import pytest
+
+from tests.service.conftest import png_bytes
+
+
+def test_raw_png_gives_the_whole_response(client):
+    response = client.post("/v1/classify?variant=blockdrop&top_k=3", content=png_bytes(),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["variant"] == "blockdrop" and body["model"] == "tiny-blockdrop"
+    assert len(body["request_id"]) == 32
+    prediction = body["prediction"]
+    assert 0 <= prediction["class_id"] < 10 and 0 < prediction["confidence"] <= 1
+    assert body["top_k"][0] == prediction and len(body["top_k"]) == 3
+    assert [p["confidence"] for p in body["top_k"]] == sorted((p["confidence"] for p in body["top_k"]), reverse=True)
+    blocks = body["blocks"]
+    assert blocks["total"] == 3 and blocks["used"] + blocks["skipped"] == 3
+    assert len(blocks["mask"]) == 3 and blocks["mask"].count("1") == blocks["used"]
+    flops = body["flops"]
+    assert 0 < flops["executed"] and flops["ratio"] == pytest.approx(flops["executed"] / flops["full"], abs=1e-6)
+    assert set(body["latency_ms"]) == {"total", "queue", "inference"}
+
+
+def test_full_variant_runs_every_block(client):
+    body = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "x-variant": "full"}
+                       ).json()
+    assert body["variant"] == "full" and body["blocks"]["mask"] == "111"
+    assert body["flops"]["executed"] == body["flops"]["full"]
+
+
+def test_multipart_and_json_batch(client):
+    single = client.post("/v1/classify?variant=full", files={"file": ("x.png", png_bytes(seed=4), "image/png")})
+    assert single.status_code == 200
+    images = [base64.b64encode(png_bytes(seed=s)).decode() for s in (4, 5)]
+    batch = client.post("/v1/classify?variant=full", json={"images": images, "top_k": 2})
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert len(results) == 2 and len(results[0]["top_k"]) == 2
+    assert results[0]["prediction"] == single.json()["prediction"]
+
+
+def test_query_override_wins_over_header_and_client_key(client):
+    body = client.post("/v1/classify?variant=full", content=png_bytes(),
+                       headers={"content-type": "image/png", "x-variant": "blockdrop", "x-client-id": "k"}).json()
+    assert body["variant"] == "full"
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, fragment",
+    [
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty"),
+        ({"content": b"this is text", "headers": {"content-type": "image/png"}}, 415, "not an image"),
+        ({"content": png_bytes()[:60], "headers": {"content-type": "image/png"}}, 400, "corrupt or truncated"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "not accepted"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+        ({"json": {"images": "nope"}}, 422, "invalid batch"),
+        ({"json": {"images": ["***"]}}, 422, "not valid base64"),
+        ({"files": {"other": ("x.png", b"123", "image/png")}}, 422, "field named 'file'"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, kwargs, status, fragment):
+    response = client.post("/v1/classify?variant=full", **kwargs)
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
+
+
+def test_unknown_variant_is_404(client):
+    response = client.post("/v1/classify?variant=nope", content=png_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 404 and "unknown variant 'nope'" in response.json()["error"]
+
+
+def test_top_k_bounds(client):
+    response = client.post("/v1/classify?top_k=11", content=png_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 422 and "top_k" in response.json()["error"]
+    response = client.post("/v1/classify?top_k=0", content=png_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 422
+
+
+def test_too_many_images_in_a_batch(artifacts):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    with TestClient(create_app(make_settings(artifacts, max_images_per_request=2))) as client:
+        images = [base64.b64encode(png_bytes()).decode()] * 3
+        response = client.post("/v1/classify", json={"images": images})
+        assert response.status_code == 413 and "limit is 2" in response.json()["error"]
+
+
+def test_body_over_the_limit_is_refused_before_reading(artifacts):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    with TestClient(create_app(make_settings(artifacts, max_body_bytes=1000))) as client:
+        response = client.post("/v1/classify", content=b"\0" * 5000, headers={"content-type": "image/png"})
+        assert response.status_code == 413 and "1000-byte limit" in response.json()["error"]
+
+        def chunks():  # no Content-Length: the limit applies while streaming
+            for _ in range(10):
+                yield b"\0" * 500
+
+        response = client.post("/v1/classify", content=chunks(), headers={"content-type": "image/png"})
+        assert response.status_code == 413
+
+
+def test_decompression_bomb_is_refused_from_the_header(client):
+    # a 20000 x 20000 PNG compresses to a few hundred KB of zeros; the header alone must stop it
+    import zlib
+
+    width = height = 20000
+    row = b"\0" + b"\0" * width  # filter byte + one grey byte per pixel
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    response = client.post("/v1/classify", content=bomb, headers={"content-type": "image/png"})
+    assert response.status_code == 413 and "pixels" in response.json()["error"]
+
+
+def test_models_listing(client):
+    models = client.get("/v1/models").json()["models"]
+    assert [m["name"] for m in models] == ["blockdrop", "full"]
+    assert models[0]["blocks"] == 3 and models[0]["mode"] == "blockdrop" and models[0]["threshold"] == 0.5
+    assert models[1]["threshold"] is None and models[0]["traffic_share"] == 0.5
+    assert models[0]["flops"]["full"] > 0 and models[0]["flops"]["policy"] > 0
+
+
+def test_health(client):
+    assert client.get("/healthz/live").json() == {"status": "live"}
+    assert client.get("/healthz/ready").json()["status"] == "ready"
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    assert client.get("/v1/classify").status_code == 405
