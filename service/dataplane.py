@@ -133,7 +133,7 @@ class DataPlane:
         return await self._run(variant, list(batch), time.monotonic())
 
     def feedback(self, request_id: str, label: int | str) -> dict[str, Any]:
-        served = self.store.pop(request_id)
+        served = self.store.get(request_id)
         if served is None:
             raise NotFound(
                 f"no recent prediction with request_id {request_id!r} (unknown, expired, or already given feedback)"
@@ -141,6 +141,7 @@ class DataPlane:
         classes = self.variants[served.variant].manifest.classes
         label_id = _class_id(label, classes)
         correct = label_id == served.class_id
+        self.store.take(request_id)
         self.metrics.feedback.labels(served.variant, "right" if correct else "wrong").inc()
         return {
             "request_id": request_id,

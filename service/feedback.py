@@ -33,10 +33,14 @@ class PredictionStore:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def pop(self, request_id: str) -> ServedPrediction | None:
-        """The prediction served under ``request_id``, once; None if unknown or older than the TTL."""
+    def get(self, request_id: str) -> ServedPrediction | None:
+        """The prediction served under ``request_id``; None if unknown, already taken or older than the TTL."""
         self._evict_expired()
-        return self._items.pop(request_id, None)
+        return self._items.get(request_id)
+
+    def take(self, request_id: str) -> None:
+        """Mark the prediction as answered: it takes feedback once."""
+        self._items.pop(request_id, None)
 
     def _evict_expired(self) -> None:
         cutoff = self._clock() - self.ttl_s

@@ -35,9 +35,15 @@ def make_artifacts(root: Path) -> dict[str, Path]:
         "tiny-blockdrop": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=1), policy),
         "tiny-resnet": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=2)),
     }.items():
-        manifest = Manifest(name=name, kind="blockdrop" if model.policy is not None else "resnet", architecture={},
-                            classes=list(CIFAR10_CLASSES), input=InputSpec(32, 32, None, MEAN, STD),
-                            metrics={"val_accuracy": 0.1}, defaults={"threshold": 0.5})
+        manifest = Manifest(
+            name=name,
+            kind="blockdrop" if model.policy is not None else "resnet",
+            architecture={},
+            classes=list(CIFAR10_CLASSES),
+            input=InputSpec(32, 32, None, MEAN, STD),
+            metrics={"val_accuracy": 0.1},
+            defaults={"threshold": 0.5},
+        )
         save_artifact(model.eval(), root / name, manifest)
         paths[name] = root / name
     return paths

@@ -6,8 +6,9 @@ from tests.service.conftest import png_bytes
 
 
 def test_raw_png_gives_the_whole_response(client):
-    response = client.post("/v1/classify?variant=blockdrop&top_k=3", content=png_bytes(),
-                           headers={"content-type": "image/png"})
+    response = client.post(
+        "/v1/classify?variant=blockdrop&top_k=3", content=png_bytes(), headers={"content-type": "image/png"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["variant"] == "blockdrop" and body["model"] == "tiny-blockdrop"
@@ -20,13 +21,14 @@ def test_raw_png_gives_the_whole_response(client):
     assert blocks["total"] == 3 and blocks["used"] + blocks["skipped"] == 3
     assert len(blocks["mask"]) == 3 and blocks["mask"].count("1") == blocks["used"]
     flops = body["flops"]
-    assert 0 < flops["executed"] and flops["ratio"] == pytest.approx(flops["executed"] / flops["full"], abs=1e-6)
+    assert flops["executed"] > 0 and flops["ratio"] == pytest.approx(flops["executed"] / flops["full"], abs=1e-6)
     assert set(body["latency_ms"]) == {"total", "queue", "inference"}
 
 
 def test_full_variant_runs_every_block(client):
-    body = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "x-variant": "full"}
-                       ).json()
+    body = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "x-variant": "full"}
+    ).json()
     assert body["variant"] == "full" and body["blocks"]["mask"] == "111"
     assert body["flops"]["executed"] == body["flops"]["full"]
 
@@ -43,8 +45,11 @@ def test_multipart_and_json_batch(client):
 
 
 def test_query_override_wins_over_header_and_client_key(client):
-    body = client.post("/v1/classify?variant=full", content=png_bytes(),
-                       headers={"content-type": "image/png", "x-variant": "blockdrop", "x-client-id": "k"}).json()
+    body = client.post(
+        "/v1/classify?variant=full",
+        content=png_bytes(),
+        headers={"content-type": "image/png", "x-variant": "blockdrop", "x-client-id": "k"},
+    ).json()
     assert body["variant"] == "full"
 
 

@@ -1,0 +1,122 @@
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from models.blockdrop import InferenceResult
+from service.batching import MicroBatcher
+from service.errors import DeadlineExceeded, Overloaded, ServiceError
+
+
+def _identity_model(sizes: list[int], gate: threading.Event | None = None, fail: bool = False):
+    def infer(batch: torch.Tensor) -> InferenceResult:
+        if gate is not None:
+            gate.wait(5)
+        if fail:
+            raise RuntimeError("boom")
+        sizes.append(len(batch))
+        n = len(batch)
+        return InferenceResult(batch.view(n, -1), torch.ones(n, 2, dtype=torch.bool), torch.full((n,), 7))
+
+    return infer
+
+
+def _far() -> float:
+    return time.monotonic() + 10
+
+
+def test_concurrent_images_share_batches_and_get_their_own_rows():
+    sizes: list[int] = []
+    gate = threading.Event()
+    batcher = MicroBatcher("t", _identity_model(sizes, gate), max_batch_size=4, max_wait_s=0.05, queue_limit=100)
+    batcher.start()
+
+    async def scenario():
+        futures = [batcher.submit(torch.full((1,), float(i)), _far()) for i in range(10)]
+        gate.set()
+        return await asyncio.gather(*futures)
+
+    results = asyncio.run(scenario())
+    batcher.stop()
+    assert [r.logits.item() for r in results] == [float(i) for i in range(10)]
+    assert max(sizes) == 4 and sum(sizes) == 10 and len(sizes) < 10
+    assert all(r.flops == 7 and r.batch_size in sizes for r in results)
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    sizes: list[int] = []
+    batcher = MicroBatcher("t", _identity_model(sizes), max_batch_size=8, max_wait_s=1.0, queue_limit=10)
+    batcher.start()
+
+    async def scenario():
+        started = time.monotonic()
+        await batcher.submit(torch.zeros(1), _far())
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 0.5  # max_wait is 1 s, but nothing else was on its way
+    batcher.stop()
+
+
+def test_full_queue_refuses_at_once_with_retry_after():
+    gate = threading.Event()
+    batcher = MicroBatcher(
+        "t", _identity_model([], gate), max_batch_size=1, max_wait_s=0, queue_limit=2, retry_after_s=3
+    )
+    batcher.start()
+
+    async def scenario():
+        futures = [batcher.submit(torch.zeros(1), _far())]
+        await asyncio.sleep(0.05)  # the thread takes the first and blocks on the gate
+        futures += [batcher.submit(torch.zeros(1), _far()) for _ in range(2)]
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit(torch.zeros(1), _far())
+        gate.set()
+        await asyncio.gather(*futures)
+        return refused.value
+
+    error = asyncio.run(scenario())
+    batcher.stop()
+    assert error.status_code == 503 and error.headers == {"Retry-After": "3"}
+
+
+def test_expired_images_are_not_run_and_failures_do_not_kill_the_thread():
+    sizes: list[int] = []
+    batcher = MicroBatcher("t", _identity_model(sizes), max_batch_size=4, max_wait_s=0, queue_limit=10)
+    batcher.start()
+
+    async def expired():
+        return await batcher.submit(torch.zeros(1), time.monotonic() - 1)
+
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(expired())
+    assert sizes == []
+    batcher.stop()
+
+    failing = MicroBatcher("f", _identity_model([], fail=True), max_batch_size=4, max_wait_s=0, queue_limit=10)
+    failing.start()
+
+    async def twice():
+        for _ in range(2):
+            with pytest.raises(ServiceError, match="inference failed: RuntimeError"):
+                await failing.submit(torch.zeros(1), _far())
+
+    asyncio.run(twice())
+    failing.stop()
+
+
+def test_stop_finishes_queued_work_then_refuses():
+    sizes: list[int] = []
+    batcher = MicroBatcher("t", _identity_model(sizes), max_batch_size=2, max_wait_s=0, queue_limit=10)
+    batcher.start()
+
+    async def scenario():
+        futures = [batcher.submit(torch.zeros(1), _far()) for _ in range(5)]
+        await asyncio.to_thread(batcher.stop, 5)
+        await asyncio.gather(*futures)
+        with pytest.raises(Overloaded, match="shutting down"):
+            batcher.submit(torch.zeros(1), _far())
+
+    asyncio.run(scenario())
+    assert sum(sizes) == 5

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_defaults_serve_the_shipped_checkpoints_50_50():
+    settings = Settings()
+    assert [(v.name, v.mode, v.weight) for v in settings.variants] == [
+        ("blockdrop", "blockdrop", 50),
+        ("full", "full", 50),
+    ]
+    assert settings.variants[0].artifact.name == "cifar10-resnet32-blockdrop"
+
+
+def test_environment_variables_with_one_prefix(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOCKDROP_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("BLOCKDROP_VARIANTS", json.dumps([{"name": "a", "artifact": str(tmp_path), "weight": 2}]))
+    settings = Settings()
+    assert settings.max_batch_size == 7 and settings.variants[0].name == "a"
+
+
+def test_settings_file_then_environment(monkeypatch, tmp_path):
+    (tmp_path / "s.toml").write_text(
+        'queue_limit = 9\nmax_batch_wait_ms = 4.5\n[[variants]]\nname = "x"\nartifact = "/m/x"\nmode = "full"\n'
+    )
+    monkeypatch.setenv("BLOCKDROP_SETTINGS_FILE", str(tmp_path / "s.toml"))
+    monkeypatch.setenv("BLOCKDROP_QUEUE_LIMIT", "11")
+    settings = Settings()
+    assert settings.queue_limit == 11 and settings.max_batch_wait_ms == 4.5 and settings.variants[0].name == "x"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"device": "tpu"}, "device must be"),
+        ({"shadow_variant": "ghost"}, "not one of the variants"),
+        ({"variants": []}, "at least one variant"),
+        ({"max_batch_size": 0}, "greater than or equal to 1"),
+        ({"unknown_setting": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_settings_are_refused_clearly(overrides, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(**overrides)

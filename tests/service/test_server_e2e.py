@@ -1,0 +1,203 @@
+"""The real server process on a free loopback port, driven with httpx and tritonclient."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import save_artifact
+from models.artifacts import InputSpec, Manifest
+from models.blockdrop import BlockDropModel
+from models.resnet import cifar_resnet
+from tests.service.conftest import MEAN, STD, png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, variants: list[dict], **settings):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKDROP_")}
+        env |= {
+            "BLOCKDROP_VARIANTS": json.dumps(variants),
+            "BLOCKDROP_PORT": str(self.port),
+            "BLOCKDROP_TORCH_THREADS": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+        env |= {f"BLOCKDROP_{k.upper()}": str(v) for k, v in settings.items()}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stdout.read().decode()}")
+            try:
+                if httpx.get(f"{self.url}/healthz/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server never became ready")
+
+    def stop(self) -> bool:
+        """SIGTERM, then True if the process shut down cleanly (uvicorn re-raises the signal once it is done)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.exited_cleanly()
+
+    def exited_cleanly(self) -> bool:
+        code = self.process.wait(timeout=30)
+        output = self.process.stdout.read().decode()
+        return code in (0, -signal.SIGTERM) and "Traceback" not in output
+
+
+@pytest.fixture(scope="module")
+def variants(artifacts, tmp_path_factory) -> list[dict]:
+    slow = tmp_path_factory.mktemp("slow") / "slow-resnet110"
+    manifest = Manifest(
+        name="slow-resnet110",
+        kind="resnet",
+        architecture={},
+        classes=[str(i) for i in range(10)],
+        input=InputSpec(32, 32, None, MEAN, STD),
+    )
+    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), slow, manifest)
+    return [
+        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
+        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
+        {"name": "slow", "artifact": str(slow), "mode": "full", "weight": 0},
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(variants):
+    running = Server(variants)
+    yield running
+    assert running.stop()
+
+
+def test_httpx_classify_and_metrics(server):
+    response = httpx.post(
+        f"{server.url}/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "x-client-id": "alice"}
+    )
+    assert response.status_code == 200 and response.json()["variant"] in {"blockdrop", "full"}
+    assert "blockdrop_images_total" in httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "/v1/classify" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_tritonclient_json_mode(server):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("blockdrop")
+    assert client.get_model_metadata("blockdrop")["outputs"][1]["name"] == "keep_mask"
+    pixels = np.stack([np.asarray(Image.open(__import__("io").BytesIO(png_bytes(seed=s)))) for s in (1, 2)])
+    images = triton.InferInput("images", list(pixels.shape), "UINT8")
+    images.set_data_from_numpy(pixels, binary_data=False)
+    outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in ("logits", "keep_mask", "flops")]
+    result = client.infer("blockdrop", [images], outputs=outputs)
+    logits, mask, flops = result.as_numpy("logits"), result.as_numpy("keep_mask"), result.as_numpy("flops")
+    assert logits.shape == (2, 10) and mask.shape == (2, 3) and mask.dtype == bool and flops.shape == (2,)
+    v1 = httpx.post(
+        f"{server.url}/v1/classify?variant=blockdrop", content=png_bytes(seed=1), headers={"content-type": "image/png"}
+    ).json()
+    assert int(logits[0].argmax()) == v1["prediction"]["class_id"] and int(flops[0]) == v1["flops"]["executed"]
+
+
+def test_sticky_assignment_survives_a_restart(variants):
+    keys = [f"user-{i}" for i in range(40)]
+
+    def assignments(server: Server) -> list[str]:
+        with httpx.Client(base_url=server.url) as client:
+            return [
+                client.post(
+                    "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "x-client-id": key}
+                ).json()["variant"]
+                for key in keys
+            ]
+
+    first = Server(variants)
+    before = assignments(first)
+    assert first.stop()
+    second = Server(variants)
+    after = assignments(second)
+    assert second.stop()
+    assert before == after and set(before) == {"blockdrop", "full"}
+
+
+def test_overload_gives_503s_not_500s_and_the_service_recovers(variants):
+    server = Server(variants, queue_limit=2, max_batch_size=1)
+    try:
+
+        def hit(_):
+            try:
+                return httpx.post(
+                    f"{server.url}/v1/classify?variant=slow",
+                    content=png_bytes(),
+                    headers={"content-type": "image/png"},
+                    timeout=30,
+                )
+            except httpx.HTTPError as error:
+                return error
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            responses = list(pool.map(hit, range(96)))
+        statuses = [r.status_code for r in responses if isinstance(r, httpx.Response)]
+        assert len(statuses) == 96, [r for r in responses if not isinstance(r, httpx.Response)]
+        assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "overloaded" in refused.json()["error"]
+        assert httpx.get(f"{server.url}/healthz/ready").status_code == 200
+        again = httpx.post(
+            f"{server.url}/v1/classify?variant=full", content=png_bytes(seed=7), headers={"content-type": "image/png"}
+        )
+        assert again.status_code == 200
+    finally:
+        assert server.stop()
+
+
+def test_graceful_shutdown_completes_requests_in_flight(variants):
+    server = Server(variants, max_batch_size=4)
+    batch = {"images": [base64.b64encode(png_bytes(seed=s)).decode() for s in range(32)]}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(httpx.post, f"{server.url}/v1/classify?variant=slow", json=batch, timeout=60) for _ in range(4)
+        ]
+        deadline = time.monotonic() + 30
+        while 'blockdrop_images_total{variant="slow"} 0.0' in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the requests never started"
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)  # while the four requests are being served
+        responses = [future.result() for future in futures]
+    assert server.exited_cleanly()
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(len(r.json()["results"]) == 32 for r in responses)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.imaging import ImagePreprocessor
+from tests.service.conftest import png_bytes
+
+
+def test_server_and_model_metadata(client):
+    assert client.get("/v2").json()["name"] == "blockdrop-serving"
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/blockdrop").json()
+    assert meta["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, 10], "keep_mask": [-1, 3], "flops": [-1]}
+    assert client.get("/v2/models/blockdrop/ready").json()["ready"] is True
+    assert client.get("/v2/models/nope").status_code == 404
+
+
+def _pixels(seed: int) -> np.ndarray:
+    return np.asarray(Image.open(__import__("io").BytesIO(png_bytes(seed=seed))))
+
+
+def test_uint8_and_fp32_inputs_match_v1(client, artifacts):
+    pixels = np.stack([_pixels(1), _pixels(2)])  # [2, 32, 32, 3]
+    body = {
+        "id": "abc",
+        "inputs": [
+            {"name": "images", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.flatten().tolist()}
+        ],
+    }
+    response = client.post("/v2/models/blockdrop/infer", json=body)
+    assert response.status_code == 200
+    out = {o["name"]: o for o in response.json()["outputs"]}
+    assert response.json()["id"] == "abc" and out["logits"]["shape"] == [2, 10]
+    v1 = [
+        client.post(
+            "/v1/classify?variant=blockdrop", content=png_bytes(seed=s), headers={"content-type": "image/png"}
+        ).json()
+        for s in (1, 2)
+    ]
+    logits = np.array(out["logits"]["data"]).reshape(2, 10)
+    assert logits.argmax(1).tolist() == [r["prediction"]["class_id"] for r in v1]
+    masks = np.array(out["keep_mask"]["data"]).reshape(2, 3)
+    assert ["".join("1" if m else "0" for m in row) for row in masks] == [r["blocks"]["mask"] for r in v1]
+    assert out["flops"]["data"] == [r["flops"]["executed"] for r in v1]
+
+    from models.artifacts import read_manifest
+
+    spec = read_manifest(artifacts["tiny-blockdrop"]).input
+    fp32 = np.stack([ImagePreprocessor(spec, 10**6)(png_bytes(seed=s)).numpy() for s in (1, 2)])
+    body = {
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": list(fp32.shape), "data": fp32.flatten().tolist()}],
+        "outputs": [{"name": "logits"}],
+    }
+    response = client.post("/v2/models/blockdrop/infer", json=body)
+    assert [o["name"] for o in response.json()["outputs"]] == ["logits"]
+    assert np.allclose(np.array(response.json()["outputs"][0]["data"]).reshape(2, 10), logits, atol=1e-5)
+
+
+def test_body_without_content_type_is_read_as_json(client):
+    import json
+
+    pixels = _pixels(3)[None]
+    body = {
+        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": pixels.flatten().tolist()}]
+    }
+    response = client.post("/v2/models/full/infer", content=json.dumps(body).encode())
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "tensor, fragment",
+    [
+        ({"name": "x", "datatype": "FP16", "shape": [1, 3, 32, 32], "data": [0.0]}, "datatype must be"),
+        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0]}, "shape must be"),
+        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}, "needs 3072"),
+        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "list of numbers"),
+        ({"name": "x", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [300] * 3072}, "between 0 and 255"),
+    ],
+)
+def test_bad_tensors_get_400(client, tensor, fragment):
+    response = client.post("/v2/models/full/infer", json={"inputs": [tensor]})
+    assert response.status_code == 400 and fragment in response.json()["error"]
+
+
+def test_binary_extension_and_bad_bodies_are_refused_clearly(client):
+    response = client.post("/v2/models/full/infer", content=b"{}", headers={"Inference-Header-Content-Length": "2"})
+    assert response.status_code == 400 and "binary tensor extension" in response.json()["error"]
+    assert client.post("/v2/models/full/infer", content=b"nope").status_code == 400
+    assert client.post("/v2/models/full/infer", json={"inputs": []}).status_code == 400
+    assert client.post("/v2/models/nope/infer", json={"inputs": []}).status_code == 404
+    unknown = client.post(
+        "/v2/models/full/infer",
+        json={
+            "inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}],
+            "outputs": [{"name": "probs"}],
+        },
+    )
+    assert unknown.status_code == 400 and "unknown output" in unknown.json()["error"]
