@@ -42,10 +42,12 @@ def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Te
         return F.relu(residual + block(x))
     if kept.numel() == 0:
         return residual
-    out = F.relu(residual.index_select(0, kept) + block(x.index_select(0, kept)))
-    if torch.is_grad_enabled():
-        return residual.index_copy(0, kept, out)  # autograd may still need residual's values
-    return residual.index_copy_(0, kept, out)  # inference: residual is ours to overwrite, save a copy
+    branch = block(x.index_select(0, kept))
+    if torch.is_grad_enabled():  # training: autograd may still need these tensors, so nothing in place
+        return residual.index_copy(0, kept, F.relu(residual.index_select(0, kept) + branch))
+    # inference: the branch and the residual are ours to overwrite, which saves two copies per block
+    branch += residual.index_select(0, kept)
+    return residual.index_copy_(0, kept, F.relu_(branch))
 
 
 def run_backbone(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:
