@@ -55,6 +55,20 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
 
+    slim = commands.add_parser("slim", help="Network Slimming: sparsity training, pruning, fine-tuning")
+    add_common_options(slim)
+    slim.add_argument("--backbone", help="start from this trained backbone artifact (default: from scratch)")
+    slim.add_argument("--depth", type=int, default=32, help="depth when training from scratch")
+    slim.add_argument("--percent", type=float, default=0.4, help="fraction of inner channels to remove")
+    slim.add_argument("--sparsity", type=float, default=1e-4, help="lambda of the L1 penalty on BN scales")
+    slim.add_argument("--min-channels", type=int, default=2, help="never prune a block below this width")
+    slim.add_argument("--sparsity-epochs", type=int, default=20)
+    slim.add_argument("--finetune-epochs", type=int, default=20)
+    slim.add_argument("--lr", type=float, default=0.1, help="one-cycle peak for the sparsity stage")
+    slim.add_argument("--finetune-lr", type=float, default=0.05, help="one-cycle peak for fine-tuning")
+    slim.add_argument("--weight-decay", type=float, default=5e-4)
+    slim.set_defaults(handler=_run("training.slim", "train_slim"))
+
 
 def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     parser.add_argument("--epochs", type=int, default=epochs)

@@ -29,7 +29,13 @@ def provenance(args: argparse.Namespace, history: list[dict], stage: str) -> dic
 
 
 def export_resnet(
-    model: nn.Module, args: argparse.Namespace, classes: tuple[str, ...], history: list[dict], kind: str = "resnet"
+    model: nn.Module,
+    args: argparse.Namespace,
+    classes: tuple[str, ...],
+    history: list[dict],
+    kind: str = "resnet",
+    stage: str = "backbone",
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
     mean, std, _ = normalization_for(args.dataset)
     last = history[-1] if history else {}
@@ -40,7 +46,7 @@ def export_resnet(
         classes=list(classes),
         input=InputSpec(32, 32, None, mean, std),
         metrics={"val_accuracy": last.get("val_accuracy")},
-        training=provenance(args, history, "backbone"),
+        training=provenance(args, history, stage) | (extra or {}),
     )
     return save_artifact(_wrap(model), args.out, manifest)
 

@@ -16,6 +16,7 @@ from models.blockdrop import BlockDropModel
 from models.classes import CIFAR10_CLASSES
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
+from models.slimming import prune, select_channels
 from service.app import create_app
 from service.config import Settings, VariantSettings
 from tests.conftest import randomize_batchnorm
@@ -30,10 +31,13 @@ def make_artifacts(root: Path) -> dict[str, Path]:
     policy = randomize_batchnorm(PolicyNet(PolicyConfig("cifar", 3)), seed=3)
     with torch.no_grad():
         policy.logit.bias.copy_(torch.tensor([3.0, 0.0, -3.0]))  # block 0 mostly kept, block 2 mostly dropped
+    full = randomize_batchnorm(cifar_resnet(8), seed=2)
+    slim = prune(full, select_channels(full, 0.5)).eval()
     paths = {}
     for name, model in {
         "tiny-blockdrop": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=1), policy),
-        "tiny-resnet": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=2)),
+        "tiny-resnet": BlockDropModel(full),
+        "tiny-slim": BlockDropModel(slim),
     }.items():
         manifest = Manifest(
             name=name,

@@ -193,3 +193,16 @@ def test_eval_json_schema(trained, cifar_root, capsys):
     assert load_artifact(trained / "ft-artifact").manifest.metrics["test"]["images"] == 40
     assert blockdrop(["eval", str(trained / "ft-artifact"), "--data-root", str(cifar_root), "--val-size", "40"]) == 0
     assert "BlockDrop" in capsys.readouterr().out
+
+
+def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
+    args = ["train", "slim", "--backbone", str(trained / "bb-artifact"), "--data-root", str(cifar_root),
+            "--percent", "0.5", "--sparsity-epochs", "1", "--finetune-epochs", "1", "--run-dir", str(tmp_path / "slim"),
+            "--out", str(tmp_path / "slim-artifact"), *TINY, "--max-batches", "5"]
+    assert blockdrop(args) == 0
+    model = load_artifact(tmp_path / "slim-artifact")
+    widths = model.manifest.architecture["backbone"]["inner_widths"]
+    assert len(widths) == 3 and sum(widths) < 16 + 32 + 64
+    assert model.manifest.training["slimming"]["percent"] == 0.5
+    assert (tmp_path / "slim" / "sparsity" / "log.jsonl").exists()
+    assert (tmp_path / "slim" / "finetune-p50" / "log.jsonl").exists()

@@ -1,0 +1,89 @@
+"""``blockdrop train slim``: Network Slimming — sparsity training, global pruning, fine-tuning.
+
+Stage 1 trains with the L1 subgradient on the prunable BN scales (from scratch, or from a trained backbone
+artifact); stage 2 removes the given percent of inner channels, globally by |gamma|; stage 3 fine-tunes the
+narrower network. Each stage is a resumable run folder under ``--run-dir``; several ``--percent`` values can
+share one sparsity stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from models import load_artifact
+from models.resnet import FlatResNet, ResNetConfig
+from models.slimming import add_sparsity_subgradient, inner_channel_count, prune, select_channels
+from training.checkpoint import RunFolder
+from training.data import load_training_split, normalization_for
+from training.loop import FitConfig, fit
+
+
+def train_slim(args: argparse.Namespace) -> int:
+    train, val = load_training_split(args)
+    _, _, normalize = normalization_for(args.dataset)
+    torch.manual_seed(args.seed)
+    if args.backbone:
+        model = load_artifact(args.backbone).backbone.train()
+    else:
+        model = FlatResNet(ResNetConfig("cifar", args.depth, len(train.classes)))
+    root = Path(args.run_dir)
+    sparsity = FitConfig(
+        epochs=args.sparsity_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        bf16=args.bf16,
+        seed=args.seed,
+        max_batches=args.max_batches,
+    )
+    fit(
+        model,
+        train,
+        val,
+        normalize,
+        sparsity,
+        RunFolder(root / "sparsity"),
+        after_backward=lambda m: add_sparsity_subgradient(m, args.sparsity),
+        description="sparsity",
+    )
+
+    keep = select_channels(model, args.percent, args.min_channels)
+    pruned = prune(model.float(), keep)
+    finetune = FitConfig(
+        epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        lr=args.finetune_lr,
+        weight_decay=args.weight_decay,
+        bf16=args.bf16,
+        seed=args.seed,
+        max_batches=args.max_batches,
+    )
+    history = fit(
+        pruned,
+        train,
+        val,
+        normalize,
+        finetune,
+        RunFolder(root / f"finetune-p{round(args.percent * 100)}"),
+        description=f"finetune {args.percent:.0%} pruned",
+    )
+    if args.out:
+        from training.export import export_resnet
+
+        removed = 1 - inner_channel_count(pruned) / inner_channel_count(model)
+        extra = {
+            "slimming": {
+                "percent": args.percent,
+                "inner_channels_removed": round(removed, 4),
+                "sparsity_penalty": args.sparsity,
+                "sparsity_epochs": args.sparsity_epochs,
+                "finetune_epochs": args.finetune_epochs,
+                "started_from": args.backbone or "scratch",
+                "inner_widths": list(pruned.config.inner_widths),
+            }
+        }
+        export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
+    return 0
