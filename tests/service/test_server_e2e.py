@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,60 +17,7 @@ from models.artifacts import InputSpec, Manifest
 from models.blockdrop import BlockDropModel
 from models.resnet import cifar_resnet
 from tests.service.conftest import MEAN, STD, png_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, variants: list[dict], **settings):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKDROP_")}
-        env |= {
-            "BLOCKDROP_VARIANTS": json.dumps(variants),
-            "BLOCKDROP_PORT": str(self.port),
-            "BLOCKDROP_TORCH_THREADS": "1",
-            "PYTHONPATH": str(ROOT),
-        }
-        env |= {f"BLOCKDROP_{k.upper()}": str(v) for k, v in settings.items()}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stdout.read().decode()}")
-            try:
-                if httpx.get(f"{self.url}/healthz/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("server never became ready")
-
-    def stop(self) -> bool:
-        """SIGTERM, then True if the process shut down cleanly (uvicorn re-raises the signal once it is done)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.exited_cleanly()
-
-    def exited_cleanly(self) -> bool:
-        code = self.process.wait(timeout=30)
-        output = self.process.stdout.read().decode()
-        return code in (0, -signal.SIGTERM) and "Traceback" not in output
+from tests.service.live_server import Server
 
 
 @pytest.fixture(scope="module")

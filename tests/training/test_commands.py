@@ -196,9 +196,27 @@ def test_eval_json_schema(trained, cifar_root, capsys):
 
 
 def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
-    args = ["train", "slim", "--backbone", str(trained / "bb-artifact"), "--data-root", str(cifar_root),
-            "--percent", "0.5", "--sparsity-epochs", "1", "--finetune-epochs", "1", "--run-dir", str(tmp_path / "slim"),
-            "--out", str(tmp_path / "slim-artifact"), *TINY, "--max-batches", "5"]
+    args = [
+        "train",
+        "slim",
+        "--backbone",
+        str(trained / "bb-artifact"),
+        "--data-root",
+        str(cifar_root),
+        "--percent",
+        "0.5",
+        "--sparsity-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--run-dir",
+        str(tmp_path / "slim"),
+        "--out",
+        str(tmp_path / "slim-artifact"),
+        *TINY,
+        "--max-batches",
+        "5",
+    ]
     assert blockdrop(args) == 0
     model = load_artifact(tmp_path / "slim-artifact")
     widths = model.manifest.architecture["backbone"]["inner_widths"]
