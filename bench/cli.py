@@ -6,10 +6,13 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from bench import executor
+    from bench import executor, variants
 
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     benches = parser.add_subparsers(dest="which", metavar="WHICH", required=True)
     executor_parser = benches.add_parser("executor", help=executor.__doc__.split("\n\n")[0])
     executor.add_arguments(executor_parser)
     executor_parser.set_defaults(handler=executor.execute)
+    variants_parser = benches.add_parser("variants", help=variants.__doc__.split("\n\n")[0])
+    variants.add_arguments(variants_parser)
+    variants_parser.set_defaults(handler=variants.execute)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -68,9 +69,13 @@ def run(depth: int, batch_sizes: list[int], keep_fractions: list[float], min_run
         "model": f"CIFAR ResNet-{depth}",
         "device": "cpu",
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {_cpu_name()}, torch {torch.__version__}",
+        "machine": machine_description(),
         "rows": rows,
     }
+
+
+def machine_description() -> str:
+    return f"{platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _cpu_name() -> str:

@@ -1,0 +1,177 @@
+"""Every served variant on the CIFAR-10 test set: accuracy, mean FLOPs, single-image latency (p50 / p99) and
+batch-64 throughput, with the ratios to the full ResNet and to the FLOPs-ideal speed-up.
+
+Results go to ``bench/results/variants.{json,md}``:
+
+    python -m bench.variants --data-root DIR      # or: blockdrop bench variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.executor import RESULTS, machine_description
+from models import load_artifact
+from models.blockdrop import Mode
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
+# name -> (artifact folder, mode); those whose artifact is not there yet are skipped
+DEFAULT_VARIANTS = {
+    "full": ("cifar10-resnet32", "full"),
+    "blockdrop": ("cifar10-resnet32-blockdrop", "blockdrop"),
+    "slim": ("cifar10-resnet32-slim", "full"),
+    "slim-blockdrop": ("cifar10-resnet32-slim-blockdrop", "blockdrop"),
+    "biglittle": ("cifar10-blresnet", "full"),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@torch.inference_mode()
+def bench_variant(
+    model, mode: str, images: torch.Tensor, labels: torch.Tensor, latency_images: int, throughput_batches: int
+) -> dict:
+    from training.data import Normalizer
+
+    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
+    infer_mode = Mode.POLICY if mode == "blockdrop" else Mode.FULL
+    correct, flops = 0, 0.0
+    for start in range(0, len(images), 500):
+        result = model.infer(normalize(images[start : start + 500]), mode=infer_mode)
+        correct += (result.logits.argmax(1) == labels[start : start + 500]).sum().item()
+        flops += result.flops.double().sum().item()
+
+    singles = normalize(images[:latency_images])
+    for i in range(min(20, latency_images)):  # warm-up
+        model.infer(singles[i : i + 1], mode=infer_mode)
+    latencies = []
+    for i in range(latency_images):
+        started = time.perf_counter()
+        model.infer(singles[i : i + 1], mode=infer_mode)
+        latencies.append(time.perf_counter() - started)
+
+    batches = [normalize(images[i * 64 : (i + 1) * 64]) for i in range(throughput_batches)]
+    model.infer(batches[0], mode=infer_mode)
+    started = time.perf_counter()
+    for batch in batches:
+        model.infer(batch, mode=infer_mode)
+    throughput = 64 * len(batches) / (time.perf_counter() - started)
+    return {
+        "model": model.manifest.name,
+        "mode": mode,
+        "accuracy": correct / len(images),
+        "flops_mean": flops / len(images),
+        "latency_p50_ms": percentile(latencies, 50) * 1e3,
+        "latency_p99_ms": percentile(latencies, 99) * 1e3,
+        "throughput_batch64": throughput,
+    }
+
+
+def run(
+    variants: dict[str, tuple[Path, str]],
+    data_root: str | None,
+    limit: int | None,
+    latency_images: int,
+    throughput_batches: int,
+) -> dict:
+    from training.data import load_cifar
+
+    test = load_cifar(data_root, "test")
+    images, labels = test.images[:limit], test.labels[:limit]
+    rows = {}
+    for name, (path, mode) in variants.items():
+        print(f"benchmarking {name} ({path.name}, {mode})", flush=True)
+        rows[name] = bench_variant(load_artifact(path), mode, images, labels, latency_images, throughput_batches)
+    full = rows.get("full")
+    for row in rows.values():
+        if full is not None:
+            row["flops_ideal_speedup"] = full["flops_mean"] / row["flops_mean"]
+            row["latency_speedup"] = full["latency_p50_ms"] / row["latency_p50_ms"]
+            row["throughput_speedup"] = row["throughput_batch64"] / full["throughput_batch64"]
+    return {"images": len(images), "threads": torch.get_num_threads(), "machine": machine_description(), "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"CIFAR-10 test set ({result['images']} images); CPU, {result['threads']} threads; {result['machine']}. "
+        "Latency: one image at a time; throughput: batches of 64. Speed-ups are against the `full` variant; "
+        "FLOPs-ideal is the full network's FLOPs over the variant's.",
+        "",
+        "| variant | model | accuracy | mean FLOPs | p50 latency | p99 latency | batch-64 throughput | "
+        "latency speed-up | throughput speed-up | FLOPs-ideal speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["rows"].items():
+        lines.append(
+            f"| {name} | {r['model']} | {r['accuracy'] * 100:.2f}% | {r['flops_mean']:.3g} | "
+            f"{r['latency_p50_ms']:.2f} ms | {r['latency_p99_ms']:.2f} ms | {r['throughput_batch64']:.0f} img/s | "
+            f"{r.get('latency_speedup', 1):.2f}x | {r.get('throughput_speedup', 1):.2f}x | "
+            f"{r.get('flops_ideal_speedup', 1):.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARTIFACT:MODE",
+        help="benchmark this artifact (repeatable); default: every shipped checkpoint",
+    )
+    parser.add_argument("--limit", type=int, help="use only the first N test images")
+    parser.add_argument("--latency-images", type=int, default=300)
+    parser.add_argument("--throughput-batches", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
+
+
+def parse_variants(specs: list[str]) -> dict[str, tuple[Path, str]]:
+    if not specs:
+        return {
+            name: (CHECKPOINTS / folder, mode)
+            for name, (folder, mode) in DEFAULT_VARIANTS.items()
+            if (CHECKPOINTS / folder / "manifest.json").exists()
+        }
+    variants = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        path, _, mode = rest.rpartition(":")
+        if not name or not path or mode not in ("blockdrop", "full"):
+            raise ValueError(f"--variant {spec!r}: expected NAME=ARTIFACT:MODE with MODE blockdrop or full")
+        variants[name] = (Path(path), mode)
+    return variants
+
+
+def execute(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = parse_variants(args.variant)
+    if not variants:
+        raise ValueError("no variants to benchmark: no shipped checkpoints found and no --variant given")
+    result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "variants.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
