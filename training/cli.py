@@ -69,6 +69,23 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     slim.add_argument("--weight-decay", type=float, default=5e-4)
     slim.set_defaults(handler=_run("training.slim", "train_slim"))
 
+    biglittle = commands.add_parser("biglittle", help="train a CIFAR Big-Little ResNet from scratch")
+    add_common_options(biglittle)
+    biglittle.add_argument(
+        "--blocks",
+        type=int,
+        nargs=3,
+        default=[8, 8, 8],
+        metavar="K",
+        help="blocks per stage (big branch K-1, little branch K/beta, one fusion block)",
+    )
+    biglittle.add_argument("--alpha", type=int, default=2, help="little-branch width divisor")
+    biglittle.add_argument("--beta", type=int, default=4, help="little-branch depth divisor")
+    biglittle.add_argument("--epochs", type=int, default=60)
+    biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
+    biglittle.add_argument("--weight-decay", type=float, default=5e-4)
+    biglittle.set_defaults(handler=_run("training.biglittle", "train_biglittle"))
+
 
 def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     parser.add_argument("--epochs", type=int, default=epochs)

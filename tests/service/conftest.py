@@ -12,6 +12,7 @@ from PIL import Image
 
 from models import save_artifact
 from models.artifacts import InputSpec, Manifest
+from models.biglittle import BigLittleConfig, BigLittleNet
 from models.blockdrop import BlockDropModel
 from models.classes import CIFAR10_CLASSES
 from models.policy import PolicyConfig, PolicyNet
@@ -38,6 +39,7 @@ def make_artifacts(root: Path) -> dict[str, Path]:
         "tiny-blockdrop": BlockDropModel(randomize_batchnorm(cifar_resnet(8), seed=1), policy),
         "tiny-resnet": BlockDropModel(full),
         "tiny-slim": BlockDropModel(slim),
+        "tiny-biglittle": BigLittleNet(BigLittleConfig("cifar", (2, 2, 2))),
     }.items():
         manifest = Manifest(
             name=name,

@@ -150,16 +150,18 @@ def test_unknown_route_and_method_are_json(client):
     assert client.get("/v1/classify").status_code == 405
 
 
-def test_slimmed_variant_answers_through_the_service(artifacts):
+@pytest.mark.parametrize("artifact", ["tiny-slim", "tiny-biglittle"])
+def test_static_variants_answer_through_the_service(artifacts, artifact):
     from fastapi.testclient import TestClient
 
     from service.app import create_app
     from service.config import VariantSettings
     from tests.service.conftest import make_settings
 
-    variants = [VariantSettings(name="slim", artifact=artifacts["tiny-slim"], mode="full")]
+    variants = [VariantSettings(name="static", artifact=artifacts[artifact], mode="full")]
     with TestClient(create_app(make_settings(artifacts, variants=variants))) as client:
         body = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}).json()
-        assert body["variant"] == "slim" and body["blocks"]["mask"] == "111"
+        assert body["variant"] == "static" and body["model"] == artifact
+        assert set(body["blocks"]["mask"]) == {"1"} and body["blocks"]["skipped"] == 0
         full_flops = client.get("/v1/models").json()["models"][0]["flops"]["full"]
         assert body["flops"]["executed"] == full_flops

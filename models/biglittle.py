@@ -1,0 +1,186 @@
+"""Big-Little Net (Chen et al., ICLR 2019): multi-scale ResNets built from Big-Little modules.
+
+A bL-module replaces a stage of K residual blocks by two branches over the same input:
+- the **big** branch: K - 1 blocks at full width that run at half resolution (its first block has stride 2),
+  upsampled back (bilinear) at the end;
+- the **little** branch: about K / beta blocks at width / alpha that stay at full resolution, then a 1x1 conv + BN
+  to full width;
+- the two are added and ReLU'd, and a **fusion** block carries the stage's stride.
+alpha = 2 and beta = 4 by default, as in the paper.
+
+The paper defines ImageNet models only. The CIFAR bL-ResNet here follows the same rules on the CIFAR ResNet
+(3 stages of widths 16 / 32 / 64, BasicBlocks, ``blocks_per_stage`` blocks each): every stage becomes a
+bL-module; the little branch always keeps at least one block; shortcuts that change shape are 1x1 conv + BN.
+``imagenet_bl_resnet50`` builds the paper's bL-ResNet-50 (alpha = 2, beta = 4) without weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.blockdrop import InferenceResult
+from models.flops import FlopsTable
+from models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
+
+
+class Residual(nn.Module):
+    """A residual block with its own shortcut: identity, or 1x1 conv + BN where the shape changes."""
+
+    def __init__(self, block: type[nn.Module], in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        if block is Bottleneck:
+            self.branch = Bottleneck(in_channels, out_channels // Bottleneck.expansion, stride)
+        else:
+            self.branch = BasicBlock(in_channels, out_channels, stride)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.shortcut(x) + self.branch(x))
+
+
+def residual_stack(
+    block: type[nn.Module], in_channels: int, out_channels: int, count: int, stride: int = 1
+) -> nn.Sequential:
+    layers = [Residual(block, in_channels, out_channels, stride)]
+    layers += [Residual(block, out_channels, out_channels) for _ in range(count - 1)]
+    return nn.Sequential(*layers)
+
+
+class BigLittleModule(nn.Module):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        in_channels: int,
+        out_channels: int,
+        blocks: int,
+        alpha: int,
+        beta: int,
+        stride: int,
+    ):
+        super().__init__()
+        self.big = residual_stack(block, in_channels, out_channels, max(blocks - 1, 1), stride=2)
+        little_channels = out_channels // alpha
+        self.little = residual_stack(block, in_channels, little_channels, max(blocks // beta, 1))
+        self.little_expand = nn.Sequential(conv1x1(little_channels, out_channels), nn.BatchNorm2d(out_channels))
+        self.fusion = Residual(block, out_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        big = self.big(x)
+        little = self.little_expand(self.little(x))
+        big = F.interpolate(big, size=little.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fusion(F.relu(big + little))
+
+
+@dataclass(frozen=True)
+class BigLittleConfig:
+    family: str = "cifar"
+    blocks_per_stage: tuple[int, ...] = (5, 5, 5)
+    alpha: int = 2
+    beta: int = 4
+    num_classes: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["blocks_per_stage"] = list(self.blocks_per_stage)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BigLittleConfig:
+        return cls(
+            data["family"],
+            tuple(data["blocks_per_stage"]),
+            int(data["alpha"]),
+            int(data["beta"]),
+            int(data["num_classes"]),
+        )
+
+
+class BigLittleNet(nn.Module):
+    """A bL-ResNet. Like every served model it answers ``infer``; its mask is all ones (nothing is skipped)."""
+
+    def __init__(self, config: BigLittleConfig, input_size: tuple[int, int] = (32, 32)):
+        super().__init__()
+        self.config = config
+        self.input_size = input_size
+        if config.family == "cifar":
+            self.stem = nn.Sequential(conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+            widths, block, in_channels = (16, 32, 64), BasicBlock, 16
+            strides = (2, 2, 1)  # the fusion block ends each stage: the branches run at the stage input
+        else:
+            raise ValueError(f"unknown bL-ResNet family {config.family!r}")
+        stages = []
+        for width, count, stride in zip(widths, config.blocks_per_stage, strides, strict=True):
+            stages.append(BigLittleModule(block, in_channels, width, count, config.alpha, config.beta, stride))
+            in_channels = width
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(in_channels, config.num_classes)
+        _init_weights(self)
+        self.flops_table = measure_biglittle_flops(self, input_size)
+        self.manifest: Any = None
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.flops_table.blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    @torch.no_grad()
+    def infer(
+        self,
+        x: Tensor,
+        threshold: float = 0.5,
+        mode: Any = None,
+        k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> InferenceResult:
+        if mode is not None and str(getattr(mode, "value", mode)) != "full":
+            raise ValueError("a Big-Little network has no policy; it only runs in mode 'full'")
+        n = x.shape[0]
+        keep = torch.ones(n, self.num_blocks, dtype=torch.bool, device=x.device)
+        return InferenceResult(self(x), keep, torch.full((n,), self.flops_table.full, device=x.device))
+
+    def architecture(self) -> dict[str, Any]:
+        return {"biglittle": self.config.to_dict()}
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, Residual)]
+
+
+@torch.no_grad()
+def measure_biglittle_flops(model: BigLittleNet, input_size: tuple[int, int]) -> FlopsTable:
+    """Total FLOPs on one image, with each residual block's share (the rest — stem, merges, head — is base)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        model.train(was_training)
+    per_module = counter.get_flop_counts()
+    total = int(counter.get_total_flops())
+    blocks = tuple(int(sum(per_module.get(f"BigLittleNet.{name}", {}).values())) for name in residual_blocks(model))
+    return FlopsTable(base=total - sum(blocks), blocks=blocks, policy=0)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def build_from_architecture(architecture: dict[str, Any], input_size: tuple[int, int]) -> BigLittleNet:
+    return BigLittleNet(BigLittleConfig.from_dict(architecture["biglittle"]), input_size)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from models import load_artifact, save_artifact
+from models.artifacts import InputSpec, Manifest
+from models.biglittle import BigLittleConfig, BigLittleNet
+from models.flops import measure_flops
+from models.resnet import cifar_resnet
+
+
+def conv(cin: int, cout: int, k: int, side: int) -> int:
+    return 2 * cin * cout * k * k * side * side
+
+
+def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: int = 10) -> int:
+    """Multiply-adds x 2 of the CIFAR bL-ResNet, layer by layer, from its definition."""
+    total = conv(3, 16, 3, 32)
+    side, cin = 32, 16
+    for width, k, stride in zip((16, 32, 64), blocks, (2, 2, 1)):
+        half = side // 2
+        total += conv(cin, width, 3, half) + conv(width, width, 3, half) + conv(cin, width, 1, half)  # big, first
+        total += (k - 2) * 2 * conv(width, width, 3, half)
+        little, count = width // alpha, max(k // beta, 1)
+        total += conv(cin, little, 3, side) + conv(little, little, 3, side)
+        total += conv(cin, little, 1, side) if cin != little else 0
+        total += (count - 1) * 2 * conv(little, little, 3, side)
+        total += conv(little, width, 1, side)  # little branch back to full width
+        out = side // stride
+        total += conv(width, width, 3, out) + conv(width, width, 3, out)  # fusion block
+        total += conv(width, width, 1, out) if stride != 1 else 0
+        side, cin = out, width
+    return total + 2 * 64 * classes
+
+
+@pytest.mark.parametrize("blocks", [(5, 5, 5), (8, 8, 8)])
+def test_cifar_flops_match_hand_computation(blocks):
+    model = BigLittleNet(BigLittleConfig("cifar", blocks))
+    assert model.flops_table.full == hand_count_cifar(blocks, 2, 4)
+    assert sum(model.flops_table.blocks) < model.flops_table.full
+
+
+def test_cifar_shapes_and_savings():
+    model = BigLittleNet(BigLittleConfig("cifar", (8, 8, 8))).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert model(x).shape == (3, 10)
+    stage_outputs = []
+    features = model.stem(x)
+    for stage in model.stages:
+        features = stage(features)
+        stage_outputs.append(tuple(features.shape[1:]))
+    assert stage_outputs == [(16, 16, 16), (32, 8, 8), (64, 8, 8)]
+    full_resnet32 = measure_flops(cifar_resnet(32), (32, 32)).full
+    assert model.flops_table.full < 0.7 * full_resnet32  # at least 30 % fewer FLOPs
+
+
+def test_infer_runs_everything_and_refuses_policy_mode():
+    model = BigLittleNet(BigLittleConfig("cifar", (5, 5, 5))).eval()
+    result = model.infer(torch.randn(2, 3, 32, 32))
+    assert result.keep_mask.all() and result.keep_mask.shape == (2, model.num_blocks)
+    assert result.flops.tolist() == [model.flops_table.full] * 2
+    with pytest.raises(ValueError, match="no policy"):
+        model.infer(torch.randn(1, 3, 32, 32), mode="policy")
+
+
+def test_artifact_round_trip(tmp_path):
+    model = BigLittleNet(BigLittleConfig("cifar", (5, 5, 5))).eval()
+    manifest = Manifest(
+        name="bl", kind="biglittle", architecture={}, classes=[str(i) for i in range(10)], input=InputSpec(32, 32)
+    )
+    save_artifact(model, tmp_path / "bl", manifest)
+    loaded = load_artifact(tmp_path / "bl")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.infer(x).logits, model.infer(x).logits)
+    assert loaded.manifest.architecture == {"biglittle": model.config.to_dict()}
