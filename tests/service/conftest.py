@@ -41,9 +41,11 @@ def make_artifacts(root: Path) -> dict[str, Path]:
         "tiny-slim": BlockDropModel(slim),
         "tiny-biglittle": BigLittleNet(BigLittleConfig("cifar", (2, 2, 2))),
     }.items():
+        policy_net = getattr(model, "policy", None)
+        kind = "biglittle" if isinstance(model, BigLittleNet) else "resnet" if policy_net is None else "blockdrop"
         manifest = Manifest(
             name=name,
-            kind="blockdrop" if model.policy is not None else "resnet",
+            kind=kind,
             architecture={},
             classes=list(CIFAR10_CLASSES),
             input=InputSpec(32, 32, None, MEAN, STD),
