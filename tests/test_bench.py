@@ -60,3 +60,22 @@ def test_variants_benchmark_writes_json_and_markdown(tmp_path):
     assert set(rows) == {"full", "blockdrop"} and rows["full"]["latency_speedup"] == 1.0
     assert 0 <= rows["blockdrop"]["accuracy"] <= 1
     assert blockdrop(["bench", "variants", "--variant", "broken"]) == 2
+
+
+def test_results_table_renders_recorded_test_figures(tmp_path):
+    from bench.results_table import render
+    from models.artifacts import read_manifest, write_manifest
+
+    artifacts = make_artifacts(tmp_path)
+    (tmp_path / "tiny-resnet").rename(tmp_path / "cifar10-resnet32")
+    (tmp_path / "tiny-blockdrop").rename(tmp_path / "cifar10-resnet32-blockdrop")
+    row = {"accuracy": 0.9, "blocks_mean": 2.0, "blocks_std": 0.5, "flops_mean": 1e7, "distinct_policies": 3}
+    manifest = read_manifest(tmp_path / "cifar10-resnet32-blockdrop")
+    manifest.metrics["test"] = {"k": 2, "rows": {"full": row, "first_k": row, "random_k": row, "blockdrop": row}}
+    manifest.training = {"train_seconds": 3600, "command": "blockdrop train finetune"}
+    write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
+    table = render(tmp_path)
+    assert "| cifar10-resnet32 | (no test figures recorded yet)" in table
+    assert "| cifar10-resnet32-blockdrop | BlockDrop | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
+    assert "FirstK K=2" in table and "1.00 h; `blockdrop train finetune`" in table
+    assert artifacts  # the fixture's paths were moved above

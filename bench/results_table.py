@@ -1,0 +1,88 @@
+"""The README's results table, rendered from the shipped artifacts' manifests (nothing typed by hand).
+
+Each row's figures are the test-set figures that ``blockdrop eval ARTIFACT --split test --record`` stored in the
+manifest; the training time and command come from the manifest's provenance.
+
+    python -m bench.results_table        # writes bench/results/models.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.executor import RESULTS
+from bench.variants import CHECKPOINTS
+from models.artifacts import read_manifest
+
+ORDER = (
+    "cifar10-resnet32",
+    "cifar10-resnet32-blockdrop",
+    "cifar10-resnet32-slim",
+    "cifar10-resnet32-slim-blockdrop",
+    "cifar10-blresnet",
+)
+ROW_LABELS = {"full": "full network", "first_k": "FirstK", "random_k": "RandomK", "blockdrop": "BlockDrop"}
+
+
+def parameter_count(folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "model.safetensors")
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(tensor.numel() for key, tensor in weights.items() if not key.endswith(statistics))
+
+
+def rows_for(folder: Path, reference_flops: float) -> list[str]:
+    manifest = read_manifest(folder)
+    test: dict[str, Any] | None = manifest.metrics.get("test")
+    if not test:
+        return [f"| {folder.name} | (no test figures recorded yet) | | | | | | |"]
+    training = manifest.training
+    hours = training.get("train_seconds", 0) / 3600
+    provenance = f"{hours:.2f} h; `{training.get('command', '?')}`"
+    params = parameter_count(folder)
+    lines = []
+    for key, row in test["rows"].items():
+        if key == "full" and manifest.kind == "blockdrop":
+            label = "full network (finetuned backbone)"
+        else:
+            label = ROW_LABELS[key] + (f" K={test['k']}" if key in ("first_k", "random_k") else "")
+        lines.append(
+            f"| {folder.name} | {label} | {row['accuracy'] * 100:.2f}% | {row['blocks_mean']:.2f} ± "
+            f"{row['blocks_std']:.2f} | {row['flops_mean']:.3g} | {row['flops_mean'] / reference_flops * 100:.1f}% | "
+            f"{params / 1e6:.3f} M | {provenance if key in ('full', 'blockdrop') else ''} |"
+        )
+    return lines
+
+
+def render(checkpoints: Path) -> str:
+    reference = read_manifest(checkpoints / ORDER[0]).flops["full"]
+    lines = [
+        "CIFAR-10 test set, 10,000 images. FLOPs: 2 per multiply-add, convolutions and linear layers, the policy "
+        f"included for BlockDrop rows; '% of R32' is against the full ResNet-32's {reference:.3g}. Parameters "
+        "exclude BatchNorm running statistics.",
+        "",
+        "| artifact | row | accuracy | blocks used | FLOPs / image | % of R32 | params | training time; command |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ORDER:
+        if (checkpoints / name / "manifest.json").exists():
+            lines += rows_for(checkpoints / name, reference)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", default=str(CHECKPOINTS))
+    parser.add_argument("--out", default=str(RESULTS / "models.md"))
+    args = parser.parse_args(argv)
+    table = render(Path(args.checkpoints))
+    Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
