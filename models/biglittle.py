@@ -3,14 +3,15 @@
 A bL-module replaces a stage of K residual blocks by two branches over the same input:
 - the **big** branch: K - 1 blocks at full width that run at half resolution (its first block has stride 2),
   upsampled back (bilinear) at the end;
-- the **little** branch: about K / beta blocks at width / alpha that stay at full resolution, then a 1x1 conv + BN
-  to full width;
+- the **little** branch: K / beta - 1 blocks (at least one) at width / alpha that stay at full resolution,
+  then a 1x1 conv + BN to full width;
 - the two are added and ReLU'd, and a **fusion** block carries the stage's stride.
 alpha = 2 and beta = 4 by default, as in the paper.
 
 The paper defines ImageNet models only. The CIFAR bL-ResNet here follows the same rules on the CIFAR ResNet
 (3 stages of widths 16 / 32 / 64, BasicBlocks, ``blocks_per_stage`` blocks each): every stage becomes a
-bL-module; the little branch always keeps at least one block; shortcuts that change shape are 1x1 conv + BN.
+bL-module; the little branch always keeps at least one block; a shortcut average-pools (3x3) where its block
+strides and adds a 1x1 conv + BN where the width changes, as the reference implementation does.
 ``imagenet_bl_resnet50`` builds the paper's bL-ResNet-50 (alpha = 2, beta = 4) without weights.
 """
 
@@ -26,11 +27,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.blockdrop import InferenceResult
 from models.flops import FlopsTable
-from models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
+from models.resnet import BasicBlock, Bottleneck, conv1x1
 
 
 class Residual(nn.Module):
-    """A residual block with its own shortcut: identity, or 1x1 conv + BN where the shape changes."""
+    """A residual block with its own shortcut: identity, or (3x3 average pooling where it strides, then 1x1 conv + BN
+    where the width changes), as in the reference bL-ResNet."""
 
     def __init__(self, block: type[nn.Module], in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
@@ -38,9 +40,12 @@ class Residual(nn.Module):
             self.branch = Bottleneck(in_channels, out_channels // Bottleneck.expansion, stride)
         else:
             self.branch = BasicBlock(in_channels, out_channels, stride)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+        shortcut: list[nn.Module] = []
+        if stride != 1:
+            shortcut.append(nn.AvgPool2d(3, stride=stride, padding=1))
+        if in_channels != out_channels:
+            shortcut += [conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels)]
+        self.shortcut = nn.Sequential(*shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.shortcut(x) + self.branch(x))
@@ -68,7 +73,7 @@ class BigLittleModule(nn.Module):
         super().__init__()
         self.big = residual_stack(block, in_channels, out_channels, max(blocks - 1, 1), stride=2)
         little_channels = out_channels // alpha
-        self.little = residual_stack(block, in_channels, little_channels, max(blocks // beta, 1))
+        self.little = residual_stack(block, in_channels, little_channels, max(blocks // beta - 1, 1))
         self.little_expand = nn.Sequential(conv1x1(little_channels, out_channels), nn.BatchNorm2d(out_channels))
         self.fusion = Residual(block, out_channels, out_channels, stride)
 
@@ -77,6 +82,33 @@ class BigLittleModule(nn.Module):
         little = self.little_expand(self.little(x))
         big = F.interpolate(big, size=little.shape[-2:], mode="bilinear", align_corners=False)
         return self.fusion(F.relu(big + little))
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class BigLittleStem(nn.Module):
+    """The ImageNet bL-ResNet stem: a 7x7 stride-2 conv, then a small big-little pair in place of the max-pool."""
+
+    def __init__(self, alpha: int, width: int = 64):
+        super().__init__()
+        self.conv = conv_bn(3, width, 7, stride=2)
+        self.big = conv_bn(width, width, 3, stride=2, relu=False)
+        self.little = nn.Sequential(
+            conv_bn(width, width // alpha, 3),
+            conv_bn(width // alpha, width // alpha, 3, 2),
+            conv_bn(width // alpha, width, 1, relu=False),
+        )
+        self.merge = conv_bn(width, width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return self.merge(F.relu(self.big(x) + self.little(x)))
 
 
 @dataclass(frozen=True)
@@ -110,15 +142,27 @@ class BigLittleNet(nn.Module):
         super().__init__()
         self.config = config
         self.input_size = input_size
+        # the fusion block ends each bL stage and carries its stride, so each stage's branches run at its input
+        # resolution (big at half of it); the ImageNet model ends with a plain ResNet stage
         if config.family == "cifar":
-            self.stem = nn.Sequential(conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-            widths, block, in_channels = (16, 32, 64), BasicBlock, 16
-            strides = (2, 2, 1)  # the fusion block ends each stage: the branches run at the stage input
+            self.stem: nn.Module = conv_bn(3, 16, 3)
+            widths, block, in_channels, strides = (16, 32, 64), BasicBlock, 16, (2, 2, 1)
+            plain_stages = 0
+        elif config.family == "imagenet":
+            self.stem = BigLittleStem(config.alpha)
+            widths, block, in_channels, strides = (256, 512, 1024, 2048), Bottleneck, 64, (2, 2, 1, 2)
+            plain_stages = 1
         else:
             raise ValueError(f"unknown bL-ResNet family {config.family!r}")
-        stages = []
-        for width, count, stride in zip(widths, config.blocks_per_stage, strides, strict=True):
-            stages.append(BigLittleModule(block, in_channels, width, count, config.alpha, config.beta, stride))
+        if len(config.blocks_per_stage) != len(widths):
+            raise ValueError(f"a {config.family} bL-ResNet has {len(widths)} stages")
+        stages: list[nn.Module] = []
+        bl_stages = len(widths) - plain_stages
+        for index, (width, count, stride) in enumerate(zip(widths, config.blocks_per_stage, strides, strict=True)):
+            if index < bl_stages:
+                stages.append(BigLittleModule(block, in_channels, width, count, config.alpha, config.beta, stride))
+            else:
+                stages.append(residual_stack(block, in_channels, width, count, stride))
             in_channels = width
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(in_channels, config.num_classes)
@@ -151,6 +195,11 @@ class BigLittleNet(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         return {"biglittle": self.config.to_dict()}
+
+
+def imagenet_bl_resnet50(num_classes: int = 1000) -> BigLittleNet:
+    """The paper's bL-ResNet-50 (alpha = 2, beta = 4), without weights."""
+    return BigLittleNet(BigLittleConfig("imagenet", (3, 4, 6, 3), 2, 4, num_classes), input_size=(224, 224))
 
 
 def residual_blocks(model: nn.Module) -> list[str]:

@@ -18,16 +18,16 @@ def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: in
     side, cin = 32, 16
     for width, k, stride in zip((16, 32, 64), blocks, (2, 2, 1)):
         half = side // 2
-        total += conv(cin, width, 3, half) + conv(width, width, 3, half) + conv(cin, width, 1, half)  # big, first
+        total += conv(cin, width, 3, half) + conv(width, width, 3, half)  # big branch, first block (stride 2)
+        total += conv(cin, width, 1, half) if cin != width else 0  # its shortcut: avg-pool, then 1x1 if widening
         total += (k - 2) * 2 * conv(width, width, 3, half)
-        little, count = width // alpha, max(k // beta, 1)
+        little, count = width // alpha, max(k // beta - 1, 1)
         total += conv(cin, little, 3, side) + conv(little, little, 3, side)
         total += conv(cin, little, 1, side) if cin != little else 0
         total += (count - 1) * 2 * conv(little, little, 3, side)
         total += conv(little, width, 1, side)  # little branch back to full width
         out = side // stride
-        total += conv(width, width, 3, out) + conv(width, width, 3, out)  # fusion block
-        total += conv(width, width, 1, out) if stride != 1 else 0
+        total += conv(width, width, 3, out) + conv(width, width, 3, out)  # fusion block (avg-pool shortcut)
         side, cin = out, width
     return total + 2 * 64 * classes
 
@@ -72,3 +72,21 @@ def test_artifact_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded.infer(x).logits, model.infer(x).logits)
     assert loaded.manifest.architecture == {"biglittle": model.config.to_dict()}
+
+
+def test_imagenet_bl_resnet50_matches_the_published_cost():
+    from models.biglittle import imagenet_bl_resnet50
+
+    model = imagenet_bl_resnet50().eval()
+    multiply_adds = model.flops_table.full / 2
+    assert abs(multiply_adds - 2.85e9) / 2.85e9 < 0.03  # the paper: 2.85 G for alpha = 2, beta = 4
+    parameters = sum(p.numel() for p in model.parameters())
+    assert abs(parameters - 26.69e6) / 26.69e6 < 0.01  # the paper: 26.69 M
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    stage_shapes = []
+    x = model.stem(torch.randn(1, 3, 224, 224))
+    for stage in model.stages:
+        x = stage(x)
+        stage_shapes.append(tuple(x.shape[1:]))
+    assert stage_shapes == [(256, 28, 28), (512, 14, 14), (1024, 14, 14), (2048, 7, 7)]
