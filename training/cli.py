@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--blocks",
         type=int,
         nargs=3,
-        default=[8, 8, 8],
+        default=[10, 10, 10],
         metavar="K",
         help="blocks per stage (big branch K-1, little branch K/beta, one fusion block)",
     )
