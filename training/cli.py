@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         nargs=3,
         default=[10, 10, 10],
         metavar="K",
-        help="blocks per stage (big branch K-1, little branch K/beta, one fusion block)",
+        help="blocks per stage (big branch K-1, little branch K/beta-1 (at least 1), one fusion block)",
     )
     biglittle.add_argument("--alpha", type=int, default=2, help="little-branch width divisor")
     biglittle.add_argument("--beta", type=int, default=4, help="little-branch depth divisor")
