@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from bench import executor, variants
+    from bench import executor, load, variants
 
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     benches = parser.add_subparsers(dest="which", metavar="WHICH", required=True)
@@ -16,3 +16,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     variants_parser = benches.add_parser("variants", help=variants.__doc__.split("\n\n")[0])
     variants.add_arguments(variants_parser)
     variants_parser.set_defaults(handler=variants.execute)
+    load_parser = benches.add_parser("load", help=load.__doc__.split("\n\n")[0])
+    load.add_arguments(load_parser)
+    load_parser.set_defaults(handler=load.execute)

@@ -79,3 +79,42 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     assert "| cifar10-resnet32-blockdrop | BlockDrop | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
     assert "FirstK K=2" in table and "1.00 h; `blockdrop train finetune`" in table
     assert artifacts  # the fixture's paths were moved above
+
+
+def test_load_benchmark_runs_every_setup(tmp_path):
+    import shutil
+
+    import pytest
+
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (Debian package 'wrk')")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=8)
+    args = [
+        "bench",
+        "load",
+        "--data-root",
+        str(data),
+        "--concurrency",
+        "1,4",
+        "--seconds",
+        "1",
+        "--images",
+        "4",
+        "--warmup-seconds",
+        "0",
+        "--overhead-requests",
+        "5",
+        "--blockdrop",
+        str(artifacts["tiny-blockdrop"]),
+        "--full",
+        str(artifacts["tiny-resnet"]),
+        "--out",
+        str(tmp_path),
+    ]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "load.json").read_text())
+    setups = {(r["setup"], r["variant"], r["concurrency"]) for r in result["runs"]}
+    assert len(setups) == 10  # 2 service setups x 2 variants x 2 concurrencies + the baseline x 2
+    assert all(r["errors_5xx"] == 0 and r["requests_per_second"] > 0 for r in result["runs"])
+    assert set(result["overhead"]) == {"blockdrop", "full"}

@@ -1,0 +1,237 @@
+"""Load test against the running service with wrk: requests per second, p50 / p95 / p99 latency and errors per
+variant at several concurrencies, micro-batching on and off, and the baseline a user would otherwise write
+(the full ResNet behind a minimal FastAPI handler, no batching). Also the service's own HTTP overhead at
+concurrency 1 (client-observed latency minus the model's inference time).
+
+Needs ``wrk`` (Debian package). Results go to ``bench/results/load.{json,md}``:
+
+    python -m bench.load --data-root DIR          # or: blockdrop bench load
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.executor import RESULTS, machine_description
+from bench.variants import CHECKPOINTS
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "wrk_post.lua"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A server subprocess on a free loopback port, ready when ``ready_path`` answers 200."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, ready_path: str):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{command} did not become ready")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def service(blockdrop: str, full: str, max_batch_size: int) -> Process:
+    port = free_port()
+    variants = [
+        {"name": "blockdrop", "artifact": blockdrop, "mode": "blockdrop"},
+        {"name": "full", "artifact": full, "mode": "full"},
+    ]
+    env = {
+        "BLOCKDROP_PORT": str(port),
+        "BLOCKDROP_VARIANTS": json.dumps(variants),
+        "BLOCKDROP_MAX_BATCH_SIZE": str(max_batch_size),
+        "BLOCKDROP_QUEUE_LIMIT": "512",
+    }
+    return Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
+
+
+def baseline(full: str) -> Process:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.baseline_server", full, "--port", str(port)]
+    return Process(command, {}, port, "/docs")
+
+
+def write_bodies(data_root: str | None, count: int, folder: Path) -> list[bytes]:
+    from training.data import load_cifar
+
+    test = load_cifar(data_root, "test")
+    bodies = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        bodies.append(buffer.getvalue())
+        (folder / f"image_{i}.png").write_bytes(bodies[-1])
+    return bodies
+
+
+def run_wrk(url: str, concurrency: int, seconds: int, bodies: Path, count: int) -> dict:
+    threads = min(2, concurrency)
+    command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    env = os.environ | {"WRK_BODY_DIR": str(bodies), "WRK_BODY_COUNT": str(count)}
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    statuses = {int(k): v for k, v in raw["statuses"].items()}
+    return {
+        "concurrency": concurrency,
+        "requests_per_second": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p95_ms": raw["p95_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "statuses": statuses,
+        "errors_5xx": sum(n for status, n in statuses.items() if status >= 500),
+        "socket_errors": raw["socket_errors"] + raw["timeouts"],
+    }
+
+
+def http_overhead(url: str, bodies: list[bytes], requests: int) -> dict:
+    """Sequential requests: client-observed latency minus the model's inference time, per request."""
+    overheads, inference = [], []
+    with httpx.Client() as client:
+        for i in range(requests):
+            started = time.perf_counter()
+            response = client.post(url, content=bodies[i % len(bodies)], headers={"content-type": "image/png"})
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            model_ms = response.json()["latency_ms"]["inference"]
+            overheads.append(elapsed_ms - model_ms)
+            inference.append(model_ms)
+    return {
+        "requests": requests,
+        "overhead_p50_ms": statistics.median(overheads),
+        "inference_p50_ms": statistics.median(inference),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    results: dict = {
+        "machine": machine_description(),
+        "seconds_per_run": args.seconds,
+        "images": args.images,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        bodies = write_bodies(args.data_root, args.images, Path(folder))
+        for label, start, paths in (
+            (
+                "service, micro-batching on",
+                lambda: service(args.blockdrop, args.full, args.max_batch_size),
+                ("blockdrop", "full"),
+            ),
+            ("service, micro-batching off", lambda: service(args.blockdrop, args.full, 1), ("blockdrop", "full")),
+            ("baseline: minimal FastAPI, full ResNet, no batching", lambda: baseline(args.full), (None,)),
+        ):
+            server = start()
+            try:
+                if label.endswith("on"):
+                    results["overhead"] = {
+                        v: http_overhead(f"{server.url}/v1/classify?variant={v}", bodies, 300)
+                        for v in ("blockdrop", "full")
+                    }
+                for variant in paths:
+                    url = f"{server.url}/v1/classify?variant={variant}" if variant else f"{server.url}/classify"
+                    if args.warmup_seconds:
+                        run_wrk(url, 8, args.warmup_seconds, Path(folder), args.images)
+                    for concurrency in concurrencies:
+                        row = run_wrk(url, concurrency, args.seconds, Path(folder), args.images)
+                        results["runs"].append({"setup": label, "variant": variant or "full"} | row)
+                        print(json.dumps(results["runs"][-1]), flush=True)
+            finally:
+                server.stop()
+    return results
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"wrk against the service on loopback, {result['seconds_per_run']} s per row; {result['machine']}. "
+        f"Each request posts one of {result['images']} CIFAR-10 test images (PNG) in turn.",
+        "",
+        "| setup | variant | concurrency | requests/s | p50 | p95 | p99 | 5xx | socket errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['setup']} | {r['variant']} | {r['concurrency']} | {r['requests_per_second']:.0f} | "
+            f"{r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['errors_5xx']} | "
+            f"{r['socket_errors']} |"
+        )
+    lines += [
+        "",
+        "HTTP overhead at concurrency 1 (client-observed latency minus the model's inference time, median "
+        "of 300 sequential requests):",
+        "",
+    ]
+    for variant, o in result.get("overhead", {}).items():
+        lines.append(f"- {variant}: {o['overhead_p50_ms']:.2f} ms overhead, {o['inference_p50_ms']:.2f} ms inference")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
+    parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
+    parser.add_argument("--blockdrop", default=str(CHECKPOINTS / "cifar10-resnet32-blockdrop"))
+    parser.add_argument("--full", default=str(CHECKPOINTS / "cifar10-resnet32"))
+    parser.add_argument("--warmup-seconds", type=int, default=2)
+    parser.add_argument("--overhead-requests", type=int, default=300)
+    parser.add_argument("--out", default=str(RESULTS))
+
+
+def execute(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        raise ValueError("wrk is not installed (Debian: apt-get install wrk)")
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "load.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
