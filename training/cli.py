@@ -51,7 +51,22 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
     finetune = commands.add_parser("finetune", help="jointly finetune the policy and backbone of a BlockDrop artifact")
     add_common_options(finetune)
-    finetune.add_argument("--model", required=True, help="BlockDrop artifact from 'train policy'")
+    finetune.add_argument(
+        "--model",
+        required=True,
+        help="BlockDrop artifact from 'train policy', or a backbone artifact to start a new policy",
+    )
+    finetune.add_argument("--policy-lr", type=float, help="the policy's learning rate (default: --lr)")
+    finetune.add_argument(
+        "--policy-downsample",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="for a new policy: average-pool the image by this factor first",
+    )
+    finetune.add_argument(
+        "--initial-keep", type=float, default=0.9, help="for a new policy: the keep-probability every block starts with"
+    )
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
 

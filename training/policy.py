@@ -8,6 +8,7 @@ trains the backbone with cross-entropy on the sampled masks. Resumable from the 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -32,6 +33,7 @@ class PolicyTrainConfig:
     curriculum: bool  # release one more block (from the last backwards) each epoch
     batch_size: int = 256
     lr: float = 1e-3
+    policy_lr: float | None = None  # joint training: the policy's own rate (default: lr)
     alpha: float = 0.8
     penalty: float = 5.0  # gamma: a wrong prediction is rewarded -gamma
     entropy_weight: float = 0.1
@@ -53,8 +55,10 @@ def train_blockdrop(
     run: RunFolder,
 ) -> list[dict]:
     torch.manual_seed(config.seed)
-    parameters = list(model.policy.parameters()) + (list(model.backbone.parameters()) if config.joint else [])
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    groups = [{"params": list(model.policy.parameters()), "lr": config.policy_lr or config.lr}]
+    if config.joint:
+        groups.append({"params": list(model.backbone.parameters()), "lr": config.lr})
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
     start_epoch = _resume(run, model, optimizer, config)
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
@@ -164,6 +168,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         curriculum=not joint,
         batch_size=args.batch_size,
         lr=args.lr,
+        policy_lr=getattr(args, "policy_lr", None),
         alpha=args.alpha,
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,
@@ -188,11 +193,17 @@ def train_policy(args: argparse.Namespace) -> int:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    """Joint stage: policy and backbone of a BlockDrop artifact trained together."""
+    """Joint stage: policy and backbone trained together, from a BlockDrop artifact (the curriculum's output) or
+    from a plain backbone artifact with a new policy that starts out keeping each block with ``--initial-keep``."""
     model = load_artifact(args.model)
+    manifest = model.manifest
     if model.policy is None:
-        raise ValueError(f"{args.model} has no policy; train one with 'blockdrop train policy' first")
-    return _train_and_export(model, model.manifest, args, joint=True)
+        torch.manual_seed(args.seed)
+        policy = PolicyNet(PolicyConfig("cifar", model.num_blocks, args.policy_downsample))
+        with torch.no_grad():
+            policy.logit.bias.fill_(math.log(args.initial_keep / (1 - args.initial_keep)))
+        model = BlockDropModel(model.backbone, policy, manifest.input.size)
+    return _train_and_export(model, manifest, args, joint=True)
 
 
 def _train_and_export(model: BlockDropModel, manifest, args: argparse.Namespace, joint: bool) -> int:

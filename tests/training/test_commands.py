@@ -224,3 +224,31 @@ def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
     assert model.manifest.training["slimming"]["percent"] == 0.5
     assert (tmp_path / "slim" / "sparsity" / "log.jsonl").exists()
     assert (tmp_path / "slim" / "finetune-p50" / "log.jsonl").exists()
+
+
+def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tmp_path):
+    args = [
+        "train",
+        "finetune",
+        "--model",
+        str(trained / "bb-artifact"),
+        "--data-root",
+        str(cifar_root),
+        "--epochs",
+        "1",
+        "--initial-keep",
+        "0.8",
+        "--policy-lr",
+        "1e-3",
+        "--run-dir",
+        str(tmp_path / "joint"),
+        "--out",
+        str(tmp_path / "joint-artifact"),
+        *TINY,
+    ]
+    assert blockdrop(args) == 0
+    model = load_artifact(tmp_path / "joint-artifact")
+    assert model.manifest.kind == "blockdrop" and model.policy.config.input_downsample == 2
+    assert model.manifest.training["started_from"] == "bb-artifact"
+    state = RunFolder(tmp_path / "joint").load()
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3, 1e-4]
