@@ -35,6 +35,7 @@ _CLASSIFY_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {"file": {"type": "string", "format": "binary"}},
+                    "additionalProperties": False,
                 }
             },
             "application/json": {"schema": BatchRequest.model_json_schema()},
