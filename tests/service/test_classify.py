@@ -165,20 +165,3 @@ def test_static_variants_answer_through_the_service(artifacts, artifact):
         assert set(body["blocks"]["mask"]) == {"1"} and body["blocks"]["skipped"] == 0
         full_flops = client.get("/v1/models").json()["models"][0]["flops"]["full"]
         assert body["flops"]["executed"] == full_flops
-
-
-def test_out_of_the_box_settings_serve_the_shipped_checkpoints():
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.config import Settings
-
-    with TestClient(create_app(Settings())) as client:
-        assert client.get("/healthz/ready").status_code == 200
-        names = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        assert set(names) == {"blockdrop", "full"} and names["blockdrop"]["traffic_share"] == 0.5
-        for variant in ("blockdrop", "full"):
-            body = client.post(
-                f"/v1/classify?variant={variant}", content=png_bytes(), headers={"content-type": "image/png"}
-            ).json()
-            assert body["model"].startswith("cifar10-resnet32") and body["blocks"]["total"] == 15
