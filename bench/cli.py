@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    from bench import executor, load, variants
+    from bench import executor, load, soak, variants
 
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     benches = parser.add_subparsers(dest="which", metavar="WHICH", required=True)
@@ -19,3 +19,6 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     load_parser = benches.add_parser("load", help=load.__doc__.split("\n\n")[0])
     load.add_arguments(load_parser)
     load_parser.set_defaults(handler=load.execute)
+    soak_parser = benches.add_parser("soak", help=soak.__doc__.split("\n\n")[0])
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(handler=soak.execute)

@@ -1,0 +1,168 @@
+"""Soak run: minutes of mixed load against the service, with overload bursts and bad inputs mixed in.
+
+Phases of steady load (wrk, moderate concurrency) alternate with bursts far past the queue limit, while a
+second client keeps sending bad and awkward inputs. Every request must get a response; the only 5xx allowed is
+a deliberate 503; the server's resident memory is sampled throughout and reported before / after.
+
+    python -m bench.soak --data-root DIR --minutes 5       # or: blockdrop bench soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from bench.executor import RESULTS, machine_description
+from bench.load import Process, free_port, run_wrk, write_bodies
+from bench.variants import CHECKPOINTS
+
+BAD_INPUTS = [
+    (b"", "image/png"),
+    (b"definitely not an image", "image/png"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png"),
+    (b"{}", "application/json"),
+    (b'{"images": ["%%%"]}', "application/json"),
+    (b"hello", "text/plain"),
+]
+
+
+def resident_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS line")
+
+
+def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None:
+    with httpx.Client(timeout=30) as client:
+        i = 0
+        while not stop.is_set():
+            body, content_type = BAD_INPUTS[i % len(BAD_INPUTS)]
+            try:
+                statuses[client.post(url, content=body, headers={"content-type": content_type}).status_code] += 1
+            except httpx.HTTPError:
+                statuses["no response"] += 1
+            i += 1
+            time.sleep(0.01)
+
+
+def run(args: argparse.Namespace) -> dict:
+    port = free_port()
+    variants = [
+        {"name": "blockdrop", "artifact": args.blockdrop, "mode": "blockdrop"},
+        {"name": "full", "artifact": args.full, "mode": "full"},
+    ]
+    env = {
+        "BLOCKDROP_PORT": str(port),
+        "BLOCKDROP_VARIANTS": json.dumps(variants),
+        "BLOCKDROP_QUEUE_LIMIT": str(args.queue_limit),
+    }
+    server = Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
+    pid = server.process.pid
+    memory: list[tuple[float, int]] = []
+    load_statuses: Counter = Counter()
+    bad_statuses: Counter = Counter()
+    socket_errors = 0
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            write_bodies(args.data_root, args.images, Path(folder))
+            stop = threading.Event()
+            bad = threading.Thread(target=bad_input_client, args=(f"{server.url}/v1/classify", stop, bad_statuses))
+            bad.start()
+            memory.append((0.0, resident_kib(pid)))
+            phase = 0
+            while time.monotonic() - started < args.minutes * 60:
+                burst = phase % 3 == 2
+                concurrency = args.burst_concurrency if burst else args.concurrency
+                row = run_wrk(f"{server.url}/v1/classify", concurrency, args.phase_seconds, Path(folder), args.images)
+                load_statuses.update(row["statuses"])
+                socket_errors += row["socket_errors"]
+                memory.append((round(time.monotonic() - started, 1), resident_kib(pid)))
+                print(
+                    f"phase {phase} ({'burst' if burst else 'steady'}, c={concurrency}): {row['statuses']}, "
+                    f"RSS {memory[-1][1] / 1024:.0f} MiB",
+                    flush=True,
+                )
+                phase += 1
+            stop.set()
+            bad.join()
+        ready = httpx.get(f"{server.url}/healthz/ready").status_code
+    finally:
+        server.stop()
+    unexpected_5xx = {
+        k: v for k, v in (load_statuses + bad_statuses).items() if isinstance(k, int) and k >= 500 and k != 503
+    }
+    return {
+        "machine": machine_description(),
+        "minutes": round((time.monotonic() - started) / 60, 2),
+        "load_statuses": {str(k): v for k, v in sorted(load_statuses.items())},
+        "bad_input_statuses": {str(k): v for k, v in sorted(bad_statuses.items(), key=str)},
+        "socket_errors": socket_errors,
+        "unexpected_5xx": unexpected_5xx,
+        "ready_after": ready == 200,
+        "rss_mib_first": memory[0][1] / 1024,
+        "rss_mib_after_first_phase": memory[1][1] / 1024 if len(memory) > 1 else None,
+        "rss_mib_last": memory[-1][1] / 1024,
+        "rss_series": memory,
+    }
+
+
+def to_markdown(result: dict) -> str:
+    return (
+        "\n".join(
+            [
+                f"Soak: {result['minutes']} minutes of mixed load on {result['machine']}.",
+                "",
+                f"- load responses by status: {result['load_statuses']}; socket errors: {result['socket_errors']}",
+                f"- bad-input responses by status: {result['bad_input_statuses']}",
+                f"- 5xx other than 503: {result['unexpected_5xx'] or 'none'}; "
+                f"ready afterwards: {result['ready_after']}",
+                f"- resident memory: {result['rss_mib_first']:.0f} MiB at start, "
+                f"{result['rss_mib_after_first_phase']:.0f} MiB after the first phase, "
+                f"{result['rss_mib_last']:.0f} MiB at the end",
+            ]
+        )
+        + "\n"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--phase-seconds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=16, help="steady phases")
+    parser.add_argument("--burst-concurrency", type=int, default=256, help="every third phase")
+    parser.add_argument("--queue-limit", type=int, default=64, help="the service's queue limit (bursts pass it)")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--blockdrop", default=str(CHECKPOINTS / "cifar10-resnet32-blockdrop"))
+    parser.add_argument("--full", default=str(CHECKPOINTS / "cifar10-resnet32"))
+    parser.add_argument("--out", default=str(RESULTS))
+
+
+def execute(args: argparse.Namespace) -> int:
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "soak.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0 if not result["unexpected_5xx"] and result["ready_after"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return execute(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
