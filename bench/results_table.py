@@ -42,6 +42,8 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
     training = manifest.training
     hours = training.get("train_seconds", 0) / 3600
     provenance = f"{hours:.2f} h; `{training.get('command', '?')}`"
+    if training.get("started_from"):
+        provenance += f" (from `{training['started_from']}`)"
     params = parameter_count(folder)
     lines = []
     for key, row in test["rows"].items():
@@ -49,6 +51,7 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
             label = "full network (finetuned backbone)"
         else:
             label = ROW_LABELS[key] + (f" K={test['k']}" if key in ("first_k", "random_k") else "")
+            label += f" (threshold {test['threshold']:g})" if key == "blockdrop" else ""
         lines.append(
             f"| {folder.name} | {label} | {row['accuracy'] * 100:.2f}% | {row['blocks_mean']:.2f} ± "
             f"{row['blocks_std']:.2f} | {row['flops_mean']:.3g} | {row['flops_mean'] / reference_flops * 100:.1f}% | "

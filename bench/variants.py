@@ -43,30 +43,36 @@ def bench_variant(
 
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
     infer_mode = Mode.POLICY if mode == "blockdrop" else Mode.FULL
+    threshold = float(model.manifest.defaults.get("threshold", 0.5))  # as the service runs it
+
+    def infer(x: torch.Tensor):
+        return model.infer(x, threshold=threshold, mode=infer_mode)
+
     correct, flops = 0, 0.0
     for start in range(0, len(images), 500):
-        result = model.infer(normalize(images[start : start + 500]), mode=infer_mode)
+        result = infer(normalize(images[start : start + 500]))
         correct += (result.logits.argmax(1) == labels[start : start + 500]).sum().item()
         flops += result.flops.double().sum().item()
 
     singles = normalize(images[:latency_images])
     for i in range(min(20, latency_images)):  # warm-up
-        model.infer(singles[i : i + 1], mode=infer_mode)
+        infer(singles[i : i + 1])
     latencies = []
     for i in range(latency_images):
         started = time.perf_counter()
-        model.infer(singles[i : i + 1], mode=infer_mode)
+        infer(singles[i : i + 1])
         latencies.append(time.perf_counter() - started)
 
     batches = [normalize(images[i * 64 : (i + 1) * 64]) for i in range(throughput_batches)]
-    model.infer(batches[0], mode=infer_mode)
+    infer(batches[0])
     started = time.perf_counter()
     for batch in batches:
-        model.infer(batch, mode=infer_mode)
+        infer(batch)
     throughput = 64 * len(batches) / (time.perf_counter() - started)
     return {
         "model": model.manifest.name,
         "mode": mode,
+        "threshold": threshold if mode == "blockdrop" else None,
         "accuracy": correct / len(images),
         "flops_mean": flops / len(images),
         "latency_p50_ms": percentile(latencies, 50) * 1e3,

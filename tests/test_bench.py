@@ -71,12 +71,16 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     (tmp_path / "tiny-blockdrop").rename(tmp_path / "cifar10-resnet32-blockdrop")
     row = {"accuracy": 0.9, "blocks_mean": 2.0, "blocks_std": 0.5, "flops_mean": 1e7, "distinct_policies": 3}
     manifest = read_manifest(tmp_path / "cifar10-resnet32-blockdrop")
-    manifest.metrics["test"] = {"k": 2, "rows": {"full": row, "first_k": row, "random_k": row, "blockdrop": row}}
+    manifest.metrics["test"] = {
+        "k": 2,
+        "threshold": 0.5,
+        "rows": {"full": row, "first_k": row, "random_k": row, "blockdrop": row},
+    }
     manifest.training = {"train_seconds": 3600, "command": "blockdrop train finetune"}
     write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
     table = render(tmp_path)
     assert "| cifar10-resnet32 | (no test figures recorded yet)" in table
-    assert "| cifar10-resnet32-blockdrop | BlockDrop | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
+    assert "| cifar10-resnet32-blockdrop | BlockDrop (threshold 0.5) | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
     assert "FirstK K=2" in table and "1.00 h; `blockdrop train finetune`" in table
     assert artifacts  # the fixture's paths were moved above
 
@@ -118,3 +122,43 @@ def test_load_benchmark_runs_every_setup(tmp_path):
     assert len(setups) == 10  # 2 service setups x 2 variants x 2 concurrencies + the baseline x 2
     assert all(r["errors_5xx"] == 0 and r["requests_per_second"] > 0 for r in result["runs"])
     assert set(result["overhead"]) == {"blockdrop", "full"}
+
+
+def test_soak_short_version(tmp_path):
+    import shutil
+
+    import pytest
+
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (Debian package 'wrk')")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=8)
+    args = [
+        "bench",
+        "soak",
+        "--data-root",
+        str(data),
+        "--minutes",
+        "0.1",
+        "--phase-seconds",
+        "2",
+        "--images",
+        "4",
+        "--concurrency",
+        "4",
+        "--burst-concurrency",
+        "64",
+        "--queue-limit",
+        "2",
+        "--blockdrop",
+        str(artifacts["tiny-blockdrop"]),
+        "--full",
+        str(artifacts["tiny-resnet"]),
+        "--out",
+        str(tmp_path),
+    ]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "soak.json").read_text())
+    assert result["unexpected_5xx"] == {} and result["ready_after"] and result["socket_errors"] == 0
+    assert result["load_statuses"].get("200", 0) > 0
+    assert set(result["bad_input_statuses"]) <= {"400", "415", "422"}

@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (smoke tests)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--record", action="store_true", help="write the figures into the artifact's manifest")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the figures into the artifact's manifest, and --threshold (if given) as the "
+        "artifact's default threshold",
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -108,5 +113,7 @@ def _handle(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:
         model.manifest.metrics[args.split] = result
+        if args.threshold is not None and model.policy is not None:
+            model.manifest.defaults["threshold"] = args.threshold
         write_manifest(args.artifact, model.manifest)
     return 0

@@ -190,7 +190,28 @@ def test_eval_json_schema(trained, cifar_root, capsys):
         assert 0.0 <= row["accuracy"] <= 1.0
     assert [row["threshold"] for row in result["sweep"]] == [0.4, 0.6]
     assert result["rows"]["first_k"]["blocks_mean"] == result["k"]
-    assert load_artifact(trained / "ft-artifact").manifest.metrics["test"]["images"] == 40
+    manifest = load_artifact(trained / "ft-artifact").manifest
+    assert manifest.metrics["test"]["images"] == 40 and manifest.defaults["threshold"] == 0.5
+    assert (
+        blockdrop(
+            [
+                "eval",
+                str(trained / "ft-artifact"),
+                "--data-root",
+                str(cifar_root),
+                "--split",
+                "test",
+                "--threshold",
+                "0.4",
+                "--sweep",
+                "",
+                "--record",
+            ]
+        )
+        == 0
+    )
+    assert load_artifact(trained / "ft-artifact").manifest.defaults["threshold"] == 0.4
+    capsys.readouterr()
     assert blockdrop(["eval", str(trained / "ft-artifact"), "--data-root", str(cifar_root), "--val-size", "40"]) == 0
     assert "BlockDrop" in capsys.readouterr().out
 

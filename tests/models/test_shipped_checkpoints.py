@@ -1,0 +1,30 @@
+"""The artifacts committed under models/checkpoints load (hashes verified) and carry their measured figures."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import load_artifact
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
+SHIPPED = sorted(p for p in CHECKPOINTS.iterdir() if (p / "manifest.json").exists()) if CHECKPOINTS.exists() else []
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_artifact_loads_and_documents_itself(folder):
+    model = load_artifact(folder)
+    manifest = model.manifest
+    assert manifest.name == folder.name
+    assert manifest.training.get("command", "").startswith("blockdrop train")
+    assert manifest.training.get("train_seconds", 0) > 0
+    assert "test" in manifest.metrics, "record the test figures: blockdrop eval ARTIFACT --split test --record"
+    result = model.infer(torch.zeros(2, 3, manifest.input.height, manifest.input.width))
+    assert result.logits.shape == (2, len(manifest.classes))
+
+
+def test_the_default_variants_are_shipped():
+    from service.config import Settings
+
+    for variant in Settings().variants:
+        assert (variant.artifact / "manifest.json").exists(), f"{variant.artifact} is not committed"
