@@ -11,19 +11,14 @@ perfect executor would take. Times are medians from ``torch.utils.benchmark``; r
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
+from bench.common import RESULTS, machine_description, main_for, write_results
 from models.blockdrop import random_k_mask, run_backbone, run_backbone_masked
 from models.flops import measure_flops
 from models.resnet import cifar_resnet
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def median_seconds(fn, min_run_time: float) -> float:
@@ -74,20 +69,6 @@ def run(depth: int, batch_sizes: list[int], keep_fractions: list[float], min_run
     }
 
 
-def machine_description() -> str:
-    return f"{platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def to_markdown(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['device']} ({result['threads']} threads; {result['machine']}). "
@@ -104,12 +85,6 @@ def to_markdown(result: dict) -> str:
             f"{r['executor_over_ideal']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,13 +105,11 @@ def execute(args: argparse.Namespace) -> int:
         [float(f) for f in args.keep.split(",")],
         args.min_run_time,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "executor.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "executor.md").write_text(to_markdown(result))
-    print(f"wrote {out / 'executor.json'} and {out / 'executor.md'}")
+    write_results(args.out, "executor", result, to_markdown(result))
     return 0
 
+
+main = main_for(__doc__, add_arguments, execute)
 
 if __name__ == "__main__":
     raise SystemExit(main())

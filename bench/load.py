@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.executor import RESULTS, machine_description
+from bench.common import RESULTS, machine_description, main_for, write_results
 from bench.variants import CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,18 +219,11 @@ def execute(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         raise ValueError("wrk is not installed (Debian: apt-get install wrk)")
     result = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "load.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_results(args.out, "load", result, to_markdown(result))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
+main = main_for(__doc__, add_arguments, execute)
 
 
 if __name__ == "__main__":

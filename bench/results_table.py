@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.executor import RESULTS
+from bench.common import RESULTS
 from bench.variants import CHECKPOINTS
 from models.artifacts import read_manifest
 

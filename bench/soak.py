@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.executor import RESULTS, machine_description
+from bench.common import RESULTS, machine_description, main_for, write_results
 from bench.load import Process, free_port, run_wrk, write_bodies
 from bench.variants import CHECKPOINTS
 
@@ -150,18 +150,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     result = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "soak.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_results(args.out, "soak", result, to_markdown(result))
     return 0 if not result["unexpected_5xx"] and result["ready_after"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
+main = main_for(__doc__, add_arguments, execute)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ Results go to ``bench/results/variants.{json,md}``:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench.executor import RESULTS, machine_description
+from bench.common import RESULTS, machine_description, main_for, write_results
 from models import load_artifact
 from models.blockdrop import Mode
 
@@ -165,18 +164,11 @@ def execute(args: argparse.Namespace) -> int:
     if not variants:
         raise ValueError("no variants to benchmark: no shipped checkpoints found and no --variant given")
     result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "variants.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_results(args.out, "variants", result, to_markdown(result))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
+main = main_for(__doc__, add_arguments, execute)
 
 
 if __name__ == "__main__":

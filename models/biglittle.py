@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.blockdrop import InferenceResult
 from models.flops import FlopsTable
-from models.resnet import BasicBlock, Bottleneck, conv1x1
+from models.resnet import BasicBlock, Bottleneck, conv1x1, init_weights
 
 
 class Residual(nn.Module):
@@ -166,7 +166,7 @@ class BigLittleNet(nn.Module):
             in_channels = width
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(in_channels, config.num_classes)
-        _init_weights(self)
+        init_weights(self)
         self.flops_table = measure_biglittle_flops(self, input_size)
         self.manifest: Any = None
 
@@ -220,15 +220,6 @@ def measure_biglittle_flops(model: BigLittleNet, input_size: tuple[int, int]) ->
     total = int(counter.get_total_flops())
     blocks = tuple(int(sum(per_module.get(f"BigLittleNet.{name}", {}).values())) for name in residual_blocks(model))
     return FlopsTable(base=total - sum(blocks), blocks=blocks, policy=0)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 def build_from_architecture(architecture: dict[str, Any], input_size: tuple[int, int]) -> BigLittleNet:

@@ -67,6 +67,16 @@ class Bottleneck(nn.Module):
         return self.bn3(self.conv3(x))
 
 
+def init_weights(model: nn.Module) -> None:
+    """He initialisation for convolutions, BatchNorm as identity."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class ZeroPadShortcut(nn.Module):
     """The original BlockDrop CIFAR shortcut: average-pool by the stride, then append zero channels."""
 
@@ -158,7 +168,7 @@ class FlatResNet(nn.Module):
             self.ds, self.blocks, out_channels = self._make_imagenet_stages(config)
         self.feature_dim = out_channels
         self.fc = nn.Linear(out_channels, config.num_classes)
-        self._init_weights()
+        init_weights(self)
 
     @staticmethod
     def _make_cifar_stages(config: ResNetConfig) -> tuple[nn.ModuleList, nn.ModuleList, int]:
@@ -195,14 +205,6 @@ class FlatResNet(nn.Module):
             stages.append(nn.ModuleList(blocks))
             in_channels = out_channels
         return shortcuts, stages, in_channels
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     @property
     def num_blocks(self) -> int:

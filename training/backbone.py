@@ -12,11 +12,12 @@ from training.data import load_training_split, normalization_for
 from training.loop import FitConfig, fit
 
 
-def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
+def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr: float | None = None) -> FitConfig:
+    """The loop's settings from the command line; ``epochs`` / ``lr`` override ``--epochs`` / ``--lr``."""
     return FitConfig(
-        epochs=args.epochs,
+        epochs=epochs if epochs is not None else args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=lr if lr is not None else args.lr,
         weight_decay=args.weight_decay,
         bf16=args.bf16,
         seed=args.seed,

@@ -16,9 +16,10 @@ import torch
 from models import load_artifact
 from models.resnet import FlatResNet, ResNetConfig
 from models.slimming import add_sparsity_subgradient, inner_channel_count, prune, select_channels
+from training.backbone import fit_config_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
-from training.loop import FitConfig, fit
+from training.loop import fit
 
 
 def train_slim(args: argparse.Namespace) -> int:
@@ -30,15 +31,7 @@ def train_slim(args: argparse.Namespace) -> int:
     else:
         model = FlatResNet(ResNetConfig("cifar", args.depth, len(train.classes)))
     root = Path(args.run_dir)
-    sparsity = FitConfig(
-        epochs=args.sparsity_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        bf16=args.bf16,
-        seed=args.seed,
-        max_batches=args.max_batches,
-    )
+    sparsity = fit_config_from_args(args, epochs=args.sparsity_epochs)
     fit(
         model,
         train,
@@ -52,15 +45,7 @@ def train_slim(args: argparse.Namespace) -> int:
 
     keep = select_channels(model, args.percent, args.min_channels)
     pruned = prune(model.float(), keep)
-    finetune = FitConfig(
-        epochs=args.finetune_epochs,
-        batch_size=args.batch_size,
-        lr=args.finetune_lr,
-        weight_decay=args.weight_decay,
-        bf16=args.bf16,
-        seed=args.seed,
-        max_batches=args.max_batches,
-    )
+    finetune = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     history = fit(
         pruned,
         train,

@@ -1,0 +1,50 @@
+"""What every benchmark shares: where results go, how the machine is described, how results are written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine_description() -> str:
+    return f"{platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str) -> None:
+    """``NAME.json`` and ``NAME.md`` in ``out``; the table is printed too."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
+def main_for(
+    doc: str, add_arguments: Callable[[argparse.ArgumentParser], None], execute: Callable[[argparse.Namespace], int]
+) -> Callable[[list[str] | None], int]:
+    """A ``main(argv)`` for ``python -m bench.X``, from the same pieces ``blockdrop bench X`` uses."""
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        add_arguments(parser)
+        return execute(parser.parse_args(argv))
+
+    return main
