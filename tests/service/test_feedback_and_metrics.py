@@ -1,5 +1,6 @@
 import base64
 import re
+import time
 
 from fastapi.testclient import TestClient
 
@@ -117,10 +118,15 @@ def test_shadow_runs_after_answering_and_counts_agreement(artifacts):
     with TestClient(create_app(settings)) as client:
         for seed in range(4):
             _classify(client, "blockdrop", seed)
-        agree = metric(
-            client, "blockdrop_shadow_comparisons_total", variant="blockdrop", shadow="full", outcome="agree"
-        )
-        disagree = metric(
-            client, "blockdrop_shadow_comparisons_total", variant="blockdrop", shadow="full", outcome="disagree"
-        )
-        assert agree + disagree == 4
+
+        def compared() -> float:
+            return sum(
+                metric(client, "blockdrop_shadow_comparisons_total", variant="blockdrop", shadow="full", outcome=o)
+                for o in ("agree", "disagree")
+            )
+
+        # Shadows run after the answer is sent, so the last one may still be in flight: wait for it.
+        deadline = time.monotonic() + 30
+        while compared() < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert compared() == 4
