@@ -20,6 +20,7 @@ ORDER = (
     "cifar10-resnet32",
     "cifar10-resnet32-blockdrop",
     "cifar10-resnet32-slim",
+    "cifar10-resnet32-slim60",
     "cifar10-resnet32-slim-blockdrop",
     "cifar10-blresnet",
 )
@@ -49,6 +50,11 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
     for key, row in test["rows"].items():
         if key == "full" and manifest.kind == "blockdrop":
             label = "full network (finetuned backbone)"
+        elif key == "full" and "slimming" in training:
+            label = f"{training['slimming']['inner_channels_removed']:.0%} of inner channels pruned"
+        elif key == "full" and manifest.kind == "biglittle":
+            config = manifest.architecture["biglittle"]
+            label = f"bL-ResNet, α={config['alpha']}, β={config['beta']}"
         else:
             label = ROW_LABELS[key] + (f" K={test['k']}" if key in ("first_k", "random_k") else "")
             label += f" (threshold {test['threshold']:g})" if key == "blockdrop" else ""

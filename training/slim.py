@@ -32,7 +32,7 @@ def train_slim(args: argparse.Namespace) -> int:
         model = FlatResNet(ResNetConfig("cifar", args.depth, len(train.classes)))
     root = Path(args.run_dir)
     sparsity = fit_config_from_args(args, epochs=args.sparsity_epochs)
-    fit(
+    sparsity_history = fit(
         model,
         train,
         val,
@@ -70,5 +70,6 @@ def train_slim(args: argparse.Namespace) -> int:
                 "inner_widths": list(pruned.config.inner_widths),
             }
         }
-        export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
+        # provenance counts both stages' epochs and seconds; its last epoch is the fine-tuning's
+        export_resnet(pruned, args, train.classes, sparsity_history + history, stage="slim", extra=extra)
     return 0
