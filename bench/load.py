@@ -28,7 +28,7 @@ import httpx
 from PIL import Image
 
 from bench.common import RESULTS, machine_description, main_for, write_results
-from bench.variants import CHECKPOINTS
+from bench.variants import parse_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
@@ -66,15 +66,12 @@ class Process:
             self.process.kill()
 
 
-def service(blockdrop: str, full: str, max_batch_size: int) -> Process:
+def service(variants: dict[str, tuple[Path, str]], max_batch_size: int) -> Process:
     port = free_port()
-    variants = [
-        {"name": "blockdrop", "artifact": blockdrop, "mode": "blockdrop"},
-        {"name": "full", "artifact": full, "mode": "full"},
-    ]
+    settings = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in variants.items()]
     env = {
         "BLOCKDROP_PORT": str(port),
-        "BLOCKDROP_VARIANTS": json.dumps(variants),
+        "BLOCKDROP_VARIANTS": json.dumps(settings),
         "BLOCKDROP_MAX_BATCH_SIZE": str(max_batch_size),
         "BLOCKDROP_QUEUE_LIMIT": "512",
     }
@@ -140,29 +137,31 @@ def http_overhead(url: str, bodies: list[bytes], requests: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    variants = parse_variants(args.variant)
+    if "full" not in variants and not args.baseline:
+        raise ValueError("the baseline needs a variant named 'full' or --baseline ARTIFACT")
+    baseline_artifact = args.baseline or str(variants["full"][0])
+    names = tuple(variants)
     results: dict = {
         "machine": machine_description(),
         "seconds_per_run": args.seconds,
         "images": args.images,
+        "overhead_requests": args.overhead_requests,
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as folder:
         bodies = write_bodies(args.data_root, args.images, Path(folder))
         for label, start, paths in (
-            (
-                "service, micro-batching on",
-                lambda: service(args.blockdrop, args.full, args.max_batch_size),
-                ("blockdrop", "full"),
-            ),
-            ("service, micro-batching off", lambda: service(args.blockdrop, args.full, 1), ("blockdrop", "full")),
-            ("baseline: minimal FastAPI, full ResNet, no batching", lambda: baseline(args.full), (None,)),
+            ("service, micro-batching on", lambda: service(variants, args.max_batch_size), names),
+            ("service, micro-batching off", lambda: service(variants, 1), names),
+            ("baseline: minimal FastAPI, full ResNet, no batching", lambda: baseline(baseline_artifact), (None,)),
         ):
             server = start()
             try:
                 if label.endswith("on"):
                     results["overhead"] = {
-                        v: http_overhead(f"{server.url}/v1/classify?variant={v}", bodies, 300)
-                        for v in ("blockdrop", "full")
+                        v: http_overhead(f"{server.url}/v1/classify?variant={v}", bodies, args.overhead_requests)
+                        for v in names
                     }
                 for variant in paths:
                     url = f"{server.url}/v1/classify?variant={variant}" if variant else f"{server.url}/classify"
@@ -194,7 +193,7 @@ def to_markdown(result: dict) -> str:
     lines += [
         "",
         "HTTP overhead at concurrency 1 (client-observed latency minus the model's inference time, median "
-        "of 300 sequential requests):",
+        f"of {result.get('overhead_requests', 300)} sequential requests):",
         "",
     ]
     for variant, o in result.get("overhead", {}).items():
@@ -205,11 +204,17 @@ def to_markdown(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
     parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
-    parser.add_argument("--blockdrop", default=str(CHECKPOINTS / "cifar10-resnet32-blockdrop"))
-    parser.add_argument("--full", default=str(CHECKPOINTS / "cifar10-resnet32"))
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARTIFACT:MODE",
+        help="serve and load this artifact (repeatable); default: every shipped checkpoint",
+    )
+    parser.add_argument("--baseline", help="artifact behind the minimal FastAPI baseline (default: variant 'full')")
     parser.add_argument("--warmup-seconds", type=int, default=2)
     parser.add_argument("--overhead-requests", type=int, default=300)
     parser.add_argument("--out", default=str(RESULTS))

@@ -22,7 +22,7 @@ import httpx
 
 from bench.common import RESULTS, machine_description, main_for, write_results
 from bench.load import Process, free_port, run_wrk, write_bodies
-from bench.variants import CHECKPOINTS
+from bench.variants import parse_variants
 
 BAD_INPUTS = [
     (b"", "image/png"),
@@ -56,10 +56,8 @@ def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None
 
 def run(args: argparse.Namespace) -> dict:
     port = free_port()
-    variants = [
-        {"name": "blockdrop", "artifact": args.blockdrop, "mode": "blockdrop"},
-        {"name": "full", "artifact": args.full, "mode": "full"},
-    ]
+    served = parse_variants(args.variant)
+    variants = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in served.items()]
     env = {
         "BLOCKDROP_PORT": str(port),
         "BLOCKDROP_VARIANTS": json.dumps(variants),
@@ -104,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine_description(),
         "minutes": round((time.monotonic() - started) / 60, 2),
+        "variants": [v["name"] for v in variants],
         "load_statuses": {str(k): v for k, v in sorted(load_statuses.items())},
         "bad_input_statuses": {str(k): v for k, v in sorted(bad_statuses.items(), key=str)},
         "socket_errors": socket_errors,
@@ -120,7 +119,8 @@ def to_markdown(result: dict) -> str:
     return (
         "\n".join(
             [
-                f"Soak: {result['minutes']} minutes of mixed load on {result['machine']}.",
+                f"Soak: {result['minutes']} minutes of mixed load over the variants {', '.join(result['variants'])} "
+                f"on {result['machine']}.",
                 "",
                 f"- load responses by status: {result['load_statuses']}; socket errors: {result['socket_errors']}",
                 f"- bad-input responses by status: {result['bad_input_statuses']}",
@@ -143,8 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst-concurrency", type=int, default=256, help="every third phase")
     parser.add_argument("--queue-limit", type=int, default=64, help="the service's queue limit (bursts pass it)")
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--blockdrop", default=str(CHECKPOINTS / "cifar10-resnet32-blockdrop"))
-    parser.add_argument("--full", default=str(CHECKPOINTS / "cifar10-resnet32"))
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARTIFACT:MODE",
+        help="serve this artifact (repeatable; traffic is split evenly); default: every shipped checkpoint",
+    )
     parser.add_argument("--out", default=str(RESULTS))
 
 

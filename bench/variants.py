@@ -19,14 +19,8 @@ from models import load_artifact
 from models.blockdrop import Mode
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
-# name -> (artifact folder, mode); those whose artifact is not there yet are skipped
-DEFAULT_VARIANTS = {
-    "full": ("cifar10-resnet32", "full"),
-    "blockdrop": ("cifar10-resnet32-blockdrop", "blockdrop"),
-    "slim": ("cifar10-resnet32-slim", "full"),
-    "slim-blockdrop": ("cifar10-resnet32-slim-blockdrop", "blockdrop"),
-    "biglittle": ("cifar10-blresnet", "full"),
-}
+# shipped checkpoints measured here but not served by default: name -> (artifact folder, mode)
+UNSERVED_CHECKPOINTS = {"slim60": ("cifar10-resnet32-slim60", "full")}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=ARTIFACT:MODE",
-        help="benchmark this artifact (repeatable); default: every shipped checkpoint",
+        help="benchmark this artifact (repeatable); default: every shipped checkpoint, served or not",
     )
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     parser.add_argument("--latency-images", type=int, default=300)
@@ -140,13 +134,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
 
 
-def parse_variants(specs: list[str]) -> dict[str, tuple[Path, str]]:
+def parse_variants(specs: list[str], unserved: bool = False) -> dict[str, tuple[Path, str]]:
+    """``NAME=ARTIFACT:MODE`` specs; with none, the service's default variants (and, if asked, the shipped
+    checkpoints it does not serve)."""
     if not specs:
-        return {
-            name: (CHECKPOINTS / folder, mode)
-            for name, (folder, mode) in DEFAULT_VARIANTS.items()
-            if (CHECKPOINTS / folder / "manifest.json").exists()
-        }
+        from service.config import default_variants
+
+        variants = {v.name: (v.artifact, v.mode) for v in default_variants()}
+        if unserved:
+            variants |= {name: (CHECKPOINTS / folder, mode) for name, (folder, mode) in UNSERVED_CHECKPOINTS.items()}
+        return {name: (path, mode) for name, (path, mode) in variants.items() if (path / "manifest.json").exists()}
     variants = {}
     for spec in specs:
         name, _, rest = spec.partition("=")
@@ -160,7 +157,7 @@ def parse_variants(specs: list[str]) -> dict[str, tuple[Path, str]]:
 def execute(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = parse_variants(args.variant)
+    variants = parse_variants(args.variant, unserved=True)
     if not variants:
         raise ValueError("no variants to benchmark: no shipped checkpoints found and no --variant given")
     result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches)
