@@ -245,6 +245,15 @@ def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
     assert model.manifest.training["slimming"]["percent"] == 0.5
     assert (tmp_path / "slim" / "sparsity" / "log.jsonl").exists()
     assert (tmp_path / "slim" / "finetune-p50" / "log.jsonl").exists()
+    assert model.manifest.training["epochs"] == 2  # provenance counts the sparsity and the fine-tuning stage
+
+    # BlockDrop on top of the slimmed backbone keeps its narrower blocks
+    joint = ["train", "finetune", "--model", str(tmp_path / "slim-artifact"), "--data-root", str(cifar_root)]
+    joint += ["--epochs", "1", "--run-dir", str(tmp_path / "slim-joint"), "--out", str(tmp_path / "slim-bd"), *TINY]
+    assert blockdrop(joint) == 0
+    slim_blockdrop = load_artifact(tmp_path / "slim-bd")
+    assert slim_blockdrop.manifest.architecture["backbone"]["inner_widths"] == widths
+    assert slim_blockdrop.flops_table.blocks == model.flops_table.blocks  # the same narrow blocks
 
 
 def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tmp_path):
