@@ -28,7 +28,7 @@ import httpx
 from PIL import Image
 
 from bench.common import RESULTS, machine_description, main_for, write_results
-from bench.variants import parse_variants
+from bench.variants import add_variant_option, parse_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
@@ -207,13 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME=ARTIFACT:MODE",
-        help="serve and load this artifact (repeatable); default: every shipped checkpoint",
-    )
+    add_variant_option(parser, "serve and load this artifact (repeatable); default: the default variants")
     parser.add_argument("--baseline", help="artifact behind the minimal FastAPI baseline (default: variant 'full')")
     parser.add_argument("--warmup-seconds", type=int, default=2)
     parser.add_argument("--overhead-requests", type=int, default=300)

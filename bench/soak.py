@@ -22,7 +22,7 @@ import httpx
 
 from bench.common import RESULTS, machine_description, main_for, write_results
 from bench.load import Process, free_port, run_wrk, write_bodies
-from bench.variants import parse_variants
+from bench.variants import add_variant_option, parse_variants
 
 BAD_INPUTS = [
     (b"", "image/png"),
@@ -143,13 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst-concurrency", type=int, default=256, help="every third phase")
     parser.add_argument("--queue-limit", type=int, default=64, help="the service's queue limit (bursts pass it)")
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME=ARTIFACT:MODE",
-        help="serve this artifact (repeatable; traffic is split evenly); default: every shipped checkpoint",
-    )
+    add_variant_option(parser, "serve this artifact (repeatable, even traffic split); default: the default variants")
     parser.add_argument("--out", default=str(RESULTS))
 
 

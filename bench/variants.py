@@ -120,18 +120,16 @@ def to_markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME=ARTIFACT:MODE",
-        help="benchmark this artifact (repeatable); default: every shipped checkpoint, served or not",
-    )
+    add_variant_option(parser, "benchmark this artifact (repeatable); default: every shipped checkpoint, served or not")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     parser.add_argument("--latency-images", type=int, default=300)
     parser.add_argument("--throughput-batches", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
+
+
+def add_variant_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARTIFACT:MODE", help=help)
 
 
 def parse_variants(specs: list[str], unserved: bool = False) -> dict[str, tuple[Path, str]]:
