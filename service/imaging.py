@@ -79,12 +79,36 @@ def normalize(pixels: Tensor, spec: InputSpec) -> Tensor:
     return x
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height from the image header alone (no pixel is decoded); None when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data), formats=FORMATS).size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        return None
+    return width * height
+
+
 class ImagePreprocessor:
     """Turns request bytes into one model input [3, H, W] for a given input spec."""
 
     def __init__(self, spec: InputSpec, max_pixels: int):
         self.spec = spec
         self.max_pixels = max_pixels
+
+    def cheap(self, images: list[bytes], pixel_budget: int) -> bool:
+        """Whether decoding all of ``images`` is cheaper than handing them to a worker thread: small bodies
+        whose headers declare at most ``pixel_budget`` pixels in all (bad or unreadable input is never cheap)."""
+        if sum(len(data) for data in images) > 4 * pixel_budget:
+            return False
+        total = 0
+        for data in images:
+            pixels = declared_pixels(data)
+            if pixels is None:
+                return False
+            total += pixels
+        return total <= pixel_budget
 
     def __call__(self, data: bytes) -> Tensor:
         image = resize_and_crop(decode_image(data, self.max_pixels), self.spec)
