@@ -79,7 +79,30 @@ def render(checkpoints: Path) -> str:
     for name in ORDER:
         if (checkpoints / name / "manifest.json").exists():
             lines += rows_for(checkpoints / name, reference)
+    lines += same_depth_notes(checkpoints)
     return "\n".join(lines) + "\n"
+
+
+def same_depth_notes(checkpoints: Path) -> list[str]:
+    """For each Big-Little artifact: the FLOPs of the plain CIFAR ResNet as deep as its big branch path."""
+    from models.flops import measure_flops
+    from models.resnet import FlatResNet, ResNetConfig
+
+    notes = []
+    for name in ORDER:
+        folder = checkpoints / name
+        if not (folder / "manifest.json").exists() or read_manifest(folder).kind != "biglittle":
+            continue
+        manifest = read_manifest(folder)
+        blocks = manifest.architecture["biglittle"]["blocks_per_stage"]
+        depth = 2 * sum(blocks) + 2  # K blocks per stage on the big path (K - 1 big + the fusion block)
+        plain = measure_flops(FlatResNet(ResNetConfig("cifar", depth, len(manifest.classes))), manifest.input.size)
+        notes.append(
+            f"\n{name} has {blocks} blocks per stage, as deep as a ResNet-{depth}; the plain ResNet-{depth} costs "
+            f"{plain.full:.3g} FLOPs by the same counter, so it uses {manifest.flops['full'] / plain.full:.1%} of "
+            "that."
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     artifacts = make_artifacts(tmp_path)
     (tmp_path / "tiny-resnet").rename(tmp_path / "cifar10-resnet32")
     (tmp_path / "tiny-blockdrop").rename(tmp_path / "cifar10-resnet32-blockdrop")
+    (tmp_path / "tiny-biglittle").rename(tmp_path / "cifar10-blresnet")
     row = {"accuracy": 0.9, "blocks_mean": 2.0, "blocks_std": 0.5, "flops_mean": 1e7, "distinct_policies": 3}
     manifest = read_manifest(tmp_path / "cifar10-resnet32-blockdrop")
     manifest.metrics["test"] = {
@@ -82,6 +83,8 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     assert "| cifar10-resnet32 | (no test figures recorded yet)" in table
     assert "| cifar10-resnet32-blockdrop | BlockDrop (threshold 0.5) | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
     assert "FirstK K=2" in table and "1.00 h; `blockdrop train finetune`" in table
+    # (2, 2, 2) blocks per stage: as deep as a ResNet-14, whose FLOPs the table measures for comparison
+    assert "cifar10-blresnet has [2, 2, 2] blocks per stage, as deep as a ResNet-14" in table
     assert artifacts  # the fixture's paths were moved above
 
 
