@@ -118,19 +118,26 @@ def run_wrk(url: str, concurrency: int, seconds: int, bodies: Path, count: int) 
 
 
 def http_overhead(url: str, bodies: list[bytes], requests: int) -> dict:
-    """Sequential requests: client-observed latency minus the model's inference time, per request."""
-    overheads, inference = [], []
+    """Sequential requests: client-observed latency minus the model's inference time, per request; also the
+    same minus the service's own end-to-end figure, and the round trip of an empty GET with the same client."""
+    overheads, in_handler, inference, empty = [], [], [], []
     with httpx.Client() as client:
         for i in range(requests):
             started = time.perf_counter()
             response = client.post(url, content=bodies[i % len(bodies)], headers={"content-type": "image/png"})
             elapsed_ms = (time.perf_counter() - started) * 1e3
-            model_ms = response.json()["latency_ms"]["inference"]
-            overheads.append(elapsed_ms - model_ms)
-            inference.append(model_ms)
+            latency = response.json()["latency_ms"]
+            overheads.append(elapsed_ms - latency["inference"])
+            in_handler.append(latency["total"] - latency["inference"])
+            inference.append(latency["inference"])
+            started = time.perf_counter()
+            client.get(url.split("/v1/")[0] + "/healthz/live")
+            empty.append((time.perf_counter() - started) * 1e3)
     return {
         "requests": requests,
         "overhead_p50_ms": statistics.median(overheads),
+        "in_handler_overhead_p50_ms": statistics.median(in_handler),
+        "empty_get_p50_ms": statistics.median(empty),
         "inference_p50_ms": statistics.median(inference),
     }
 
@@ -196,8 +203,20 @@ def to_markdown(result: dict) -> str:
         f"of {result.get('overhead_requests', 300)} sequential requests):",
         "",
     ]
+    single = {
+        r["variant"]: r["p50_ms"]
+        for r in result["runs"]
+        if r["setup"] == "service, micro-batching on" and r["concurrency"] == 1
+    }
     for variant, o in result.get("overhead", {}).items():
-        lines.append(f"- {variant}: {o['overhead_p50_ms']:.2f} ms overhead, {o['inference_p50_ms']:.2f} ms inference")
+        line = (
+            f"- {variant}: {o['overhead_p50_ms']:.2f} ms overhead ({o['in_handler_overhead_p50_ms']:.2f} ms of it "
+            f"between the handler's start and its answer; an empty GET takes {o['empty_get_p50_ms']:.2f} ms with "
+            f"the same client), {o['inference_p50_ms']:.2f} ms inference"
+        )
+        if variant in single:
+            line += f"; seen by wrk at concurrency 1: {single[variant] - o['inference_p50_ms']:.2f} ms over inference"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
