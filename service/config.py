@@ -1,7 +1,8 @@
 """Service settings: one typed object, from ``BLOCKDROP_*`` environment variables and an optional settings file.
 
-Every default works out of the box: the shipped CIFAR-10 checkpoints, a 50/50 A/B split between the BlockDrop
-ResNet and the full ResNet. Complex values are JSON in the environment, e.g.
+Every default works out of the box: the five shipped CIFAR-10 checkpoints (BlockDrop ResNet-32, full ResNet-32,
+Network-Slimming ResNet-32, BlockDrop on the slimmed ResNet-32, Big-Little ResNet), an even A/B/n split.
+Complex values are JSON in the environment, e.g.
 ``BLOCKDROP_VARIANTS='[{"name": "full", "artifact": "/models/r32", "mode": "full"}]'``.
 The settings file (``BLOCKDROP_SETTINGS_FILE``, TOML or JSON) is read first; environment variables override it.
 """
@@ -38,11 +39,17 @@ class VariantSettings(BaseModel):
 
 
 def default_variants() -> list[VariantSettings]:
+    """Every shipped CIFAR-10 checkpoint, each with a fifth of the unpinned traffic."""
+    shipped = (
+        ("blockdrop", "cifar10-resnet32-blockdrop", "blockdrop"),
+        ("full", "cifar10-resnet32", "full"),
+        ("slim", "cifar10-resnet32-slim", "full"),
+        ("slim-blockdrop", "cifar10-resnet32-slim-blockdrop", "blockdrop"),
+        ("biglittle", "cifar10-blresnet", "full"),
+    )
     return [
-        VariantSettings(
-            name="blockdrop", artifact=CHECKPOINTS / "cifar10-resnet32-blockdrop", mode="blockdrop", weight=50
-        ),
-        VariantSettings(name="full", artifact=CHECKPOINTS / "cifar10-resnet32", mode="full", weight=50),
+        VariantSettings(name=name, artifact=CHECKPOINTS / folder, mode=mode, weight=20)
+        for name, folder, mode in shipped
     ]
 
 

@@ -52,7 +52,7 @@ def evaluate_table(model, data, threshold: float, sweep: list[float], seed: int)
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
     rows = {"full": evaluate_blockdrop(model, data, normalize, mode="full")}
     result: dict[str, Any] = {"images": len(data), "full_network_flops": model.flops_table.full, "rows": rows}
-    if model.policy is None:
+    if getattr(model, "policy", None) is None:
         return result
     blockdrop = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
     k = round(blockdrop["blocks_mean"])
@@ -113,7 +113,7 @@ def _handle(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:
         model.manifest.metrics[args.split] = result
-        if args.threshold is not None and model.policy is not None:
+        if args.threshold is not None and getattr(model, "policy", None) is not None:
             model.manifest.defaults["threshold"] = args.threshold
         write_manifest(args.artifact, model.manifest)
     return 0

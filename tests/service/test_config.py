@@ -6,13 +6,15 @@ from pydantic import ValidationError
 from service.config import Settings
 
 
-def test_defaults_serve_the_shipped_checkpoints_50_50():
+def test_defaults_serve_the_shipped_checkpoints_evenly():
     settings = Settings()
-    assert [(v.name, v.mode, v.weight) for v in settings.variants] == [
-        ("blockdrop", "blockdrop", 50),
-        ("full", "full", 50),
+    assert [(v.name, v.artifact.name, v.mode, v.weight) for v in settings.variants] == [
+        ("blockdrop", "cifar10-resnet32-blockdrop", "blockdrop", 20),
+        ("full", "cifar10-resnet32", "full", 20),
+        ("slim", "cifar10-resnet32-slim", "full", 20),
+        ("slim-blockdrop", "cifar10-resnet32-slim-blockdrop", "blockdrop", 20),
+        ("biglittle", "cifar10-blresnet", "full", 20),
     ]
-    assert settings.variants[0].artifact.name == "cifar10-resnet32-blockdrop"
 
 
 def test_environment_variables_with_one_prefix(monkeypatch, tmp_path):

@@ -12,9 +12,13 @@ def test_out_of_the_box_settings_serve_the_shipped_checkpoints():
     with TestClient(create_app(Settings())) as client:
         assert client.get("/healthz/ready").status_code == 200
         names = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        assert set(names) == {"blockdrop", "full"} and names["blockdrop"]["traffic_share"] == 0.5
-        for variant in ("blockdrop", "full"):
-            body = client.post(
+        assert set(names) == {"blockdrop", "full", "slim", "slim-blockdrop", "biglittle"}
+        assert all(model["traffic_share"] == 0.2 for model in names.values())
+        for variant, model in names.items():
+            response = client.post(
                 f"/v1/classify?variant={variant}", content=png_bytes(), headers={"content-type": "image/png"}
-            ).json()
-            assert body["model"].startswith("cifar10-resnet32") and body["blocks"]["total"] == 15
+            )
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["model"] == model["model"] and body["blocks"]["total"] == model["blocks"]
+            assert 0 < body["flops"]["executed"] <= body["flops"]["full"] + model["flops"]["policy"]

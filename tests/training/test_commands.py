@@ -282,3 +282,22 @@ def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tm
     assert model.manifest.training["started_from"] == "bb-artifact"
     state = RunFolder(tmp_path / "joint").load()
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3, 1e-4]
+
+
+def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_path, capsys):
+    from models.artifacts import InputSpec, Manifest, save_artifact
+    from models.biglittle import BigLittleConfig, BigLittleNet
+    from models.classes import CIFAR10_CLASSES
+
+    model = BigLittleNet(BigLittleConfig("cifar", (2, 2, 2)))
+    manifest = Manifest(
+        name="bl",
+        kind="biglittle",
+        architecture={},
+        classes=list(CIFAR10_CLASSES),
+        input=InputSpec(32, 32, None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    )
+    save_artifact(model, tmp_path / "bl", manifest)
+    assert blockdrop(["eval", str(tmp_path / "bl"), "--data-root", str(cifar_root), "--val-size", "40", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert set(rows) == {"full"} and rows["full"]["blocks_mean"] == model.num_blocks
