@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,11 +22,19 @@ from service.variants import load_variant
 log = logging.getLogger(__name__)
 
 
+def cpu_inference_threads() -> int:
+    """All cores but one: the event loop (HTTP, image decoding) keeps a core of its own. On the 2-core
+    development machine, sharing both cores with torch's intra-op threads made the service's single-image
+    inference several times slower than the same model outside it."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
     """Load every variant (fails fast, naming the variant, if an artifact is bad)."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
+    threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     variants = {v.name: load_variant(v, device) for v in settings.variants}
     return DataPlane(settings, variants, metrics)
 

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    torch_threads: int | None = Field(default=None, ge=1, description="intra-op threads; default: all cores")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="intra-op threads; default on CPU: all cores but one"
+    )
 
     max_batch_size: int = Field(default=32, ge=1)
     max_batch_wait_ms: float = Field(default=2.0, ge=0.0)
