@@ -103,6 +103,12 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine_description(),
         "minutes": round((time.monotonic() - started) / 60, 2),
         "variants": [v["name"] for v in variants],
+        "load": {
+            "steady_concurrency": args.concurrency,
+            "burst_concurrency": args.burst_concurrency,
+            "queue_limit_per_variant": args.queue_limit,
+            "phase_seconds": args.phase_seconds,
+        },
         "load_statuses": {str(k): v for k, v in sorted(load_statuses.items())},
         "bad_input_statuses": {str(k): v for k, v in sorted(bad_statuses.items(), key=str)},
         "socket_errors": socket_errors,
@@ -120,7 +126,10 @@ def to_markdown(result: dict) -> str:
         "\n".join(
             [
                 f"Soak: {result['minutes']} minutes of mixed load over the variants {', '.join(result['variants'])} "
-                f"on {result['machine']}.",
+                f"on {result['machine']}: {result['load']['phase_seconds']} s phases of wrk at concurrency "
+                f"{result['load']['steady_concurrency']}, every third a burst at {result['load']['burst_concurrency']} "
+                f"(queue limit {result['load']['queue_limit_per_variant']} images per variant), while another client "
+                "sends bad inputs.",
                 "",
                 f"- load responses by status: {result['load_statuses']}; socket errors: {result['socket_errors']}",
                 f"- bad-input responses by status: {result['bad_input_statuses']}",
@@ -141,7 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phase-seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=16, help="steady phases")
     parser.add_argument("--burst-concurrency", type=int, default=256, help="every third phase")
-    parser.add_argument("--queue-limit", type=int, default=64, help="the service's queue limit (bursts pass it)")
+    parser.add_argument(
+        "--queue-limit", type=int, default=16, help="the service's queue limit per variant (bursts pass it in all)"
+    )
     parser.add_argument("--images", type=int, default=256)
     add_variant_option(parser, "serve this artifact (repeatable, even traffic split); default: the default variants")
     parser.add_argument("--out", default=str(RESULTS))
