@@ -73,7 +73,7 @@ def format_table(name: str, split: str, result: dict[str, Any]) -> str:
         f"{'model':<12} {'accuracy':>9} {'blocks':>14} {'FLOPs':>10} {'of full':>8} {'policies':>9}",
     ]
     labels = {
-        "full": "Full ResNet",
+        "full": "Full network",
         "first_k": f"FirstK={result.get('k')}",
         "random_k": f"RandomK={result.get('k')}",
         "blockdrop": "BlockDrop",
