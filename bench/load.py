@@ -66,15 +66,12 @@ class Process:
             self.process.kill()
 
 
-def service(variants: dict[str, tuple[Path, str]], max_batch_size: int) -> Process:
+def service(variants: dict[str, tuple[Path, str]], **settings: object) -> Process:
+    """``blockdrop serve`` on a free port with these variants; ``settings`` become ``BLOCKDROP_*`` variables."""
     port = free_port()
-    settings = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in variants.items()]
-    env = {
-        "BLOCKDROP_PORT": str(port),
-        "BLOCKDROP_VARIANTS": json.dumps(settings),
-        "BLOCKDROP_MAX_BATCH_SIZE": str(max_batch_size),
-        "BLOCKDROP_QUEUE_LIMIT": "512",
-    }
+    served = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in variants.items()]
+    env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps(served)}
+    env |= {f"BLOCKDROP_{key.upper()}": str(value) for key, value in settings.items()}
     return Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
 
 
@@ -159,8 +156,12 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         bodies = write_bodies(args.data_root, args.images, Path(folder))
         for label, start, paths in (
-            ("service, micro-batching on", lambda: service(variants, args.max_batch_size), names),
-            ("service, micro-batching off", lambda: service(variants, 1), names),
+            (
+                "service, micro-batching on",
+                lambda: service(variants, max_batch_size=args.max_batch_size, queue_limit=512),
+                names,
+            ),
+            ("service, micro-batching off", lambda: service(variants, max_batch_size=1, queue_limit=512), names),
             ("baseline: minimal FastAPI, full ResNet, no batching", lambda: baseline(baseline_artifact), (None,)),
         ):
             server = start()

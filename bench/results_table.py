@@ -91,9 +91,11 @@ def same_depth_notes(checkpoints: Path) -> list[str]:
     notes = []
     for name in ORDER:
         folder = checkpoints / name
-        if not (folder / "manifest.json").exists() or read_manifest(folder).kind != "biglittle":
+        if not (folder / "manifest.json").exists():
             continue
         manifest = read_manifest(folder)
+        if manifest.kind != "biglittle":
+            continue
         blocks = manifest.architecture["biglittle"]["blocks_per_stage"]
         depth = 2 * sum(blocks) + 2  # K blocks per stage on the big path (K - 1 big + the fusion block)
         plain = measure_flops(FlatResNet(ResNetConfig("cifar", depth, len(manifest.classes))), manifest.input.size)

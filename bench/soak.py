@@ -10,8 +10,6 @@ a deliberate 503; the server's resident memory is sampled throughout and reporte
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import RESULTS, machine_description, main_for, write_results
-from bench.load import Process, free_port, run_wrk, write_bodies
+from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
 
 BAD_INPUTS = [
@@ -55,15 +53,8 @@ def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None
 
 
 def run(args: argparse.Namespace) -> dict:
-    port = free_port()
     served = parse_variants(args.variant)
-    variants = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in served.items()]
-    env = {
-        "BLOCKDROP_PORT": str(port),
-        "BLOCKDROP_VARIANTS": json.dumps(variants),
-        "BLOCKDROP_QUEUE_LIMIT": str(args.queue_limit),
-    }
-    server = Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
+    server = service(served, queue_limit=args.queue_limit)
     pid = server.process.pid
     memory: list[tuple[float, int]] = []
     load_statuses: Counter = Counter()
@@ -102,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine_description(),
         "minutes": round((time.monotonic() - started) / 60, 2),
-        "variants": [v["name"] for v in variants],
+        "variants": list(served),
         "load": {
             "steady_concurrency": args.concurrency,
             "burst_concurrency": args.burst_concurrency,
