@@ -23,14 +23,19 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def open_header(data: bytes) -> Image.Image:
+    """Open ``data`` lazily: the header is parsed, no pixel is decoded (Pillow's own bomb warning is ours to give)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode ``data`` into an 8-bit RGB image, refusing what is not an image or too large."""
     if not data:
         raise BadInput("the request body is empty; send the image bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image = open_header(data)
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"the image has more than {max_pixels} pixels") from None
     except UnidentifiedImageError:
@@ -82,9 +87,7 @@ def normalize(pixels: Tensor, spec: InputSpec) -> Tensor:
 def declared_pixels(data: bytes) -> int | None:
     """Width x height from the image header alone (no pixel is decoded); None when it cannot be read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data), formats=FORMATS).size
+        width, height = open_header(data).size
     except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         return None
     return width * height
