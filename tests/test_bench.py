@@ -88,7 +88,8 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     assert artifacts  # the fixture's paths were moved above
 
 
-def test_load_benchmark_runs_every_setup(tmp_path):
+def _wrk_bench(tmp_path, bench: str) -> list[str]:
+    """The start of a short ``bench load`` / ``bench soak`` command over two tiny variants (skips without wrk)."""
     import shutil
 
     import pytest
@@ -97,21 +98,13 @@ def test_load_benchmark_runs_every_setup(tmp_path):
         pytest.skip("needs wrk (Debian package 'wrk')")
     artifacts = make_artifacts(tmp_path / "artifacts")
     data = write_cifar10(tmp_path / "data", per_batch=8)
-    args = [
+    return [
         "bench",
-        "load",
+        bench,
         "--data-root",
         str(data),
-        "--concurrency",
-        "1,4",
-        "--seconds",
-        "1",
         "--images",
         "4",
-        "--warmup-seconds",
-        "0",
-        "--overhead-requests",
-        "5",
         "--variant",
         f"blockdrop={artifacts['tiny-blockdrop']}:blockdrop",
         "--variant",
@@ -119,6 +112,11 @@ def test_load_benchmark_runs_every_setup(tmp_path):
         "--out",
         str(tmp_path),
     ]
+
+
+def test_load_benchmark_runs_every_setup(tmp_path):
+    args = [*_wrk_bench(tmp_path, "load"), "--concurrency", "1,4", "--seconds", "1", "--warmup-seconds", "0"]
+    args += ["--overhead-requests", "5"]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "load.json").read_text())
     setups = {(r["setup"], r["variant"], r["concurrency"]) for r in result["runs"]}
@@ -128,38 +126,8 @@ def test_load_benchmark_runs_every_setup(tmp_path):
 
 
 def test_soak_short_version(tmp_path):
-    import shutil
-
-    import pytest
-
-    if shutil.which("wrk") is None:
-        pytest.skip("needs wrk (Debian package 'wrk')")
-    artifacts = make_artifacts(tmp_path / "artifacts")
-    data = write_cifar10(tmp_path / "data", per_batch=8)
-    args = [
-        "bench",
-        "soak",
-        "--data-root",
-        str(data),
-        "--minutes",
-        "0.1",
-        "--phase-seconds",
-        "2",
-        "--images",
-        "4",
-        "--concurrency",
-        "4",
-        "--burst-concurrency",
-        "64",
-        "--queue-limit",
-        "2",
-        "--variant",
-        f"blockdrop={artifacts['tiny-blockdrop']}:blockdrop",
-        "--variant",
-        f"full={artifacts['tiny-resnet']}:full",
-        "--out",
-        str(tmp_path),
-    ]
+    args = [*_wrk_bench(tmp_path, "soak"), "--minutes", "0.1", "--phase-seconds", "2", "--concurrency", "4"]
+    args += ["--burst-concurrency", "64", "--queue-limit", "2"]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "soak.json").read_text())
     assert result["unexpected_5xx"] == {} and result["ready_after"] and result["socket_errors"] == 0

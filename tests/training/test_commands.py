@@ -165,24 +165,13 @@ def test_resuming_with_other_settings_is_refused(cifar_root, tmp_path, capsys):
     assert "epochs: 1 -> 3" in capsys.readouterr().err
 
 
+def _eval(artifact, cifar_root, *options: str) -> int:
+    return blockdrop(["eval", str(artifact), "--data-root", str(cifar_root), *options])
+
+
 def test_eval_json_schema(trained, cifar_root, capsys):
-    assert (
-        blockdrop(
-            [
-                "eval",
-                str(trained / "ft-artifact"),
-                "--data-root",
-                str(cifar_root),
-                "--split",
-                "test",
-                "--json",
-                "--sweep",
-                "0.4,0.6",
-                "--record",
-            ]
-        )
-        == 0
-    )
+    options = ("--split", "test", "--json", "--sweep", "0.4,0.6", "--record")
+    assert _eval(trained / "ft-artifact", cifar_root, *options) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 40 and set(result["rows"]) == {"full", "first_k", "random_k", "blockdrop"}
     for row in list(result["rows"].values()) + result["sweep"]:
@@ -192,27 +181,11 @@ def test_eval_json_schema(trained, cifar_root, capsys):
     assert result["rows"]["first_k"]["blocks_mean"] == result["k"]
     manifest = load_artifact(trained / "ft-artifact").manifest
     assert manifest.metrics["test"]["images"] == 40 and manifest.defaults["threshold"] == 0.5
-    assert (
-        blockdrop(
-            [
-                "eval",
-                str(trained / "ft-artifact"),
-                "--data-root",
-                str(cifar_root),
-                "--split",
-                "test",
-                "--threshold",
-                "0.4",
-                "--sweep",
-                "",
-                "--record",
-            ]
-        )
-        == 0
-    )
+    options = ("--split", "test", "--threshold", "0.4", "--sweep", "", "--record")
+    assert _eval(trained / "ft-artifact", cifar_root, *options) == 0
     assert load_artifact(trained / "ft-artifact").manifest.defaults["threshold"] == 0.4
     capsys.readouterr()
-    assert blockdrop(["eval", str(trained / "ft-artifact"), "--data-root", str(cifar_root), "--val-size", "40"]) == 0
+    assert _eval(trained / "ft-artifact", cifar_root, "--val-size", "40") == 0
     assert "BlockDrop" in capsys.readouterr().out
 
 
@@ -298,6 +271,6 @@ def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_p
         input=InputSpec(32, 32, None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
     )
     save_artifact(model, tmp_path / "bl", manifest)
-    assert blockdrop(["eval", str(tmp_path / "bl"), "--data-root", str(cifar_root), "--val-size", "40", "--json"]) == 0
+    assert _eval(tmp_path / "bl", cifar_root, "--val-size", "40", "--json") == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert set(rows) == {"full"} and rows["full"]["blocks_mean"] == model.num_blocks
