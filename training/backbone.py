@@ -9,7 +9,7 @@ import torch
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
-from training.loop import FitConfig, fit
+from training.loop import FitConfig, fit, resolve_bf16
 
 
 def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr: float | None = None) -> FitConfig:
@@ -19,7 +19,7 @@ def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr
         batch_size=args.batch_size,
         lr=lr if lr is not None else args.lr,
         weight_decay=args.weight_decay,
-        bf16=args.bf16,
+        bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
     )

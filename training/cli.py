@@ -20,7 +20,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke tests)")
     parser.add_argument("--train-subset", type=int, help="train on only this many images (smoke tests)")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32 instead of bf16 autocast")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 autocast (default: on where the CPU computes bf16 natively, AVX-512 BF16 or AMX; elsewhere "
+        "it is emulated and many times slower than fp32)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
 
 
@@ -67,12 +72,27 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     finetune.add_argument(
         "--initial-keep", type=float, default=0.9, help="for a new policy: the keep-probability every block starts with"
     )
+    finetune.add_argument(
+        "--distill-from",
+        metavar="ARTIFACT",
+        help="a full network (e.g. the backbone the model started from) whose softened predictions the finetuned "
+        "backbone also learns, on every sampled mask",
+    )
+    finetune.add_argument("--distill-weight", type=float, default=0.5, help="w in (1 - w) CE + w KD")
+    finetune.add_argument("--distill-temperature", type=float, default=4.0)
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
 
     slim = commands.add_parser("slim", help="Network Slimming: sparsity training, pruning, fine-tuning")
     add_common_options(slim)
-    slim.add_argument("--backbone", help="start from this trained backbone artifact (default: from scratch)")
+    start = slim.add_mutually_exclusive_group()
+    start.add_argument("--backbone", help="start from this trained backbone artifact (default: from scratch)")
+    start.add_argument(
+        "--continue-from",
+        metavar="SLIM_ARTIFACT",
+        help="fine-tune an already pruned artifact for --finetune-epochs more (a new one-cycle), skipping the "
+        "sparsity and pruning stages; its provenance keeps the earlier stages",
+    )
     slim.add_argument("--depth", type=int, default=32, help="depth when training from scratch")
     slim.add_argument("--percent", type=float, default=0.4, help="fraction of inner channels to remove")
     slim.add_argument("--sparsity", type=float, default=1e-4, help="lambda of the L1 penalty on BN scales")

@@ -52,7 +52,12 @@ def export_resnet(
 
 
 def export_blockdrop(
-    model: nn.Module, source: Manifest, args: argparse.Namespace, history: list[dict], stage: str
+    model: nn.Module,
+    source: Manifest,
+    args: argparse.Namespace,
+    history: list[dict],
+    stage: str,
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
     last = history[-1] if history else {}
     manifest = Manifest(
@@ -62,7 +67,7 @@ def export_blockdrop(
         classes=source.classes,
         input=source.input,
         metrics={k: v for k, v in last.items() if k.startswith("val_")},
-        training=provenance(args, history, stage) | {"started_from": source.name},
+        training=provenance(args, history, stage) | {"started_from": source.name} | (extra or {}),
         defaults={"threshold": 0.5},
     )
     return save_artifact(model, args.out, manifest)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from models import load_artifact
@@ -21,8 +21,9 @@ from models.blockdrop import BlockDropModel, run_backbone
 from models.policy import PolicyConfig, PolicyNet
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
+from training.distill import supervised_loss
 from training.evaluate import evaluate_blockdrop
-from training.loop import autocast
+from training.loop import autocast, resolve_bf16
 from training.reinforce import block_reward, policy_gradient_loss, sample_actions
 
 
@@ -37,6 +38,8 @@ class PolicyTrainConfig:
     alpha: float = 0.8
     penalty: float = 5.0  # gamma: a wrong prediction is rewarded -gamma
     entropy_weight: float = 0.1
+    distill_weight: float = 0.0  # joint training with a teacher: (1 - w) CE + w KD
+    distill_temperature: float = 4.0
     bf16: bool = True
     seed: int = 0
     max_batches: int | None = None
@@ -53,7 +56,12 @@ def train_blockdrop(
     normalize: Normalizer,
     config: PolicyTrainConfig,
     run: RunFolder,
+    teacher: nn.Module | None = None,
 ) -> list[dict]:
+    """Train in place, resuming from ``run``; ``teacher`` (a full network, joint training only) is distilled
+    into the backbone's sampled-mask predictions."""
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
     torch.manual_seed(config.seed)
     groups = [{"params": list(model.policy.parameters()), "lr": config.policy_lr or config.lr}]
     if config.joint:
@@ -64,7 +72,7 @@ def train_blockdrop(
         started = time.time()
         released = released_blocks(config, epoch, model.num_blocks)
         torch.manual_seed(config.seed * 100_003 + epoch)  # the Bernoulli samples replay on resume
-        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer)
+        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher)
         val_stats = _validate(model, val, normalize, config, released)
         record = {"epoch": epoch + 1, "released": released, "seconds": round(time.time() - started, 1)}
         record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
@@ -98,7 +106,7 @@ def _resume(run: RunFolder, model: BlockDropModel, optimizer: torch.optim.Optimi
     return int(state["epoch"])
 
 
-def _train_epoch(model, train, normalize, config, epoch, released, optimizer) -> dict[str, float]:
+def _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher) -> dict[str, float]:
     model.policy.train()
     model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
     steps = num_batches(train, config.batch_size, drop_last=True)
@@ -125,7 +133,13 @@ def _train_epoch(model, train, normalize, config, epoch, released, optimizer) ->
             baseline = block_reward(greedy_logits.argmax(1) == labels, actions.greedy, config.penalty)
             loss = policy_gradient_loss(actions, reward - baseline, config.entropy_weight)
             if config.joint:
-                loss = loss + F.cross_entropy(sampled_logits, labels)
+                teacher_logits = None
+                if teacher is not None:
+                    with torch.no_grad(), autocast(config.bf16):
+                        teacher_logits = teacher(x).float()
+                loss = loss + supervised_loss(
+                    sampled_logits, labels, teacher_logits, config.distill_weight, config.distill_temperature
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -172,7 +186,9 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         alpha=args.alpha,
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,
-        bf16=args.bf16,
+        distill_weight=args.distill_weight if getattr(args, "distill_from", None) else 0.0,
+        distill_temperature=getattr(args, "distill_temperature", 4.0),
+        bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
     )
@@ -203,16 +219,34 @@ def finetune(args: argparse.Namespace) -> int:
         with torch.no_grad():
             policy.logit.bias.fill_(math.log(args.initial_keep / (1 - args.initial_keep)))
         model = BlockDropModel(model.backbone, policy, manifest.input.size)
-    return _train_and_export(model, manifest, args, joint=True)
+    teacher = _load_teacher(args.distill_from, manifest) if args.distill_from else None
+    return _train_and_export(model, manifest, args, joint=True, teacher=teacher)
 
 
-def _train_and_export(model: BlockDropModel, manifest, args: argparse.Namespace, joint: bool) -> int:
+def _load_teacher(path: str, student_manifest) -> nn.Module:
+    teacher = load_artifact(path)
+    if teacher.manifest.input != student_manifest.input or teacher.manifest.classes != student_manifest.classes:
+        raise SystemExit(f"{path}: the teacher must take the same input and predict the same classes as the model")
+    return teacher.backbone
+
+
+def _train_and_export(
+    model: BlockDropModel, manifest, args: argparse.Namespace, joint: bool, teacher: nn.Module | None = None
+) -> int:
     train, val = load_training_split(args)
     normalize = _normalizer_of(manifest)
     run = RunFolder(args.run_dir)
-    history = train_blockdrop(model, train, val, normalize, _config_from_args(args, joint), run)
+    config = _config_from_args(args, joint)
+    history = train_blockdrop(model, train, val, normalize, config, run, teacher)
     if args.out:
         from training.export import export_blockdrop
 
-        export_blockdrop(model, manifest, args, history, stage="finetune" if joint else "policy")
+        extra = {}
+        if teacher is not None:
+            extra["distillation"] = {
+                "teacher": args.distill_from,
+                "weight": config.distill_weight,
+                "temperature": config.distill_temperature,
+            }
+        export_blockdrop(model, manifest, args, history, stage="finetune" if joint else "policy", extra=extra)
     return 0

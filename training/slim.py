@@ -26,6 +26,8 @@ def train_slim(args: argparse.Namespace) -> int:
     train, val = load_training_split(args)
     _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
+    if args.continue_from:
+        return _continue_finetuning(args, train, val, normalize)
     if args.backbone:
         model = load_artifact(args.backbone).backbone.train()
     else:
@@ -72,4 +74,31 @@ def train_slim(args: argparse.Namespace) -> int:
         }
         # provenance counts both stages' epochs and seconds; its last epoch is the fine-tuning's
         export_resnet(pruned, args, train.classes, sparsity_history + history, stage="slim", extra=extra)
+    return 0
+
+
+def _continue_finetuning(args: argparse.Namespace, train, val, normalize) -> int:
+    """One more fine-tuning cycle of a pruned artifact; the manifest adds it to the earlier stages' record."""
+    source = load_artifact(args.continue_from)
+    earlier = source.manifest.training
+    if "slimming" not in earlier:
+        raise SystemExit(f"{args.continue_from} is not a pruned artifact from 'blockdrop train slim'")
+    pruned = source.backbone.train()
+    config = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
+    history = fit(
+        pruned, train, val, normalize, config, RunFolder(Path(args.run_dir) / "finetune"), description="finetune"
+    )
+    if args.out:
+        from training.export import export_resnet
+
+        slimming = earlier["slimming"] | {"finetune_epochs": earlier["slimming"]["finetune_epochs"] + len(history)}
+        extra = {
+            "slimming": slimming,
+            "started_from": source.manifest.name,
+            # totals over every stage; 'earlier' is the source's own record (command, epochs, last epoch)
+            "epochs": earlier["epochs"] + len(history),
+            "train_seconds": round(earlier["train_seconds"] + sum(r.get("seconds", 0.0) for r in history), 1),
+            "earlier": earlier,
+        }
+        export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
     return 0

@@ -228,6 +228,18 @@ def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
     assert slim_blockdrop.manifest.architecture["backbone"]["inner_widths"] == widths
     assert slim_blockdrop.flops_table.blocks == model.flops_table.blocks  # the same narrow blocks
 
+    # one more fine-tuning cycle of the pruned artifact: same widths, provenance adds up the stages
+    more = ["train", "slim", "--continue-from", str(tmp_path / "slim-artifact"), "--data-root", str(cifar_root)]
+    more += ["--finetune-epochs", "1", "--run-dir", str(tmp_path / "slim-more"), "--out", str(tmp_path / "slim-more-a")]
+    assert blockdrop([*more, *TINY, "--max-batches", "5"]) == 0
+    continued = load_artifact(tmp_path / "slim-more-a").manifest
+    assert continued.architecture["backbone"]["inner_widths"] == widths
+    assert continued.training["epochs"] == 3 and continued.training["slimming"]["finetune_epochs"] == 2
+    assert continued.training["earlier"]["command"] == model.manifest.training["command"]
+    not_pruned = ["train", "slim", "--continue-from", str(trained / "bb-artifact"), "--data-root", str(cifar_root)]
+    with pytest.raises(SystemExit, match="not a pruned artifact"):
+        blockdrop([*not_pruned, "--run-dir", str(tmp_path / "bad"), *TINY])
+
 
 def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tmp_path):
     args = [
@@ -255,6 +267,16 @@ def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tm
     assert model.manifest.training["started_from"] == "bb-artifact"
     state = RunFolder(tmp_path / "joint").load()
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3, 1e-4]
+
+
+def test_finetune_distils_from_a_teacher_and_records_it(trained, cifar_root, tmp_path):
+    args = ["train", "finetune", "--model", str(trained / "ft-artifact"), "--data-root", str(cifar_root)]
+    args += ["--distill-from", str(trained / "bb-artifact"), "--distill-weight", "0.3", "--epochs", "1"]
+    args += ["--run-dir", str(tmp_path / "kd"), "--out", str(tmp_path / "kd-artifact"), *TINY]
+    assert blockdrop(args) == 0
+    training = load_artifact(tmp_path / "kd-artifact").manifest.training
+    assert training["distillation"] == {"teacher": str(trained / "bb-artifact"), "weight": 0.3, "temperature": 4.0}
+    assert RunFolder(tmp_path / "kd").load()["config"]["distill_weight"] == 0.3
 
 
 def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_path, capsys):
