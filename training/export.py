@@ -28,6 +28,16 @@ def provenance(args: argparse.Namespace, history: list[dict], stage: str) -> dic
     }
 
 
+def continuation(earlier: dict[str, Any], history: list[dict]) -> dict[str, Any]:
+    """Provenance fields of a run that went on from an earlier artifact: totals over both, and the earlier
+    record itself (its command, epochs and last epoch), so that nothing is lost when the artifact is replaced."""
+    return {
+        "epochs": earlier.get("epochs", 0) + len(history),
+        "train_seconds": round(earlier.get("train_seconds", 0.0) + sum(r.get("seconds", 0.0) for r in history), 1),
+        "earlier": earlier,
+    }
+
+
 def export_resnet(
     model: nn.Module,
     args: argparse.Namespace,
@@ -60,6 +70,8 @@ def export_blockdrop(
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
     last = history[-1] if history else {}
+    if source.kind == "blockdrop":  # went on from a policy or an earlier finetuning: keep that record
+        extra = continuation(source.training, history) | (extra or {})
     manifest = Manifest(
         name=Path(args.out).name,
         kind="blockdrop",

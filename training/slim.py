@@ -89,16 +89,9 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize) -> int
         pruned, train, val, normalize, config, RunFolder(Path(args.run_dir) / "finetune"), description="finetune"
     )
     if args.out:
-        from training.export import export_resnet
+        from training.export import continuation, export_resnet
 
         slimming = earlier["slimming"] | {"finetune_epochs": earlier["slimming"]["finetune_epochs"] + len(history)}
-        extra = {
-            "slimming": slimming,
-            "started_from": source.manifest.name,
-            # totals over every stage; 'earlier' is the source's own record (command, epochs, last epoch)
-            "epochs": earlier["epochs"] + len(history),
-            "train_seconds": round(earlier["train_seconds"] + sum(r.get("seconds", 0.0) for r in history), 1),
-            "earlier": earlier,
-        }
+        extra = {"slimming": slimming, "started_from": source.manifest.name} | continuation(earlier, history)
         export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
     return 0

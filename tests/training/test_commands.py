@@ -98,6 +98,10 @@ def test_policy_run_follows_the_curriculum_and_finetune_trains_the_backbone(trai
     policy_model = load_artifact(trained / "policy-artifact")
     finetuned = load_artifact(trained / "ft-artifact")
     assert finetuned.manifest.kind == "blockdrop" and finetuned.manifest.training["started_from"] == "policy-artifact"
+    # the policy stage's record goes along: its command, and its epochs in the totals
+    policy_stage = load_artifact(trained / "policy-artifact").manifest.training
+    assert finetuned.manifest.training["earlier"] == policy_stage
+    assert finetuned.manifest.training["epochs"] == policy_stage["epochs"] + 1
     # the policy stage froze the backbone; finetuning changed it
     backbone = load_artifact(trained / "bb-artifact").backbone.state_dict()
     assert all(torch.equal(v, policy_model.backbone.state_dict()[k]) for k, v in backbone.items())
