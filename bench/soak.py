@@ -112,6 +112,17 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def quarter_peaks_mib(series: list[tuple[float, int]]) -> list[float | None]:
+    """The largest RSS sample (KiB in, MiB out) in each quarter of the run's duration: a leak keeps climbing,
+    allocator warm-up levels off."""
+    end = max(seconds for seconds, _ in series) or 1.0
+    peaks: list[float | None] = [None] * 4
+    for seconds, kib in series:
+        quarter = min(int(4 * seconds / end), 3)
+        peaks[quarter] = max(peaks[quarter] or 0.0, kib / 1024)
+    return peaks
+
+
 def to_markdown(result: dict) -> str:
     return (
         "\n".join(
@@ -129,6 +140,9 @@ def to_markdown(result: dict) -> str:
                 f"- resident memory: {result['rss_mib_first']:.0f} MiB at start, "
                 f"{result['rss_mib_after_first_phase']:.0f} MiB after the first phase, "
                 f"{result['rss_mib_last']:.0f} MiB at the end",
+                "- peak resident memory in each quarter of the run: "
+                + " / ".join("–" if peak is None else f"{peak:.0f}" for peak in quarter_peaks_mib(result["rss_series"]))
+                + " MiB",
             ]
         )
         + "\n"

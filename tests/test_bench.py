@@ -133,3 +133,12 @@ def test_soak_short_version(tmp_path):
     assert result["unexpected_5xx"] == {} and result["ready_after"] and result["socket_errors"] == 0
     assert result["load_statuses"].get("200", 0) > 0
     assert set(result["bad_input_statuses"]) <= {"400", "415", "422"}
+
+
+def test_soak_reports_the_peak_memory_of_each_quarter():
+    from bench.soak import quarter_peaks_mib
+
+    mib = 1024
+    series = [(0.0, 700 * mib), (10.0, 720 * mib), (30.0, 710 * mib), (59.0, 740 * mib), (80.0, 735 * mib)]
+    assert quarter_peaks_mib(series) == [720.0, 710.0, 740.0, 735.0]
+    assert quarter_peaks_mib([(0.0, 700 * mib), (80.0, 701 * mib)]) == [700.0, None, None, 701.0]
