@@ -84,8 +84,8 @@ def _wait_for_scrapes(url: str, count: int, timeout: float = 60) -> None:
                 start = scrapes if start is None else start
                 if scrapes - start >= count:
                     return
-        except httpx.HTTPError:
-            pass
+        except (httpx.HTTPError, ValueError):
+            pass  # not listening yet, or still starting: it answers 503 "Service Unavailable" in plain text
         time.sleep(0.25)
     raise TimeoutError("Prometheus did not scrape the service")
 
