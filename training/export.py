@@ -70,8 +70,9 @@ def export_blockdrop(
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
     last = history[-1] if history else {}
+    training = provenance(args, history, stage) | {"started_from": source.name}
     if source.kind == "blockdrop":  # went on from a policy or an earlier finetuning: keep that record
-        extra = continuation(source.training, history) | (extra or {})
+        training |= continuation(source.training, history)
     manifest = Manifest(
         name=Path(args.out).name,
         kind="blockdrop",
@@ -79,7 +80,7 @@ def export_blockdrop(
         classes=source.classes,
         input=source.input,
         metrics={k: v for k, v in last.items() if k.startswith("val_")},
-        training=provenance(args, history, stage) | {"started_from": source.name} | (extra or {}),
+        training=training | (extra or {}),
         defaults={"threshold": 0.5},
     )
     return save_artifact(model, args.out, manifest)

@@ -187,7 +187,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,
         distill_weight=args.distill_weight if getattr(args, "distill_from", None) else 0.0,
-        distill_temperature=getattr(args, "distill_temperature", 4.0),
+        distill_temperature=getattr(args, "distill_temperature", PolicyTrainConfig.distill_temperature),
         bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
