@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
+from training.distill import distillation_record, load_teacher
+from training.export import dataset_input
 from training.loop import FitConfig, fit, resolve_bf16
 
 
@@ -22,7 +25,16 @@ def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr
         bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
+        distill_weight=args.distill_weight if getattr(args, "distill_from", None) else 0.0,
+        distill_temperature=getattr(args, "distill_temperature", FitConfig.distill_temperature),
     )
+
+
+def teacher_from_args(args: argparse.Namespace, classes: tuple[str, ...]) -> nn.Module | None:
+    """The ``--distill-from`` network for a model trained here on ``--dataset``, or None."""
+    if not getattr(args, "distill_from", None):
+        return None
+    return load_teacher(args.distill_from, dataset_input(args.dataset), classes)
 
 
 def train_backbone(args: argparse.Namespace) -> int:
@@ -32,9 +44,12 @@ def train_backbone(args: argparse.Namespace) -> int:
     config = ResNetConfig("cifar", args.depth, len(train.classes))
     model = FlatResNet(config)
     run = RunFolder(args.run_dir)
-    history = fit(model, train, val, normalize, fit_config_from_args(args), run, description=f"resnet{args.depth}")
+    fit_config = fit_config_from_args(args)
+    teacher = teacher_from_args(args, train.classes)
+    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description=f"resnet{args.depth}")
     if args.out:
         from training.export import export_resnet
 
-        export_resnet(model, args, train.classes, history)
+        extra = distillation_record(args, fit_config.distill_weight, fit_config.distill_temperature)
+        export_resnet(model, args, train.classes, history, extra=extra)
     return 0

@@ -7,9 +7,10 @@ import argparse
 import torch
 
 from models.biglittle import BigLittleConfig, BigLittleNet
-from training.backbone import fit_config_from_args
+from training.backbone import fit_config_from_args, teacher_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
+from training.distill import distillation_record
 from training.loop import fit
 
 
@@ -19,11 +20,13 @@ def train_biglittle(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     config = BigLittleConfig("cifar", tuple(args.blocks), args.alpha, args.beta, len(train.classes))
     model = BigLittleNet(config)
-    history = fit(
-        model, train, val, normalize, fit_config_from_args(args), RunFolder(args.run_dir), description="bL-ResNet"
-    )
+    fit_config = fit_config_from_args(args)
+    teacher = teacher_from_args(args, train.classes)
+    run = RunFolder(args.run_dir)
+    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description="bL-ResNet")
     if args.out:
         from training.export import export_resnet
 
-        export_resnet(model, args, train.classes, history, kind="biglittle", stage="biglittle")
+        extra = distillation_record(args, fit_config.distill_weight, fit_config.distill_temperature)
+        export_resnet(model, args, train.classes, history, kind="biglittle", stage="biglittle", extra=extra)
     return 0

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     backbone.add_argument("--epochs", type=int, default=60)
     backbone.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     backbone.add_argument("--weight-decay", type=float, default=5e-4)
+    add_distill_options(backbone, "during the whole training")
     backbone.set_defaults(handler=_run("training.backbone", "train_backbone"))
 
     policy = commands.add_parser("policy", help="curriculum-train a policy over a frozen backbone artifact")
@@ -72,14 +73,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     finetune.add_argument(
         "--initial-keep", type=float, default=0.9, help="for a new policy: the keep-probability every block starts with"
     )
-    finetune.add_argument(
-        "--distill-from",
-        metavar="ARTIFACT",
-        help="a full network (e.g. the backbone the model started from) whose softened predictions the finetuned "
-        "backbone also learns, on every sampled mask",
-    )
-    finetune.add_argument("--distill-weight", type=float, default=0.5, help="w in (1 - w) CE + w KD")
-    finetune.add_argument("--distill-temperature", type=float, default=4.0)
+    add_distill_options(finetune, "on every sampled mask (e.g. the backbone the model started from)")
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
 
@@ -102,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     slim.add_argument("--lr", type=float, default=0.1, help="one-cycle peak for the sparsity stage")
     slim.add_argument("--finetune-lr", type=float, default=0.05, help="one-cycle peak for fine-tuning")
     slim.add_argument("--weight-decay", type=float, default=5e-4)
+    add_distill_options(slim, "in the fine-tuning stage (e.g. the unpruned backbone)")
     slim.set_defaults(handler=_run("training.slim", "train_slim"))
 
     biglittle = commands.add_parser("biglittle", help="train a CIFAR Big-Little ResNet from scratch")
@@ -119,7 +114,18 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     biglittle.add_argument("--epochs", type=int, default=60)
     biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     biglittle.add_argument("--weight-decay", type=float, default=5e-4)
+    add_distill_options(biglittle, "during the whole training")
     biglittle.set_defaults(handler=_run("training.biglittle", "train_biglittle"))
+
+
+def add_distill_options(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument(
+        "--distill-from",
+        metavar="ARTIFACT",
+        help=f"a trained full network whose softened predictions the model also learns, {when}",
+    )
+    parser.add_argument("--distill-weight", type=float, default=0.5, help="w in (1 - w) CE + w KD")
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
 
 
 def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:

@@ -1,11 +1,18 @@
-"""Knowledge distillation (Hinton et al., 2015) for joint finetuning: the finetuned backbone, run on a sampled
-block mask, also matches the softened predictions of the full network it started from. Without it the joint
-stage trades the backbone's all-blocks accuracy away (90.2 % -> 88.8 % for the shipped ResNet-32)."""
+"""Knowledge distillation (Hinton et al., 2015): the student also matches the softened predictions of a trained
+full network. Joint BlockDrop finetuning uses it on every sampled mask (without it the joint stage trades the
+backbone's all-blocks accuracy away: 90.2 % -> 88.8 % for the shipped ResNet-32); the supervised loop uses it to
+fine-tune a pruned network toward the unpruned one, or to train a Big-Little net against a ResNet."""
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from models import load_artifact
+from models.artifacts import InputSpec
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -24,3 +31,18 @@ def supervised_loss(
     if teacher_logits is None or weight == 0:
         return cross_entropy
     return (1 - weight) * cross_entropy + weight * distillation_loss(logits, teacher_logits, temperature)
+
+
+def load_teacher(path: str, expected_input: InputSpec, expected_classes: list[str] | tuple[str, ...]) -> nn.Module:
+    """The full network of artifact ``path``, frozen; it must read the same input and predict the same classes."""
+    teacher = load_artifact(path)
+    if teacher.manifest.input != expected_input or list(teacher.manifest.classes) != list(expected_classes):
+        raise SystemExit(f"{path}: the teacher must take the same input and predict the same classes as the model")
+    return teacher.backbone.eval().requires_grad_(False)
+
+
+def distillation_record(args: argparse.Namespace, weight: float, temperature: float) -> dict[str, Any]:
+    """The manifest's ``training.distillation`` entry, or nothing when the run had no teacher."""
+    if not getattr(args, "distill_from", None):
+        return {}
+    return {"distillation": {"teacher": args.distill_from, "weight": weight, "temperature": temperature}}

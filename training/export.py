@@ -38,6 +38,12 @@ def continuation(earlier: dict[str, Any], history: list[dict]) -> dict[str, Any]
     }
 
 
+def dataset_input(dataset: str) -> InputSpec:
+    """The input of a network trained here on ``dataset``: 32x32, normalised by the dataset's mean and std."""
+    mean, std, _ = normalization_for(dataset)
+    return InputSpec(32, 32, None, mean, std)
+
+
 def export_resnet(
     model: nn.Module,
     args: argparse.Namespace,
@@ -47,14 +53,13 @@ def export_resnet(
     stage: str = "backbone",
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
-    mean, std, _ = normalization_for(args.dataset)
     last = history[-1] if history else {}
     manifest = Manifest(
         name=Path(args.out).name,
         kind=kind,
         architecture={},
         classes=list(classes),
-        input=InputSpec(32, 32, None, mean, std),
+        input=dataset_input(args.dataset),
         metrics={"val_accuracy": last.get("val_accuracy")},
         training=provenance(args, history, stage) | (extra or {}),
     )

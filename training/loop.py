@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, num_batches
+from training.distill import supervised_loss
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class FitConfig:
     channels_last: bool = True
     seed: int = 0
     max_batches: int | None = None  # cap per epoch, for smoke tests
+    distill_weight: float = 0.0  # with a teacher: (1 - w) CE + w KD
+    distill_temperature: float = 4.0
 
     def steps_per_epoch(self, train: ImageSet) -> int:
         steps = num_batches(train, self.batch_size, drop_last=True)
@@ -86,10 +89,14 @@ def fit(
     run: RunFolder,
     *,
     after_backward: AfterBackward | None = None,
+    teacher: nn.Module | None = None,
     description: str = "train",
 ) -> list[dict]:
-    """Train ``model`` in place, resuming from ``run`` if it holds a checkpoint; returns the epoch log."""
+    """Train ``model`` in place, resuming from ``run`` if it holds a checkpoint; returns the epoch log. With a
+    ``teacher`` (a frozen full network) the loss is ``(1 - w) CE + w KD`` with ``config.distill_weight``."""
     torch.manual_seed(config.seed)
+    if teacher is not None and config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -107,7 +114,7 @@ def fit(
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         train_stats = _train_epoch(
-            model, train, normalize, config, epoch, optimizer, schedule, after_backward, description
+            model, train, normalize, config, epoch, optimizer, schedule, after_backward, teacher, description
         )
         val_stats = evaluate_classifier(model, val, normalize, config)
         record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1), "lr": schedule.get_last_lr()[0]}
@@ -142,7 +149,9 @@ def _resume(run: RunFolder, model: nn.Module, optimizer, schedule, config: dict)
     return int(state["epoch"])
 
 
-def _train_epoch(model, train, normalize, config, epoch, optimizer, schedule, after_backward, description) -> dict:
+def _train_epoch(
+    model, train, normalize, config, epoch, optimizer, schedule, after_backward, teacher, description
+) -> dict:
     model.train()
     steps = config.steps_per_epoch(train)
     batches = iterate_batches(
@@ -153,9 +162,16 @@ def _train_epoch(model, train, normalize, config, epoch, optimizer, schedule, af
         for step, (images, labels) in enumerate(batches):
             if step == steps:
                 break
+            x = to_input(images, normalize, config.channels_last)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad(), autocast(config.bf16):
+                    teacher_logits = teacher(x).float()
             with autocast(config.bf16):
-                logits = model(to_input(images, normalize, config.channels_last))
-                loss = F.cross_entropy(logits.float(), labels)
+                logits = model(x)
+                loss = supervised_loss(
+                    logits.float(), labels, teacher_logits, config.distill_weight, config.distill_temperature
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:

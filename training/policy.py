@@ -21,7 +21,7 @@ from models.blockdrop import BlockDropModel, run_backbone
 from models.policy import PolicyConfig, PolicyNet
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
-from training.distill import supervised_loss
+from training.distill import distillation_record, load_teacher, supervised_loss
 from training.evaluate import evaluate_blockdrop
 from training.loop import autocast, resolve_bf16
 from training.reinforce import block_reward, policy_gradient_loss, sample_actions
@@ -219,15 +219,8 @@ def finetune(args: argparse.Namespace) -> int:
         with torch.no_grad():
             policy.logit.bias.fill_(math.log(args.initial_keep / (1 - args.initial_keep)))
         model = BlockDropModel(model.backbone, policy, manifest.input.size)
-    teacher = _load_teacher(args.distill_from, manifest) if args.distill_from else None
+    teacher = load_teacher(args.distill_from, manifest.input, manifest.classes) if args.distill_from else None
     return _train_and_export(model, manifest, args, joint=True, teacher=teacher)
-
-
-def _load_teacher(path: str, student_manifest) -> nn.Module:
-    teacher = load_artifact(path)
-    if teacher.manifest.input != student_manifest.input or teacher.manifest.classes != student_manifest.classes:
-        raise SystemExit(f"{path}: the teacher must take the same input and predict the same classes as the model")
-    return teacher.backbone
 
 
 def _train_and_export(
@@ -241,12 +234,6 @@ def _train_and_export(
     if args.out:
         from training.export import export_blockdrop
 
-        extra = {}
-        if teacher is not None:
-            extra["distillation"] = {
-                "teacher": args.distill_from,
-                "weight": config.distill_weight,
-                "temperature": config.distill_temperature,
-            }
+        extra = distillation_record(args, config.distill_weight, config.distill_temperature)
         export_blockdrop(model, manifest, args, history, stage="finetune" if joint else "policy", extra=extra)
     return 0

@@ -16,9 +16,10 @@ import torch
 from models import load_artifact
 from models.resnet import FlatResNet, ResNetConfig
 from models.slimming import add_sparsity_subgradient, inner_channel_count, prune, select_channels
-from training.backbone import fit_config_from_args
+from training.backbone import fit_config_from_args, teacher_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
+from training.distill import distillation_record
 from training.loop import fit
 
 
@@ -55,6 +56,7 @@ def train_slim(args: argparse.Namespace) -> int:
         normalize,
         finetune,
         RunFolder(root / f"finetune-p{round(args.percent * 100)}"),
+        teacher=teacher_from_args(args, train.classes),
         description=f"finetune {args.percent:.0%} pruned",
     )
     if args.out:
@@ -71,7 +73,7 @@ def train_slim(args: argparse.Namespace) -> int:
                 "started_from": args.backbone or "scratch",
                 "inner_widths": list(pruned.config.inner_widths),
             }
-        }
+        } | distillation_record(args, finetune.distill_weight, finetune.distill_temperature)
         # provenance counts both stages' epochs and seconds; its last epoch is the fine-tuning's
         export_resnet(pruned, args, train.classes, sparsity_history + history, stage="slim", extra=extra)
     return 0
@@ -85,13 +87,14 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize) -> int
         raise SystemExit(f"{args.continue_from} is not a pruned artifact from 'blockdrop train slim'")
     pruned = source.backbone.train()
     config = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
-    history = fit(
-        pruned, train, val, normalize, config, RunFolder(Path(args.run_dir) / "finetune"), description="finetune"
-    )
+    teacher = teacher_from_args(args, train.classes)
+    run = RunFolder(Path(args.run_dir) / "finetune")
+    history = fit(pruned, train, val, normalize, config, run, teacher=teacher, description="finetune")
     if args.out:
         from training.export import continuation, export_resnet
 
         slimming = earlier["slimming"] | {"finetune_epochs": earlier["slimming"]["finetune_epochs"] + len(history)}
         extra = {"slimming": slimming, "started_from": source.manifest.name} | continuation(earlier, history)
+        extra |= distillation_record(args, config.distill_weight, config.distill_temperature)
         export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
     return 0

@@ -235,11 +235,15 @@ def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
     # one more fine-tuning cycle of the pruned artifact: same widths, provenance adds up the stages
     more = ["train", "slim", "--continue-from", str(tmp_path / "slim-artifact"), "--data-root", str(cifar_root)]
     more += ["--finetune-epochs", "1", "--run-dir", str(tmp_path / "slim-more"), "--out", str(tmp_path / "slim-more-a")]
+    more += ["--distill-from", str(trained / "bb-artifact"), "--distill-weight", "0.7"]
     assert blockdrop([*more, *TINY, "--max-batches", "5"]) == 0
     continued = load_artifact(tmp_path / "slim-more-a").manifest
     assert continued.architecture["backbone"]["inner_widths"] == widths
     assert continued.training["epochs"] == 3 and continued.training["slimming"]["finetune_epochs"] == 2
     assert continued.training["earlier"]["command"] == model.manifest.training["command"]
+    teacher = {"teacher": str(trained / "bb-artifact"), "weight": 0.7, "temperature": 4.0}
+    assert continued.training["distillation"] == teacher
+    assert RunFolder(tmp_path / "slim-more" / "finetune").load()["config"]["distill_weight"] == 0.7
     not_pruned = ["train", "slim", "--continue-from", str(trained / "bb-artifact"), "--data-root", str(cifar_root)]
     with pytest.raises(SystemExit, match="not a pruned artifact"):
         blockdrop([*not_pruned, "--run-dir", str(tmp_path / "bad"), *TINY])

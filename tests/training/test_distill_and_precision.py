@@ -47,3 +47,51 @@ def test_bf16_default_follows_the_cpu(monkeypatch):
     assert loop.resolve_bf16(None) is False and loop.resolve_bf16(True) is True
     monkeypatch.setattr(loop, "native_bf16", lambda: True)
     assert loop.resolve_bf16(None) is True and loop.resolve_bf16(False) is False
+
+
+def _tiny_fit(tmp_path, name: str, teacher, weight: float) -> dict[str, torch.Tensor]:
+    from models.resnet import FlatResNet, ResNetConfig
+    from training.checkpoint import RunFolder
+    from training.data import ImageSet, Normalizer
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    data = ImageSet(images, torch.randint(0, 10, (96,), generator=generator), tuple("abcdefghij"))
+    torch.manual_seed(1)
+    student = FlatResNet(ResNetConfig("cifar", 8, 10))
+    config = loop.FitConfig(epochs=1, batch_size=16, lr=0.05, bf16=False, distill_weight=weight)
+    loop.fit(student, data, data, Normalizer(None, None), config, RunFolder(tmp_path / name), teacher=teacher)
+    return student.state_dict()
+
+
+def test_the_supervised_loop_learns_from_a_teacher_only_when_weighted(tmp_path):
+    from models.resnet import FlatResNet, ResNetConfig
+
+    torch.manual_seed(2)
+    teacher = FlatResNet(ResNetConfig("cifar", 8, 10)).eval().requires_grad_(False)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    alone = _tiny_fit(tmp_path, "alone", None, 0.0)
+    weightless = _tiny_fit(tmp_path, "weightless", teacher, 0.0)
+    taught = _tiny_fit(tmp_path, "taught", teacher, 0.5)
+    assert all(torch.equal(alone[k], weightless[k]) for k in alone)  # a teacher at weight 0 changes nothing
+    assert any(not torch.equal(alone[k], taught[k]) for k in alone if k.endswith("weight"))
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())  # the teacher stays put
+
+
+def test_a_teacher_with_other_classes_or_input_is_refused(tmp_path):
+    from models.artifacts import InputSpec, Manifest, save_artifact
+    from models.blockdrop import BlockDropModel
+    from models.classes import CIFAR10_CLASSES
+    from models.resnet import FlatResNet, ResNetConfig
+    from training.distill import load_teacher
+    from training.export import dataset_input
+
+    cifar10 = dataset_input("cifar10")
+    manifest = Manifest(name="t", kind="resnet", architecture={}, classes=list(CIFAR10_CLASSES), input=cifar10)
+    save_artifact(BlockDropModel(FlatResNet(ResNetConfig("cifar", 8, 10))), tmp_path / "t", manifest)
+    teacher = load_teacher(str(tmp_path / "t"), cifar10, CIFAR10_CLASSES)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    with pytest.raises(SystemExit, match="same input and predict the same classes"):
+        load_teacher(str(tmp_path / "t"), cifar10, tuple(reversed(CIFAR10_CLASSES)))
+    with pytest.raises(SystemExit, match="same input"):
+        load_teacher(str(tmp_path / "t"), InputSpec(32, 32, None, None, None), CIFAR10_CLASSES)
