@@ -9,6 +9,7 @@ share one sparsity stage.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,14 +28,16 @@ def train_slim(args: argparse.Namespace) -> int:
     train, val = load_training_split(args)
     _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
+    teacher = teacher_from_args(args, train.classes)  # before any training: a wrong teacher fails at once
     if args.continue_from:
-        return _continue_finetuning(args, train, val, normalize)
+        return _continue_finetuning(args, train, val, normalize, teacher)
     if args.backbone:
         model = load_artifact(args.backbone).backbone.train()
     else:
         model = FlatResNet(ResNetConfig("cifar", args.depth, len(train.classes)))
     root = Path(args.run_dir)
-    sparsity = fit_config_from_args(args, epochs=args.sparsity_epochs)
+    # distillation is for the fine-tuning stage only
+    sparsity = replace(fit_config_from_args(args, epochs=args.sparsity_epochs), distill_weight=0.0)
     sparsity_history = fit(
         model,
         train,
@@ -56,7 +59,7 @@ def train_slim(args: argparse.Namespace) -> int:
         normalize,
         finetune,
         RunFolder(root / f"finetune-p{round(args.percent * 100)}"),
-        teacher=teacher_from_args(args, train.classes),
+        teacher=teacher,
         description=f"finetune {args.percent:.0%} pruned",
     )
     if args.out:
@@ -79,7 +82,7 @@ def train_slim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _continue_finetuning(args: argparse.Namespace, train, val, normalize) -> int:
+def _continue_finetuning(args: argparse.Namespace, train, val, normalize, teacher) -> int:
     """One more fine-tuning cycle of a pruned artifact; the manifest adds it to the earlier stages' record."""
     source = load_artifact(args.continue_from)
     earlier = source.manifest.training
@@ -87,7 +90,6 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize) -> int
         raise SystemExit(f"{args.continue_from} is not a pruned artifact from 'blockdrop train slim'")
     pruned = source.backbone.train()
     config = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
-    teacher = teacher_from_args(args, train.classes)
     run = RunFolder(Path(args.run_dir) / "finetune")
     history = fit(pruned, train, val, normalize, config, run, teacher=teacher, description="finetune")
     if args.out:
