@@ -7,17 +7,28 @@ import argparse
 from training.data import DATA_ROOT_ENV
 
 
+class DefaultsInHelp(argparse.HelpFormatter):
+    """Shows each option's default after its help, where it has a meaningful one (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        meaningful = not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        if action.option_strings and meaningful and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10", help="which CIFAR")
     parser.add_argument("--download", action="store_true", help="download the dataset with torchvision if missing")
     parser.add_argument(
         "--run-dir", required=True, help="run folder: checkpoint each epoch, log.jsonl; rerun to resume"
     )
     parser.add_argument("--out", help="artifact folder to write when training ends")
     parser.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the data order")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
     parser.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke tests)")
     parser.add_argument("--train-subset", type=int, help="train on only this many images (smoke tests)")
     parser.add_argument(
@@ -33,16 +44,19 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     commands = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
 
-    backbone = commands.add_parser("backbone", help="train a CIFAR ResNet from scratch")
+    def command(what: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(what, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
+
+    backbone = command("backbone", "train a CIFAR ResNet from scratch")
     add_common_options(backbone)
     backbone.add_argument("--depth", type=int, default=32, help="6n+2: 8, 20, 32, 56, 110")
-    backbone.add_argument("--epochs", type=int, default=60)
+    backbone.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
     backbone.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
-    backbone.add_argument("--weight-decay", type=float, default=5e-4)
+    backbone.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     add_distill_options(backbone, "during the whole training")
     backbone.set_defaults(handler=_run("training.backbone", "train_backbone"))
 
-    policy = commands.add_parser("policy", help="curriculum-train a policy over a frozen backbone artifact")
+    policy = command("policy", "curriculum-train a policy over a frozen backbone artifact")
     add_common_options(policy)
     policy.add_argument("--backbone", required=True, help="artifact of the backbone (kind resnet)")
     policy.add_argument(
@@ -55,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     add_reinforce_options(policy, epochs=25, lr=1e-3)
     policy.set_defaults(handler=_run("training.policy", "train_policy"))
 
-    finetune = commands.add_parser("finetune", help="jointly finetune the policy and backbone of a BlockDrop artifact")
+    finetune = command("finetune", "jointly finetune the policy and backbone of a BlockDrop artifact")
     add_common_options(finetune)
     finetune.add_argument(
         "--model",
@@ -77,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
 
-    slim = commands.add_parser("slim", help="Network Slimming: sparsity training, pruning, fine-tuning")
+    slim = command("slim", "Network Slimming: sparsity training, pruning, fine-tuning")
     add_common_options(slim)
     start = slim.add_mutually_exclusive_group()
     start.add_argument("--backbone", help="start from this trained backbone artifact (default: from scratch)")
@@ -91,15 +105,15 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     slim.add_argument("--percent", type=float, default=0.4, help="fraction of inner channels to remove")
     slim.add_argument("--sparsity", type=float, default=1e-4, help="lambda of the L1 penalty on BN scales")
     slim.add_argument("--min-channels", type=int, default=2, help="never prune a block below this width")
-    slim.add_argument("--sparsity-epochs", type=int, default=20)
-    slim.add_argument("--finetune-epochs", type=int, default=20)
+    slim.add_argument("--sparsity-epochs", type=int, default=20, help="epochs with the L1 penalty")
+    slim.add_argument("--finetune-epochs", type=int, default=20, help="epochs of fine-tuning after pruning")
     slim.add_argument("--lr", type=float, default=0.1, help="one-cycle peak for the sparsity stage")
     slim.add_argument("--finetune-lr", type=float, default=0.05, help="one-cycle peak for fine-tuning")
-    slim.add_argument("--weight-decay", type=float, default=5e-4)
+    slim.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     add_distill_options(slim, "in the fine-tuning stage (e.g. the unpruned backbone)")
     slim.set_defaults(handler=_run("training.slim", "train_slim"))
 
-    biglittle = commands.add_parser("biglittle", help="train a CIFAR Big-Little ResNet from scratch")
+    biglittle = command("biglittle", "train a CIFAR Big-Little ResNet from scratch")
     add_common_options(biglittle)
     biglittle.add_argument(
         "--blocks",
@@ -111,9 +125,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     biglittle.add_argument("--alpha", type=int, default=2, help="little-branch width divisor")
     biglittle.add_argument("--beta", type=int, default=4, help="little-branch depth divisor")
-    biglittle.add_argument("--epochs", type=int, default=60)
+    biglittle.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
     biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
-    biglittle.add_argument("--weight-decay", type=float, default=5e-4)
+    biglittle.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     add_distill_options(biglittle, "during the whole training")
     biglittle.set_defaults(handler=_run("training.biglittle", "train_biglittle"))
 
@@ -125,15 +139,15 @@ def add_distill_options(parser: argparse.ArgumentParser, when: str) -> None:
         help=f"a trained full network whose softened predictions the model also learns, {when}",
     )
     parser.add_argument("--distill-weight", type=float, default=0.5, help="w in (1 - w) CE + w KD")
-    parser.add_argument("--distill-temperature", type=float, default=4.0)
+    parser.add_argument("--distill-temperature", type=float, default=4.0, help="T: softens both distributions")
 
 
 def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--epochs", type=int, default=epochs, help="epochs (the curriculum releases a block per epoch)")
     parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     parser.add_argument("--alpha", type=float, default=0.8, help="bounds the sampling probabilities away from 0 and 1")
     parser.add_argument("--penalty", type=float, default=5.0, help="gamma: a wrong prediction is rewarded -gamma")
-    parser.add_argument("--entropy-weight", type=float, default=0.1)
+    parser.add_argument("--entropy-weight", type=float, default=0.1, help="bonus for the policy's entropy")
     parser.set_defaults(batch_size=256)
 
 
