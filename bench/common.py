@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from cli.help_format import DefaultsInHelp
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -43,7 +45,7 @@ def main_for(
     """A ``main(argv)`` for ``python -m bench.X``, from the same pieces ``blockdrop bench X`` uses."""
 
     def main(argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=DefaultsInHelp)
         add_arguments(parser)
         return execute(parser.parse_args(argv))
 

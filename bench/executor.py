@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils import benchmark
 
 from bench.common import RESULTS, machine_description, main_for, write_results
 from models.blockdrop import random_k_mask, run_backbone, run_backbone_masked
@@ -22,6 +21,9 @@ from models.resnet import cifar_resnet
 
 
 def median_seconds(fn, min_run_time: float) -> float:
+    # imported here: on a machine without CUDA, importing it logs a warning about CUDA_HOME to every command
+    from torch.utils import benchmark
+
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
@@ -88,8 +90,8 @@ def to_markdown(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depth", type=int, default=110)
-    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--depth", type=int, default=110, help="depth of the CIFAR ResNet timed")
+    parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--keep", default="0.3,0.5,0.7", help="fractions of blocks each image keeps")
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per figure")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")

@@ -223,15 +223,17 @@ def to_markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
-    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated wrk connection counts")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
     add_variant_option(parser, "serve and load this artifact (repeatable); default: the default variants")
     parser.add_argument("--baseline", help="artifact behind the minimal FastAPI baseline (default: variant 'full')")
-    parser.add_argument("--warmup-seconds", type=int, default=2)
-    parser.add_argument("--overhead-requests", type=int, default=300)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--warmup-seconds", type=int, default=2, help="untimed wrk run before each row")
+    parser.add_argument(
+        "--overhead-requests", type=int, default=300, help="sequential requests for the HTTP-overhead figures"
+    )
+    parser.add_argument("--out", default=str(RESULTS), help="folder for load.json and load.md")
 
 
 def execute(args: argparse.Namespace) -> int:

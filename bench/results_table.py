@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.common import RESULTS
 from bench.variants import CHECKPOINTS
+from cli.help_format import DefaultsInHelp
 from models.artifacts import read_manifest
 
 ORDER = (
@@ -110,9 +111,9 @@ def same_depth_notes(checkpoints: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoints", default=str(CHECKPOINTS))
-    parser.add_argument("--out", default=str(RESULTS / "models.md"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsInHelp)
+    parser.add_argument("--checkpoints", default=str(CHECKPOINTS), help="folder of artifacts")
+    parser.add_argument("--out", default=str(RESULTS / "models.md"), help="Markdown file to write")
     args = parser.parse_args(argv)
     table = render(Path(args.checkpoints))
     Path(args.out).write_text(table)

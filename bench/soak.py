@@ -151,16 +151,16 @@ def to_markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
-    parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--phase-seconds", type=int, default=20)
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the whole run")
+    parser.add_argument("--phase-seconds", type=int, default=20, help="length of each wrk phase")
     parser.add_argument("--concurrency", type=int, default=16, help="steady phases")
     parser.add_argument("--burst-concurrency", type=int, default=256, help="every third phase")
     parser.add_argument(
         "--queue-limit", type=int, default=16, help="the service's queue limit per variant (bursts pass it in all)"
     )
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     add_variant_option(parser, "serve this artifact (repeatable, even traffic split); default: the default variants")
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=str(RESULTS), help="folder for soak.json and soak.md")
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -122,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
     add_variant_option(parser, "benchmark this artifact (repeatable); default: every shipped checkpoint, served or not")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
-    parser.add_argument("--latency-images", type=int, default=300)
-    parser.add_argument("--throughput-batches", type=int, default=20)
+    parser.add_argument("--latency-images", type=int, default=300, help="images timed one at a time")
+    parser.add_argument("--throughput-batches", type=int, default=20, help="batches of 64 timed")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cli.help_format import DefaultsInHelp
 from training.data import DATA_ROOT_ENV
-
-
-class DefaultsInHelp(argparse.HelpFormatter):
-    """Shows each option's default after its help, where it has a meaningful one (not None or False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        meaningful = not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
-        if action.option_strings and meaningful and "%(default)" not in help_text:
-            help_text += " (default: %(default)s)"
-        return help_text
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,16 @@ import argparse
 import json
 from typing import Any
 
+from cli.help_format import DefaultsInHelp
 from training.data import DATA_ROOT_ENV, Normalizer, load_cifar, train_val_split
 
 DEFAULT_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        name, help=help_text, description=__doc__.split("\n\n")[0], formatter_class=DefaultsInHelp
+    )
     parser.add_argument("artifact", help="artifact folder")
     parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
