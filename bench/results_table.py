@@ -44,8 +44,10 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
     training = manifest.training
     hours = training.get("train_seconds", 0) / 3600
     provenance = f"{hours:.2f} h; `{training.get('command', '?')}`"
-    if training.get("earlier"):  # went on from an earlier version: its command ran first (time counts both)
-        provenance += f", after `{training['earlier'].get('command', '?')}`"
+    earlier = training.get("earlier")
+    while earlier:  # went on from earlier versions: their commands ran first, newest first (time counts all)
+        provenance += f", after `{earlier.get('command', '?')}`"
+        earlier = earlier.get("earlier")
     if training.get("started_from") and training["started_from"] != folder.name:
         provenance += f" (from `{training['started_from']}`)"
     params = parameter_count(folder)

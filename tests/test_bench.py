@@ -77,12 +77,17 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
         "threshold": 0.5,
         "rows": {"full": row, "first_k": row, "random_k": row, "blockdrop": row},
     }
-    manifest.training = {"train_seconds": 3600, "command": "blockdrop train finetune"}
+    # went on twice from earlier versions: every earlier command is listed, newest first
+    oldest = {"command": "blockdrop train policy"}
+    earlier = {"command": "blockdrop train finetune --epochs 1", "earlier": oldest}
+    manifest.training = {"train_seconds": 3600, "command": "blockdrop train finetune", "earlier": earlier}
     write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
     table = render(tmp_path)
     assert "| cifar10-resnet32 | (no test figures recorded yet)" in table
     assert "| cifar10-resnet32-blockdrop | BlockDrop (threshold 0.5) | 90.00% | 2.00 ± 0.50 | 1e+07 |" in table
-    assert "FirstK K=2" in table and "1.00 h; `blockdrop train finetune`" in table
+    chain = "1.00 h; `blockdrop train finetune`, after `blockdrop train finetune --epochs 1`"
+    chain += ", after `blockdrop train policy`"
+    assert "FirstK K=2" in table and chain in table
     # (2, 2, 2) blocks per stage: as deep as a ResNet-14, whose FLOPs the table measures for comparison
     assert "cifar10-blresnet has [2, 2, 2] blocks per stage, as deep as a ResNet-14" in table
     assert artifacts  # the fixture's paths were moved above
