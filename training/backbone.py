@@ -10,7 +10,7 @@ from torch import nn
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
-from training.distill import distillation_record, load_teacher
+from training.distill import distill_settings, distillation_record, load_teacher
 from training.export import dataset_input
 from training.loop import FitConfig, fit, resolve_bf16
 
@@ -25,8 +25,7 @@ def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr
         bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
-        distill_weight=args.distill_weight if getattr(args, "distill_from", None) else 0.0,
-        distill_temperature=getattr(args, "distill_temperature", FitConfig.distill_temperature),
+        **distill_settings(args),
     )
 
 
@@ -50,6 +49,6 @@ def train_backbone(args: argparse.Namespace) -> int:
     if args.out:
         from training.export import export_resnet
 
-        extra = distillation_record(args, fit_config.distill_weight, fit_config.distill_temperature)
+        extra = distillation_record(args)
         export_resnet(model, args, train.classes, history, extra=extra)
     return 0

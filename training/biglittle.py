@@ -27,6 +27,6 @@ def train_biglittle(args: argparse.Namespace) -> int:
     if args.out:
         from training.export import export_resnet
 
-        extra = distillation_record(args, fit_config.distill_weight, fit_config.distill_temperature)
+        extra = distillation_record(args)
         export_resnet(model, args, train.classes, history, kind="biglittle", stage="biglittle", extra=extra)
     return 0

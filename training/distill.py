@@ -41,8 +41,18 @@ def load_teacher(path: str, expected_input: InputSpec, expected_classes: list[st
     return teacher.backbone.eval().requires_grad_(False)
 
 
-def distillation_record(args: argparse.Namespace, weight: float, temperature: float) -> dict[str, Any]:
+def distill_settings(args: argparse.Namespace) -> dict[str, float]:
+    """The training config's ``distill_weight`` / ``distill_temperature`` from ``--distill-*`` (weight 0 without
+    a teacher); nothing for a command without those options, so that the config's defaults hold."""
+    if not hasattr(args, "distill_from"):
+        return {}
+    weight = args.distill_weight if args.distill_from else 0.0
+    return {"distill_weight": weight, "distill_temperature": args.distill_temperature}
+
+
+def distillation_record(args: argparse.Namespace) -> dict[str, Any]:
     """The manifest's ``training.distillation`` entry, or nothing when the run had no teacher."""
     if not getattr(args, "distill_from", None):
         return {}
-    return {"distillation": {"teacher": args.distill_from, "weight": weight, "temperature": temperature}}
+    teacher = {"teacher": args.distill_from, "weight": args.distill_weight, "temperature": args.distill_temperature}
+    return {"distillation": teacher}

@@ -21,7 +21,7 @@ from models.blockdrop import BlockDropModel, run_backbone
 from models.policy import PolicyConfig, PolicyNet
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
-from training.distill import distillation_record, load_teacher, supervised_loss
+from training.distill import distill_settings, distillation_record, load_teacher, supervised_loss
 from training.evaluate import evaluate_blockdrop
 from training.loop import autocast, resolve_bf16
 from training.reinforce import block_reward, policy_gradient_loss, sample_actions
@@ -186,8 +186,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         alpha=args.alpha,
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,
-        distill_weight=args.distill_weight if getattr(args, "distill_from", None) else 0.0,
-        distill_temperature=getattr(args, "distill_temperature", PolicyTrainConfig.distill_temperature),
+        **distill_settings(args),
         bf16=resolve_bf16(args.bf16),
         seed=args.seed,
         max_batches=args.max_batches,
@@ -234,6 +233,6 @@ def _train_and_export(
     if args.out:
         from training.export import export_blockdrop
 
-        extra = distillation_record(args, config.distill_weight, config.distill_temperature)
+        extra = distillation_record(args)
         export_blockdrop(model, manifest, args, history, stage="finetune" if joint else "policy", extra=extra)
     return 0

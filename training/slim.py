@@ -76,7 +76,7 @@ def train_slim(args: argparse.Namespace) -> int:
                 "started_from": args.backbone or "scratch",
                 "inner_widths": list(pruned.config.inner_widths),
             }
-        } | distillation_record(args, finetune.distill_weight, finetune.distill_temperature)
+        } | distillation_record(args)
         # provenance counts both stages' epochs and seconds; its last epoch is the fine-tuning's
         export_resnet(pruned, args, train.classes, sparsity_history + history, stage="slim", extra=extra)
     return 0
@@ -97,6 +97,6 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize, teache
 
         slimming = earlier["slimming"] | {"finetune_epochs": earlier["slimming"]["finetune_epochs"] + len(history)}
         extra = {"slimming": slimming, "started_from": source.manifest.name} | continuation(earlier, history)
-        extra |= distillation_record(args, config.distill_weight, config.distill_temperature)
+        extra |= distillation_record(args)
         export_resnet(pruned, args, train.classes, history, stage="slim", extra=extra)
     return 0
