@@ -95,8 +95,10 @@ def fit(
     """Train ``model`` in place, resuming from ``run`` if it holds a checkpoint; returns the epoch log. With a
     ``teacher`` (a frozen full network) the loss is ``(1 - w) CE + w KD`` with ``config.distill_weight``."""
     torch.manual_seed(config.seed)
-    if teacher is not None and config.channels_last:
-        teacher.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)  # in train mode its BatchNorm statistics would drift
+        if config.channels_last:
+            teacher.to(memory_format=torch.channels_last)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
