@@ -1,4 +1,5 @@
-"""``blockdrop train backbone``: a CIFAR ResNet trained from scratch with the shared loop."""
+"""``blockdrop train backbone``: a CIFAR ResNet trained with the shared loop, from scratch or from an artifact,
+optionally with per-image random block dropping (``training.random_drop``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import argparse
 import torch
 from torch import nn
 
+from models import load_artifact
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
 from training.distill import distill_settings, distillation_record, load_teacher
-from training.export import dataset_input
+from training.export import continuation, dataset_input
 from training.loop import FitConfig, fit, resolve_bf16
+from training.random_drop import RandomBlockDrop
 
 
 def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr: float | None = None) -> FitConfig:
@@ -36,19 +39,41 @@ def teacher_from_args(args: argparse.Namespace, classes: tuple[str, ...]) -> nn.
     return load_teacher(args.distill_from, dataset_input(args.dataset), classes)
 
 
+def initial_backbone(args: argparse.Namespace, classes: tuple[str, ...]) -> tuple[FlatResNet, dict]:
+    """A new ResNet of ``--depth``, or a copy of ``--init-from``'s weights with the manifest fields to record."""
+    if not args.init_from:
+        return FlatResNet(ResNetConfig("cifar", args.depth, len(classes))), {}
+    source = load_artifact(args.init_from)
+    if source.manifest.kind != "resnet":
+        kind = source.manifest.kind
+        raise SystemExit(f"{args.init_from}: --init-from takes a plain ResNet artifact, not one of kind {kind}")
+    if source.manifest.input != dataset_input(args.dataset) or list(source.manifest.classes) != list(classes):
+        raise SystemExit(f"{args.init_from}: it was trained on other input or classes than --dataset {args.dataset}")
+    return source.backbone, {"started_from": source.manifest.name, "earlier": source.manifest.training}
+
+
 def train_backbone(args: argparse.Namespace) -> int:
     train, val = load_training_split(args)
     _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
-    config = ResNetConfig("cifar", args.depth, len(train.classes))
-    model = FlatResNet(config)
+    backbone, origin = initial_backbone(args, train.classes)
+    model = RandomBlockDrop(backbone, args.random_drop) if args.random_drop else backbone
     run = RunFolder(args.run_dir)
     fit_config = fit_config_from_args(args)
     teacher = teacher_from_args(args, train.classes)
-    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description=f"resnet{args.depth}")
+    depth = backbone.config.depth
+    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description=f"resnet{depth}")
     if args.out:
         from training.export import export_resnet
 
-        extra = distillation_record(args)
-        export_resnet(model, args, train.classes, history, extra=extra)
+        extra = distillation_record(args) | _origin_record(origin, history)
+        if args.random_drop:
+            extra["random_drop"] = {"min_keep": args.random_drop}
+        export_resnet(backbone, args, train.classes, history, extra=extra)
     return 0
+
+
+def _origin_record(origin: dict, history: list[dict]) -> dict:
+    if not origin:
+        return {}
+    return {"started_from": origin["started_from"]} | continuation(origin["earlier"], history)

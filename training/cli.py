@@ -37,9 +37,19 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     def command(what: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(what, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
 
-    backbone = command("backbone", "train a CIFAR ResNet from scratch")
+    backbone = command("backbone", "train a CIFAR ResNet, from scratch or from a trained one")
     add_common_options(backbone)
-    backbone.add_argument("--depth", type=int, default=32, help="6n+2: 8, 20, 32, 56, 110")
+    backbone.add_argument("--depth", type=int, default=32, help="6n+2: 8, 20, 32, 56, 110 (from scratch)")
+    backbone.add_argument(
+        "--init-from", metavar="ARTIFACT", help="start from this ResNet artifact's weights (and depth) instead"
+    )
+    backbone.add_argument(
+        "--random-drop",
+        type=float,
+        metavar="MIN_KEEP",
+        help="stochastic depth per image: each training image keeps each block with a probability drawn "
+        "from U[MIN_KEEP, 1], so that the network tolerates the blocks a BlockDrop policy will drop",
+    )
     backbone.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
     backbone.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     backbone.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")

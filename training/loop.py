@@ -115,6 +115,7 @@ def fit(
     start_epoch = _resume(run, model, optimizer, schedule, asdict(config))
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
+        torch.manual_seed(config.seed * 100_003 + epoch)  # random block drops replay on resume
         train_stats = _train_epoch(
             model, train, normalize, config, epoch, optimizer, schedule, after_backward, teacher, description
         )
