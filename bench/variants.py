@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS, machine_description, main_for, write_results
-from models import load_artifact
-from models.blockdrop import Mode
+from service.config import VariantSettings
+from service.variants import Variant, load_variant
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 # shipped checkpoints measured here but not served by default: name -> (artifact folder, mode)
@@ -30,16 +30,14 @@ def percentile(values: list[float], q: float) -> float:
 
 @torch.inference_mode()
 def bench_variant(
-    model, mode: str, images: torch.Tensor, labels: torch.Tensor, latency_images: int, throughput_batches: int
+    variant: Variant, images: torch.Tensor, labels: torch.Tensor, latency_images: int, throughput_batches: int
 ) -> dict:
+    """Accuracy, FLOPs, latency and throughput of ``variant.infer``: the service's own inference call, in the
+    memory layout and at the threshold the service runs."""
     from training.data import Normalizer
 
-    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
-    infer_mode = Mode.POLICY if mode == "blockdrop" else Mode.FULL
-    threshold = float(model.manifest.defaults.get("threshold", 0.5))  # as the service runs it
-
-    def infer(x: torch.Tensor):
-        return model.infer(x, threshold=threshold, mode=infer_mode)
+    normalize = Normalizer(variant.manifest.input.mean, variant.manifest.input.std)
+    infer = variant.infer
 
     correct, flops = 0, 0.0
     for start in range(0, len(images), 500):
@@ -63,9 +61,10 @@ def bench_variant(
         infer(batch)
     throughput = 64 * len(batches) / (time.perf_counter() - started)
     return {
-        "model": model.manifest.name,
-        "mode": mode,
-        "threshold": threshold if mode == "blockdrop" else None,
+        "model": variant.manifest.name,
+        "mode": variant.mode,
+        "threshold": variant.threshold if variant.mode == "blockdrop" else None,
+        "channels_last": variant.memory_format == torch.channels_last,
         "accuracy": correct / len(images),
         "flops_mean": flops / len(images),
         "latency_p50_ms": percentile(latencies, 50) * 1e3,
@@ -80,6 +79,7 @@ def run(
     limit: int | None,
     latency_images: int,
     throughput_batches: int,
+    channels_last: bool | None = None,
 ) -> dict:
     from training.data import load_cifar
 
@@ -88,7 +88,8 @@ def run(
     rows = {}
     for name, (path, mode) in variants.items():
         print(f"benchmarking {name} ({path.name}, {mode})", flush=True)
-        rows[name] = bench_variant(load_artifact(path), mode, images, labels, latency_images, throughput_batches)
+        variant = load_variant(VariantSettings(name=name, artifact=path, mode=mode), "cpu", channels_last)
+        rows[name] = bench_variant(variant, images, labels, latency_images, throughput_batches)
     full = rows.get("full")
     for row in rows.values():
         if full is not None:
@@ -100,7 +101,8 @@ def run(
 
 def to_markdown(result: dict) -> str:
     lines = [
-        f"CIFAR-10 test set ({result['images']} images); CPU, {result['threads']} threads; {result['machine']}. "
+        f"CIFAR-10 test set ({result['images']} images); CPU, {result['threads']} threads, "
+        f"{_layout_words(result)}; {result['machine']}. "
         "Latency: one image at a time; throughput: batches of 64. Speed-ups are against the `full` variant; "
         "FLOPs-ideal is the full network's FLOPs over the variant's.",
         "",
@@ -118,6 +120,12 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _layout_words(result: dict) -> str:
+    if result.get("layout") == "nchw":
+        return "NCHW memory layout"
+    return "the service's memory layout (channels-last)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
     add_variant_option(parser, "benchmark this artifact (repeatable); default: every shipped checkpoint, served or not")
@@ -125,6 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-images", type=int, default=300, help="images timed one at a time")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batches of 64 timed")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--layout",
+        choices=["served", "nchw"],
+        default="served",
+        help="served: the memory layout the service runs on CPU (channels-last); nchw: the plain layout",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
 
 
@@ -158,8 +172,11 @@ def execute(args: argparse.Namespace) -> int:
     variants = parse_variants(args.variant, unserved=True)
     if not variants:
         raise ValueError("no variants to benchmark: no shipped checkpoints found and no --variant given")
-    result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches)
-    write_results(args.out, "variants", result, to_markdown(result))
+    channels_last = False if args.layout == "nchw" else None
+    result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches, channels_last)
+    result["layout"] = args.layout
+    name = "variants" if args.layout == "served" else f"variants-{args.layout}"
+    write_results(args.out, name, result, to_markdown(result))
     return 0
 
 

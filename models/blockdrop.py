@@ -35,6 +35,15 @@ class InferenceResult:
     flops: Tensor  # [N], int64, the policy included when it ran
 
 
+def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """``x.index_select(0, rows)`` in ``x``'s memory layout: index_select returns NCHW-contiguous rows, and a
+    channels-last network would convert them back in every convolution."""
+    gathered = x.index_select(0, rows)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return gathered.contiguous(memory_format=torch.channels_last)
+    return gathered
+
+
 def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Tensor:
     """One block for a batch: rows where ``keep`` is true get relu(residual + block(x)), others residual."""
     kept = keep.nonzero().squeeze(1)
@@ -42,11 +51,14 @@ def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Te
         return F.relu(residual + block(x))
     if kept.numel() == 0:
         return residual
-    branch = block(x.index_select(0, kept))
+    inputs = gather_rows(x, kept)
+    branch = block(inputs)
+    # inside a stage the residual is the block's own input: its kept rows are already gathered
+    kept_residual = inputs if residual is x else gather_rows(residual, kept)
     if torch.is_grad_enabled():  # training: autograd may still need these tensors, so nothing in place
-        return residual.index_copy(0, kept, F.relu(residual.index_select(0, kept) + branch))
+        return residual.index_copy(0, kept, F.relu(kept_residual + branch))
     # inference: the branch and the residual are ours to overwrite, which saves two copies per block
-    branch += residual.index_select(0, kept)
+    branch += kept_residual
     return residual.index_copy_(0, kept, F.relu_(branch))
 
 

@@ -161,13 +161,14 @@ class MicroBatcher:
         seconds = time.monotonic() - started
         if self._on_batch is not None:
             self._on_batch(result, seconds)
+        flops = result.flops.tolist()
         for i, item in enumerate(live):
             _resolve(
                 item,
                 value=ImageResult(
                     logits=result.logits[i],
                     keep_mask=result.keep_mask[i],
-                    flops=int(result.flops[i]),
+                    flops=flops[i],
                     queue_seconds=started - item.enqueued,
                     inference_seconds=seconds,
                     batch_size=len(live),

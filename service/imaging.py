@@ -8,6 +8,7 @@ images become 8-bit RGB; an animated image gives its first frame. The short side
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 
@@ -74,14 +75,18 @@ def resize_and_crop(image: Image.Image, spec: InputSpec) -> Image.Image:
     return image.crop((left, top, left + target_w, top + target_h))
 
 
+@functools.cache
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """[3, 1, 1] tensors of 255 * mean and 255 * std: built once, not per request."""
+    return torch.tensor(mean).mul_(255.0).view(3, 1, 1), torch.tensor(std).mul_(255.0).view(3, 1, 1)
+
+
 def normalize(pixels: Tensor, spec: InputSpec) -> Tensor:
     """uint8 [..., 3, H, W] -> float, scaled to [0, 1] and normalised by the manifest's mean / std."""
-    x = pixels.float().div_(255.0)
-    if spec.mean is not None and spec.std is not None:
-        mean = torch.tensor(spec.mean).view(3, 1, 1)
-        std = torch.tensor(spec.std).view(3, 1, 1)
-        x = (x - mean) / std
-    return x
+    if spec.mean is None or spec.std is None:
+        return pixels.float().div_(255.0)
+    mean, std = _channel_constants(spec.mean, spec.std)
+    return pixels.float().sub_(mean).div_(std)  # (p / 255 - m) / s == (p - 255 m) / (255 s)
 
 
 def declared_pixels(data: bytes) -> int | None:

@@ -22,6 +22,7 @@ class Variant:
     mode: str  # "blockdrop" | "full"
     threshold: float
     device: str
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def manifest(self) -> Manifest:
@@ -38,7 +39,8 @@ class Variant:
     @torch.inference_mode()
     def infer(self, batch: Tensor) -> InferenceResult:
         mode = Mode.POLICY if self.mode == "blockdrop" else Mode.FULL
-        result = self.model.infer(batch.to(self.device), threshold=self.threshold, mode=mode)
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        result = self.model.infer(batch, threshold=self.threshold, mode=mode)
         return InferenceResult(result.logits.float().cpu(), result.keep_mask.cpu(), result.flops.cpu())
 
     def summary(self) -> dict[str, Any]:
@@ -69,7 +71,9 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return figures or {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
-def load_variant(settings: VariantSettings, device: str) -> Variant:
+def load_variant(settings: VariantSettings, device: str, channels_last: bool | None = None) -> Variant:
+    """Load the variant's artifact onto ``device``. ``channels_last`` (default: on CPU) sets the memory layout the
+    model runs in: oneDNN's CPU convolutions are faster in it (bench/results/variants.md compares both)."""
     try:
         model = load_artifact(settings.artifact, device=device)
     except ArtifactError as error:
@@ -79,4 +83,8 @@ def load_variant(settings: VariantSettings, device: str) -> Variant:
     threshold = settings.threshold
     if threshold is None:
         threshold = float(model.manifest.defaults.get("threshold", 0.5))
-    return Variant(settings.name, model, settings.mode, threshold, device)
+    if channels_last is None:
+        channels_last = device == "cpu"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    return Variant(settings.name, model, settings.mode, threshold, device, memory_format)

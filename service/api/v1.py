@@ -7,6 +7,7 @@ import binascii
 import json
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.deps import get_plane
@@ -58,12 +59,13 @@ async def classify(
     x_variant: str | None = Header(default=None, description="force a variant"),
     x_client_id: str | None = Header(default=None, description="sticky A/B key: same key, same variant"),
     plane: DataPlane = Depends(get_plane),
-) -> dict:
+) -> JSONResponse:
     images, batch_top_k, is_batch = await _read_images(request, plane.settings.max_images_per_request)
     chosen = plane.route(variant or x_variant, x_client_id)
     request.state.variant = chosen.name
     results = await plane.classify(chosen, images, top_k or batch_top_k or 1)
-    return {"variant": chosen.name, "results": results} if is_batch else results[0]
+    # a ready response: FastAPI would otherwise walk the plain dicts once more through jsonable_encoder
+    return JSONResponse({"variant": chosen.name, "results": results} if is_batch else results[0])
 
 
 async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], int | None, bool]:

@@ -98,3 +98,21 @@ def test_executor_is_differentiable_for_joint_finetuning():
     mask = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)
     run_backbone(backbone, x, mask).sum().backward()
     assert backbone.blocks[0][0].conv1.weight.grad is not None
+
+
+def test_channels_last_batch_gives_the_same_logits_and_keeps_its_layout():
+    from models.blockdrop import gather_rows
+
+    backbone = randomize_batchnorm(cifar_resnet(20)).eval()
+    x = torch.randn(7, 3, 32, 32)
+    mask = _random_mask(7, backbone.num_blocks, seed=3)
+    with torch.no_grad():
+        plain = run_backbone(backbone, x, mask)
+        backbone.to(memory_format=torch.channels_last)
+        channels_last = run_backbone(backbone, x.contiguous(memory_format=torch.channels_last), mask)
+    assert torch.allclose(plain, channels_last, atol=1e-5, rtol=0)
+    features = torch.randn(6, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    rows = torch.tensor([0, 2, 5])
+    gathered = gather_rows(features, rows)
+    assert gathered.is_contiguous(memory_format=torch.channels_last) and torch.equal(gathered, features[rows])
+    assert gather_rows(torch.randn(6, 16, 8, 8), rows).is_contiguous()  # NCHW stays NCHW

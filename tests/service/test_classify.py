@@ -2,6 +2,7 @@ import base64
 
 import pytest
 
+from models.classes import CIFAR10_CLASSES
 from tests.service.conftest import png_bytes
 
 
@@ -23,6 +24,15 @@ def test_raw_png_gives_the_whole_response(client):
     flops = body["flops"]
     assert flops["executed"] > 0 and flops["ratio"] == pytest.approx(flops["executed"] / flops["full"], abs=1e-6)
     assert set(body["latency_ms"]) == {"total", "queue", "inference"}
+
+
+def test_top_k_ranks_every_class_by_its_softmax_probability(client):
+    body = client.post("/v1/classify?top_k=10", content=png_bytes(), headers={"content-type": "image/png"}).json()
+    ranked = body["top_k"]
+    assert sorted(p["class_id"] for p in ranked) == list(range(10))
+    assert [p["confidence"] for p in ranked] == sorted((p["confidence"] for p in ranked), reverse=True)
+    assert sum(p["confidence"] for p in ranked) == pytest.approx(1.0, abs=1e-5)
+    assert all(p["label"] == CIFAR10_CLASSES[p["class_id"]] for p in ranked) and ranked[0] == body["prediction"]
 
 
 def test_full_variant_runs_every_block(client):

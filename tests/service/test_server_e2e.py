@@ -145,3 +145,21 @@ def test_graceful_shutdown_completes_requests_in_flight(variants):
     refused = [r for r in responses if r.status_code == 503 and "shutting down" in r.json()["error"]]
     assert served and len(served) + len(refused) == 4, [(r.status_code, r.text[:200]) for r in responses]
     assert all(len(r.json()["results"]) == 32 for r in served)
+
+
+def test_uvicorn_picks_its_c_http_parser_and_event_loop():
+    """'auto' resolves to the pinned httptools and uvloop; without them uvicorn silently falls back to the
+    pure-Python h11 parser and asyncio's loop, a large part of the event loop's time per request."""
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(app=lambda scope, receive, send: None)
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    loop = config.get_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+    assert isinstance(loop, asyncio.AbstractEventLoop)
