@@ -36,6 +36,24 @@ def parameter_count(folder: Path) -> int:
     return sum(tensor.numel() for key, tensor in weights.items() if not key.endswith(statistics))
 
 
+def _unshipped_backbone(folder: Path, training: dict[str, Any]) -> str:
+    """How the backbone a BlockDrop model started from was trained, when that backbone is not shipped beside it."""
+    backbone = training.get("backbone_training")
+    if not backbone or (folder.parent / training["started_from"]).exists():
+        return ""
+    hours = backbone.get("train_seconds", 0) / 3600
+    return f", trained by `{backbone.get('command', '?')}` in {hours:.2f} h{_earlier_commands(backbone)}"
+
+
+def _earlier_commands(training: dict[str, Any]) -> str:
+    """The commands of the earlier versions a run went on from, newest first (their time counts in the total)."""
+    text, earlier = "", training.get("earlier")
+    while earlier:
+        text += f", after `{earlier.get('command', '?')}`"
+        earlier = earlier.get("earlier")
+    return text
+
+
 def rows_for(folder: Path, reference_flops: float) -> list[str]:
     manifest = read_manifest(folder)
     test: dict[str, Any] | None = manifest.metrics.get("test")
@@ -43,13 +61,9 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
         return [f"| {folder.name} | (no test figures recorded yet) | | | | | | |"]
     training = manifest.training
     hours = training.get("train_seconds", 0) / 3600
-    provenance = f"{hours:.2f} h; `{training.get('command', '?')}`"
-    earlier = training.get("earlier")
-    while earlier:  # went on from earlier versions: their commands ran first, newest first (time counts all)
-        provenance += f", after `{earlier.get('command', '?')}`"
-        earlier = earlier.get("earlier")
+    provenance = f"{hours:.2f} h; `{training.get('command', '?')}`{_earlier_commands(training)}"
     if training.get("started_from") and training["started_from"] != folder.name:
-        provenance += f" (from `{training['started_from']}`)"
+        provenance += f" (from `{training['started_from']}`{_unshipped_backbone(folder, training)})"
     params = parameter_count(folder)
     lines = []
     for key, row in test["rows"].items():

@@ -90,6 +90,16 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     assert "FirstK K=2" in table and chain in table
     # (2, 2, 2) blocks per stage: as deep as a ResNet-14, whose FLOPs the table measures for comparison
     assert "cifar10-blresnet has [2, 2, 2] blocks per stage, as deep as a ResNet-14" in table
+    # a BlockDrop model whose backbone is not shipped beside it: that backbone's commands are listed too
+    backbone = {"command": "blockdrop train backbone --random-drop 0.5", "train_seconds": 7200, "earlier": oldest}
+    manifest.training = {"train_seconds": 1800, "command": "blockdrop train finetune", "started_from": "sd"}
+    manifest.training["backbone_training"] = backbone
+    write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
+    expected = "0.50 h; `blockdrop train finetune` (from `sd`, trained by `blockdrop train backbone --random-drop 0.5`"
+    expected += " in 2.00 h, after `blockdrop train policy`)"
+    assert expected in render(tmp_path)
+    (tmp_path / "sd").mkdir()  # shipped beside it: its own row says how it was trained
+    assert "0.50 h; `blockdrop train finetune` (from `sd`) |" in render(tmp_path)
     assert artifacts  # the fixture's paths were moved above
 
 

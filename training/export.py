@@ -78,6 +78,8 @@ def export_blockdrop(
     training = provenance(args, history, stage) | {"started_from": source.name}
     if source.kind == "blockdrop":  # went on from a policy or an earlier finetuning: keep that record
         training |= continuation(source.training, history)
+    else:  # a new policy on a backbone artifact, which may never be shipped itself: keep how it was trained
+        training["backbone_training"] = source.training
     manifest = Manifest(
         name=Path(args.out).name,
         kind="blockdrop",

@@ -273,6 +273,8 @@ def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tm
     model = load_artifact(tmp_path / "joint-artifact")
     assert model.manifest.kind == "blockdrop" and model.policy.config.input_downsample == 2
     assert model.manifest.training["started_from"] == "bb-artifact"
+    # the backbone's own record goes along: the backbone artifact may never be shipped
+    assert model.manifest.training["backbone_training"] == load_artifact(trained / "bb-artifact").manifest.training
     state = RunFolder(tmp_path / "joint").load()
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3, 1e-4]
 
