@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {
         "machine": machine_description(),
         "seconds_per_run": args.seconds,
+        "repeats": args.repeats,
         "images": args.images,
         "overhead_requests": args.overhead_requests,
         "runs": [],
@@ -171,22 +172,73 @@ def run(args: argparse.Namespace) -> dict:
                         v: http_overhead(f"{server.url}/v1/classify?variant={v}", bodies, args.overhead_requests)
                         for v in names
                     }
-                for variant in paths:
-                    url = f"{server.url}/v1/classify?variant={variant}" if variant else f"{server.url}/classify"
-                    if args.warmup_seconds:
+                urls = {
+                    variant or "full": f"{server.url}/v1/classify?variant={variant}"
+                    if variant
+                    else f"{server.url}/classify"
+                    for variant in paths
+                }
+                if args.warmup_seconds:
+                    for url in urls.values():
                         run_wrk(url, 8, args.warmup_seconds, Path(folder), args.images)
-                    for concurrency in concurrencies:
-                        row = run_wrk(url, concurrency, args.seconds, Path(folder), args.images)
-                        results["runs"].append({"setup": label, "variant": variant or "full"} | row)
+                for concurrency in concurrencies:
+                    # the variants take turns, run by run, so that a drift of the machine's speed hits them alike
+                    runs: dict[str, list[dict]] = {variant: [] for variant in urls}
+                    for _ in range(args.repeats):
+                        for variant, url in urls.items():
+                            runs[variant].append(run_wrk(url, concurrency, args.seconds, Path(folder), args.images))
+                    for variant, samples in runs.items():
+                        results["runs"].append({"setup": label, "variant": variant} | summarise(samples))
                         print(json.dumps(results["runs"][-1]), flush=True)
             finally:
                 server.stop()
+    results["speedups"] = paired_speedups(results["runs"], "service, micro-batching on")
     return results
 
 
+PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def summarise(samples: list[dict]) -> dict:
+    """Repeated wrk runs of one row: the medians of the rates and percentiles, the sums of the errors."""
+    median = {key: statistics.median(s[key] for s in samples) for key in ("requests_per_second", *PERCENTILES)}
+    statuses: dict[int, int] = {}
+    for sample in samples:
+        for status, count in sample["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    return {
+        "concurrency": samples[0]["concurrency"],
+        **median,
+        "repeats": len(samples),
+        "requests_per_second_each": [s["requests_per_second"] for s in samples],
+        "statuses": statuses,
+        "errors_5xx": sum(s["errors_5xx"] for s in samples),
+        "socket_errors": sum(s["socket_errors"] for s in samples),
+    }
+
+
+def paired_speedups(rows: list[dict], setup: str) -> dict[str, dict[str, float]]:
+    """Each variant's requests/s over the full variant's, per concurrency: the median of the ratios of runs that
+    took turns (run i of one with run i of the other), which a drifting machine disturbs less than a ratio of
+    medians."""
+    rates = {(r["variant"], r["concurrency"]): r["requests_per_second_each"] for r in rows if r["setup"] == setup}
+    speedups: dict[str, dict[str, float]] = {}
+    for (variant, concurrency), each in rates.items():
+        full = rates.get(("full", concurrency))
+        if variant == "full" or not full:
+            continue
+        ratios = [mine / theirs for mine, theirs in zip(each, full)]
+        speedups.setdefault(variant, {})[str(concurrency)] = statistics.median(ratios)
+    return speedups
+
+
 def to_markdown(result: dict) -> str:
+    repeats, seconds = result.get("repeats", 1), result["seconds_per_run"]
+    per_row = f"{seconds} s per row"
+    if repeats > 1:
+        per_row = f"each row the median of {repeats} runs of {seconds} s, the variants taking turns"
     lines = [
-        f"wrk against the service on loopback, {result['seconds_per_run']} s per row; {result['machine']}. "
+        f"wrk against the service on loopback, {per_row}; {result['machine']}. "
         f"Each request posts one of {result['images']} CIFAR-10 test images (PNG) in turn.",
         "",
         "| setup | variant | concurrency | requests/s | p50 | p95 | p99 | 5xx | socket errors |",
@@ -198,6 +250,19 @@ def to_markdown(result: dict) -> str:
             f"{r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['errors_5xx']} | "
             f"{r['socket_errors']} |"
         )
+    if result.get("speedups"):
+        concurrencies = sorted({int(c) for ratios in result["speedups"].values() for c in ratios})
+        lines += [
+            "",
+            "Requests/s against the `full` variant (micro-batching on; the median of the ratios of runs taken in "
+            "turn):",
+            "",
+            "| variant | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+            "|---|" + "---:|" * len(concurrencies),
+        ]
+        for variant, ratios in result["speedups"].items():
+            cells = " | ".join(f"{ratios[str(c)]:.2f}x" if str(c) in ratios else "" for c in concurrencies)
+            lines.append(f"| {variant} | {cells} |")
     lines += [
         "",
         "HTTP overhead at concurrency 1 (client-observed latency minus the model's inference time, median "
@@ -225,6 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated wrk connection counts")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="wrk runs per row, the variants taking turns; rows give medians"
+    )
     parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
     add_variant_option(parser, "serve and load this artifact (repeatable); default: the default variants")

@@ -131,13 +131,37 @@ def _wrk_bench(tmp_path, bench: str) -> list[str]:
 
 def test_load_benchmark_runs_every_setup(tmp_path):
     args = [*_wrk_bench(tmp_path, "load"), "--concurrency", "1,4", "--seconds", "1", "--warmup-seconds", "0"]
-    args += ["--overhead-requests", "5"]
+    args += ["--overhead-requests", "5", "--repeats", "2"]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "load.json").read_text())
     setups = {(r["setup"], r["variant"], r["concurrency"]) for r in result["runs"]}
     assert len(setups) == 10  # 2 service setups x 2 variants x 2 concurrencies + the baseline x 2
     assert all(r["errors_5xx"] == 0 and r["requests_per_second"] > 0 for r in result["runs"])
+    assert all(len(r["requests_per_second_each"]) == r["repeats"] == 2 for r in result["runs"])
+    assert set(result["speedups"]) == {"blockdrop"} and set(result["speedups"]["blockdrop"]) == {"1", "4"}
+    assert "| blockdrop | " in (tmp_path / "load.md").read_text().split("against the `full` variant")[1]
     assert set(result["overhead"]) == {"blockdrop", "full"}
+
+
+def test_repeated_load_runs_give_medians_and_paired_ratios():
+    from bench.load import paired_speedups, summarise
+
+    def run(rps: float, p50: float, statuses: dict[int, int]) -> dict:
+        errors = sum(n for status, n in statuses.items() if status >= 500)
+        percentiles = {"p50_ms": p50, "p95_ms": 2 * p50, "p99_ms": 3 * p50}
+        return {"concurrency": 32, "requests_per_second": rps, **percentiles, "statuses": statuses,
+                "errors_5xx": errors, "socket_errors": 1}  # fmt: skip
+
+    full = summarise([run(100, 10, {200: 5}), run(200, 30, {200: 5}), run(120, 20, {200: 4, 503: 1})])
+    assert full["requests_per_second"] == 120 and full["p50_ms"] == 20 and full["p99_ms"] == 60
+    assert full["statuses"] == {200: 14, 503: 1} and full["errors_5xx"] == 1 and full["socket_errors"] == 3
+    # the machine ran twice as fast during the second pair: ratios of runs taken in turn (1.5, 1.5, 1.25) cancel
+    # that out, where the ratio of the medians (150 / 120) would not
+    fast = summarise([run(150, 5, {200: 1}), run(300, 5, {200: 1}), run(150, 5, {200: 1})])
+    assert fast["requests_per_second"] / full["requests_per_second"] == 1.25
+    rows = [{"setup": "on", "variant": "full"} | full, {"setup": "on", "variant": "blockdrop"} | fast]
+    rows.append({"setup": "off", "variant": "blockdrop"} | full)
+    assert paired_speedups(rows, "on") == {"blockdrop": {"32": 1.5}}
 
 
 def test_soak_short_version(tmp_path):
