@@ -42,7 +42,8 @@ def _unshipped_backbone(folder: Path, training: dict[str, Any]) -> str:
     if not backbone or (folder.parent / training["started_from"]).exists():
         return ""
     hours = backbone.get("train_seconds", 0) / 3600
-    return f", trained by `{backbone.get('command', '?')}` in {hours:.2f} h{_earlier_commands(backbone)}"
+    command = backbone.get("command", "?")
+    return f"; its backbone: {hours:.2f} h over `{command}`{_earlier_commands(backbone)}"
 
 
 def _earlier_commands(training: dict[str, Any]) -> str:

@@ -95,8 +95,8 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     manifest.training = {"train_seconds": 1800, "command": "blockdrop train finetune", "started_from": "sd"}
     manifest.training["backbone_training"] = backbone
     write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
-    expected = "0.50 h; `blockdrop train finetune` (from `sd`, trained by `blockdrop train backbone --random-drop 0.5`"
-    expected += " in 2.00 h, after `blockdrop train policy`)"
+    expected = "0.50 h; `blockdrop train finetune` (from `sd`; its backbone: 2.00 h over "
+    expected += "`blockdrop train backbone --random-drop 0.5`, after `blockdrop train policy`)"
     assert expected in render(tmp_path)
     (tmp_path / "sd").mkdir()  # shipped beside it: its own row says how it was trained
     assert "0.50 h; `blockdrop train finetune` (from `sd`) |" in render(tmp_path)

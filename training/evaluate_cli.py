@@ -85,7 +85,7 @@ def format_table(name: str, split: str, result: dict[str, Any]) -> str:
         lines.append(_row(labels[key], row, full_flops))
     if result.get("sweep"):
         lines += ["", "threshold sweep:"]
-        lines += [_row(f"t={row['threshold']:.2f}", row, full_flops) for row in result["sweep"]]
+        lines += [_row(f"t={row['threshold']:g}", row, full_flops) for row in result["sweep"]]
     return "\n".join(lines)
 
 
