@@ -1,6 +1,7 @@
 """``blockdrop eval ARTIFACT``: the paper's Table 1 for one model, and an accuracy-vs-FLOPs threshold sweep.
 
-Rows: the full ResNet, FirstK and RandomK with K = BlockDrop's mean blocks (rounded), and BlockDrop. ``--split``
+Rows: the full ResNet, FirstK and RandomK with K = BlockDrop's mean blocks (rounded), and BlockDrop;
+``--random-k`` adds RandomK at chosen K, also for a plain ResNet (how well it tolerates dropped blocks). ``--split``
 chooses the validation split (for tuning) or the test set (report once); ``--record`` stores the figures in
 the artifact's manifest.
 """
@@ -38,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         default=",".join(map(str, DEFAULT_SWEEP)),
         help="comma-separated thresholds for the accuracy-vs-FLOPs sweep ('' for none)",
     )
+    parser.add_argument(
+        "--random-k",
+        type=_block_counts,
+        default=[],
+        metavar="K,K,...",
+        help="also RandomK at these K (each image keeps K blocks chosen at random); ResNet and BlockDrop artifacts",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (smoke tests)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -49,12 +57,28 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.set_defaults(handler=_handle)
 
 
-def evaluate_table(model, data, threshold: float, sweep: list[float], seed: int) -> dict[str, Any]:
+def _block_counts(text: str) -> list[int]:
+    try:
+        counts = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block counts, got {text!r}") from None
+    if any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError("block counts must be >= 0")
+    return counts
+
+
+def evaluate_table(
+    model, data, threshold: float, sweep: list[float], seed: int, random_k: list[int] = ()
+) -> dict[str, Any]:
     from training.evaluate import evaluate_blockdrop
 
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
     rows = {"full": evaluate_blockdrop(model, data, normalize, mode="full")}
     result: dict[str, Any] = {"images": len(data), "full_network_flops": model.flops_table.full, "rows": rows}
+    if random_k:
+        result["random_k_sweep"] = [
+            {"k": k} | evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed) for k in random_k
+        ]
     if getattr(model, "policy", None) is None:
         return result
     blockdrop = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
@@ -83,6 +107,9 @@ def format_table(name: str, split: str, result: dict[str, Any]) -> str:
     }
     for key, row in result["rows"].items():
         lines.append(_row(labels[key], row, full_flops))
+    if result.get("random_k_sweep"):
+        lines += ["", "blocks chosen at random:"]
+        lines += [_row(f"RandomK={row['k']}", row, full_flops) for row in result["random_k_sweep"]]
     if result.get("sweep"):
         lines += ["", "threshold sweep:"]
         lines += [_row(f"t={row['threshold']:g}", row, full_flops) for row in result["sweep"]]
@@ -102,8 +129,13 @@ def _handle(args: argparse.Namespace) -> int:
 
     from models import load_artifact
     from models.artifacts import write_manifest
+    from models.blockdrop import BlockDropModel
 
     model = load_artifact(args.artifact)
+    if args.random_k and not isinstance(model, BlockDropModel):
+        raise SystemExit(f"--random-k needs a ResNet or BlockDrop artifact; {args.artifact} is a {model.manifest.kind}")
+    if any(k > model.num_blocks for k in args.random_k):
+        raise SystemExit(f"--random-k: {model.manifest.name} has {model.num_blocks} blocks")
     if args.split == "test":
         data = load_cifar(args.data_root, "test", args.dataset)
     else:
@@ -112,7 +144,7 @@ def _handle(args: argparse.Namespace) -> int:
         data = data.subset(torch.arange(min(args.limit, len(data))))
     threshold = args.threshold if args.threshold is not None else model.manifest.defaults.get("threshold", 0.5)
     sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
-    result = evaluate_table(model, data, threshold, sweep, args.seed)
+    result = evaluate_table(model, data, threshold, sweep, args.seed, args.random_k)
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:
         model.manifest.metrics[args.split] = result

@@ -193,6 +193,26 @@ def test_eval_json_schema(trained, cifar_root, capsys):
     assert "BlockDrop" in capsys.readouterr().out
 
 
+def test_eval_random_k_rows_for_a_plain_resnet(trained, cifar_root, capsys):
+    artifact = trained / "bb-artifact"
+    num_blocks = load_artifact(artifact).num_blocks
+    assert _eval(artifact, cifar_root, "--split", "test", "--json", "--random-k", f"0,{num_blocks}") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["rows"]) == {"full"}
+    none_kept, all_kept = result["random_k_sweep"]
+    assert (none_kept["k"], none_kept["blocks_mean"], none_kept["blocks_std"]) == (0, 0.0, 0.0)
+    # every block kept: the same network as the full row, image for image
+    assert all_kept["blocks_mean"] == num_blocks and all_kept["accuracy"] == result["rows"]["full"]["accuracy"]
+    assert none_kept["flops_mean"] < all_kept["flops_mean"] == result["rows"]["full"]["flops_mean"]
+    assert _eval(artifact, cifar_root, "--split", "test", "--random-k", "1") == 0
+    assert "RandomK=1" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"has {num_blocks} blocks"):
+        _eval(artifact, cifar_root, "--random-k", str(num_blocks + 1))
+    with pytest.raises(SystemExit):
+        _eval(artifact, cifar_root, "--random-k", "two")
+    assert "expected comma-separated block counts" in capsys.readouterr().err
+
+
 def test_slim_run_prunes_physically_and_exports(trained, cifar_root, tmp_path):
     args = [
         "train",
@@ -306,3 +326,5 @@ def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_p
     assert _eval(tmp_path / "bl", cifar_root, "--val-size", "40", "--json") == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert set(rows) == {"full"} and rows["full"]["blocks_mean"] == model.num_blocks
+    with pytest.raises(SystemExit, match="needs a ResNet or BlockDrop artifact"):
+        _eval(tmp_path / "bl", cifar_root, "--val-size", "40", "--random-k", "3")
