@@ -29,6 +29,7 @@ from PIL import Image
 
 from bench.common import RESULTS, machine_description, main_for, write_results
 from bench.variants import add_variant_option, parse_variants
+from service.config import VariantSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
@@ -66,10 +67,10 @@ class Process:
             self.process.kill()
 
 
-def service(variants: dict[str, tuple[Path, str]], **settings: object) -> Process:
+def service(variants: dict[str, VariantSettings], **settings: object) -> Process:
     """``blockdrop serve`` on a free port with these variants; ``settings`` become ``BLOCKDROP_*`` variables."""
     port = free_port()
-    served = [{"name": name, "artifact": str(path), "mode": mode} for name, (path, mode) in variants.items()]
+    served = [variant.model_dump(mode="json", exclude_defaults=True) for variant in variants.values()]
     env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps(served)}
     env |= {f"BLOCKDROP_{key.upper()}": str(value) for key, value in settings.items()}
     return Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     variants = parse_variants(args.variant)
     if "full" not in variants and not args.baseline:
         raise ValueError("the baseline needs a variant named 'full' or --baseline ARTIFACT")
-    baseline_artifact = args.baseline or str(variants["full"][0])
+    baseline_artifact = args.baseline or str(variants["full"].artifact)
     names = tuple(variants)
     results: dict = {
         "machine": machine_description(),

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from bench.common import RESULTS, machine_description, main_for, write_results
 from service.config import VariantSettings
@@ -74,7 +75,7 @@ def bench_variant(
 
 
 def run(
-    variants: dict[str, tuple[Path, str]],
+    variants: dict[str, VariantSettings],
     data_root: str | None,
     limit: int | None,
     latency_images: int,
@@ -86,9 +87,9 @@ def run(
     test = load_cifar(data_root, "test")
     images, labels = test.images[:limit], test.labels[:limit]
     rows = {}
-    for name, (path, mode) in variants.items():
-        print(f"benchmarking {name} ({path.name}, {mode})", flush=True)
-        variant = load_variant(VariantSettings(name=name, artifact=path, mode=mode), "cpu", channels_last)
+    for name, settings in variants.items():
+        print(f"benchmarking {name} ({settings.artifact.name}, {settings.mode})", flush=True)
+        variant = load_variant(settings, "cpu", channels_last)
         rows[name] = bench_variant(variant, images, labels, latency_images, throughput_batches)
     full = rows.get("full")
     for row in rows.values():
@@ -142,28 +143,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for variants.json and variants.md")
 
 
+VARIANT_SPEC = "NAME=ARTIFACT:MODE[@THRESHOLD]"
+
+
 def add_variant_option(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARTIFACT:MODE", help=help)
+    help += "; MODE blockdrop or full, @THRESHOLD overrides a blockdrop artifact's policy threshold"
+    parser.add_argument("--variant", action="append", default=[], metavar=VARIANT_SPEC, help=help)
 
 
-def parse_variants(specs: list[str], unserved: bool = False) -> dict[str, tuple[Path, str]]:
-    """``NAME=ARTIFACT:MODE`` specs; with none, the service's default variants (and, if asked, the shipped
-    checkpoints it does not serve)."""
+def parse_variants(specs: list[str], unserved: bool = False) -> dict[str, VariantSettings]:
+    """``NAME=ARTIFACT:MODE[@THRESHOLD]`` specs as the service's variant settings; with none, the service's
+    default variants (and, if asked, the shipped checkpoints it does not serve)."""
     if not specs:
         from service.config import default_variants
 
-        variants = {v.name: (v.artifact, v.mode) for v in default_variants()}
+        variants = {v.name: v for v in default_variants()}
         if unserved:
-            variants |= {name: (CHECKPOINTS / folder, mode) for name, (folder, mode) in UNSERVED_CHECKPOINTS.items()}
-        return {name: (path, mode) for name, (path, mode) in variants.items() if (path / "manifest.json").exists()}
-    variants = {}
-    for spec in specs:
-        name, _, rest = spec.partition("=")
-        path, _, mode = rest.rpartition(":")
-        if not name or not path or mode not in ("blockdrop", "full"):
-            raise ValueError(f"--variant {spec!r}: expected NAME=ARTIFACT:MODE with MODE blockdrop or full")
-        variants[name] = (Path(path), mode)
-    return variants
+            variants |= {
+                name: VariantSettings(name=name, artifact=CHECKPOINTS / folder, mode=mode)
+                for name, (folder, mode) in UNSERVED_CHECKPOINTS.items()
+            }
+        return {name: v for name, v in variants.items() if (v.artifact / "manifest.json").exists()}
+    return {variant.name: variant for variant in map(_parse_variant, specs)}
+
+
+def _parse_variant(spec: str) -> VariantSettings:
+    name, _, rest = spec.partition("=")
+    path, _, mode_threshold = rest.rpartition(":")
+    mode, _, threshold = mode_threshold.partition("@")
+    problem = f"--variant {spec!r}: expected {VARIANT_SPEC} with MODE blockdrop or full"
+    if not name or not path or mode not in ("blockdrop", "full") or (threshold and mode != "blockdrop"):
+        raise ValueError(problem + (", THRESHOLD only with blockdrop" if threshold else ""))
+    try:
+        return VariantSettings(name=name, artifact=Path(path), mode=mode, threshold=threshold or None)
+    except ValidationError as error:
+        raise ValueError(f"{problem}: {error.errors()[0]['msg']}") from None
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from bench.variants import parse_variants
 from cli.main import main as blockdrop
 from tests.service.conftest import make_artifacts
 from tests.training.conftest import write_cifar10
@@ -60,6 +63,29 @@ def test_variants_benchmark_writes_json_and_markdown(tmp_path):
     assert set(rows) == {"full", "blockdrop"} and rows["full"]["latency_speedup"] == 1.0
     assert 0 <= rows["blockdrop"]["accuracy"] <= 1
     assert blockdrop(["bench", "variants", "--variant", "broken"]) == 2
+    # @THRESHOLD overrides the artifact's threshold: every block kept at 0, the full network's FLOPs plus the policy's
+    args[args.index(f"blockdrop={artifacts['tiny-blockdrop']}:blockdrop")] += "@0"
+    assert blockdrop(args) == 0
+    rows = json.loads((tmp_path / "variants.json").read_text())["rows"]
+    assert rows["blockdrop"]["threshold"] == 0.0 and rows["blockdrop"]["flops_mean"] > rows["full"]["flops_mean"]
+
+
+def test_variant_specs_parse_into_the_services_settings(tmp_path):
+    variants = parse_variants(["a=/m/x:full", "b=/m/y:blockdrop", "c=/m:z:blockdrop@0.6"])
+    assert [(v.name, str(v.artifact), v.mode, v.threshold) for v in variants.values()] == [
+        ("a", "/m/x", "full", None),
+        ("b", "/m/y", "blockdrop", None),
+        ("c", "/m:z", "blockdrop", 0.6),
+    ]
+    for spec, message in [
+        ("a=/m/x:full@0.5", "THRESHOLD only with blockdrop"),
+        ("a=/m/x:blockdrop@1.5", "less than or equal to 1"),
+        ("a=/m/x:blockdrop@high", "valid number"),
+        ("a=/m/x", "expected NAME=ARTIFACT:MODE"),
+        ("=/m/x:full", "expected NAME=ARTIFACT:MODE"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_variants([spec])
 
 
 def test_results_table_renders_recorded_test_figures(tmp_path):
