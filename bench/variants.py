@@ -172,7 +172,8 @@ def _parse_variant(spec: str) -> VariantSettings:
     path, _, mode_threshold = rest.rpartition(":")
     mode, _, threshold = mode_threshold.partition("@")
     problem = f"--variant {spec!r}: expected {VARIANT_SPEC} with MODE blockdrop or full"
-    if not name or not path or mode not in ("blockdrop", "full") or (threshold and mode != "blockdrop"):
+    # MODE and THRESHOLD values are checked by VariantSettings itself, below
+    if not name or not path or (threshold and mode != "blockdrop"):
         raise ValueError(problem + (", THRESHOLD only with blockdrop" if threshold else ""))
     try:
         return VariantSettings(name=name, artifact=Path(path), mode=mode, threshold=threshold or None)

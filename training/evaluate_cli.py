@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from cli.help_format import DefaultsInHelp
@@ -68,7 +69,7 @@ def _block_counts(text: str) -> list[int]:
 
 
 def evaluate_table(
-    model, data, threshold: float, sweep: list[float], seed: int, random_k: list[int] = ()
+    model, data, threshold: float, sweep: list[float], seed: int, random_k: Sequence[int] = ()
 ) -> dict[str, Any]:
     from training.evaluate import evaluate_blockdrop
 
