@@ -43,13 +43,23 @@ def initial_backbone(args: argparse.Namespace, classes: tuple[str, ...]) -> tupl
     """A new ResNet of ``--depth``, or a copy of ``--init-from``'s weights with the manifest fields to record."""
     if not args.init_from:
         return FlatResNet(ResNetConfig("cifar", args.depth, len(classes))), {}
-    source = load_artifact(args.init_from)
-    if source.manifest.kind != "resnet":
-        kind = source.manifest.kind
-        raise SystemExit(f"{args.init_from}: --init-from takes a plain ResNet artifact, not one of kind {kind}")
-    if source.manifest.input != dataset_input(args.dataset) or list(source.manifest.classes) != list(classes):
-        raise SystemExit(f"{args.init_from}: it was trained on other input or classes than --dataset {args.dataset}")
-    return source.backbone, {"started_from": source.manifest.name, "earlier": source.manifest.training}
+    source = start_from_artifact(args.init_from, "resnet", "a plain ResNet", args.dataset, classes)
+    return source.backbone, origin_of(source)
+
+
+def start_from_artifact(path: str, kind: str, described: str, dataset: str, classes: tuple[str, ...]) -> nn.Module:
+    """The ``--init-from`` artifact, refused with a plain message unless it is of ``kind`` for ``dataset``."""
+    source = load_artifact(path)
+    if source.manifest.kind != kind:
+        raise SystemExit(f"{path}: --init-from takes {described} artifact, not one of kind {source.manifest.kind}")
+    if source.manifest.input != dataset_input(dataset) or list(source.manifest.classes) != list(classes):
+        raise SystemExit(f"{path}: it was trained on other input or classes than --dataset {dataset}")
+    return source
+
+
+def origin_of(source: nn.Module) -> dict:
+    """What a run that starts from ``source`` keeps of it for its manifest."""
+    return {"started_from": source.manifest.name, "earlier": source.manifest.training}
 
 
 def train_backbone(args: argparse.Namespace) -> int:
@@ -66,14 +76,14 @@ def train_backbone(args: argparse.Namespace) -> int:
     if args.out:
         from training.export import export_resnet
 
-        extra = distillation_record(args) | _origin_record(origin, history)
+        extra = distillation_record(args) | origin_record(origin, history)
         if args.random_drop:
             extra["random_drop"] = {"min_keep": args.random_drop}
         export_resnet(backbone, args, train.classes, history, extra=extra)
     return 0
 
 
-def _origin_record(origin: dict, history: list[dict]) -> dict:
+def origin_record(origin: dict, history: list[dict]) -> dict:
     if not origin:
         return {}
     return {"started_from": origin["started_from"]} | continuation(origin["earlier"], history)

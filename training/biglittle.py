@@ -1,4 +1,4 @@
-"""``blockdrop train biglittle``: a CIFAR bL-ResNet trained from scratch with the shared loop."""
+"""``blockdrop train biglittle``: a CIFAR bL-ResNet trained with the shared loop, from scratch or from a trained one."""
 
 from __future__ import annotations
 
@@ -7,19 +7,34 @@ import argparse
 import torch
 
 from models.biglittle import BigLittleConfig, BigLittleNet
-from training.backbone import fit_config_from_args, teacher_from_args
+from training.backbone import fit_config_from_args, origin_of, origin_record, start_from_artifact, teacher_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
 from training.distill import distillation_record
 from training.loop import fit
+
+# The CIFAR bL-ResNet of the shipped artifact: as deep as a ResNet-62, the paper's alpha and beta.
+DEFAULT_BLOCKS, DEFAULT_ALPHA, DEFAULT_BETA = (10, 10, 10), 2, 4
 
 
 def train_biglittle(args: argparse.Namespace) -> int:
     train, val = load_training_split(args)
     _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
-    config = BigLittleConfig("cifar", tuple(args.blocks), args.alpha, args.beta, len(train.classes))
-    model = BigLittleNet(config)
+    if args.init_from:
+        if any(value is not None for value in (args.blocks, args.alpha, args.beta)):
+            raise SystemExit("--blocks, --alpha and --beta shape a new network; --init-from keeps its artifact's shape")
+        model = start_from_artifact(args.init_from, "biglittle", "a Big-Little", args.dataset, train.classes)
+        origin = origin_of(model)
+    else:
+        config = BigLittleConfig(
+            "cifar",
+            DEFAULT_BLOCKS if args.blocks is None else tuple(args.blocks),
+            DEFAULT_ALPHA if args.alpha is None else args.alpha,
+            DEFAULT_BETA if args.beta is None else args.beta,
+            len(train.classes),
+        )
+        model, origin = BigLittleNet(config), {}
     fit_config = fit_config_from_args(args)
     teacher = teacher_from_args(args, train.classes)
     run = RunFolder(args.run_dir)
@@ -27,6 +42,6 @@ def train_biglittle(args: argparse.Namespace) -> int:
     if args.out:
         from training.export import export_resnet
 
-        extra = distillation_record(args)
+        extra = distillation_record(args) | origin_record(origin, history)
         export_resnet(model, args, train.classes, history, kind="biglittle", stage="biglittle", extra=extra)
     return 0

@@ -113,18 +113,23 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     add_distill_options(slim, "in the fine-tuning stage (e.g. the unpruned backbone)")
     slim.set_defaults(handler=_run("training.slim", "train_slim"))
 
-    biglittle = command("biglittle", "train a CIFAR Big-Little ResNet from scratch")
+    biglittle = command("biglittle", "train a CIFAR Big-Little ResNet, from scratch or from a trained one")
     add_common_options(biglittle)
+    biglittle.add_argument(
+        "--init-from",
+        metavar="ARTIFACT",
+        help="go on from this bL-ResNet artifact's weights and shape (--blocks, --alpha, --beta are then unused)",
+    )
     biglittle.add_argument(
         "--blocks",
         type=int,
         nargs=3,
-        default=[10, 10, 10],
         metavar="K",
-        help="blocks per stage (big branch K-1, little branch K/beta-1 (at least 1), one fusion block)",
+        help="blocks per stage (big branch K-1, little branch K/beta-1 (at least 1), one fusion block); "
+        "default: 10 10 10",
     )
-    biglittle.add_argument("--alpha", type=int, default=2, help="little-branch width divisor")
-    biglittle.add_argument("--beta", type=int, default=4, help="little-branch depth divisor")
+    biglittle.add_argument("--alpha", type=int, help="little-branch width divisor; default: 2")
+    biglittle.add_argument("--beta", type=int, help="little-branch depth divisor; default: 4")
     biglittle.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
     biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     biglittle.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")

@@ -38,7 +38,8 @@ def load_teacher(path: str, expected_input: InputSpec, expected_classes: list[st
     teacher = load_artifact(path)
     if teacher.manifest.input != expected_input or list(teacher.manifest.classes) != list(expected_classes):
         raise SystemExit(f"{path}: the teacher must take the same input and predict the same classes as the model")
-    return teacher.backbone.eval().requires_grad_(False)
+    network = getattr(teacher, "backbone", teacher)  # a BlockDrop or ResNet artifact's full backbone, or a bL-ResNet
+    return network.eval().requires_grad_(False)
 
 
 def distill_settings(args: argparse.Namespace) -> dict[str, float]:
