@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     biglittle.add_argument(
         "--init-from",
         metavar="ARTIFACT",
-        help="go on from this bL-ResNet artifact's weights and shape (--blocks, --alpha, --beta are then unused)",
+        help="go on from this bL-ResNet artifact's weights and shape (then --blocks, --alpha, --beta are refused)",
     )
     biglittle.add_argument(
         "--blocks",
