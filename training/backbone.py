@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models import load_artifact
+from models.artifacts import Manifest
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
@@ -39,12 +40,12 @@ def teacher_from_args(args: argparse.Namespace, classes: tuple[str, ...]) -> nn.
     return load_teacher(args.distill_from, dataset_input(args.dataset), classes)
 
 
-def initial_backbone(args: argparse.Namespace, classes: tuple[str, ...]) -> tuple[FlatResNet, dict]:
-    """A new ResNet of ``--depth``, or a copy of ``--init-from``'s weights with the manifest fields to record."""
+def initial_backbone(args: argparse.Namespace, classes: tuple[str, ...]) -> tuple[FlatResNet, Manifest | None]:
+    """A new ResNet of ``--depth``, or a copy of ``--init-from``'s weights with that artifact's manifest."""
     if not args.init_from:
-        return FlatResNet(ResNetConfig("cifar", args.depth, len(classes))), {}
+        return FlatResNet(ResNetConfig("cifar", args.depth, len(classes))), None
     source = start_from_artifact(args.init_from, "resnet", "a plain ResNet", args.dataset, classes)
-    return source.backbone, origin_of(source)
+    return source.backbone, source.manifest
 
 
 def start_from_artifact(path: str, kind: str, described: str, dataset: str, classes: tuple[str, ...]) -> nn.Module:
@@ -55,11 +56,6 @@ def start_from_artifact(path: str, kind: str, described: str, dataset: str, clas
     if source.manifest.input != dataset_input(dataset) or list(source.manifest.classes) != list(classes):
         raise SystemExit(f"{path}: it was trained on other input or classes than --dataset {dataset}")
     return source
-
-
-def origin_of(source: nn.Module) -> dict:
-    """What a run that starts from ``source`` keeps of it for its manifest."""
-    return {"started_from": source.manifest.name, "earlier": source.manifest.training}
 
 
 def train_backbone(args: argparse.Namespace) -> int:
@@ -83,7 +79,8 @@ def train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
-def origin_record(origin: dict, history: list[dict]) -> dict:
-    if not origin:
+def origin_record(origin: Manifest | None, history: list[dict]) -> dict:
+    """The manifest fields of a run that went on from the artifact ``origin`` (none from scratch)."""
+    if origin is None:
         return {}
-    return {"started_from": origin["started_from"]} | continuation(origin["earlier"], history)
+    return {"started_from": origin.name} | continuation(origin.training, history)

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from models.biglittle import BigLittleConfig, BigLittleNet
-from training.backbone import fit_config_from_args, origin_of, origin_record, start_from_artifact, teacher_from_args
+from training.backbone import fit_config_from_args, origin_record, start_from_artifact, teacher_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
 from training.distill import distillation_record
@@ -25,7 +25,7 @@ def train_biglittle(args: argparse.Namespace) -> int:
         if any(value is not None for value in (args.blocks, args.alpha, args.beta)):
             raise SystemExit("--blocks, --alpha and --beta shape a new network; --init-from keeps its artifact's shape")
         model = start_from_artifact(args.init_from, "biglittle", "a Big-Little", args.dataset, train.classes)
-        origin = origin_of(model)
+        origin = model.manifest
     else:
         config = BigLittleConfig(
             "cifar",
@@ -34,7 +34,7 @@ def train_biglittle(args: argparse.Namespace) -> int:
             DEFAULT_BETA if args.beta is None else args.beta,
             len(train.classes),
         )
-        model, origin = BigLittleNet(config), {}
+        model, origin = BigLittleNet(config), None
     fit_config = fit_config_from_args(args)
     teacher = teacher_from_args(args, train.classes)
     run = RunFolder(args.run_dir)
