@@ -26,7 +26,7 @@ def fit_config_from_args(args: argparse.Namespace, epochs: int | None = None, lr
         batch_size=args.batch_size,
         lr=lr if lr is not None else args.lr,
         weight_decay=args.weight_decay,
-        bf16=resolve_bf16(args.bf16),
+        bf16=resolve_bf16(args.bf16, args.device),
         seed=args.seed,
         max_batches=args.max_batches,
         **distill_settings(args),
@@ -68,7 +68,9 @@ def train_backbone(args: argparse.Namespace) -> int:
     fit_config = fit_config_from_args(args)
     teacher = teacher_from_args(args, train.classes)
     depth = backbone.config.depth
-    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description=f"resnet{depth}")
+    history = fit(
+        model, train, val, normalize, fit_config, run, teacher=teacher, description=f"resnet{depth}", device=args.device
+    )
     if args.out:
         from training.export import export_resnet
 

@@ -38,7 +38,9 @@ def train_biglittle(args: argparse.Namespace) -> int:
     fit_config = fit_config_from_args(args)
     teacher = teacher_from_args(args, train.classes)
     run = RunFolder(args.run_dir)
-    history = fit(model, train, val, normalize, fit_config, run, teacher=teacher, description="bL-ResNet")
+    history = fit(
+        model, train, val, normalize, fit_config, run, teacher=teacher, description="bL-ResNet", device=args.device
+    )
     if args.out:
         from training.export import export_resnet
 

@@ -28,6 +28,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "it is emulated and many times slower than fp32)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N")
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -162,8 +163,12 @@ def _run(module: str, function: str):
 
         import torch
 
+        from training.loop import resolve_device
+
         if args.threads:
             torch.set_num_threads(args.threads)
+        if hasattr(args, "device"):
+            resolve_device(args.device)  # a plain refusal now rather than a CUDA error after the data is read
         return getattr(importlib.import_module(module), function)(args)
 
     return handler

@@ -155,7 +155,7 @@ class Normalizer:
     def __call__(self, images: Tensor) -> Tensor:
         x = images.float().div_(255.0)
         if self.mean is not None:
-            x = (x - self.mean) / self.std
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device)  # a no-op on the CPU
         return x
 
 

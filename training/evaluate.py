@@ -19,14 +19,17 @@ def evaluate_blockdrop(
     k: int | None = None,
     seed: int = 0,
     batch_size: int = 500,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Accuracy, mean / std blocks used, mean FLOPs per image and number of distinct masks."""
+    """Accuracy, mean / std blocks used, mean FLOPs per image and number of distinct masks (the model must be on
+    ``device``)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     correct, blocks, flops, masks = [], [], [], set()
     for images, labels in iterate_batches(data, batch_size, shuffle=False, augment=False):
-        result = model.infer(normalize(images), threshold=threshold, mode=mode, k=k, generator=generator)
-        correct.append(result.logits.argmax(1) == labels)
+        x = normalize(images.to(device, non_blocking=True))
+        result = model.infer(x, threshold=threshold, mode=mode, k=k, generator=generator)
+        correct.append(result.logits.argmax(1) == labels.to(device))
         blocks.append(result.keep_mask.sum(1).float())
         flops.append(result.flops.double())
         masks.update("".join("1" if b else "0" for b in row) for row in result.keep_mask.tolist())

@@ -23,7 +23,7 @@ from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
 from training.distill import distill_settings, distillation_record, load_teacher, supervised_loss
 from training.evaluate import evaluate_blockdrop
-from training.loop import autocast, resolve_bf16
+from training.loop import POSTFIX_EVERY, autocast, resolve_bf16
 from training.reinforce import block_reward, policy_gradient_loss, sample_actions
 
 
@@ -57,11 +57,13 @@ def train_blockdrop(
     config: PolicyTrainConfig,
     run: RunFolder,
     teacher: nn.Module | None = None,
+    device: torch.device | str = "cpu",
 ) -> list[dict]:
-    """Train in place, resuming from ``run``; ``teacher`` (a full network, joint training only) is distilled
-    into the backbone's sampled-mask predictions."""
+    """Train in place on ``device``, resuming from ``run``; ``teacher`` (a full network, joint training only) is
+    distilled into the backbone's sampled-mask predictions. The model ends on the CPU."""
+    model.to(device)
     if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        teacher.eval().requires_grad_(False).to(device)
     torch.manual_seed(config.seed)
     groups = [{"params": list(model.policy.parameters()), "lr": config.policy_lr or config.lr}]
     if config.joint:
@@ -72,8 +74,8 @@ def train_blockdrop(
         started = time.time()
         released = released_blocks(config, epoch, model.num_blocks)
         torch.manual_seed(config.seed * 100_003 + epoch)  # the Bernoulli samples replay on resume
-        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher)
-        val_stats = _validate(model, val, normalize, config, released)
+        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher, device)
+        val_stats = _validate(model, val, normalize, config, released, device)
         record = {"epoch": epoch + 1, "released": released, "seconds": round(time.time() - started, 1)}
         record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
         run.log(record)
@@ -90,7 +92,9 @@ def train_blockdrop(
                 "optimizer": optimizer.state_dict(),
             }
         )
-    model.eval()
+    model.eval().to("cpu")
+    if teacher is not None:
+        teacher.to("cpu")
     return run.history()
 
 
@@ -106,7 +110,7 @@ def _resume(run: RunFolder, model: BlockDropModel, optimizer: torch.optim.Optimi
     return int(state["epoch"])
 
 
-def _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher) -> dict[str, float]:
+def _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher, device) -> dict[str, float]:
     model.policy.train()
     model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
     steps = num_batches(train, config.batch_size, drop_last=True)
@@ -114,19 +118,20 @@ def _train_epoch(model, train, normalize, config, epoch, released, optimizer, te
     batches = iterate_batches(
         train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True
     )
-    totals = {"reward": 0.0, "accuracy": 0.0, "blocks": 0.0}
+    totals = {name: torch.zeros((), device=device) for name in ("reward", "accuracy", "blocks")}
     seen = 0
     with tqdm(total=steps, desc=f"epoch {epoch + 1} ({released} released)", leave=False, mininterval=5) as bar:
         for step, (images, labels) in enumerate(batches):
             if step == steps:
                 break
-            x = normalize(images)
-            with autocast(config.bf16):
+            x = normalize(images.to(device, non_blocking=True))
+            labels = labels.to(device, non_blocking=True)
+            with autocast(config.bf16, device):
                 probabilities = model.policy(x).float()
             actions = sample_actions(probabilities, config.alpha, released)
-            with torch.no_grad(), autocast(config.bf16):
+            with torch.no_grad(), autocast(config.bf16, device):
                 greedy_logits = run_backbone(model.backbone, x, actions.greedy)
-            with torch.set_grad_enabled(config.joint), autocast(config.bf16):
+            with torch.set_grad_enabled(config.joint), autocast(config.bf16, device):
                 sampled_logits = run_backbone(model.backbone, x, actions.sampled).float()
             sampled_right = sampled_logits.argmax(1) == labels
             reward = block_reward(sampled_right, actions.sampled, config.penalty)
@@ -135,7 +140,7 @@ def _train_epoch(model, train, normalize, config, epoch, released, optimizer, te
             if config.joint:
                 teacher_logits = None
                 if teacher is not None:
-                    with torch.no_grad(), autocast(config.bf16):
+                    with torch.no_grad(), autocast(config.bf16, device):
                         teacher_logits = teacher(x).float()
                 loss = loss + supervised_loss(
                     sampled_logits, labels, teacher_logits, config.distill_weight, config.distill_temperature
@@ -145,32 +150,34 @@ def _train_epoch(model, train, normalize, config, epoch, released, optimizer, te
             optimizer.step()
             n = len(labels)
             seen += n
-            totals["reward"] += reward.sum().item()
-            totals["accuracy"] += sampled_right.sum().item()
-            totals["blocks"] += actions.sampled.float().sum(1).sum().item()
+            totals["reward"] += reward.sum().detach()
+            totals["accuracy"] += sampled_right.sum()
+            totals["blocks"] += actions.sampled.float().sum()
             bar.update()
-            bar.set_postfix(
-                reward=f"{totals['reward'] / seen:.3f}", blocks=f"{totals['blocks'] / seen:.2f}", refresh=False
-            )
-    return {k: v / seen for k, v in totals.items()}
+            if step % POSTFIX_EVERY == 0:  # reading the statistics waits for the device
+                reward_mean, blocks_mean = totals["reward"].item() / seen, totals["blocks"].item() / seen
+                bar.set_postfix(reward=f"{reward_mean:.3f}", blocks=f"{blocks_mean:.2f}", refresh=False)
+    return {k: v.item() / seen for k, v in totals.items()}
 
 
 @torch.no_grad()
-def _validate(model: BlockDropModel, val: ImageSet, normalize: Normalizer, config: PolicyTrainConfig, released: int):
+def _validate(
+    model: BlockDropModel, val: ImageSet, normalize: Normalizer, config: PolicyTrainConfig, released: int, device
+) -> dict[str, float]:
     """Greedy masks with the curriculum's forced blocks, as training sees them; after it, the plain policy."""
     if released >= model.num_blocks:
-        return evaluate_blockdrop(model, val, normalize)
-    return _validate_curriculum(model, val, normalize, config, released)
+        return evaluate_blockdrop(model, val, normalize, device=device)
+    return _validate_curriculum(model, val, normalize, config, released, device)
 
 
 @torch.no_grad()
-def _validate_curriculum(model, val, normalize, config, released) -> dict[str, float]:
+def _validate_curriculum(model, val, normalize, config, released, device) -> dict[str, float]:
     model.eval()
     correct, blocks = 0, 0.0
     for images, labels in iterate_batches(val, 500, shuffle=False, augment=False):
-        x = normalize(images)
+        x = normalize(images.to(device))
         actions = sample_actions(model.policy(x), config.alpha, released)
-        correct += (run_backbone(model.backbone, x, actions.greedy).argmax(1) == labels).sum().item()
+        correct += (run_backbone(model.backbone, x, actions.greedy).argmax(1) == labels.to(device)).sum().item()
         blocks += actions.greedy.sum().item()
     return {"accuracy": correct / len(val), "blocks_mean": blocks / len(val)}
 
@@ -187,7 +194,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,
         **distill_settings(args),
-        bf16=resolve_bf16(args.bf16),
+        bf16=resolve_bf16(args.bf16, args.device),
         seed=args.seed,
         max_batches=args.max_batches,
     )
@@ -229,7 +236,7 @@ def _train_and_export(
     normalize = _normalizer_of(manifest)
     run = RunFolder(args.run_dir)
     config = _config_from_args(args, joint)
-    history = train_blockdrop(model, train, val, normalize, config, run, teacher)
+    history = train_blockdrop(model, train, val, normalize, config, run, teacher, device=args.device)
     if args.out:
         from training.export import export_blockdrop
 

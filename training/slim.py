@@ -47,6 +47,7 @@ def train_slim(args: argparse.Namespace) -> int:
         RunFolder(root / "sparsity"),
         after_backward=lambda m: add_sparsity_subgradient(m, args.sparsity),
         description="sparsity",
+        device=args.device,
     )
 
     keep = select_channels(model, args.percent, args.min_channels)
@@ -61,6 +62,7 @@ def train_slim(args: argparse.Namespace) -> int:
         RunFolder(root / f"finetune-p{round(args.percent * 100)}"),
         teacher=teacher,
         description=f"finetune {args.percent:.0%} pruned",
+        device=args.device,
     )
     if args.out:
         from training.export import export_resnet
@@ -91,7 +93,9 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize, teache
     pruned = source.backbone.train()
     config = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     run = RunFolder(Path(args.run_dir) / "finetune")
-    history = fit(pruned, train, val, normalize, config, run, teacher=teacher, description="finetune")
+    history = fit(
+        pruned, train, val, normalize, config, run, teacher=teacher, description="finetune", device=args.device
+    )
     if args.out:
         from training.export import continuation, export_resnet
 
