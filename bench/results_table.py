@@ -19,11 +19,15 @@ from models.artifacts import read_manifest
 
 ORDER = (
     "cifar10-resnet32",
+    "cifar10-resnet32-e200",
     "cifar10-resnet32-blockdrop",
     "cifar10-resnet32-slim",
     "cifar10-resnet32-slim60",
     "cifar10-resnet32-slim-blockdrop",
     "cifar10-blresnet",
+    "cifar10-resnet62",
+    "cifar10-resnet62-kd",
+    "cifar10-resnet110",
 )
 ROW_LABELS = {"full": "full network", "first_k": "FirstK", "random_k": "RandomK", "blockdrop": "BlockDrop"}
 
@@ -104,7 +108,8 @@ def render(checkpoints: Path) -> str:
 
 
 def same_depth_notes(checkpoints: Path) -> list[str]:
-    """For each Big-Little artifact: the FLOPs of the plain CIFAR ResNet as deep as its big branch path."""
+    """For each Big-Little artifact: the FLOPs of the plain CIFAR ResNet as deep as its big branch path, and its
+    accuracy against each shipped plain ResNet of that depth."""
     from models.flops import measure_flops
     from models.resnet import FlatResNet, ResNetConfig
 
@@ -123,8 +128,36 @@ def same_depth_notes(checkpoints: Path) -> list[str]:
             f"\n{name} has {blocks} blocks per stage, as deep as a ResNet-{depth}; the plain ResNet-{depth} costs "
             f"{plain.full:.3g} FLOPs by the same counter, so it uses {manifest.flops['full'] / plain.full:.1%} of "
             "that."
+            + "".join(_against_plain(manifest, checkpoints / other) for other in _plain_resnets(checkpoints, depth))
         )
     return notes
+
+
+def _plain_resnets(checkpoints: Path, depth: int) -> list[str]:
+    """The shipped unpruned ResNets of ``depth`` in ORDER."""
+    names = []
+    for name in ORDER:
+        if not (checkpoints / name / "manifest.json").exists():
+            continue
+        manifest = read_manifest(checkpoints / name)
+        backbone = manifest.architecture.get("backbone") or {}
+        if manifest.kind == "resnet" and backbone.get("depth") == depth and not backbone.get("inner_widths"):
+            names.append(name)
+    return names
+
+
+def _against_plain(biglittle, folder: Path) -> str:
+    """One sentence: the Big-Little net's test accuracy against the plain ResNet in ``folder``."""
+    mine = biglittle.metrics.get("test", {}).get("rows", {}).get("full")
+    plain = read_manifest(folder)
+    theirs = plain.metrics.get("test", {}).get("rows", {}).get("full")
+    if not mine or not theirs:
+        return ""
+    gap = (mine["accuracy"] - theirs["accuracy"]) * 100
+    return (
+        f" Against `{folder.name}` ({theirs['accuracy']:.2%}, {plain.training.get('epochs', '?')} epochs): "
+        f"{gap:+.2f} points at {biglittle.flops['full'] / plain.flops['full']:.1%} of its FLOPs."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
