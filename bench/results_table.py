@@ -15,7 +15,7 @@ from typing import Any
 from bench.common import RESULTS
 from bench.variants import CHECKPOINTS
 from cli.help_format import DefaultsInHelp
-from models.artifacts import read_manifest
+from models.artifacts import Manifest, read_manifest
 
 ORDER = (
     "cifar10-resnet32",
@@ -128,34 +128,33 @@ def same_depth_notes(checkpoints: Path) -> list[str]:
             f"\n{name} has {blocks} blocks per stage, as deep as a ResNet-{depth}; the plain ResNet-{depth} costs "
             f"{plain.full:.3g} FLOPs by the same counter, so it uses {manifest.flops['full'] / plain.full:.1%} of "
             "that."
-            + "".join(_against_plain(manifest, checkpoints / other) for other in _plain_resnets(checkpoints, depth))
+            + "".join(_against_plain(manifest, plain_resnet) for plain_resnet in _plain_resnets(checkpoints, depth))
         )
     return notes
 
 
-def _plain_resnets(checkpoints: Path, depth: int) -> list[str]:
-    """The shipped unpruned ResNets of ``depth`` in ORDER."""
-    names = []
+def _plain_resnets(checkpoints: Path, depth: int) -> list[Manifest]:
+    """The manifests of the shipped unpruned ResNets of ``depth``, in ORDER."""
+    found = []
     for name in ORDER:
         if not (checkpoints / name / "manifest.json").exists():
             continue
         manifest = read_manifest(checkpoints / name)
         backbone = manifest.architecture.get("backbone") or {}
         if manifest.kind == "resnet" and backbone.get("depth") == depth and not backbone.get("inner_widths"):
-            names.append(name)
-    return names
+            found.append(manifest)
+    return found
 
 
-def _against_plain(biglittle, folder: Path) -> str:
-    """One sentence: the Big-Little net's test accuracy against the plain ResNet in ``folder``."""
+def _against_plain(biglittle: Manifest, plain: Manifest) -> str:
+    """One sentence: the Big-Little net's test accuracy against the plain ResNet's."""
     mine = biglittle.metrics.get("test", {}).get("rows", {}).get("full")
-    plain = read_manifest(folder)
     theirs = plain.metrics.get("test", {}).get("rows", {}).get("full")
     if not mine or not theirs:
         return ""
     gap = (mine["accuracy"] - theirs["accuracy"]) * 100
     return (
-        f" Against `{folder.name}` ({theirs['accuracy']:.2%}, {plain.training.get('epochs', '?')} epochs): "
+        f" Against `{plain.name}` ({theirs['accuracy']:.2%}, {plain.training.get('epochs', '?')} epochs): "
         f"{gap:+.2f} points at {biglittle.flops['full'] / plain.flops['full']:.1%} of its FLOPs."
     )
 

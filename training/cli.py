@@ -167,8 +167,7 @@ def _run(module: str, function: str):
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        if hasattr(args, "device"):
-            resolve_device(args.device)  # a plain refusal now rather than a CUDA error after the data is read
+        resolve_device(args.device)  # a plain refusal now rather than a CUDA error after the data is read
         return getattr(importlib.import_module(module), function)(args)
 
     return handler

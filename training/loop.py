@@ -117,6 +117,7 @@ def fit(
     log, with the model back on the CPU. With a ``teacher`` (a frozen full network) the loss is
     ``(1 - w) CE + w KD`` with ``config.distill_weight``."""
     torch.manual_seed(config.seed)
+    normalize = normalize.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if teacher is not None:
         teacher.eval().requires_grad_(False)  # in train mode its BatchNorm statistics would drift

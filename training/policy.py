@@ -62,6 +62,7 @@ def train_blockdrop(
     """Train in place on ``device``, resuming from ``run``; ``teacher`` (a full network, joint training only) is
     distilled into the backbone's sampled-mask predictions. The model ends on the CPU."""
     model.to(device)
+    normalize = normalize.to(device)
     if teacher is not None:
         teacher.eval().requires_grad_(False).to(device)
     torch.manual_seed(config.seed)
