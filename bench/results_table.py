@@ -79,6 +79,8 @@ def rows_for(folder: Path, reference_flops: float) -> list[str]:
         elif key == "full" and manifest.kind == "biglittle":
             config = manifest.architecture["biglittle"]
             label = f"bL-ResNet, α={config['alpha']}, β={config['beta']}"
+            if config.get("plain_stages"):
+                label += ", last stage plain"
         else:
             label = ROW_LABELS[key] + (f" K={test['k']}" if key in ("first_k", "random_k") else "")
             label += f" (threshold {test['threshold']:g})" if key == "blockdrop" else ""

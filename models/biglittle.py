@@ -118,6 +118,9 @@ class BigLittleConfig:
     alpha: int = 2
     beta: int = 4
     num_classes: int = 10
+    # 1 keeps the last stage a plain ResNet stage: the ImageNet model keeps its 7x7 stage plain, where half
+    # resolution would leave too little to see; a CIFAR model may do the same with its 8x8 stage
+    plain_stages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -132,6 +135,8 @@ class BigLittleConfig:
             int(data["alpha"]),
             int(data["beta"]),
             int(data["num_classes"]),
+            # artifacts written before the field existed: the CIFAR ones had none, the ImageNet model one
+            int(data.get("plain_stages", 1 if data["family"] == "imagenet" else 0)),
         )
 
 
@@ -143,21 +148,23 @@ class BigLittleNet(nn.Module):
         self.config = config
         self.input_size = input_size
         # the fusion block ends each bL stage and carries its stride, so each stage's branches run at its input
-        # resolution (big at half of it); the ImageNet model ends with a plain ResNet stage
+        # resolution (big at half of it); the last ``plain_stages`` stages are plain ResNet stages
         if config.family == "cifar":
             self.stem: nn.Module = conv_bn(3, 16, 3)
             widths, block, in_channels, strides = (16, 32, 64), BasicBlock, 16, (2, 2, 1)
-            plain_stages = 0
         elif config.family == "imagenet":
             self.stem = BigLittleStem(config.alpha)
             widths, block, in_channels, strides = (256, 512, 1024, 2048), Bottleneck, 64, (2, 2, 1, 2)
-            plain_stages = 1
         else:
             raise ValueError(f"unknown bL-ResNet family {config.family!r}")
         if len(config.blocks_per_stage) != len(widths):
             raise ValueError(f"a {config.family} bL-ResNet has {len(widths)} stages")
+        # only the last stage may stay plain: the stages before it hand on a map their fusion block has already
+        # strided, so a plain one there would run at half a ResNet's resolution
+        if config.plain_stages not in (0, 1):
+            raise ValueError(f"plain_stages is 0 or 1 (only the last stage may stay plain), not {config.plain_stages}")
         stages: list[nn.Module] = []
-        bl_stages = len(widths) - plain_stages
+        bl_stages = len(widths) - config.plain_stages
         for index, (width, count, stride) in enumerate(zip(widths, config.blocks_per_stage, strides, strict=True)):
             if index < bl_stages:
                 stages.append(BigLittleModule(block, in_channels, width, count, config.alpha, config.beta, stride))
@@ -199,7 +206,8 @@ class BigLittleNet(nn.Module):
 
 def imagenet_bl_resnet50(num_classes: int = 1000) -> BigLittleNet:
     """The paper's bL-ResNet-50 (alpha = 2, beta = 4), without weights."""
-    return BigLittleNet(BigLittleConfig("imagenet", (3, 4, 6, 3), 2, 4, num_classes), input_size=(224, 224))
+    config = BigLittleConfig("imagenet", (3, 4, 6, 3), 2, 4, num_classes, plain_stages=1)
+    return BigLittleNet(config, input_size=(224, 224))
 
 
 def residual_blocks(model: nn.Module) -> list[str]:

@@ -22,8 +22,11 @@ def train_biglittle(args: argparse.Namespace) -> int:
     _, _, normalize = normalization_for(args.dataset)
     torch.manual_seed(args.seed)
     if args.init_from:
-        if any(value is not None for value in (args.blocks, args.alpha, args.beta)):
-            raise SystemExit("--blocks, --alpha and --beta shape a new network; --init-from keeps its artifact's shape")
+        if any(value is not None for value in (args.blocks, args.alpha, args.beta, args.plain_stages)):
+            raise SystemExit(
+                "--blocks, --alpha, --beta and --plain-stages shape a new network; "
+                "--init-from keeps its artifact's shape"
+            )
         model = start_from_artifact(args.init_from, "biglittle", "a Big-Little", args.dataset, train.classes)
         origin = model.manifest
     else:
@@ -33,6 +36,7 @@ def train_biglittle(args: argparse.Namespace) -> int:
             DEFAULT_ALPHA if args.alpha is None else args.alpha,
             DEFAULT_BETA if args.beta is None else args.beta,
             len(train.classes),
+            args.plain_stages or 0,
         )
         model, origin = BigLittleNet(config), None
     fit_config = fit_config_from_args(args)

@@ -119,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     biglittle.add_argument(
         "--init-from",
         metavar="ARTIFACT",
-        help="go on from this bL-ResNet artifact's weights and shape (then --blocks, --alpha, --beta are refused)",
+        help="go on from this bL-ResNet artifact's weights and shape (then --blocks, --alpha, --beta, --plain-stages "
+        "are refused)",
     )
     biglittle.add_argument(
         "--blocks",
@@ -131,6 +132,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     biglittle.add_argument("--alpha", type=int, help="little-branch width divisor; default: 2")
     biglittle.add_argument("--beta", type=int, help="little-branch depth divisor; default: 4")
+    biglittle.add_argument(
+        "--plain-stages",
+        type=int,
+        choices=(0, 1),
+        help="1 keeps the last stage a plain ResNet stage, as the ImageNet bL-ResNet keeps its 7x7 one; default: 0",
+    )
     biglittle.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
     biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     biglittle.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")

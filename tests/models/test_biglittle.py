@@ -12,11 +12,17 @@ def conv(cin: int, cout: int, k: int, side: int) -> int:
     return 2 * cin * cout * k * k * side * side
 
 
-def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: int = 10) -> int:
+def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: int = 10, plain: int = 0) -> int:
     """Multiply-adds x 2 of the CIFAR bL-ResNet, layer by layer, from its definition."""
     total = conv(3, 16, 3, 32)
     side, cin = 32, 16
-    for width, k, stride in zip((16, 32, 64), blocks, (2, 2, 1)):
+    for index, (width, k, stride) in enumerate(zip((16, 32, 64), blocks, (2, 2, 1))):
+        if index >= 3 - plain:  # a plain ResNet stage: K blocks at the stage's resolution (the last, stride 1)
+            total += conv(cin, width, 3, side) + conv(width, width, 3, side)
+            total += conv(cin, width, 1, side) if cin != width else 0
+            total += (k - 1) * 2 * conv(width, width, 3, side)
+            cin = width
+            continue
         half = side // 2
         total += conv(cin, width, 3, half) + conv(width, width, 3, half)  # big branch, first block (stride 2)
         total += conv(cin, width, 1, half) if cin != width else 0  # its shortcut: avg-pool, then 1x1 if widening
@@ -33,10 +39,30 @@ def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: in
 
 
 @pytest.mark.parametrize("blocks", [(5, 5, 5), (8, 8, 8)])
-def test_cifar_flops_match_hand_computation(blocks):
-    model = BigLittleNet(BigLittleConfig("cifar", blocks))
-    assert model.flops_table.full == hand_count_cifar(blocks, 2, 4)
+@pytest.mark.parametrize("plain", [0, 1])
+def test_cifar_flops_match_hand_computation(blocks, plain):
+    model = BigLittleNet(BigLittleConfig("cifar", blocks, plain_stages=plain))
+    assert model.flops_table.full == hand_count_cifar(blocks, 2, 4, plain=plain)
     assert sum(model.flops_table.blocks) < model.flops_table.full
+
+
+def test_a_plain_last_stage_runs_at_the_stage_resolution():
+    model = BigLittleNet(BigLittleConfig("cifar", (4, 4, 4), plain_stages=1)).eval()
+    assert isinstance(model.stages[-1], torch.nn.Sequential) and len(model.stages[-1]) == 4
+    features = model.stages[:2](model.stem(torch.randn(2, 3, 32, 32)))
+    assert tuple(model.stages[2](features).shape) == (2, 64, 8, 8)
+    for refused in (2, 3, -1):
+        with pytest.raises(ValueError, match="only the last stage may stay plain"):
+            BigLittleNet(BigLittleConfig("cifar", (4, 4, 4), plain_stages=refused))
+
+
+def test_configs_written_before_plain_stages_read_as_before():
+    old_cifar = {"family": "cifar", "blocks_per_stage": [5, 5, 5], "alpha": 2, "beta": 4, "num_classes": 10}
+    assert BigLittleConfig.from_dict(old_cifar).plain_stages == 0
+    old_imagenet = old_cifar | {"family": "imagenet", "blocks_per_stage": [3, 4, 6, 3], "num_classes": 1000}
+    assert BigLittleConfig.from_dict(old_imagenet).plain_stages == 1
+    config = BigLittleConfig("cifar", (3, 3, 3), plain_stages=1)
+    assert BigLittleConfig.from_dict(config.to_dict()) == config
 
 
 def test_cifar_shapes_and_savings():

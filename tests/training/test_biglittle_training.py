@@ -19,7 +19,8 @@ def _train(cifar_root, run_dir, out, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def scratch_bl(cifar_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bl")
-    assert blockdrop(_train(cifar_root, tmp / "bl", tmp / "bl-artifact", "--blocks", "2", "2", "4")) == 0
+    args = _train(cifar_root, tmp / "bl", tmp / "bl-artifact", "--blocks", "2", "2", "4", "--plain-stages", "1")
+    assert blockdrop(args) == 0
     return tmp / "bl-artifact"
 
 
@@ -27,6 +28,7 @@ def test_a_new_network_takes_the_shape_given(scratch_bl):
     model = load_artifact(scratch_bl)
     assert model.manifest.kind == "biglittle"
     assert model.config.blocks_per_stage == (2, 2, 4) and (model.config.alpha, model.config.beta) == (2, 4)
+    assert model.config.plain_stages == 1
     assert model.manifest.training["epochs"] == 2 and "started_from" not in model.manifest.training
 
 
@@ -46,6 +48,12 @@ def test_init_from_refuses_a_new_shape_or_another_kind(cifar_root, tmp_path, scr
     reshaped = _train(cifar_root, tmp_path / "a", tmp_path / "a-art", "--init-from", str(scratch_bl), "--beta", "2")
     with pytest.raises(SystemExit, match="--init-from keeps its artifact's shape"):
         blockdrop(reshaped)
+    replained = _train(cifar_root, tmp_path / "p", tmp_path / "p-art", "--init-from", str(scratch_bl))
+    replained += ["--plain-stages", "1"]
+    with pytest.raises(SystemExit, match="--init-from keeps its artifact's shape"):
+        blockdrop(replained)
+    with pytest.raises(SystemExit):  # argparse: only the last stage may stay plain
+        blockdrop(_train(cifar_root, tmp_path / "c", tmp_path / "c-art", "--plain-stages", "2"))
     backbone = ["train", "backbone", "--data-root", str(cifar_root), "--depth", "8", "--epochs", "2"]
     assert blockdrop([*backbone, "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "r-art"), *TINY]) == 0
     with pytest.raises(SystemExit, match="takes a Big-Little artifact, not one of kind resnet"):
