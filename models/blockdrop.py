@@ -44,10 +44,25 @@ def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
     return gathered
 
 
-def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Tensor:
-    """One block for a batch: rows where ``keep`` is true get relu(residual + block(x)), others residual."""
-    kept = keep.nonzero().squeeze(1)
-    if kept.numel() == keep.numel():
+def kept_rows(keep_mask: Tensor, device: torch.device) -> list[Tensor]:
+    """For each block (column of ``keep_mask``), the indices of the rows that keep it, on ``device``.
+
+    Worked out on the host for the whole batch at once: on a GPU a ``nonzero`` per block would stop the host until
+    the GPU caught up (its output size depends on the data), once per block; this waits at most once, to bring a
+    GPU-made mask over (a mask drawn on the CPU costs no wait at all), and sends every index in one copy.
+    """
+    rows = [column.nonzero().squeeze(1) for column in keep_mask.cpu().T]
+    if device.type == "cpu":
+        return rows
+    flat = torch.cat(rows)
+    if device.type == "cuda":
+        flat = flat.pin_memory()  # a copy from pinned memory does not wait for the GPU's queue
+    return list(flat.to(device, non_blocking=True).split([len(r) for r in rows]))
+
+
+def run_block(block: nn.Module, x: Tensor, residual: Tensor, kept: Tensor) -> Tensor:
+    """One block for a batch: rows listed in ``kept`` get relu(residual + block(x)), the others residual."""
+    if kept.numel() == x.shape[0]:
         return F.relu(residual + block(x))
     if kept.numel() == 0:
         return residual
@@ -63,13 +78,19 @@ def run_block(block: nn.Module, x: Tensor, residual: Tensor, keep: Tensor) -> Te
 
 
 def run_backbone(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:
-    """Logits of ``backbone`` on ``x`` with each image running only the blocks its row of ``keep_mask`` keeps."""
+    """Logits of ``backbone`` on ``x`` with each image running only the blocks its row of ``keep_mask`` keeps.
+
+    ``keep_mask`` may live on the CPU while ``x`` is on a GPU (it is read on the host anyway, ``kept_rows``).
+    """
+    if keep_mask.shape != (x.shape[0], backbone.num_blocks):
+        raise ValueError(f"keep_mask must be [{x.shape[0]}, {backbone.num_blocks}], got {list(keep_mask.shape)}")
+    rows = kept_rows(keep_mask, x.device)
     x = backbone.stem(x)
     k = 0
     for shortcut, stage in zip(backbone.ds, backbone.blocks):
         for i, block in enumerate(stage):
             residual = shortcut(x) if i == 0 else x
-            x = run_block(block, x, residual, keep_mask[:, k])
+            x = run_block(block, x, residual, rows[k])
             k += 1
     return backbone.head(x)
 

@@ -34,5 +34,6 @@ class RandomBlockDrop(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return self.backbone(x)
-        keep_mask = random_keep_mask(x.shape[0], self.backbone.num_blocks, self.min_keep, x.device)
+        # drawn on the CPU whatever the device: run_backbone reads the mask on the host, so a GPU run never waits
+        keep_mask = random_keep_mask(x.shape[0], self.backbone.num_blocks, self.min_keep)
         return run_backbone(self.backbone, x, keep_mask)

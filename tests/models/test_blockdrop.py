@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.blockdrop import BlockDropModel, Mode, run_backbone, run_backbone_masked
+from models.blockdrop import BlockDropModel, Mode, kept_rows, run_backbone, run_backbone_masked
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet, imagenet_resnet
 from tests.conftest import randomize_batchnorm
@@ -37,6 +37,27 @@ def test_batched_gather_scatter_equals_each_image_alone(backbone, size, n):
         reference = run_backbone_masked(backbone, x, mask)
     assert torch.allclose(batched, alone, atol=1e-5, rtol=0)
     assert torch.allclose(batched, reference, atol=1e-5, rtol=0)
+
+
+def test_kept_rows_lists_each_blocks_rows_and_a_wrong_mask_is_refused():
+    mask = torch.tensor([[True, False, True], [False, False, True], [True, False, True]])
+    rows = kept_rows(mask, torch.device("cpu"))
+    assert [r.tolist() for r in rows] == [[0, 2], [], [0, 1, 2]]
+    backbone = cifar_resnet(8)
+    with pytest.raises(ValueError, match=r"keep_mask must be \[2, 3\]"):
+        run_backbone(backbone, torch.randn(2, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_a_mask_from_either_side_gives_the_cpu_result():
+    backbone = randomize_batchnorm(cifar_resnet(32)).eval()
+    x, mask = torch.randn(6, 3, 32, 32), _random_mask(6, 15, seed=3)
+    with torch.no_grad():
+        expected = run_backbone(backbone, x, mask)
+        backbone.cuda()
+        for device_mask in (mask, mask.cuda()):
+            got = run_backbone(backbone, x.cuda(), device_mask).cpu()
+            assert torch.allclose(got, expected, atol=1e-4, rtol=0)
 
 
 def test_dropped_block_passes_the_stage_shortcut_on():
