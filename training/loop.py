@@ -59,6 +59,8 @@ def resolve_device(requested: str) -> torch.device:
         raise SystemExit(f"--device {requested!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {requested}: no CUDA GPU is visible to torch on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
     return device
 
 

@@ -174,13 +174,13 @@ def _validate(
 @torch.no_grad()
 def _validate_curriculum(model, val, normalize, config, released, device) -> dict[str, float]:
     model.eval()
-    correct, blocks = 0, 0.0
+    correct, blocks = torch.zeros((), device=device), torch.zeros((), device=device)  # read once, at the end
     for images, labels in iterate_batches(val, 500, shuffle=False, augment=False):
         x = normalize(images.to(device))
         actions = sample_actions(model.policy(x), config.alpha, released)
-        correct += (run_backbone(model.backbone, x, actions.greedy).argmax(1) == labels.to(device)).sum().item()
-        blocks += actions.greedy.sum().item()
-    return {"accuracy": correct / len(val), "blocks_mean": blocks / len(val)}
+        correct += (run_backbone(model.backbone, x, actions.greedy).argmax(1) == labels.to(device)).sum()
+        blocks += actions.greedy.sum()
+    return {"accuracy": correct.item() / len(val), "blocks_mean": blocks.item() / len(val)}
 
 
 def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfig:

@@ -24,6 +24,14 @@ def test_a_gpu_the_machine_lacks_is_refused_before_any_data_is_read(tmp_path, mo
         blockdrop(_backbone(tmp_path / "no-such-data", tmp_path, "--device", "cuda"))
 
 
+def test_a_gpu_number_past_the_last_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="has 1 GPU"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
 def test_a_device_torch_does_not_know_is_refused_plainly():
     with pytest.raises(SystemExit, match="--device 'tpu9'"):
         resolve_device("tpu9")
