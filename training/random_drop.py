@@ -17,10 +17,10 @@ from models.blockdrop import run_backbone
 from models.resnet import FlatResNet
 
 
-def random_keep_mask(n: int, num_blocks: int, min_keep: float, device: torch.device | None = None) -> Tensor:
-    """[n, num_blocks] bool: row i keeps each block with its own probability drawn from U[min_keep, 1]."""
-    keep_probability = torch.empty(n, 1, device=device).uniform_(min_keep, 1.0)
-    return torch.rand(n, num_blocks, device=device) < keep_probability
+def random_keep_mask(n: int, num_blocks: int, min_keep: float) -> Tensor:
+    """[n, num_blocks] bool, on the CPU: row i keeps each block with its own probability drawn from U[min_keep, 1]."""
+    keep_probability = torch.empty(n, 1).uniform_(min_keep, 1.0)
+    return torch.rand(n, num_blocks) < keep_probability
 
 
 class RandomBlockDrop(nn.Module):
@@ -34,6 +34,6 @@ class RandomBlockDrop(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return self.backbone(x)
-        # drawn on the CPU whatever the device: run_backbone reads the mask on the host, so a GPU run never waits
+        # on the CPU whatever the device: run_backbone reads the mask on the host, so a GPU run never waits
         keep_mask = random_keep_mask(x.shape[0], self.backbone.num_blocks, self.min_keep)
         return run_backbone(self.backbone, x, keep_mask)
