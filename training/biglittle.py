@@ -13,8 +13,8 @@ from training.data import load_training_split, normalization_for
 from training.distill import distillation_record
 from training.loop import fit
 
-# The CIFAR bL-ResNet of the shipped artifact: as deep as a ResNet-62, the paper's alpha and beta.
-DEFAULT_BLOCKS, DEFAULT_ALPHA, DEFAULT_BETA = (10, 10, 10), 2, 4
+# The CIFAR bL-ResNet of the shipped artifact: as deep as a ResNet-62, the paper's alpha and beta, every stage bL.
+DEFAULT_BLOCKS, DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_PLAIN_STAGES = (10, 10, 10), 2, 4, 0
 
 
 def train_biglittle(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def train_biglittle(args: argparse.Namespace) -> int:
             DEFAULT_ALPHA if args.alpha is None else args.alpha,
             DEFAULT_BETA if args.beta is None else args.beta,
             len(train.classes),
-            args.plain_stages or 0,
+            DEFAULT_PLAIN_STAGES if args.plain_stages is None else args.plain_stages,
         )
         model, origin = BigLittleNet(config), None
     fit_config = fit_config_from_args(args)
