@@ -25,6 +25,7 @@ ORDER = (
     "cifar10-resnet32-slim60",
     "cifar10-resnet32-slim-blockdrop",
     "cifar10-blresnet",
+    "cifar10-blresnet62",
     "cifar10-resnet62",
     "cifar10-resnet62-kd",
     "cifar10-resnet110",
