@@ -40,9 +40,10 @@ def hand_count_cifar(blocks: tuple[int, ...], alpha: int, beta: int, classes: in
 
 @pytest.mark.parametrize("blocks", [(5, 5, 5), (8, 8, 8)])
 @pytest.mark.parametrize("plain", [0, 1])
-def test_cifar_flops_match_hand_computation(blocks, plain):
-    model = BigLittleNet(BigLittleConfig("cifar", blocks, plain_stages=plain))
-    assert model.flops_table.full == hand_count_cifar(blocks, 2, 4, plain=plain)
+@pytest.mark.parametrize(("alpha", "beta"), [(2, 4), (2, 1), (1, 2)])  # the paper's default; the shipped shape
+def test_cifar_flops_match_hand_computation(blocks, plain, alpha, beta):
+    model = BigLittleNet(BigLittleConfig("cifar", blocks, alpha, beta, plain_stages=plain))
+    assert model.flops_table.full == hand_count_cifar(blocks, alpha, beta, plain=plain)
     assert sum(model.flops_table.blocks) < model.flops_table.full
 
 
