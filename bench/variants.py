@@ -129,7 +129,11 @@ def _layout_words(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
-    add_variant_option(parser, "benchmark this artifact (repeatable); default: every shipped checkpoint, served or not")
+    add_variant_option(
+        parser,
+        "benchmark this artifact folder (repeatable); default: the service's default variants and "
+        + ", ".join(f"{name} ({folder})" for name, (folder, _) in UNSERVED_CHECKPOINTS.items()),
+    )
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     parser.add_argument("--latency-images", type=int, default=300, help="images timed one at a time")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batches of 64 timed")
