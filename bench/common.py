@@ -30,6 +30,17 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (counts of runs, rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str) -> None:
     """``NAME.json`` and ``NAME.md`` in ``out``; the table is printed too."""
     folder = Path(out)

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.common import RESULTS, machine_description, main_for, write_results
+from bench.common import RESULTS, machine_description, main_for, positive_int, write_results
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
 
@@ -292,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated wrk connection counts")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument(
-        "--repeats", type=int, default=1, help="wrk runs per row, the variants taking turns; rows give medians"
+        "--repeats", type=positive_int, default=1, help="wrk runs per row, the variants taking turns; rows give medians"
     )
     parser.add_argument("--images", type=int, default=256, help="distinct test images posted in turn")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")

@@ -9,13 +9,14 @@ Results go to ``bench/results/variants.{json,md}``:
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 
-from bench.common import RESULTS, machine_description, main_for, write_results
+from bench.common import RESULTS, machine_description, main_for, positive_int, write_results
 from service.config import VariantSettings
 from service.variants import Variant, load_variant
 
@@ -29,23 +30,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+TIMED = ("latency_p50_ms", "latency_p99_ms", "throughput_batch64")
+
+
 @torch.inference_mode()
-def bench_variant(
-    variant: Variant, images: torch.Tensor, labels: torch.Tensor, latency_images: int, throughput_batches: int
-) -> dict:
-    """Accuracy, FLOPs, latency and throughput of ``variant.infer``: the service's own inference call, in the
-    memory layout and at the threshold the service runs."""
-    from training.data import Normalizer
-
-    normalize = Normalizer(variant.manifest.input.mean, variant.manifest.input.std)
-    infer = variant.infer
-
+def measure_quality(variant: Variant, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy and mean FLOPs of ``variant.infer``: the service's own inference call, in the memory layout and
+    at the threshold the service runs."""
+    normalize = _normalizer(variant)
     correct, flops = 0, 0.0
     for start in range(0, len(images), 500):
-        result = infer(normalize(images[start : start + 500]))
+        result = variant.infer(normalize(images[start : start + 500]))
         correct += (result.logits.argmax(1) == labels[start : start + 500]).sum().item()
         flops += result.flops.double().sum().item()
+    return {
+        "model": variant.manifest.name,
+        "mode": variant.mode,
+        "threshold": variant.threshold if variant.mode == "blockdrop" else None,
+        "channels_last": variant.memory_format == torch.channels_last,
+        "accuracy": correct / len(images),
+        "flops_mean": flops / len(images),
+    }
 
+
+@torch.inference_mode()
+def time_variant(variant: Variant, images: torch.Tensor, latency_images: int, throughput_batches: int) -> dict:
+    """One round of timing: single-image p50 / p99 latency and batch-64 throughput."""
+    normalize, infer = _normalizer(variant), variant.infer
     singles = normalize(images[:latency_images])
     for i in range(min(20, latency_images)):  # warm-up
         infer(singles[i : i + 1])
@@ -60,18 +71,17 @@ def bench_variant(
     started = time.perf_counter()
     for batch in batches:
         infer(batch)
-    throughput = 64 * len(batches) / (time.perf_counter() - started)
     return {
-        "model": variant.manifest.name,
-        "mode": variant.mode,
-        "threshold": variant.threshold if variant.mode == "blockdrop" else None,
-        "channels_last": variant.memory_format == torch.channels_last,
-        "accuracy": correct / len(images),
-        "flops_mean": flops / len(images),
         "latency_p50_ms": percentile(latencies, 50) * 1e3,
         "latency_p99_ms": percentile(latencies, 99) * 1e3,
-        "throughput_batch64": throughput,
+        "throughput_batch64": 64 * len(batches) / (time.perf_counter() - started),
     }
+
+
+def _normalizer(variant: Variant):
+    from training.data import Normalizer
+
+    return Normalizer(variant.manifest.input.mean, variant.manifest.input.std)
 
 
 def run(
@@ -81,23 +91,43 @@ def run(
     latency_images: int,
     throughput_batches: int,
     channels_last: bool | None = None,
+    repeats: int = 1,
 ) -> dict:
+    """Accuracy and FLOPs once per variant, then ``repeats`` rounds of timing with the variants taking turns, so
+    that a machine whose speed drifts disturbs every variant alike. Each timed figure is the median over the
+    rounds; each speed-up the median of the ratios to the full variant's figure of the same round."""
     from training.data import load_cifar
 
     test = load_cifar(data_root, "test")
     images, labels = test.images[:limit], test.labels[:limit]
-    rows = {}
+    loaded, rows = {}, {}
     for name, settings in variants.items():
-        print(f"benchmarking {name} ({settings.artifact.name}, {settings.mode})", flush=True)
-        variant = load_variant(settings, "cpu", channels_last)
-        rows[name] = bench_variant(variant, images, labels, latency_images, throughput_batches)
-    full = rows.get("full")
-    for row in rows.values():
-        if full is not None:
-            row["flops_ideal_speedup"] = full["flops_mean"] / row["flops_mean"]
-            row["latency_speedup"] = full["latency_p50_ms"] / row["latency_p50_ms"]
-            row["throughput_speedup"] = row["throughput_batch64"] / full["throughput_batch64"]
-    return {"images": len(images), "threads": torch.get_num_threads(), "machine": machine_description(), "rows": rows}
+        print(f"loading {name} ({settings.artifact.name}, {settings.mode}); accuracy and FLOPs", flush=True)
+        loaded[name] = load_variant(settings, "cpu", channels_last)
+        rows[name] = measure_quality(loaded[name], images, labels)
+    rounds: dict[str, list[dict]] = {name: [] for name in loaded}
+    for round_index in range(repeats):
+        for name, variant in loaded.items():
+            print(f"timing {name}, round {round_index + 1}/{repeats}", flush=True)
+            rounds[name].append(time_variant(variant, images, latency_images, throughput_batches))
+    for name, row in rows.items():
+        row.update({key: statistics.median(r[key] for r in rounds[name]) for key in TIMED})
+        row.update({f"{key}_each": [r[key] for r in rounds[name]] for key in TIMED})
+    if "full" in rows:
+        for name, row in rows.items():
+            paired = list(zip(rounds["full"], rounds[name]))
+            row["flops_ideal_speedup"] = rows["full"]["flops_mean"] / row["flops_mean"]
+            row["latency_speedup"] = statistics.median(f["latency_p50_ms"] / r["latency_p50_ms"] for f, r in paired)
+            row["throughput_speedup"] = statistics.median(
+                r["throughput_batch64"] / f["throughput_batch64"] for f, r in paired
+            )
+    return {
+        "images": len(images),
+        "threads": torch.get_num_threads(),
+        "machine": machine_description(),
+        "repeats": repeats,
+        "rows": rows,
+    }
 
 
 def to_markdown(result: dict) -> str:
@@ -105,7 +135,7 @@ def to_markdown(result: dict) -> str:
         f"CIFAR-10 test set ({result['images']} images); CPU, {result['threads']} threads, "
         f"{_layout_words(result)}; {result['machine']}. "
         "Latency: one image at a time; throughput: batches of 64. Speed-ups are against the `full` variant; "
-        "FLOPs-ideal is the full network's FLOPs over the variant's.",
+        "FLOPs-ideal is the full network's FLOPs over the variant's." + _rounds_words(result),
         "",
         "| variant | model | accuracy | mean FLOPs | p50 latency | p99 latency | batch-64 throughput | "
         "latency speed-up | throughput speed-up | FLOPs-ideal speed-up |",
@@ -119,6 +149,16 @@ def to_markdown(result: dict) -> str:
             f"{r.get('flops_ideal_speedup', 1):.2f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _rounds_words(result: dict) -> str:
+    repeats = result.get("repeats", 1)
+    if repeats == 1:
+        return ""
+    return (
+        f" Timings: the median of {repeats} rounds, the variants taking turns; speed-ups: the median of the "
+        "ratios within each round."
+    )
 
 
 def _layout_words(result: dict) -> str:
@@ -137,6 +177,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     parser.add_argument("--latency-images", type=int, default=300, help="images timed one at a time")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batches of 64 timed")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=1, help="timing rounds, the variants taking turns; figures are medians"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument(
         "--layout",
@@ -192,7 +235,9 @@ def execute(args: argparse.Namespace) -> int:
     if not variants:
         raise ValueError("no variants to benchmark: no shipped checkpoints found and no --variant given")
     channels_last = False if args.layout == "nchw" else None
-    result = run(variants, args.data_root, args.limit, args.latency_images, args.throughput_batches, channels_last)
+    result = run(
+        variants, args.data_root, args.limit, args.latency_images, args.throughput_batches, channels_last, args.repeats
+    )
     result["layout"] = args.layout
     name = "variants" if args.layout == "served" else f"variants-{args.layout}"
     write_results(args.out, name, result, to_markdown(result))

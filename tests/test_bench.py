@@ -1,6 +1,7 @@
 """The benchmarks run end to end on tiny inputs and write their tables (their figures are not checked here)."""
 
 import json
+import statistics
 
 import pytest
 
@@ -68,6 +69,29 @@ def test_variants_benchmark_writes_json_and_markdown(tmp_path):
     assert blockdrop(args) == 0
     rows = json.loads((tmp_path / "variants.json").read_text())["rows"]
     assert rows["blockdrop"]["threshold"] == 0.0 and rows["blockdrop"]["flops_mean"] > rows["full"]["flops_mean"]
+
+
+def test_variants_benchmark_repeats_give_medians_of_rounds(tmp_path):
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=16)
+    common = ["bench", "variants", "--data-root", str(data), "--latency-images", "3", "--throughput-batches", "1"]
+    common += ["--threads", "1", "--out", str(tmp_path), "--variant", f"full={artifacts['tiny-resnet']}:full"]
+    common += ["--variant", f"blockdrop={artifacts['tiny-blockdrop']}:blockdrop"]
+    assert blockdrop([*common, "--repeats", "3"]) == 0
+    result = json.loads((tmp_path / "variants.json").read_text())
+    assert result["repeats"] == 3
+    full, dropped = result["rows"]["full"], result["rows"]["blockdrop"]
+    for row in (full, dropped):
+        for key in ("latency_p50_ms", "latency_p99_ms", "throughput_batch64"):
+            assert len(row[f"{key}_each"]) == 3 and row[key] == statistics.median(row[f"{key}_each"])
+    # speed-ups pair each round with the full variant's same round
+    ratios = [f / d for f, d in zip(full["latency_p50_ms_each"], dropped["latency_p50_ms_each"])]
+    assert dropped["latency_speedup"] == pytest.approx(statistics.median(ratios))
+    assert full["latency_speedup"] == 1.0 and full["throughput_speedup"] == 1.0
+    assert "median of 3 rounds" in (tmp_path / "variants.md").read_text()
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error
+        blockdrop([*common, "--repeats", "0"])
+    assert refused.value.code == 2
 
 
 def test_variant_specs_parse_into_the_services_settings(tmp_path):
