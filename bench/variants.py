@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import ValidationError
@@ -19,6 +20,9 @@ from pydantic import ValidationError
 from bench.common import RESULTS, machine_description, main_for, positive_int, write_results
 from service.config import VariantSettings
 from service.variants import Variant, load_variant
+
+if TYPE_CHECKING:
+    from training.data import Normalizer
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 # shipped checkpoints measured here but not served by default: name -> (artifact folder, mode)
@@ -78,7 +82,7 @@ def time_variant(variant: Variant, images: torch.Tensor, latency_images: int, th
     }
 
 
-def _normalizer(variant: Variant):
+def _normalizer(variant: Variant) -> Normalizer:
     from training.data import Normalizer
 
     return Normalizer(variant.manifest.input.mean, variant.manifest.input.std)
