@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import platform
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +40,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
     return value
+
+
+def paired_median_ratio(mine: Sequence[float], theirs: Sequence[float]) -> float:
+    """The median of mine[i] / theirs[i] over runs that took turns (run i of one with run i of the other), which a
+    drifting machine disturbs less than a ratio of medians."""
+    return statistics.median(m / t for m, t in zip(mine, theirs))
 
 
 def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str) -> None:

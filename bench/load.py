@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.common import RESULTS, machine_description, main_for, positive_int, write_results
+from bench.common import RESULTS, machine_description, main_for, paired_median_ratio, positive_int, write_results
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
 
@@ -219,17 +219,14 @@ def summarise(samples: list[dict]) -> dict:
 
 
 def paired_speedups(rows: list[dict], setup: str) -> dict[str, dict[str, float]]:
-    """Each variant's requests/s over the full variant's, per concurrency: the median of the ratios of runs that
-    took turns (run i of one with run i of the other), which a drifting machine disturbs less than a ratio of
-    medians."""
+    """Each variant's requests/s over the full variant's, per concurrency, as the median of paired ratios."""
     rates = {(r["variant"], r["concurrency"]): r["requests_per_second_each"] for r in rows if r["setup"] == setup}
     speedups: dict[str, dict[str, float]] = {}
     for (variant, concurrency), each in rates.items():
         full = rates.get(("full", concurrency))
         if variant == "full" or not full:
             continue
-        ratios = [mine / theirs for mine, theirs in zip(each, full)]
-        speedups.setdefault(variant, {})[str(concurrency)] = statistics.median(ratios)
+        speedups.setdefault(variant, {})[str(concurrency)] = paired_median_ratio(each, full)
     return speedups
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import ValidationError
 
-from bench.common import RESULTS, machine_description, main_for, positive_int, write_results
+from bench.common import RESULTS, machine_description, main_for, paired_median_ratio, positive_int, write_results
 from service.config import VariantSettings
 from service.variants import Variant, load_variant
 
@@ -117,13 +117,13 @@ def run(
     for name, row in rows.items():
         row.update({key: statistics.median(r[key] for r in rounds[name]) for key in TIMED})
         row.update({f"{key}_each": [r[key] for r in rounds[name]] for key in TIMED})
-    if "full" in rows:
-        for name, row in rows.items():
-            paired = list(zip(rounds["full"], rounds[name]))
-            row["flops_ideal_speedup"] = rows["full"]["flops_mean"] / row["flops_mean"]
-            row["latency_speedup"] = statistics.median(f["latency_p50_ms"] / r["latency_p50_ms"] for f, r in paired)
-            row["throughput_speedup"] = statistics.median(
-                r["throughput_batch64"] / f["throughput_batch64"] for f, r in paired
+    full = rows.get("full")
+    for row in rows.values():
+        if full is not None:
+            row["flops_ideal_speedup"] = full["flops_mean"] / row["flops_mean"]
+            row["latency_speedup"] = paired_median_ratio(full["latency_p50_ms_each"], row["latency_p50_ms_each"])
+            row["throughput_speedup"] = paired_median_ratio(
+                row["throughput_batch64_each"], full["throughput_batch64_each"]
             )
     return {
         "images": len(images),
