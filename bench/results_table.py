@@ -42,13 +42,18 @@ def parameter_count(folder: Path) -> int:
 
 
 def _unshipped_backbone(folder: Path, training: dict[str, Any]) -> str:
-    """How the backbone a BlockDrop model started from was trained, when that backbone is not shipped beside it."""
-    backbone = training.get("backbone_training")
-    if not backbone or (folder.parent / training["started_from"]).exists():
+    """How the backbone a BlockDrop model started from was trained, when that backbone is not shipped beside it.
+    The record naming it is the model's own, or an earlier stage's (a model adapted after its finetuning)."""
+    record = training
+    while record and "backbone_training" not in record:
+        record = record.get("earlier")
+    if not record or (folder.parent / record["started_from"]).exists():
         return ""
+    backbone = record["backbone_training"]
     hours = backbone.get("train_seconds", 0) / 3600
     command = backbone.get("command", "?")
-    return f"; its backbone: {hours:.2f} h over `{command}`{_earlier_commands(backbone)}"
+    which = "its backbone" if record is training else f"its backbone `{record['started_from']}`"
+    return f"; {which}: {hours:.2f} h over `{command}`{_earlier_commands(backbone)}"
 
 
 def _earlier_commands(training: dict[str, Any]) -> str:

@@ -150,6 +150,14 @@ def test_results_table_renders_recorded_test_figures(tmp_path):
     assert expected in render(tmp_path)
     (tmp_path / "sd").mkdir()  # shipped beside it: its own row says how it was trained
     assert "0.50 h; `blockdrop train finetune` (from `sd`) |" in render(tmp_path)
+    # adapted after that finetuning: the backbone is named in the earlier stage's record
+    finetuned = manifest.training | {"started_from": "sd2"}
+    manifest.training = {"train_seconds": 3600, "command": "blockdrop train adapt", "started_from": "ft"}
+    manifest.training["earlier"] = finetuned
+    write_manifest(tmp_path / "cifar10-resnet32-blockdrop", manifest)
+    expected = "1.00 h; `blockdrop train adapt`, after `blockdrop train finetune` (from `ft`; its backbone `sd2`: "
+    expected += "2.00 h over `blockdrop train backbone --random-drop 0.5`, after `blockdrop train policy`)"
+    assert expected in render(tmp_path)
     assert artifacts  # the fixture's paths were moved above
 
 

@@ -1,4 +1,4 @@
-"""``blockdrop train {backbone,policy,finetune,slim,biglittle}``."""
+"""``blockdrop train {backbone,policy,finetune,adapt,slim,biglittle}``."""
 
 from __future__ import annotations
 
@@ -91,6 +91,20 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     add_distill_options(finetune, "on every sampled mask (e.g. the backbone the model started from)")
     add_reinforce_options(finetune, epochs=10, lr=1e-4)
     finetune.set_defaults(handler=_run("training.policy", "finetune"))
+
+    adapt = command("adapt", "fit a BlockDrop artifact's backbone to its frozen policy's masks at one threshold")
+    add_common_options(adapt)
+    adapt.add_argument("--model", required=True, help="BlockDrop artifact (from 'train finetune')")
+    adapt.add_argument(
+        "--threshold",
+        type=float,
+        help="the policy threshold to adapt to and serve at; it fixes the masks and FLOPs (default: the artifact's)",
+    )
+    adapt.add_argument("--epochs", type=int, default=15, help="epochs of the one-cycle schedule")
+    adapt.add_argument("--lr", type=float, default=0.02, help="peak of the one-cycle schedule (SGD)")
+    adapt.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    add_distill_options(adapt, "on the policy's masks (e.g. the full network)")
+    adapt.set_defaults(handler=_run("training.adapt", "train_adapt"))
 
     slim = command("slim", "Network Slimming: sparsity training, pruning, fine-tuning")
     add_common_options(slim)

@@ -73,6 +73,7 @@ def export_blockdrop(
     history: list[dict],
     stage: str,
     extra: dict[str, Any] | None = None,
+    threshold: float = 0.5,
 ) -> Manifest:
     last = history[-1] if history else {}
     training = provenance(args, history, stage) | {"started_from": source.name}
@@ -88,7 +89,7 @@ def export_blockdrop(
         input=source.input,
         metrics={k: v for k, v in last.items() if k.startswith("val_")},
         training=training | (extra or {}),
-        defaults={"threshold": 0.5},
+        defaults={"threshold": threshold},
     )
     return save_artifact(model, args.out, manifest)
 

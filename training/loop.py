@@ -114,10 +114,12 @@ def fit(
     teacher: nn.Module | None = None,
     description: str = "train",
     device: torch.device | str = "cpu",
+    run_settings: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``device``, resuming from ``run`` if it holds a checkpoint; returns the epoch
     log, with the model back on the CPU. With a ``teacher`` (a frozen full network) the loss is
-    ``(1 - w) CE + w KD`` with ``config.distill_weight``."""
+    ``(1 - w) CE + w KD`` with ``config.distill_weight``. ``run_settings`` are settings outside ``config`` that a
+    resumed run must share too (it is refused otherwise)."""
     torch.manual_seed(config.seed)
     normalize = normalize.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -136,7 +138,8 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup
     )
-    start_epoch = _resume(run, model, optimizer, schedule, asdict(config))
+    settings = asdict(config) | (run_settings or {})
+    start_epoch = _resume(run, model, optimizer, schedule, settings)
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         torch.manual_seed(config.seed * 100_003 + epoch)  # random block drops replay on resume
@@ -154,7 +157,7 @@ def fit(
         run.save(
             {
                 "epoch": epoch + 1,
-                "config": asdict(config),
+                "config": settings,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),

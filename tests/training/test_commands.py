@@ -328,3 +328,55 @@ def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_p
     assert set(rows) == {"full"} and rows["full"]["blocks_mean"] == model.num_blocks
     with pytest.raises(SystemExit, match="needs a ResNet or BlockDrop artifact"):
         _eval(tmp_path / "bl", cifar_root, "--val-size", "40", "--random-k", "3")
+
+
+def _adapt(trained, cifar_root, tmp_path, *options: str, name: str = "adapt") -> list[str]:
+    args = ["train", "adapt", "--model", str(trained / "ft-artifact"), "--data-root", str(cifar_root)]
+    return [*args, "--epochs", "2", "--run-dir", str(tmp_path / name), *TINY, "--max-batches", "5", *options]
+
+
+def test_adapt_trains_the_backbone_on_the_frozen_policys_masks(trained, cifar_root, tmp_path):
+    from training.data import Normalizer, load_cifar, train_val_split
+    from training.evaluate import evaluate_blockdrop
+
+    out = tmp_path / "adapted"
+    assert blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "0.45", "--out", str(out))) == 0
+    source, adapted = load_artifact(trained / "ft-artifact"), load_artifact(out)
+    assert adapted.manifest.defaults["threshold"] == 0.45 and adapted.manifest.training["stage"] == "adapt"
+    assert adapted.manifest.training["earlier"] == source.manifest.training
+    assert adapted.manifest.training["epochs"] == source.manifest.training["epochs"] + 2
+    for key, value in source.policy.state_dict().items():  # the policy is frozen, BatchNorm statistics included
+        assert torch.equal(value, adapted.policy.state_dict()[key]), key
+    assert not all(torch.equal(v, adapted.backbone.state_dict()[k]) for k, v in source.backbone.state_dict().items())
+    # same policy, same masks: the validation blocks and FLOPs are the source model's at that threshold
+    _, val = train_val_split(load_cifar(cifar_root, "train"), 40, seed=0)
+    normalize = Normalizer(source.manifest.input.mean, source.manifest.input.std)
+    before = evaluate_blockdrop(source, val, normalize, threshold=0.45)
+    assert adapted.manifest.metrics["val_blocks_mean"] == pytest.approx(before["blocks_mean"])
+    assert adapted.manifest.metrics["val_flops_mean"] == pytest.approx(before["flops_mean"])
+
+
+def test_adapt_masks_are_the_served_ones_and_the_policy_stays_in_eval_mode(trained):
+    from models.blockdrop import run_backbone
+    from training.adapt import PolicyMaskedBackbone
+
+    model = load_artifact(trained / "ft-artifact")
+    masked = PolicyMaskedBackbone(model.backbone, model.policy, 0.5).train()
+    assert masked.backbone.training and not masked.policy.training
+    x = torch.randn(6, 3, 32, 32)
+    served = model.infer(x, threshold=0.5)
+    assert torch.equal(masked.keep_mask(x), served.keep_mask)
+    masked.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), run_backbone(model.backbone, x, served.keep_mask))
+
+
+def test_adapt_refuses_a_plain_resnet_and_a_changed_threshold_on_resume(trained, cifar_root, tmp_path, capsys):
+    plain = ["train", "adapt", "--model", str(trained / "bb-artifact"), "--data-root", str(cifar_root)]
+    with pytest.raises(SystemExit, match="needs a BlockDrop artifact"):
+        blockdrop([*plain, "--run-dir", str(tmp_path / "plain"), *TINY])
+    with pytest.raises(SystemExit, match="must be in"):
+        blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "1.5", name="bad"))
+    assert blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "0.4", "--epochs", "1")) == 0
+    assert blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "0.6", "--epochs", "1")) == 2
+    assert "threshold: 0.4 -> 0.6" in capsys.readouterr().err
