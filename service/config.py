@@ -42,7 +42,7 @@ def default_variants() -> list[VariantSettings]:
     """Every shipped CIFAR-10 checkpoint, each with a fifth of the unpinned traffic."""
     shipped = (
         ("blockdrop", "cifar10-resnet32-blockdrop", "blockdrop"),
-        ("full", "cifar10-resnet32", "full"),
+        ("full", "cifar10-resnet32-e200", "full"),
         ("slim", "cifar10-resnet32-slim", "full"),
         ("slim-blockdrop", "cifar10-resnet32-slim-blockdrop", "blockdrop"),
         ("biglittle", "cifar10-blresnet", "full"),

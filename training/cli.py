@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         type=float,
         help="the policy threshold to adapt to and serve at; it fixes the masks and FLOPs (default: the artifact's)",
     )
-    adapt.add_argument("--epochs", type=int, default=15, help="epochs of the one-cycle schedule")
+    adapt.add_argument("--epochs", type=int, default=10, help="epochs of the one-cycle schedule")
     adapt.add_argument("--lr", type=float, default=0.02, help="peak of the one-cycle schedule (SGD)")
     adapt.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     add_distill_options(adapt, "on the policy's masks (e.g. the full network)")

@@ -10,7 +10,7 @@ def test_defaults_serve_the_shipped_checkpoints_evenly():
     settings = Settings()
     assert [(v.name, v.artifact.name, v.mode, v.weight) for v in settings.variants] == [
         ("blockdrop", "cifar10-resnet32-blockdrop", "blockdrop", 20),
-        ("full", "cifar10-resnet32", "full", 20),
+        ("full", "cifar10-resnet32-e200", "full", 20),
         ("slim", "cifar10-resnet32-slim", "full", 20),
         ("slim-blockdrop", "cifar10-resnet32-slim-blockdrop", "blockdrop", 20),
         ("biglittle", "cifar10-blresnet", "full", 20),
