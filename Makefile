@@ -19,7 +19,7 @@ test: $(BIN)/blockdrop
 	$(BIN)/pytest
 
 bench: $(BIN)/blockdrop
-	$(BIN)/python -m bench.executor
+	$(BIN)/blockdrop bench executor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

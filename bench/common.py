@@ -7,12 +7,10 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
-from cli.help_format import DefaultsInHelp
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,16 +53,3 @@ def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{name}.md").write_text(markdown)
     print(markdown)
-
-
-def main_for(
-    doc: str, add_arguments: Callable[[argparse.ArgumentParser], None], execute: Callable[[argparse.Namespace], int]
-) -> Callable[[list[str] | None], int]:
-    """A ``main(argv)`` for ``python -m bench.X``, from the same pieces ``blockdrop bench X`` uses."""
-
-    def main(argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=DefaultsInHelp)
-        add_arguments(parser)
-        return execute(parser.parse_args(argv))
-
-    return main

@@ -5,7 +5,7 @@ exactly that fraction of blocks. The FLOPs-ideal time is the full forward's time
 perfect executor would take. Times are medians from ``torch.utils.benchmark``; results go to
 ``bench/results/executor.{json,md}``.
 
-    python -m bench.executor            # or: blockdrop bench executor
+    blockdrop bench executor
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.common import RESULTS, machine_description, main_for, write_results
+from bench.common import RESULTS, machine_description, write_results
 from models.blockdrop import random_k_mask, run_backbone, run_backbone_masked
 from models.flops import measure_flops
 from models.resnet import cifar_resnet
@@ -110,8 +110,3 @@ def execute(args: argparse.Namespace) -> int:
     write_results(args.out, "executor", result, to_markdown(result))
     return 0
 
-
-main = main_for(__doc__, add_arguments, execute)
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,7 +5,7 @@ concurrency 1 (client-observed latency minus the model's inference time).
 
 Needs ``wrk`` (Debian package). Results go to ``bench/results/load.{json,md}``:
 
-    python -m bench.load --data-root DIR          # or: blockdrop bench load
+    blockdrop bench load --data-root DIR
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.common import RESULTS, machine_description, main_for, paired_median_ratio, positive_int, write_results
+from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
 
@@ -308,10 +308,3 @@ def execute(args: argparse.Namespace) -> int:
     result = run(args)
     write_results(args.out, "load", result, to_markdown(result))
     return 0
-
-
-main = main_for(__doc__, add_arguments, execute)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

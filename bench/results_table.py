@@ -1,9 +1,9 @@
-"""The README's results table, rendered from the shipped artifacts' manifests (nothing typed by hand).
+"""The results table of ``docs/results.md``, rendered from the shipped artifacts' manifests (nothing typed by hand).
 
 Each row's figures are the test-set figures that ``blockdrop eval ARTIFACT --split test --record`` stored in the
 manifest; the training time and command come from the manifest's provenance.
 
-    python -m bench.results_table        # writes bench/results/models.md
+    blockdrop bench results        # writes docs/results.md
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS
 from bench.variants import CHECKPOINTS
-from cli.help_format import DefaultsInHelp
 from models.artifacts import Manifest, read_manifest
+
+RESULTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "results.md"
+HEADER = (
+    "# Results\n\n"
+    "Generated from the manifests under `models/checkpoints/` by `blockdrop bench results`; do not edit by hand "
+    "(the test suite regenerates it and compares).\n\n"
+)
 
 ORDER = (
     "cifar10-resnet32",
@@ -167,16 +172,18 @@ def _against_plain(biglittle: Manifest, plain: Manifest) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsInHelp)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default=str(CHECKPOINTS), help="folder of artifacts")
-    parser.add_argument("--out", default=str(RESULTS / "models.md"), help="Markdown file to write")
-    args = parser.parse_args(argv)
-    table = render(Path(args.checkpoints))
-    Path(args.out).write_text(table)
-    print(table)
+    parser.add_argument("--out", default=str(RESULTS_PAGE), help="Markdown file to write")
+
+
+def page(checkpoints: Path) -> str:
+    """The whole Markdown page: the header that says where it comes from, then the table."""
+    return HEADER + render(checkpoints)
+
+
+def execute(args: argparse.Namespace) -> int:
+    text = page(Path(args.checkpoints))
+    Path(args.out).write_text(text)
+    print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ Phases of steady load (wrk, moderate concurrency) alternate with bursts far past
 second client keeps sending bad and awkward inputs. Every request must get a response; the only 5xx allowed is
 a deliberate 503; the server's resident memory is sampled throughout and reported before / after.
 
-    python -m bench.soak --data-root DIR --minutes 5       # or: blockdrop bench soak
+    blockdrop bench soak --data-root DIR --minutes 5
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, main_for, write_results
+from bench.common import RESULTS, machine_description, write_results
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
 
@@ -167,10 +167,3 @@ def execute(args: argparse.Namespace) -> int:
     result = run(args)
     write_results(args.out, "soak", result, to_markdown(result))
     return 0 if not result["unexpected_5xx"] and result["ready_after"] else 1
-
-
-main = main_for(__doc__, add_arguments, execute)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@ batch-64 throughput, with the ratios to the full ResNet and to the FLOPs-ideal s
 
 Results go to ``bench/results/variants.{json,md}``:
 
-    python -m bench.variants --data-root DIR      # or: blockdrop bench variants
+    blockdrop bench variants --data-root DIR
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import ValidationError
 
-from bench.common import RESULTS, machine_description, main_for, paired_median_ratio, positive_int, write_results
+from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
 from service.config import VariantSettings
 from service.variants import Variant, load_variant
 
@@ -246,10 +246,3 @@ def execute(args: argparse.Namespace) -> int:
     name = "variants" if args.layout == "served" else f"variants-{args.layout}"
     write_results(args.out, name, result, to_markdown(result))
     return 0
-
-
-main = main_for(__doc__, add_arguments, execute)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

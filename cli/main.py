@@ -10,11 +10,11 @@ import sys
 
 # subcommand -> (module with ``register(subparsers)``, one-line help)
 _COMMANDS = {
-    "serve": ("service.cli", "run the inference service"),
-    "train": ("training.cli", "train backbones, policies and the static variants"),
-    "eval": ("training.evaluate_cli", "evaluate an artifact on CIFAR (the paper's Table 1)"),
-    "bench": ("bench.cli", "benchmark the executor and every variant"),
-    "import-official": ("models.import_cli", "convert an original BlockDrop checkpoint into an artifact"),
+    "serve": ("cli.serve", "run the inference service"),
+    "train": ("cli.train", "train backbones, policies and the static variants"),
+    "eval": ("cli.eval", "evaluate an artifact on CIFAR (the paper's Table 1)"),
+    "bench": ("cli.bench", "benchmark the executor and every variant"),
+    "import-official": ("cli.import_official", "convert an original BlockDrop checkpoint into an artifact"),
 }
 
 

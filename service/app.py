@@ -11,10 +11,12 @@ import torch
 from anyio import to_thread
 from fastapi import FastAPI
 
+from models.device import resolve_device
+from service import __version__
 from service.api import health, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimit, RequestMetrics
-from service.config import Settings, resolve_device
+from service.config import Settings
 from service.dataplane import DataPlane
 from service.metrics import ServiceMetrics
 from service.variants import load_variant
@@ -23,15 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def cpu_inference_threads() -> int:
-    """All cores but one: the event loop (HTTP, image decoding) keeps a core of its own. On the 2-core
-    development machine, sharing both cores with torch's intra-op threads made the service's single-image
-    inference several times slower than the same model outside it."""
+    """All cores but one: the event loop (HTTP, image decoding) keeps a core of its own, because torch's
+    intra-op threads spinning on every core starve it and make small-batch inference slower, not faster."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
     """Load every variant (fails fast, naming the variant, if an artifact is bad)."""
-    device = resolve_device(settings.device)
+    device = str(resolve_device(settings.device))
     threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="BlockDrop serving",
-        version="0.1.0",
+        version=__version__,
         description="Dynamic-inference ResNets: per-image block dropping, with static variants to A/B test against.",
         lifespan=lifespan,
     )

@@ -123,12 +123,3 @@ class Settings(BaseSettings):
                 sources += (JsonConfigSettingsSource(settings_cls, json_file=path),)
         return sources
 
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
-    return device

@@ -18,11 +18,12 @@ from torch import Tensor
 
 from service.batching import ImageResult, MicroBatcher
 from service.config import Settings
-from service.errors import DeadlineExceeded, NotFound, Overloaded, Unprocessable
+from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unprocessable
 from service.feedback import PredictionStore
 from service.imaging import ImagePreprocessor
 from service.metrics import ServiceMetrics
 from service.routing import Router
+from service.tensors import InputTensor, OutputTensor, image_shapes, images_from, outputs_from, requested_outputs
 from service.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,35 @@ class DataPlane:
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 
-    async def infer_tensor(self, variant: Variant, batch: Tensor) -> list[ImageResult]:
-        """Run a ready, normalised batch [N, 3, H, W] (the v2 protocol's input)."""
+    async def infer_tensors(
+        self, model_name: str, inputs: list[InputTensor], output_names: list[str] | None = None
+    ) -> list[OutputTensor]:
+        """The tensor protocols' inference: one image tensor in, the named outputs (default: all) out."""
+        variant = self.variant(model_name)
+        if len(inputs) != 1:
+            raise BadInput(f"{model_name} takes exactly one input tensor, got {len(inputs)}")
+        wanted = requested_outputs(output_names)
+        batch = images_from(inputs[0], variant.manifest.input, self.settings.max_images_per_request)
         self._refuse_if_draining()
-        return await self._run(variant, list(batch), time.monotonic())
+        results = await self._run(variant, list(batch), time.monotonic())
+        return outputs_from(results, len(variant.manifest.classes), variant.num_blocks, wanted)
+
+    def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """Inputs and outputs of one model, as the tensor protocols describe them."""
+        variant = self.variant(model_name)
+        shapes = image_shapes(variant.manifest.input)
+        return {
+            "name": model_name,
+            "inputs": [
+                {"name": "images", "datatype": "FP32", "shape": [-1, *shapes["FP32"]]},
+                {"name": "images", "datatype": "UINT8", "shape": [-1, *shapes["UINT8"]]},
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, len(variant.manifest.classes)]},
+                {"name": "keep_mask", "datatype": "BOOL", "shape": [-1, variant.num_blocks]},
+                {"name": "flops", "datatype": "INT64", "shape": [-1]},
+            ],
+        }
 
     def feedback(self, request_id: str, label: int | str) -> dict[str, Any]:
         served = self.store.get(request_id)

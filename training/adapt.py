@@ -53,7 +53,7 @@ class PolicyMaskedBackbone(nn.Module):
 def load_blockdrop(path: str) -> BlockDropModel:
     model = load_artifact(path)
     if getattr(model, "policy", None) is None:
-        raise SystemExit(f"{path}: train adapt needs a BlockDrop artifact (with a policy), not a {model.manifest.kind}")
+        raise ValueError(f"{path}: train adapt needs a BlockDrop artifact (with a policy), not a {model.manifest.kind}")
     return model
 
 
@@ -62,12 +62,12 @@ def train_adapt(args: argparse.Namespace) -> int:
     manifest = model.manifest
     threshold = args.threshold if args.threshold is not None else manifest.defaults.get("threshold", 0.5)
     if not 0.0 < threshold < 1.0:
-        raise SystemExit(f"--threshold must be in (0, 1), got {threshold}")
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if manifest.input.mean is None:
-        raise SystemExit(f"{args.model}: train adapt needs a model trained here (mean/std-normalised input)")
+        raise ValueError(f"{args.model}: train adapt needs a model trained here (mean/std-normalised input)")
     train, val = load_training_split(args)
     if list(manifest.classes) != list(train.classes):
-        raise SystemExit(f"{args.model}: its classes are not those of --dataset {args.dataset}")
+        raise ValueError(f"{args.model}: its classes are not those of --dataset {args.dataset}")
     normalize = Normalizer(manifest.input.mean, manifest.input.std)
     torch.manual_seed(args.seed)
     masked = PolicyMaskedBackbone(model.backbone, model.policy, threshold)

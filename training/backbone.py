@@ -52,9 +52,9 @@ def start_from_artifact(path: str, kind: str, described: str, dataset: str, clas
     """The ``--init-from`` artifact, refused with a plain message unless it is of ``kind`` for ``dataset``."""
     source = load_artifact(path)
     if source.manifest.kind != kind:
-        raise SystemExit(f"{path}: --init-from takes {described} artifact, not one of kind {source.manifest.kind}")
+        raise ValueError(f"{path}: --init-from takes {described} artifact, not one of kind {source.manifest.kind}")
     if source.manifest.input != dataset_input(dataset) or list(source.manifest.classes) != list(classes):
-        raise SystemExit(f"{path}: it was trained on other input or classes than --dataset {dataset}")
+        raise ValueError(f"{path}: it was trained on other input or classes than --dataset {dataset}")
     return source
 
 

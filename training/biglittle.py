@@ -23,7 +23,7 @@ def train_biglittle(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.init_from:
         if any(value is not None for value in (args.blocks, args.alpha, args.beta, args.plain_stages)):
-            raise SystemExit(
+            raise ValueError(
                 "--blocks, --alpha, --beta and --plain-stages shape a new network; "
                 "--init-from keeps its artifact's shape"
             )

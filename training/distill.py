@@ -37,7 +37,7 @@ def load_teacher(path: str, expected_input: InputSpec, expected_classes: list[st
     """The full network of artifact ``path``, frozen; it must read the same input and predict the same classes."""
     teacher = load_artifact(path)
     if teacher.manifest.input != expected_input or list(teacher.manifest.classes) != list(expected_classes):
-        raise SystemExit(f"{path}: the teacher must take the same input and predict the same classes as the model")
+        raise ValueError(f"{path}: the teacher must take the same input and predict the same classes as the model")
     network = getattr(teacher, "backbone", teacher)  # a BlockDrop or ResNet artifact's full backbone, or a bL-ResNet
     return network.eval().requires_grad_(False)
 

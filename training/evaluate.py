@@ -1,6 +1,10 @@
-"""Evaluation of a BlockDrop model on an image set: accuracy, blocks, FLOPs and distinct policies (Table 1)."""
+"""Evaluation of a model on an image set: accuracy, blocks, FLOPs and distinct policies, and the paper's Table 1
+(the full network, FirstK, RandomK and BlockDrop) with a threshold sweep."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,3 +45,58 @@ def evaluate_blockdrop(
         "flops_mean": torch.cat(flops).mean().item(),
         "distinct_policies": len(masks),
     }
+
+
+def evaluate_table(
+    model, data, threshold: float, sweep: list[float], seed: int, random_k: Sequence[int] = ()
+) -> dict[str, Any]:
+    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
+    rows = {"full": evaluate_blockdrop(model, data, normalize, mode="full")}
+    result: dict[str, Any] = {"images": len(data), "full_network_flops": model.flops_table.full, "rows": rows}
+    if random_k:
+        result["random_k_sweep"] = [
+            {"k": k} | evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed) for k in random_k
+        ]
+    if getattr(model, "policy", None) is None:
+        return result
+    blockdrop = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
+    k = round(blockdrop["blocks_mean"])
+    rows["first_k"] = evaluate_blockdrop(model, data, normalize, mode="first_k", k=k)
+    rows["random_k"] = evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed)
+    rows["blockdrop"] = blockdrop
+    result |= {"k": k, "threshold": threshold}
+    result["sweep"] = [
+        {"threshold": t} | evaluate_blockdrop(model, data, normalize, mode="policy", threshold=t) for t in sweep
+    ]
+    return result
+
+
+def format_table(name: str, split: str, result: dict[str, Any]) -> str:
+    full_flops = result["full_network_flops"]
+    lines = [
+        f"{name} on {split} ({result['images']} images); FLOPs include the policy where it runs",
+        f"{'model':<12} {'accuracy':>9} {'blocks':>14} {'FLOPs':>10} {'of full':>8} {'policies':>9}",
+    ]
+    labels = {
+        "full": "Full network",
+        "first_k": f"FirstK={result.get('k')}",
+        "random_k": f"RandomK={result.get('k')}",
+        "blockdrop": "BlockDrop",
+    }
+    for key, row in result["rows"].items():
+        lines.append(_row(labels[key], row, full_flops))
+    if result.get("random_k_sweep"):
+        lines += ["", "blocks chosen at random:"]
+        lines += [_row(f"RandomK={row['k']}", row, full_flops) for row in result["random_k_sweep"]]
+    if result.get("sweep"):
+        lines += ["", "threshold sweep:"]
+        lines += [_row(f"t={row['threshold']:g}", row, full_flops) for row in result["sweep"]]
+    return "\n".join(lines)
+
+
+def _row(label: str, row: dict[str, float], full_flops: int) -> str:
+    blocks = f"{row['blocks_mean']:.2f} ± {row['blocks_std']:.2f}"
+    return (
+        f"{label:<12} {row['accuracy'] * 100:>8.2f}% {blocks:>14} {row['flops_mean']:>10.3g} "
+        f"{row['flops_mean'] / full_flops * 100:>7.1f}% {row['distinct_policies']:>9}"
+    )

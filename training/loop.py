@@ -1,17 +1,15 @@
 """The supervised training loop shared by the backbone, slimming and Big-Little commands.
 
-SGD with Nesterov momentum under a one-cycle schedule (gets far in few epochs), bf16 autocast where the CPU has
-native bf16 (about 2.5x faster than fp32 with AMX / AVX-512 BF16) and channels-last (1.6x faster than NCHW in
-fp32 on an AVX2 CPU), a checkpoint every epoch, validation
-every epoch, a progress bar and a JSON-lines log. A resumed run replays exactly: data order and augmentation
-depend only on (seed, epoch). ``--device cuda`` trains on a GPU (bf16 autocast by default there): batches are
-drawn and augmented on the CPU as uint8 and moved over, and the step statistics stay on the device so that no
-step waits for the GPU to finish.
+SGD with Nesterov momentum under a one-cycle schedule (it gets far in few epochs), bf16 autocast where the CPU
+computes bf16 natively (AMX / AVX-512 BF16; emulated bf16 is far slower than fp32) and channels-last memory
+(faster convolutions on the CPU); the epochs, checkpoints and log come from ``training.epochs``. A resumed run
+replays exactly: data order and augmentation depend only on (seed, epoch). ``--device cuda`` trains on a GPU
+(bf16 autocast by default there): batches are drawn and augmented on the CPU as uint8 and moved over, and the
+step statistics stay on the device so that no step waits for the GPU to finish.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -23,6 +21,7 @@ from tqdm import tqdm
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, num_batches
 from training.distill import supervised_loss
+from training.epochs import EpochDriver, epoch_seed
 
 
 @dataclass(frozen=True)
@@ -51,22 +50,9 @@ POSTFIX_EVERY = 50  # steps between progress-bar statistics
 AfterBackward = Callable[[nn.Module], None]
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``--device``, refused with a plain message when it names a GPU this machine does not have."""
-    try:
-        device = torch.device(requested)
-    except RuntimeError as error:
-        raise SystemExit(f"--device {requested!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {requested}: no CUDA GPU is visible to torch on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SystemExit(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
-    return device
-
-
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware. Without it oneDNN emulates bf16, and a bf16-autocast training
-    step is many times slower than fp32 (measured 14x on an AVX2-only CPU)."""
+    step is many times slower than fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
@@ -121,7 +107,6 @@ def fit(
     ``(1 - w) CE + w KD`` with ``config.distill_weight``. ``run_settings`` are settings outside ``config`` that a
     resumed run must share too (it is refused otherwise)."""
     torch.manual_seed(config.seed)
-    normalize = normalize.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if teacher is not None:
         teacher.eval().requires_grad_(False)  # in train mode its BatchNorm statistics would drift
@@ -138,84 +123,100 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup
     )
-    settings = asdict(config) | (run_settings or {})
-    start_epoch = _resume(run, model, optimizer, schedule, settings)
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
-        torch.manual_seed(config.seed * 100_003 + epoch)  # random block drops replay on resume
-        train_stats = _train_epoch(
-            model, train, normalize, config, epoch, optimizer, schedule, after_backward, teacher, description, device
-        )
-        val_stats = evaluate_classifier(model, val, normalize, config, device)
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 1), "lr": schedule.get_last_lr()[0]}
-        record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
-        run.log(record)
-        tqdm.write(
-            f"{description} epoch {epoch + 1}/{config.epochs}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-        )
-        run.save(
-            {
-                "epoch": epoch + 1,
-                "config": settings,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-            }
-        )
+    steps = SupervisedSteps(
+        model,
+        train,
+        normalize.to(device),
+        config,
+        optimizer,
+        schedule,
+        torch.device(device),
+        after_backward,
+        teacher,
+        description,
+    )
+    driver = EpochDriver(
+        run,
+        config.epochs,
+        config.seed,
+        description,
+        settings=asdict(config) | (run_settings or {}),
+        state={"model": model, "optimizer": optimizer, "schedule": schedule},
+    )
+    history = driver.drive(
+        steps.train_epoch,
+        lambda epoch: evaluate_classifier(model, val, steps.normalize, config, device),
+        annotate=lambda epoch: {"lr": schedule.get_last_lr()[0]},
+    )
     model.eval().to("cpu")
     if teacher is not None:
         teacher.to("cpu")
-    return run.history()
+    return history
 
 
-def _resume(run: RunFolder, model: nn.Module, optimizer, schedule, config: dict) -> int:
-    state = run.load()
-    if state is None:
-        return 0
-    run.check_config(state, config)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    tqdm.write(f"resuming {run.path} after epoch {state['epoch']}")
-    return int(state["epoch"])
+@dataclass
+class SupervisedSteps:
+    """One supervised epoch: what it trains, on what, and how each step updates."""
 
+    model: nn.Module
+    train: ImageSet
+    normalize: Normalizer  # already on the training device
+    config: FitConfig
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    after_backward: AfterBackward | None = None
+    teacher: nn.Module | None = None
+    description: str = "train"
 
-def _train_epoch(
-    model, train, normalize, config, epoch, optimizer, schedule, after_backward, teacher, description, device
-) -> dict:
-    model.train()
-    steps = config.steps_per_epoch(train)
-    batches = iterate_batches(
-        train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True
-    )
-    seen = 0
-    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-    with tqdm(total=steps, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, mininterval=5) as bar:
-        for step, (images, labels) in enumerate(batches):
-            if step == steps:
-                break
-            x = to_input(images, normalize, config.channels_last, device)
-            labels = labels.to(device, non_blocking=True)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad(), autocast(config.bf16, device):
-                    teacher_logits = teacher(x).float()
-            with autocast(config.bf16, device):
-                logits = model(x)
-                loss = supervised_loss(
-                    logits.float(), labels, teacher_logits, config.distill_weight, config.distill_temperature
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(model)
-            optimizer.step()
-            schedule.step()
-            seen += len(labels)
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
-            bar.update()
-            if step % POSTFIX_EVERY == 0:  # reading the statistics waits for the device
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
-    return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        model, config, device = self.model, self.config, self.device
+        model.train()
+        steps = config.steps_per_epoch(self.train)
+        batches = iterate_batches(
+            self.train,
+            config.batch_size,
+            shuffle=True,
+            augment=True,
+            seed=epoch_seed(config.seed, epoch),
+            drop_last=True,
+        )
+        seen = 0
+        correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+        with tqdm(
+            total=steps, desc=f"{self.description} {epoch + 1}/{config.epochs}", leave=False, mininterval=5
+        ) as bar:
+            for step, (images, labels) in enumerate(batches):
+                if step == steps:
+                    break
+                x = to_input(images, self.normalize, config.channels_last, device)
+                labels = labels.to(device, non_blocking=True)
+                logits, loss = self._step(x, labels)
+                seen += len(labels)
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+                bar.update()
+                if step % POSTFIX_EVERY == 0:  # reading the statistics waits for the device
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False
+                    )
+        return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+
+    def _step(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        config = self.config
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad(), autocast(config.bf16, x.device):
+                teacher_logits = self.teacher(x).float()
+        with autocast(config.bf16, x.device):
+            logits = self.model(x)
+            loss = supervised_loss(
+                logits.float(), labels, teacher_logits, config.distill_weight, config.distill_temperature
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.after_backward is not None:
+            self.after_backward(self.model)
+        self.optimizer.step()
+        self.schedule.step()
+        return logits, loss

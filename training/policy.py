@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from models import load_artifact
@@ -22,9 +21,10 @@ from models.policy import PolicyConfig, PolicyNet
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
 from training.distill import distill_settings, distillation_record, load_teacher, supervised_loss
+from training.epochs import EpochDriver, epoch_seed
 from training.evaluate import evaluate_blockdrop
 from training.loop import POSTFIX_EVERY, autocast, resolve_bf16
-from training.reinforce import block_reward, policy_gradient_loss, sample_actions
+from training.reinforce import PolicyActions, block_reward, policy_gradient_loss, sample_actions
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,6 @@ def train_blockdrop(
     """Train in place on ``device``, resuming from ``run``; ``teacher`` (a full network, joint training only) is
     distilled into the backbone's sampled-mask predictions. The model ends on the CPU."""
     model.to(device)
-    normalize = normalize.to(device)
     if teacher is not None:
         teacher.eval().requires_grad_(False).to(device)
     torch.manual_seed(config.seed)
@@ -70,95 +69,101 @@ def train_blockdrop(
     if config.joint:
         groups.append({"params": list(model.backbone.parameters()), "lr": config.lr})
     optimizer = torch.optim.Adam(groups, lr=config.lr)
-    start_epoch = _resume(run, model, optimizer, config)
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
-        released = released_blocks(config, epoch, model.num_blocks)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # the Bernoulli samples replay on resume
-        train_stats = _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher, device)
-        val_stats = _validate(model, val, normalize, config, released, device)
-        record = {"epoch": epoch + 1, "released": released, "seconds": round(time.time() - started, 1)}
-        record |= {f"train_{k}": v for k, v in train_stats.items()} | {f"val_{k}": v for k, v in val_stats.items()}
-        run.log(record)
-        tqdm.write(
-            f"{'finetune' if config.joint else 'policy'} epoch {epoch + 1}/{config.epochs}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-        )
-        run.save(
-            {
-                "epoch": epoch + 1,
-                "config": asdict(config),
-                "policy": model.policy.state_dict(),
-                "backbone": model.backbone.state_dict(),
-                "optimizer": optimizer.state_dict(),
-            }
-        )
+    steps = PolicySteps(model, train, normalize.to(device), config, optimizer, torch.device(device), teacher)
+    driver = EpochDriver(
+        run,
+        config.epochs,
+        config.seed,
+        "finetune" if config.joint else "policy",
+        settings=asdict(config),
+        state={"policy": model.policy, "backbone": model.backbone, "optimizer": optimizer},
+    )
+    history = driver.drive(
+        steps.train_epoch,
+        lambda epoch: _validate(model, val, steps.normalize, config, steps.released(epoch), steps.device),
+        annotate=lambda epoch: {"released": steps.released(epoch)},
+    )
     model.eval().to("cpu")
     if teacher is not None:
         teacher.to("cpu")
-    return run.history()
+    return history
 
 
-def _resume(run: RunFolder, model: BlockDropModel, optimizer: torch.optim.Optimizer, config: PolicyTrainConfig) -> int:
-    state = run.load()
-    if state is None:
-        return 0
-    run.check_config(state, asdict(config))
-    model.policy.load_state_dict(state["policy"])
-    model.backbone.load_state_dict(state["backbone"])
-    optimizer.load_state_dict(state["optimizer"])
-    tqdm.write(f"resuming {run.path} after epoch {state['epoch']}")
-    return int(state["epoch"])
+@dataclass
+class PolicySteps:
+    """One REINFORCE epoch: sample masks from the policy, run the backbone on them (the executor skips the dropped
+    blocks), reward against the greedy masks' baseline, update the policy (and the backbone when joint)."""
 
+    model: BlockDropModel
+    train: ImageSet
+    normalize: Normalizer  # already on the training device
+    config: PolicyTrainConfig
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    teacher: nn.Module | None = None
 
-def _train_epoch(model, train, normalize, config, epoch, released, optimizer, teacher, device) -> dict[str, float]:
-    model.policy.train()
-    model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
-    steps = num_batches(train, config.batch_size, drop_last=True)
-    steps = min(steps, config.max_batches) if config.max_batches else steps
-    batches = iterate_batches(
-        train, config.batch_size, shuffle=True, augment=True, seed=config.seed * 100_003 + epoch, drop_last=True
-    )
-    totals = {name: torch.zeros((), device=device) for name in ("reward", "accuracy", "blocks")}
-    seen = 0
-    with tqdm(total=steps, desc=f"epoch {epoch + 1} ({released} released)", leave=False, mininterval=5) as bar:
-        for step, (images, labels) in enumerate(batches):
-            if step == steps:
-                break
-            x = normalize(images.to(device, non_blocking=True))
-            labels = labels.to(device, non_blocking=True)
-            with autocast(config.bf16, device):
-                probabilities = model.policy(x).float()
-            actions = sample_actions(probabilities, config.alpha, released)
-            with torch.no_grad(), autocast(config.bf16, device):
-                greedy_logits = run_backbone(model.backbone, x, actions.greedy)
-            with torch.set_grad_enabled(config.joint), autocast(config.bf16, device):
-                sampled_logits = run_backbone(model.backbone, x, actions.sampled).float()
-            sampled_right = sampled_logits.argmax(1) == labels
-            reward = block_reward(sampled_right, actions.sampled, config.penalty)
-            baseline = block_reward(greedy_logits.argmax(1) == labels, actions.greedy, config.penalty)
-            loss = policy_gradient_loss(actions, reward - baseline, config.entropy_weight)
-            if config.joint:
-                teacher_logits = None
-                if teacher is not None:
-                    with torch.no_grad(), autocast(config.bf16, device):
-                        teacher_logits = teacher(x).float()
-                loss = loss + supervised_loss(
-                    sampled_logits, labels, teacher_logits, config.distill_weight, config.distill_temperature
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(labels)
-            seen += n
-            totals["reward"] += reward.sum().detach()
-            totals["accuracy"] += sampled_right.sum()
-            totals["blocks"] += actions.sampled.float().sum()
-            bar.update()
-            if step % POSTFIX_EVERY == 0:  # reading the statistics waits for the device
-                reward_mean, blocks_mean = totals["reward"].item() / seen, totals["blocks"].item() / seen
-                bar.set_postfix(reward=f"{reward_mean:.3f}", blocks=f"{blocks_mean:.2f}", refresh=False)
-    return {k: v.item() / seen for k, v in totals.items()}
+    def released(self, epoch: int) -> int:
+        return released_blocks(self.config, epoch, self.model.num_blocks)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        model, config, device = self.model, self.config, self.device
+        model.policy.train()
+        model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
+        steps = num_batches(self.train, config.batch_size, drop_last=True)
+        steps = min(steps, config.max_batches) if config.max_batches else steps
+        batches = iterate_batches(
+            self.train,
+            config.batch_size,
+            shuffle=True,
+            augment=True,
+            seed=epoch_seed(config.seed, epoch),
+            drop_last=True,
+        )
+        released = self.released(epoch)
+        totals = {name: torch.zeros((), device=device) for name in ("reward", "accuracy", "blocks")}
+        seen = 0
+        with tqdm(total=steps, desc=f"epoch {epoch + 1} ({released} released)", leave=False, mininterval=5) as bar:
+            for step, (images, labels) in enumerate(batches):
+                if step == steps:
+                    break
+                x = self.normalize(images.to(device, non_blocking=True))
+                labels = labels.to(device, non_blocking=True)
+                reward, sampled_right, actions = self._step(x, labels, released)
+                seen += len(labels)
+                totals["reward"] += reward.sum().detach()
+                totals["accuracy"] += sampled_right.sum()
+                totals["blocks"] += actions.sampled.float().sum()
+                bar.update()
+                if step % POSTFIX_EVERY == 0:  # reading the statistics waits for the device
+                    reward_mean, blocks_mean = totals["reward"].item() / seen, totals["blocks"].item() / seen
+                    bar.set_postfix(reward=f"{reward_mean:.3f}", blocks=f"{blocks_mean:.2f}", refresh=False)
+        return {k: v.item() / seen for k, v in totals.items()}
+
+    def _step(self, x: Tensor, labels: Tensor, released: int) -> tuple[Tensor, Tensor, PolicyActions]:
+        model, config = self.model, self.config
+        with autocast(config.bf16, x.device):
+            probabilities = model.policy(x).float()
+        actions = sample_actions(probabilities, config.alpha, released)
+        with torch.no_grad(), autocast(config.bf16, x.device):
+            greedy_logits = run_backbone(model.backbone, x, actions.greedy)
+        with torch.set_grad_enabled(config.joint), autocast(config.bf16, x.device):
+            sampled_logits = run_backbone(model.backbone, x, actions.sampled).float()
+        sampled_right = sampled_logits.argmax(1) == labels
+        reward = block_reward(sampled_right, actions.sampled, config.penalty)
+        baseline = block_reward(greedy_logits.argmax(1) == labels, actions.greedy, config.penalty)
+        loss = policy_gradient_loss(actions, reward - baseline, config.entropy_weight)
+        if config.joint:
+            teacher_logits = None
+            if self.teacher is not None:
+                with torch.no_grad(), autocast(config.bf16, x.device):
+                    teacher_logits = self.teacher(x).float()
+            loss = loss + supervised_loss(
+                sampled_logits, labels, teacher_logits, config.distill_weight, config.distill_temperature
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return reward, sampled_right, actions
 
 
 @torch.no_grad()

@@ -89,7 +89,7 @@ def _continue_finetuning(args: argparse.Namespace, train, val, normalize, teache
     source = load_artifact(args.continue_from)
     earlier = source.manifest.training
     if "slimming" not in earlier:
-        raise SystemExit(f"{args.continue_from} is not a pruned artifact from 'blockdrop train slim'")
+        raise ValueError(f"{args.continue_from} is not a pruned artifact from 'blockdrop train slim'")
     pruned = source.backbone.train()
     config = fit_config_from_args(args, epochs=args.finetune_epochs, lr=args.finetune_lr)
     run = RunFolder(Path(args.run_dir) / "finetune")

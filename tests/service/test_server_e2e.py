@@ -152,8 +152,8 @@ def test_the_server_parses_http_with_httptools_on_asyncios_loop():
     loop even where uvloop is installed (uvloop starved some connections under overload)."""
     import asyncio
 
-    from service.cli import uvicorn_config
     from service.config import Settings
+    from service.server import uvicorn_config
 
     config = uvicorn_config(app=lambda scope, receive, send: None, settings=Settings())
     config.load()

@@ -75,7 +75,7 @@ def test_body_without_content_type_is_read_as_json(client):
         ({"name": "x", "datatype": "FP16", "shape": [1, 3, 32, 32], "data": [0.0]}, "datatype must be"),
         ({"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0]}, "shape must be"),
         ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}, "needs 3072"),
-        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "list of numbers"),
+        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "inputs[0].data"),
         ({"name": "x", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [300] * 3072}, "between 0 and 255"),
     ],
 )

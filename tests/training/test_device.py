@@ -8,7 +8,8 @@ import torch
 
 from cli.main import main as blockdrop
 from models import load_artifact
-from training.loop import resolve_bf16, resolve_device
+from models.device import resolve_device
+from training.loop import resolve_bf16
 
 TINY = ["--max-batches", "2", "--batch-size", "16", "--val-size", "40", "--threads", "1"]
 
@@ -18,22 +19,25 @@ def _backbone(data_root, tmp_path, *extra: str) -> list[str]:
     return ["train", "backbone", "--data-root", str(data_root), "--depth", "8", "--epochs", "2", *run, *TINY, *extra]
 
 
-def test_a_gpu_the_machine_lacks_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+def test_a_gpu_the_machine_lacks_is_refused_before_any_data_is_read(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
-        blockdrop(_backbone(tmp_path / "no-such-data", tmp_path, "--device", "cuda"))
+    assert blockdrop(_backbone(tmp_path / "no-such-data", tmp_path, "--device", "cuda")) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_a_gpu_number_past_the_last_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(SystemExit, match="has 1 GPU"):
+    with pytest.raises(ValueError, match="has 1 GPU"):
         resolve_device("cuda:1")
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
 
 
 def test_a_device_torch_does_not_know_is_refused_plainly():
-    with pytest.raises(SystemExit, match="--device 'tpu9'"):
+    with pytest.raises(ValueError, match="device 'tpu9'"):
         resolve_device("tpu9")
 
 

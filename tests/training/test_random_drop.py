@@ -9,6 +9,7 @@ from cli.main import main as blockdrop
 from models import load_artifact
 from models.blockdrop import run_backbone_masked
 from models.resnet import FlatResNet, ResNetConfig
+from tests.cli_refusal import refusal
 from training.checkpoint import RunFolder
 from training.random_drop import RandomBlockDrop, random_keep_mask
 
@@ -117,5 +118,5 @@ def test_random_drop_run_resumes_to_identical_weights(cifar_root, tmp_path, scra
 def test_init_from_refuses_an_artifact_that_is_not_a_plain_resnet(cifar_root, tmp_path, scratch_backbone):
     finetune = ["train", "finetune", "--model", str(scratch_backbone), "--data-root", str(cifar_root), "--epochs", "1"]
     assert blockdrop([*finetune, "--run-dir", str(tmp_path / "ft"), "--out", str(tmp_path / "ft-artifact"), *TINY]) == 0
-    with pytest.raises(SystemExit, match="plain ResNet artifact, not one of kind blockdrop"):
-        blockdrop(_continue(cifar_root, tmp_path, tmp_path / "ft-artifact", "bad"))
+    message = refusal(_continue(cifar_root, tmp_path, tmp_path / "ft-artifact", "bad"))
+    assert "plain ResNet artifact, not one of kind blockdrop" in message

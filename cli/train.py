@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 
 from cli.help_format import DefaultsInHelp
 from training.data import DATA_ROOT_ENV
@@ -34,81 +36,74 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     commands = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    for what, (help_text, add_options, module, function) in _COMMANDS.items():
+        command = commands.add_parser(what, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
+        add_common_options(command)
+        add_options(command)
+        command.set_defaults(handler=_run(module, function))
 
-    def command(what: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(what, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
 
-    backbone = command("backbone", "train a CIFAR ResNet, from scratch or from a trained one")
-    add_common_options(backbone)
-    backbone.add_argument("--depth", type=int, default=32, help="6n+2: 8, 20, 32, 56, 110 (from scratch)")
-    backbone.add_argument(
+def add_schedule_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """The one-cycle SGD schedule every supervised stage shares."""
+    parser.add_argument("--epochs", type=int, default=epochs, help="epochs of the one-cycle schedule")
+    parser.add_argument("--lr", type=float, default=lr, help="peak of the one-cycle schedule")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+
+
+def add_policy_downsample_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--policy-downsample", type=int, default=2, choices=[1, 2], help=help_text)
+
+
+def _backbone_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depth", type=int, default=32, help="6n+2: 8, 20, 32, 56, 110 (from scratch)")
+    parser.add_argument(
         "--init-from", metavar="ARTIFACT", help="start from this ResNet artifact's weights (and depth) instead"
     )
-    backbone.add_argument(
+    parser.add_argument(
         "--random-drop",
         type=float,
         metavar="MIN_KEEP",
         help="stochastic depth per image: each training image keeps each block with a probability drawn "
         "from U[MIN_KEEP, 1], so that the network tolerates the blocks a BlockDrop policy will drop",
     )
-    backbone.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
-    backbone.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
-    backbone.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    add_distill_options(backbone, "during the whole training")
-    backbone.set_defaults(handler=_run("training.backbone", "train_backbone"))
+    add_schedule_options(parser, epochs=60, lr=0.2)
+    add_distill_options(parser, "during the whole training")
 
-    policy = command("policy", "curriculum-train a policy over a frozen backbone artifact")
-    add_common_options(policy)
-    policy.add_argument("--backbone", required=True, help="artifact of the backbone (kind resnet)")
-    policy.add_argument(
-        "--policy-downsample",
-        type=int,
-        default=2,
-        choices=[1, 2],
-        help="average-pool the image by this factor before the policy (2: 4x cheaper policy)",
-    )
-    add_reinforce_options(policy, epochs=25, lr=1e-3)
-    policy.set_defaults(handler=_run("training.policy", "train_policy"))
 
-    finetune = command("finetune", "jointly finetune the policy and backbone of a BlockDrop artifact")
-    add_common_options(finetune)
-    finetune.add_argument(
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", required=True, help="artifact of the backbone (kind resnet)")
+    add_policy_downsample_option(parser, "average-pool the image by this factor before the policy (2: 4x cheaper)")
+    add_reinforce_options(parser, epochs=25, lr=1e-3)
+
+
+def _finetune_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--model",
         required=True,
         help="BlockDrop artifact from 'train policy', or a backbone artifact to start a new policy",
     )
-    finetune.add_argument("--policy-lr", type=float, help="the policy's learning rate (default: --lr)")
-    finetune.add_argument(
-        "--policy-downsample",
-        type=int,
-        default=2,
-        choices=[1, 2],
-        help="for a new policy: average-pool the image by this factor first",
-    )
-    finetune.add_argument(
+    parser.add_argument("--policy-lr", type=float, help="the policy's learning rate (default: --lr)")
+    add_policy_downsample_option(parser, "for a new policy: average-pool the image by this factor first")
+    parser.add_argument(
         "--initial-keep", type=float, default=0.9, help="for a new policy: the keep-probability every block starts with"
     )
-    add_distill_options(finetune, "on every sampled mask (e.g. the backbone the model started from)")
-    add_reinforce_options(finetune, epochs=10, lr=1e-4)
-    finetune.set_defaults(handler=_run("training.policy", "finetune"))
+    add_distill_options(parser, "on every sampled mask (e.g. the backbone the model started from)")
+    add_reinforce_options(parser, epochs=10, lr=1e-4)
 
-    adapt = command("adapt", "fit a BlockDrop artifact's backbone to its frozen policy's masks at one threshold")
-    add_common_options(adapt)
-    adapt.add_argument("--model", required=True, help="BlockDrop artifact (from 'train finetune')")
-    adapt.add_argument(
+
+def _adapt_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="BlockDrop artifact (from 'train finetune')")
+    parser.add_argument(
         "--threshold",
         type=float,
         help="the policy threshold to adapt to and serve at; it fixes the masks and FLOPs (default: the artifact's)",
     )
-    adapt.add_argument("--epochs", type=int, default=10, help="epochs of the one-cycle schedule")
-    adapt.add_argument("--lr", type=float, default=0.02, help="peak of the one-cycle schedule (SGD)")
-    adapt.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    add_distill_options(adapt, "on the policy's masks (e.g. the full network)")
-    adapt.set_defaults(handler=_run("training.adapt", "train_adapt"))
+    add_schedule_options(parser, epochs=10, lr=0.02)
+    add_distill_options(parser, "on the policy's masks (e.g. the full network)")
 
-    slim = command("slim", "Network Slimming: sparsity training, pruning, fine-tuning")
-    add_common_options(slim)
-    start = slim.add_mutually_exclusive_group()
+
+def _slim_options(parser: argparse.ArgumentParser) -> None:
+    start = parser.add_mutually_exclusive_group()
     start.add_argument("--backbone", help="start from this trained backbone artifact (default: from scratch)")
     start.add_argument(
         "--continue-from",
@@ -116,27 +111,26 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="fine-tune an already pruned artifact for --finetune-epochs more (a new one-cycle), skipping the "
         "sparsity and pruning stages; its provenance keeps the earlier stages",
     )
-    slim.add_argument("--depth", type=int, default=32, help="depth when training from scratch")
-    slim.add_argument("--percent", type=float, default=0.4, help="fraction of inner channels to remove")
-    slim.add_argument("--sparsity", type=float, default=1e-4, help="lambda of the L1 penalty on BN scales")
-    slim.add_argument("--min-channels", type=int, default=2, help="never prune a block below this width")
-    slim.add_argument("--sparsity-epochs", type=int, default=20, help="epochs with the L1 penalty")
-    slim.add_argument("--finetune-epochs", type=int, default=20, help="epochs of fine-tuning after pruning")
-    slim.add_argument("--lr", type=float, default=0.1, help="one-cycle peak for the sparsity stage")
-    slim.add_argument("--finetune-lr", type=float, default=0.05, help="one-cycle peak for fine-tuning")
-    slim.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    add_distill_options(slim, "in the fine-tuning stage (e.g. the unpruned backbone)")
-    slim.set_defaults(handler=_run("training.slim", "train_slim"))
+    parser.add_argument("--depth", type=int, default=32, help="depth when training from scratch")
+    parser.add_argument("--percent", type=float, default=0.4, help="fraction of inner channels to remove")
+    parser.add_argument("--sparsity", type=float, default=1e-4, help="lambda of the L1 penalty on BN scales")
+    parser.add_argument("--min-channels", type=int, default=2, help="never prune a block below this width")
+    parser.add_argument("--sparsity-epochs", type=int, default=20, help="epochs with the L1 penalty")
+    parser.add_argument("--finetune-epochs", type=int, default=20, help="epochs of fine-tuning after pruning")
+    parser.add_argument("--lr", type=float, default=0.1, help="one-cycle peak for the sparsity stage")
+    parser.add_argument("--finetune-lr", type=float, default=0.05, help="one-cycle peak for fine-tuning")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
+    add_distill_options(parser, "in the fine-tuning stage (e.g. the unpruned backbone)")
 
-    biglittle = command("biglittle", "train a CIFAR Big-Little ResNet, from scratch or from a trained one")
-    add_common_options(biglittle)
-    biglittle.add_argument(
+
+def _biglittle_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--init-from",
         metavar="ARTIFACT",
         help="go on from this bL-ResNet artifact's weights and shape (then --blocks, --alpha, --beta, --plain-stages "
         "are refused)",
     )
-    biglittle.add_argument(
+    parser.add_argument(
         "--blocks",
         type=int,
         nargs=3,
@@ -144,19 +138,52 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         help="blocks per stage (big branch K-1, little branch K/beta-1 (at least 1), one fusion block); "
         "default: 10 10 10",
     )
-    biglittle.add_argument("--alpha", type=int, help="little-branch width divisor; default: 2")
-    biglittle.add_argument("--beta", type=int, help="little-branch depth divisor; default: 4")
-    biglittle.add_argument(
+    parser.add_argument("--alpha", type=int, help="little-branch width divisor; default: 2")
+    parser.add_argument("--beta", type=int, help="little-branch depth divisor; default: 4")
+    parser.add_argument(
         "--plain-stages",
         type=int,
         choices=(0, 1),
         help="1 keeps the last stage a plain ResNet stage, as the ImageNet bL-ResNet keeps its 7x7 one; default: 0",
     )
-    biglittle.add_argument("--epochs", type=int, default=60, help="epochs of the one-cycle schedule")
-    biglittle.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
-    biglittle.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    add_distill_options(biglittle, "during the whole training")
-    biglittle.set_defaults(handler=_run("training.biglittle", "train_biglittle"))
+    add_schedule_options(parser, epochs=60, lr=0.2)
+    add_distill_options(parser, "during the whole training")
+
+
+# what -> (help, its own options, module, function taking the parsed arguments)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str, str]] = {
+    "backbone": (
+        "train a CIFAR ResNet, from scratch or from a trained one",
+        _backbone_options,
+        "training.backbone",
+        "train_backbone",
+    ),
+    "policy": (
+        "curriculum-train a policy over a frozen backbone artifact",
+        _policy_options,
+        "training.policy",
+        "train_policy",
+    ),
+    "finetune": (
+        "jointly finetune the policy and backbone of a BlockDrop artifact",
+        _finetune_options,
+        "training.policy",
+        "finetune",
+    ),
+    "adapt": (
+        "fit a BlockDrop artifact's backbone to its frozen policy's masks at one threshold",
+        _adapt_options,
+        "training.adapt",
+        "train_adapt",
+    ),
+    "slim": ("Network Slimming: sparsity training, pruning, fine-tuning", _slim_options, "training.slim", "train_slim"),
+    "biglittle": (
+        "train a CIFAR Big-Little ResNet, from scratch or from a trained one",
+        _biglittle_options,
+        "training.biglittle",
+        "train_biglittle",
+    ),
+}
 
 
 def add_distill_options(parser: argparse.ArgumentParser, when: str) -> None:
@@ -178,13 +205,11 @@ def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: floa
     parser.set_defaults(batch_size=256)
 
 
-def _run(module: str, function: str):
+def _run(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        import importlib
-
         import torch
 
-        from training.loop import resolve_device
+        from models.device import resolve_device
 
         if args.threads:
             torch.set_num_threads(args.threads)

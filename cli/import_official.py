@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from cli.help_format import DefaultsInHelp
-from models.official import OFFICIAL_ARCHS
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    from models.official import OFFICIAL_ARCHS
+
     parser = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
     parser.add_argument("checkpoint", help="a .t7 file from the original repository")
     parser.add_argument("--arch", required=True, choices=sorted(OFFICIAL_ARCHS))

@@ -1,0 +1,98 @@
+"""Tensors in and out of the data plane, whatever protocol carried them: every transport gets the same checks
+and the same messages.
+
+An input tensor is checked against the model's manifest before anything is built from it: its datatype, its
+shape, the number of values and their range; the messages name the input so a client can see what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.artifacts import InputSpec
+from service.batching import ImageResult
+from service.errors import BadInput, PayloadTooLarge
+from service.imaging import normalize
+
+OUTPUTS = ("logits", "keep_mask", "flops")
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any  # a flat or nested list of numbers
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Tensor
+
+    def as_list(self) -> list:
+        return self.data.flatten().tolist()
+
+
+def image_shapes(spec: InputSpec) -> dict[str, list[int]]:
+    """Per datatype, the shape of one image: normalised FP32 [3, H, W] or raw UINT8 pixels [H, W, 3]."""
+    return {"FP32": [3, spec.height, spec.width], "UINT8": [spec.height, spec.width, 3]}
+
+
+def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: str = "inputs[0]") -> Tensor:
+    """A normalised float batch [N, 3, H, W] from one input tensor, or ``BadInput`` saying what is wrong."""
+    expected = image_shapes(spec)
+    datatype, shape = tensor.datatype, tensor.shape
+    if datatype not in expected:
+        raise BadInput(
+            f"{where}.datatype must be FP32 (normalised [N,3,H,W]) or UINT8 (pixels [N,H,W,3]), not {datatype!r}"
+        )
+    per_image = expected[datatype]
+    if not (len(shape) == 4 and shape[1:] == per_image and shape[0] >= 1):
+        raise BadInput(f"{where}.shape must be [N, {', '.join(map(str, per_image))}] for {datatype}, got {shape!r}")
+    if shape[0] > max_images:
+        raise PayloadTooLarge(f"{shape[0]} images in one request; the limit is {max_images}")
+    try:
+        values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.int64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise BadInput(f"{where}.data must be a (flat or nested) list of numbers") from None
+    needed = shape[0] * per_image[0] * per_image[1] * per_image[2]
+    if values.numel() != needed:
+        raise BadInput(f"{where}.data has {values.numel()} values; shape {shape} needs {needed}")
+    values = values.reshape(shape)
+    if datatype == "FP32":
+        if not torch.isfinite(values).all():
+            raise BadInput(f"{where}.data holds NaN or infinite values")
+        return values
+    if values.min() < 0 or values.max() > 255:
+        raise BadInput("UINT8 pixel values must be between 0 and 255")
+    return normalize(values.to(torch.uint8).permute(0, 3, 1, 2), spec)
+
+
+def requested_outputs(names: Sequence[str] | None) -> list[str]:
+    """The outputs asked for, in the order asked (all of them when none is named)."""
+    if not names:
+        return list(OUTPUTS)
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown:
+        raise BadInput(f"unknown output(s) {unknown}; this model has {', '.join(OUTPUTS)}")
+    return list(names)
+
+
+def outputs_from(results: list[ImageResult], num_classes: int, num_blocks: int, names: list[str]) -> list[OutputTensor]:
+    n = len(results)
+    build = {
+        "logits": lambda: OutputTensor("logits", "FP32", [n, num_classes], torch.stack([r.logits for r in results])),
+        "keep_mask": lambda: OutputTensor(
+            "keep_mask", "BOOL", [n, num_blocks], torch.stack([r.keep_mask for r in results])
+        ),
+        "flops": lambda: OutputTensor("flops", "INT64", [n], torch.tensor([r.flops for r in results])),
+    }
+    return [build[name]() for name in names]
