@@ -44,10 +44,10 @@ def free_port() -> int:
 class Process:
     """A server subprocess on a free loopback port, ready when ``ready_path`` answers 200."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int, ready_path: str):
+    def __init__(self, command: list[str], env: dict[str, str], port: int, ready_path: str, cwd: Path = ROOT):
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, cwd=cwd, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
-"""``blockdrop bench {executor,variants,load,soak,results}``: the benchmarks live in ``bench/`` and write their
-tables to ``bench/results/`` (the results page to ``docs/results.md``)."""
+"""``blockdrop bench WHICH``: the benchmarks live in ``bench/`` and write their tables to ``bench/results/`` (the
+results page to ``docs/results.md``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "variants": "bench.variants",
     "load": "bench.load",
     "soak": "bench.soak",
+    "efficiency": "bench.efficiency",
     "results": "bench.results_table",
 }
 

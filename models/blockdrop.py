@@ -35,13 +35,25 @@ class InferenceResult:
     flops: Tensor  # [N], int64, the policy included when it ran
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """``x.index_select(0, rows)`` in ``x``'s memory layout: index_select returns NCHW-contiguous rows, and a
-    channels-last network would convert them back in every convolution."""
-    gathered = x.index_select(0, rows)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return gathered.contiguous(memory_format=torch.channels_last)
-    return gathered
+    """``x.index_select(0, rows)`` in ``x``'s memory layout. A channels-last tensor is an NHWC-contiguous one seen
+    through a permutation; selecting rows of that NHWC view copies once and keeps the layout, where
+    ``index_select`` on the NCHW view would return NCHW rows that every convolution would convert back."""
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return x.index_select(0, rows)
+
+
+def scatter_rows_(into: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """``into.index_copy_(0, rows, values)``, through the NHWC views when both are channels-last."""
+    if _is_channels_last(into) and _is_channels_last(values):
+        into.permute(0, 2, 3, 1).index_copy_(0, rows, values.permute(0, 2, 3, 1))
+        return into
+    return into.index_copy_(0, rows, values)
 
 
 def kept_rows(keep_mask: Tensor, device: torch.device) -> list[Tensor]:
@@ -74,7 +86,7 @@ def run_block(block: nn.Module, x: Tensor, residual: Tensor, kept: Tensor) -> Te
         return residual.index_copy(0, kept, F.relu(kept_residual + branch))
     # inference: the branch and the residual are ours to overwrite, which saves two copies per block
     branch += kept_residual
-    return residual.index_copy_(0, kept, F.relu_(branch))
+    return scatter_rows_(residual, kept, F.relu_(branch))
 
 
 def run_backbone(backbone: FlatResNet, x: Tensor, keep_mask: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from models.device import resolve_device
 from service import __version__
 from service.api import health, v1, v2
 from service.api.errors import install_error_handlers
+from service.api.fast_classify import FastClassify
 from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.config import Settings
 from service.dataplane import DataPlane
@@ -36,7 +37,7 @@ def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
     threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    variants = {v.name: load_variant(v, device) for v in settings.variants}
+    variants = {v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm) for v in settings.variants}
     return DataPlane(settings, variants, metrics)
 
 
@@ -68,6 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
-    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outside the size limit, so that a 413 is counted too
+    if settings.fast_path:  # added last, so it sees each request first
+        app.add_middleware(
+            FastClassify, plane=lambda: app.state.plane, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        )
     return app

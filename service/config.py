@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, description="intra-op threads; default on CPU: all cores but one"
     )
+    fast_path: bool = Field(
+        default=True, description="answer raw-image POST /v1/classify in pure ASGI, ahead of FastAPI's routing"
+    )
+    fold_batchnorm: bool = Field(
+        default=True, description="merge each BatchNorm into its convolution at load (same logits, fewer operators)"
+    )
 
     max_batch_size: int = Field(default=32, ge=1)
     max_batch_wait_ms: float = Field(default=2.0, ge=0.0)
@@ -122,4 +128,3 @@ class Settings(BaseSettings):
             else:
                 sources += (JsonConfigSettingsSource(settings_cls, json_file=path),)
         return sources
-

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from models import load_artifact
 from models.artifacts import ArtifactError, Manifest
 from models.blockdrop import InferenceResult, Mode
+from models.folding import fold_batchnorm as fold_batchnorm_into_convs
 from service.config import VariantSettings
 
 
@@ -71,9 +72,12 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return figures or {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
-def load_variant(settings: VariantSettings, device: str, channels_last: bool | None = None) -> Variant:
+def load_variant(
+    settings: VariantSettings, device: str, channels_last: bool | None = None, fold_batchnorm: bool = True
+) -> Variant:
     """Load the variant's artifact onto ``device``. ``channels_last`` (default: on CPU) sets the memory layout the
-    model runs in: oneDNN's CPU convolutions are faster in it (bench/results/variants.md compares both)."""
+    model runs in: oneDNN's CPU convolutions are faster in it (bench/results/variants.md compares both).
+    ``fold_batchnorm`` merges every BatchNorm into its convolution (``models/folding.py``)."""
     try:
         model = load_artifact(settings.artifact, device=device)
     except ArtifactError as error:
@@ -86,5 +90,8 @@ def load_variant(settings: VariantSettings, device: str, channels_last: bool | N
     if channels_last is None:
         channels_last = device == "cpu"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.eval()
+    if fold_batchnorm:
+        fold_batchnorm_into_convs(model)
     model.to(memory_format=memory_format)
     return Variant(settings.name, model, settings.mode, threshold, device, memory_format)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,11 @@ from starlette.exceptions import HTTPException
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
+
+
+def encode_json(content: object) -> bytes:
+    """The bytes ``fastapi.responses.JSONResponse`` writes for ``content`` (for the pure-ASGI layers)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import encode_json
 from service.errors import PayloadTooLarge
 from service.metrics import ServiceMetrics
 
@@ -14,7 +14,7 @@ INFERENCE_PATHS = ("/v1/classify", "/v2/models/")
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = encode_json({"error": message})
     await send(
         {
             "type": "http.response.start",

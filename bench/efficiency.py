@@ -1,0 +1,277 @@
+"""How much of the model's own speed reaches the user: model-alone img/s per variant (batch 1 and 32, the served
+model: folded, channels-last), served req/s through ``blockdrop serve`` at several concurrencies (wrk, PNG
+bodies), the efficiency (served req/s at c=32 over model-alone img/s at batch 32), how much of each variant's
+speed-up over ``full`` survives at the service, p50 / p99, and the HTTP overhead at concurrency 1. With
+``--baseline-checkout DIR`` the same service from another checkout (an older commit) is loaded in the same run,
+the two taking turns, for the ratio of their served req/s.
+
+Needs ``wrk`` (Debian package). Results go to ``bench/results/efficiency.{json,md}``:
+
+    blockdrop bench efficiency --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
+from bench.load import Process, free_port, http_overhead, run_wrk, service, summarise
+from bench.variants import add_variant_option, parse_variants
+from service.config import VariantSettings
+from service.imaging import ImagePreprocessor
+from service.variants import Variant, load_variant
+
+SAMPLES = Path(__file__).resolve().parent.parent / "service" / "samples"
+MODEL_BATCHES = (1, 32)
+
+
+def load_bodies(data_root: str | None, count: int, folder: Path) -> list[bytes]:
+    """``count`` CIFAR-10 test images as PNG files ``image_I.png`` in ``folder`` (wrk posts them in turn); without a
+    data root, the sample images that ship with the service."""
+    if data_root:
+        from training.data import load_cifar
+
+        test = load_cifar(data_root, "test")
+        pictures = [Image.fromarray(test.images[i].permute(1, 2, 0).numpy()) for i in range(count)]
+    else:
+        pictures = [Image.open(path).convert("RGB") for path in sorted(SAMPLES.glob("*.png"))]
+    bodies = []
+    for i, picture in enumerate(pictures):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        bodies.append(buffer.getvalue())
+        (folder / f"image_{i}.png").write_bytes(bodies[-1])
+    return bodies
+
+
+@torch.inference_mode()
+def model_rate(variant: Variant, batch: torch.Tensor, seconds: float) -> float:
+    """Images per second of ``variant.infer`` (the service's own call) on ``batch``, repeated for ``seconds``."""
+    for _ in range(3):
+        variant.infer(batch)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        variant.infer(batch)
+        runs += 1
+    return runs * len(batch) / (time.perf_counter() - started)
+
+
+def model_alone(
+    variants: dict[str, VariantSettings], bodies: list[bytes], seconds: float, repeats: int
+) -> dict[str, dict]:
+    """Model-alone img/s at each batch size, the variants taking turns round by round; also mean FLOPs."""
+    loaded = {name: load_variant(settings, "cpu") for name, settings in variants.items()}
+    rows: dict[str, dict] = {}
+    for name, variant in loaded.items():
+        decode = ImagePreprocessor(variant.manifest.input, 10**8)
+        images = torch.stack([decode(body) for body in bodies])
+        batches = {n: images[torch.arange(n) % len(images)] for n in MODEL_BATCHES}
+        result = variant.infer(batches[max(MODEL_BATCHES)])
+        rows[name] = {"batches": batches, "flops_mean": result.flops.double().mean().item(), "each": {}}
+    for _ in range(repeats):
+        for name, variant in loaded.items():
+            for n, batch in rows[name]["batches"].items():
+                rows[name]["each"].setdefault(str(n), []).append(model_rate(variant, batch, seconds))
+    return {
+        name: {
+            "flops_mean": row["flops_mean"],
+            "img_per_s_each": row["each"],
+            "img_per_s": {n: statistics.median(each) for n, each in row["each"].items()},
+        }
+        for name, row in rows.items()
+    }
+
+
+def baseline_service(checkout: Path, variants: dict[str, VariantSettings], **settings: object) -> Process:
+    """``blockdrop serve`` from another checkout (its own code, these artifacts), on a free port."""
+    port = free_port()
+    served = [variant.model_dump(mode="json", exclude_defaults=True) for variant in variants.values()]
+    env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps(served), "PYTHONPATH": str(checkout)}
+    env |= {f"BLOCKDROP_{key.upper()}": str(value) for key, value in settings.items()}
+    command = [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"]
+    return Process(command, env, port, "/healthz/ready", cwd=checkout)
+
+
+def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folder: Path, count: int) -> dict:
+    """wrk at every concurrency against every variant (in turns), plus the HTTP overhead at concurrency 1."""
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    server = service(variants, queue_limit=1024)
+    servers = {"service": server}
+    try:
+        if args.baseline_checkout:
+            servers["baseline"] = baseline_service(Path(args.baseline_checkout), variants, queue_limit=1024)
+        urls = {
+            (label, name): f"{s.url}/v1/classify?variant={name}"
+            for label, s in servers.items()
+            for name in variants
+            if label == "service" or name == "full"
+        }
+        for url in urls.values():
+            run_wrk(url, 8, args.warmup_seconds, folder, count)
+        bodies = [(folder / f"image_{i}.png").read_bytes() for i in range(count)]
+        overhead = {
+            name: http_overhead(f"{server.url}/v1/classify?variant={name}", bodies, args.overhead_requests)
+            for name in variants
+        }
+        rows = []
+        for concurrency in concurrencies:
+            samples: dict[tuple[str, str], list[dict]] = {key: [] for key in urls}
+            for _ in range(args.repeats):
+                for key, url in urls.items():
+                    samples[key].append(run_wrk(url, concurrency, args.seconds, folder, count))
+            for (label, name), runs in samples.items():
+                rows.append({"server": label, "variant": name} | summarise(runs))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+    return {"runs": rows, "overhead": overhead}
+
+
+def summary(result: dict) -> dict:
+    """Efficiency, the speed-ups at the model and at the service, and how much of each survives."""
+    model, runs = result["model_alone"], result["served"]["runs"]
+    at = {(r["server"], r["variant"], r["concurrency"]): r for r in runs}
+    out: dict = {"variants": {}}
+    for name, row in model.items():
+        c32 = at.get(("service", name, 32))
+        entry = {"efficiency_c32": c32["requests_per_second"] / row["img_per_s"]["32"] if c32 else None}
+        full = model.get("full")
+        if full is not None and name != "full":
+            entry["flops_ideal"] = full["flops_mean"] / row["flops_mean"]
+            for n in MODEL_BATCHES:
+                entry[f"model_speedup_b{n}"] = paired_median_ratio(
+                    row["img_per_s_each"][str(n)], full["img_per_s_each"][str(n)]
+                )
+            full_c32 = at.get(("service", "full", 32))
+            if c32 and full_c32:
+                entry["served_speedup_c32"] = paired_median_ratio(
+                    c32["requests_per_second_each"], full_c32["requests_per_second_each"]
+                )
+                entry["survival_c32"] = entry["served_speedup_c32"] / entry["model_speedup_b32"]
+        out["variants"][name] = entry
+    new, old = at.get(("service", "full", 32)), at.get(("baseline", "full", 32))
+    if new and old:
+        out["full_c32_over_baseline"] = paired_median_ratio(
+            new["requests_per_second_each"], old["requests_per_second_each"]
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    variants = parse_variants(args.variant)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        bodies = load_bodies(args.data_root, args.images, folder)
+        result = {
+            "machine": machine_description(),
+            "threads": torch.get_num_threads(),
+            "images": len(bodies),
+            "seconds_per_run": args.seconds,
+            "repeats": args.repeats,
+            "baseline_checkout": args.baseline_checkout,
+            "model_alone": model_alone(variants, bodies, args.model_seconds, args.repeats),
+        }
+        result["served"] = served(args, variants, folder, len(bodies))
+    result["summary"] = summary(result)
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    runs = result["served"]["runs"]
+    concurrencies = sorted({r["concurrency"] for r in runs})
+    at = {(r["server"], r["variant"], r["concurrency"]): r for r in runs}
+    lines = [
+        f"{result['images']} CIFAR-10 test images; {result['machine']}. Model alone: `Variant.infer` (the served "
+        f"model) on {result['threads']} threads; served: `blockdrop serve` with its defaults, wrk posting PNG "
+        f"bodies, {result['seconds_per_run']} s per run; each figure the median of {result['repeats']} run(s), "
+        "the variants taking turns. Efficiency: served req/s at c=32 over model-alone img/s at batch 32.",
+        "",
+        "| variant | model b=1 img/s | model b=32 img/s | "
+        + " | ".join(f"served c={c} req/s" for c in concurrencies)
+        + " | efficiency | p50 / p99 at c=32 | non-2xx |",
+        "|---|---:|---:|" + "---:|" * len(concurrencies) + "---:|---:|---:|",
+    ]
+    for name, row in result["model_alone"].items():
+        rates = [at.get(("service", name, c)) for c in concurrencies]
+        c32 = at.get(("service", name, 32))
+        efficiency = result["summary"]["variants"][name]["efficiency_c32"]
+        non_2xx = sum(n for r in rates if r for status, n in r["statuses"].items() if not 200 <= int(status) < 300)
+        lines.append(
+            f"| {name} | {row['img_per_s']['1']:.0f} | {row['img_per_s']['32']:.0f} | "
+            + " | ".join(f"{r['requests_per_second']:.0f}" if r else "" for r in rates)
+            + f" | {efficiency:.2f} | "
+            + (f"{c32['p50_ms']:.1f} / {c32['p99_ms']:.1f} ms" if c32 else "")
+            + f" | {non_2xx} |"
+        )
+    lines += [
+        "",
+        "Speed-up over `full` (medians of the ratios of runs taken in turn):",
+        "",
+        "| variant | FLOPs-ideal | model b=1 | model b=32 | served c=32 | survival at c=32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in result["summary"]["variants"].items():
+        if "flops_ideal" not in entry:
+            continue
+        served_ratio, survival = entry.get("served_speedup_c32"), entry.get("survival_c32")
+        lines.append(
+            f"| {name} | {entry['flops_ideal']:.2f}x | {entry['model_speedup_b1']:.2f}x "
+            f"({entry['model_speedup_b1'] / entry['flops_ideal']:.2f} of ideal) | {entry['model_speedup_b32']:.2f}x "
+            f"({entry['model_speedup_b32'] / entry['flops_ideal']:.2f} of ideal) | "
+            + (f"{served_ratio:.2f}x | {survival:.2f} |" if served_ratio else " | |")
+        )
+    lines += ["", "HTTP overhead at c=1 (client latency minus the model's inference time, median):", ""]
+    for name, o in result["served"]["overhead"].items():
+        lines.append(f"- {name}: {o['overhead_p50_ms']:.2f} ms over {o['inference_p50_ms']:.2f} ms of inference")
+    if "full_c32_over_baseline" in result["summary"]:
+        old = at[("baseline", "full", 32)]["requests_per_second"]
+        new = at[("service", "full", 32)]["requests_per_second"]
+        lines += [
+            "",
+            f"`full` at c=32 against `{result['baseline_checkout']}` served in the same run: {new:.0f} against "
+            f"{old:.0f} req/s, {result['summary']['full_c32_over_baseline']:.2f}x.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root", help="folder holding cifar-10-batches-py (default: the sample images in service/samples)"
+    )
+    parser.add_argument("--images", type=int, default=256, help="distinct test images (with --data-root)")
+    parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated wrk connection counts")
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each wrk run")
+    parser.add_argument("--model-seconds", type=float, default=2.0, help="duration of each model-alone figure")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="runs per figure, the variants taking turns (medians)"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads for the model-alone figures (default: all cores)")
+    parser.add_argument("--warmup-seconds", type=int, default=2, help="untimed wrk run against each URL first")
+    parser.add_argument("--overhead-requests", type=int, default=300, help="sequential requests at c=1")
+    add_variant_option(parser, "serve and measure this artifact (repeatable); default: the default variants")
+    parser.add_argument(
+        "--baseline-checkout", metavar="DIR", help="another checkout whose service is measured beside this one"
+    )
+    parser.add_argument("--out", default=str(RESULTS), help="folder for efficiency.json and efficiency.md")
+
+
+def execute(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        raise ValueError("wrk is not installed (Debian: apt-get install wrk)")
+    result = run(args)
+    write_results(args.out, "efficiency", result, to_markdown(result))
+    return 0

@@ -1,0 +1,116 @@
+"""A pure-ASGI answer to the request the service sees most: ``POST /v1/classify`` with the raw image as the body.
+
+FastAPI's routing, dependency solving, request objects and middleware layers cost the event loop more than
+decoding the image does; this path goes straight from the ASGI scope to the data plane and back, with the same
+limits, errors, metrics and JSON bytes as the FastAPI route (which stays the documented route and answers
+everything else: multipart and JSON bodies, and any query it does not parse as plainly as FastAPI would).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.errors import encode_json
+from service.dataplane import DataPlane
+from service.errors import PayloadTooLarge, ServiceError
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/classify"
+RAW_TYPES = ("", "application/octet-stream")
+QUERY_KEYS = frozenset({"variant", "top_k"})
+
+
+def parse_query(query_string: bytes) -> dict[str, str] | None:
+    """``variant`` and ``top_k`` (a positive whole number) when that is all the query holds, each once; else None
+    (the FastAPI route answers, with its own validation messages)."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    query = dict(pairs)
+    if len(query) != len(pairs) or not query.keys() <= QUERY_KEYS:
+        return None
+    top_k = query.get("top_k")
+    if top_k is not None and not (top_k.isascii() and top_k.isdigit() and int(top_k) >= 1):
+        return None
+    return query
+
+
+class FastClassify:
+    def __init__(self, app: ASGIApp, plane: Callable[[], DataPlane], metrics: ServiceMetrics, max_body_bytes: int):
+        self.app = app
+        self.plane = plane
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = self._claim(scope)
+        if request is None:
+            await self.app(scope, receive, send)
+            return
+        query, headers = request
+        started = time.monotonic()
+        variant = "none"
+        try:
+            body = await self._read_body(headers, receive)
+            plane = self.plane()
+            chosen = plane.route(query.get("variant") or headers.get(b"x-variant"), headers.get(b"x-client-id"))
+            variant = chosen.name
+            top_k = int(query["top_k"]) if "top_k" in query else 1
+            results = await plane.classify(chosen, [body], top_k)
+            status, payload, extra = 200, encode_json(results[0]), {}
+        except ServiceError as error:
+            status, payload, extra = error.status_code, encode_json({"error": error.message}), error.headers
+        except Exception:
+            log.exception("unhandled error on POST %s", PATH)
+            status, payload, extra = 500, encode_json({"error": "internal error; the service logged the details"}), {}
+        if status == 413:
+            extra = extra | {"connection": "close"}  # the unread rest of the body must not be taken as a request
+        await _respond(send, status, payload, extra)
+        self.metrics.requests.labels(variant, str(status)).inc()
+        if variant != "none":
+            self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+
+    def _claim(self, scope: Scope) -> tuple[dict[str, str], dict[bytes, str]] | None:
+        """The query and headers of a request this path answers, or None to hand it to FastAPI."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+            return None
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in headers and name in (b"x-variant", b"x-client-id", b"content-type"):
+                return None  # repeated: leave the choice of which one counts to FastAPI
+            headers[name] = value.decode("latin-1")
+        content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
+        if not (content_type.startswith("image/") or content_type in RAW_TYPES):
+            return None
+        query = parse_query(scope.get("query_string", b""))
+        return None if query is None else (query, headers)
+
+    async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+        too_large = PayloadTooLarge(f"the request body is larger than the {self.max_body_bytes}-byte limit")
+        declared = headers.get(b"content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ServiceError("the client went away before sending the whole body", 400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, payload: bytes, extra: dict[str, str]) -> None:
+    headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
