@@ -49,11 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane = await to_thread.run_sync(load_dataplane, settings, metrics)
         app.state.plane = plane
+        await to_thread.run_sync(plane.start_workers)
         plane.start()
         if settings.warmup:
             await to_thread.run_sync(plane.warm_up)
         else:
-            plane.ready = True
+            plane.warmed_up = True
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
         await plane.stop()

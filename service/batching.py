@@ -52,7 +52,7 @@ class MicroBatcher:
     def __init__(
         self,
         name: str,
-        infer: Callable[[Tensor], InferenceResult],
+        infer: Callable[[Tensor], InferenceResult] | list[Callable[[Tensor], InferenceResult]],
         max_batch_size: int,
         max_wait_s: float,
         queue_limit: int,
@@ -60,7 +60,8 @@ class MicroBatcher:
         on_batch: BatchObserver | None = None,
     ):
         self.name = name
-        self._infer = infer
+        # one thread per replica of the model: each takes its own batches from the shared queue
+        self._replicas = infer if isinstance(infer, list) else [infer]
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_limit = queue_limit
@@ -70,11 +71,15 @@ class MicroBatcher:
         self._incoming = 0  # images routed here and still being decoded
         self._incoming_lock = threading.Lock()
         self._accepting = False
-        self._thread = threading.Thread(target=self._run, name=f"infer-{name}", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(replica,), name=f"infer-{name}-{i}", daemon=True)
+            for i, replica in enumerate(self._replicas)
+        ]
 
     def start(self) -> None:
         self._accepting = True
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def depth(self) -> int:
         return self._queue.qsize()
@@ -102,11 +107,14 @@ class MicroBatcher:
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new images, finish the queued ones, end the thread."""
         self._accepting = False
-        if self._thread.is_alive():
+        alive = [thread for thread in self._threads if thread.is_alive()]
+        for _ in alive:
             self._queue.put(_STOP)
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in alive:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _run(self, infer: Callable[[Tensor], InferenceResult]) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -119,7 +127,7 @@ class MicroBatcher:
                 if item is None:
                     break
                 batch.append(item)
-            self._process(batch)
+            self._process(batch, infer)
 
     def _next_item(self, wait_until: float) -> tuple[_Item | None, bool]:
         try:
@@ -138,7 +146,7 @@ class MicroBatcher:
             return None, True
         return item, False
 
-    def _process(self, batch: list[_Item]) -> None:
+    def _process(self, batch: list[_Item], infer: Callable[[Tensor], InferenceResult]) -> None:
         now = time.monotonic()
         live = []
         for item in batch:
@@ -152,7 +160,12 @@ class MicroBatcher:
 
         started = time.monotonic()
         try:
-            result = self._infer(torch.stack([item.tensor for item in live]))
+            result = infer(torch.stack([item.tensor for item in live]))
+        except ServiceError as error:  # said plainly already (a worker restarting): these requests get it as it is
+            log.warning("batch of %d refused on variant %s: %s", len(live), self.name, error.message)
+            for item in live:
+                _resolve(item, error=error)
+            return
         except Exception as error:  # a model failure must fail these requests, not the thread
             log.exception("inference failed on variant %s", self.name)
             for item in live:

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, description="intra-op threads; default on CPU: all cores but one"
     )
+    inference_workers: Literal["process", "thread"] = Field(
+        default="process",
+        description="process: each variant's model runs in a worker process of its own (never waits for the "
+        "event loop's GIL; a crashed worker is replaced); thread: in a thread of the service's process",
+    )
+    worker_replicas: int = Field(
+        default=1, ge=1, le=16, description="worker processes per variant (inference_workers=process), batches spread"
+    )
     fast_path: bool = Field(
         default=True, description="answer raw-image POST /v1/classify in pure ASGI, ahead of FastAPI's routing"
     )

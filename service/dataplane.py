@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from service.metrics import ServiceMetrics
 from service.routing import Router
 from service.tensors import InputTensor, OutputTensor, image_shapes, images_from, outputs_from, requested_outputs
 from service.variants import Variant
+from service.worker import InferenceWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,47 @@ class DataPlane:
         self.preprocessors = {
             name: ImagePreprocessor(v.manifest.input, settings.max_pixels) for name, v in variants.items()
         }
+        replicas = settings.worker_replicas if settings.inference_workers == "process" else 0
+        self.workers = {name: [self._worker(v, i) for i in range(replicas)] for name, v in variants.items()}
         self.batchers = {name: self._batcher(v) for name, v in variants.items()}
         self.store = PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
-        self.ready = False
+        self.warmed_up = False
         self.draining = False
         self._background: set[asyncio.Task] = set()
 
+    @property
+    def ready(self) -> bool:
+        """Every variant loaded and warm, every worker answering, and not shutting down."""
+        workers = (worker for replicas in self.workers.values() for worker in replicas)
+        return self.warmed_up and not self.draining and all(worker.alive for worker in workers)
+
+    def _worker(self, variant: Variant, replica: int) -> InferenceWorker:
+        spec = WorkerSpec(
+            settings=next(v for v in self.settings.variants if v.name == variant.name),
+            device=variant.device,
+            torch_threads=self.settings.torch_threads or 1,
+            fold_batchnorm=self.settings.fold_batchnorm,
+            max_batch_size=self.settings.max_batch_size,
+            input_shape=(3, variant.manifest.input.height, variant.manifest.input.width),
+            num_classes=len(variant.manifest.classes),
+            num_blocks=variant.num_blocks,
+        )
+        restarts = self.metrics.worker_restarts.labels(variant.name)
+        worker = InferenceWorker(spec, self.settings.request_timeout_s, on_restart=restarts.inc)
+        if replica == 0:  # the variant's series: how many of its replicas answer
+            replicas = self.workers_of(variant.name)
+            self.metrics.worker_up.labels(variant.name).set_function(lambda: float(sum(w.alive for w in replicas())))
+        return worker
+
+    def workers_of(self, name: str) -> Callable[[], list[InferenceWorker]]:
+        return lambda: self.workers.get(name, [])
+
     def _batcher(self, variant: Variant) -> MicroBatcher:
         s = self.settings
+        replicas = self.workers[variant.name]
         batcher = MicroBatcher(
             variant.name,
-            variant.infer,
+            [worker.infer for worker in replicas] if replicas else variant.infer,
             s.max_batch_size,
             s.max_batch_wait_ms / 1000,
             s.queue_limit,
@@ -86,17 +118,26 @@ class DataPlane:
         for batcher in self.batchers.values():
             batcher.start()
 
+    def start_workers(self) -> None:
+        """Start every variant's worker process, all loading at once, and wait for each (they warm themselves up)."""
+        workers = [worker for replicas in self.workers.values() for worker in replicas]
+        for worker in workers:
+            worker.launch()
+        for worker in workers:
+            worker.wait_ready()
+
     def warm_up(self) -> None:
-        """Run every variant once per batch size it will see most, so the first requests are not slow."""
-        for variant in self.variants.values():
-            spec = variant.manifest.input
-            for n in sorted({1, self.settings.max_batch_size}):
-                variant.infer(torch.zeros(n, 3, spec.height, spec.width))
-        self.ready = True
+        """Run every variant once per batch size it will see most, so the first requests are not slow (workers
+        have done so as they started)."""
+        if not self.workers:
+            for variant in self.variants.values():
+                spec = variant.manifest.input
+                for n in sorted({1, self.settings.max_batch_size}):
+                    variant.infer(torch.zeros(n, 3, spec.height, spec.width))
+        self.warmed_up = True
 
     def begin_shutdown(self) -> None:
         self.draining = True
-        self.ready = False
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -104,6 +145,9 @@ class DataPlane:
             await asyncio.wait(self._background, timeout=self.settings.request_timeout_s)
         for batcher in self.batchers.values():
             await to_thread.run_sync(batcher.stop, self.settings.request_timeout_s)
+        for replicas in self.workers.values():
+            for worker in replicas:
+                await to_thread.run_sync(worker.stop)
 
     # operations ----------------------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:

@@ -79,6 +79,18 @@ class ServiceMetrics:
         self.feedback = Counter(
             "blockdrop_feedback", "Feedback on served predictions", ["variant", "outcome"], registry=r
         )
+        self.worker_up = Gauge(
+            "blockdrop_worker_up",
+            "Inference worker processes of the variant that answer (0 while one restarts alone)",
+            ["variant"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "blockdrop_worker_restarts",
+            "Inference worker processes started again after one was lost",
+            ["variant"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "blockdrop_model_info",
             "The model behind each variant (value 1)",

@@ -67,6 +67,8 @@ def make_settings(artifacts: dict[str, Path], **overrides) -> Settings:
         VariantSettings(name="blockdrop", artifact=artifacts["tiny-blockdrop"], mode="blockdrop", weight=1),
         VariantSettings(name="full", artifact=artifacts["tiny-resnet"], mode="full", weight=1),
     ]
+    # in-process inference unless a test asks for worker processes (tests/service/test_worker.py, the live server)
+    overrides.setdefault("inference_workers", "thread")
     return Settings(variants=overrides.pop("variants", variants), **overrides)
 
 

@@ -1,0 +1,116 @@
+"""Inference in worker processes: the same answers as in-process inference, a clean start and stop, and a crash
+that gives clear 503s, shows in readiness and metrics, and ends in a new worker rather than a hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import VariantSettings
+from service.variants import load_variant
+from service.worker import InferenceWorker, WorkerSpec, WorkerUnavailable
+from tests.service.conftest import make_settings, png_bytes
+
+PNG = {"content-type": "image/png"}
+
+
+def _spec(artifact, mode: str, max_batch: int = 8) -> tuple[WorkerSpec, object]:
+    settings = VariantSettings(name="v", artifact=artifact, mode=mode)
+    variant = load_variant(settings, "cpu")
+    spec = WorkerSpec(
+        settings, "cpu", 1, True, max_batch, (3, 32, 32), len(variant.manifest.classes), variant.num_blocks
+    )
+    return spec, variant
+
+
+@pytest.mark.parametrize("kind", ["tiny-blockdrop", "tiny-resnet", "tiny-biglittle"])
+def test_a_worker_answers_exactly_as_the_model_in_process(artifacts, kind):
+    spec, variant = _spec(artifacts[kind], "blockdrop" if kind == "tiny-blockdrop" else "full")
+    worker = InferenceWorker(spec, answer_timeout_s=30)
+    worker.start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's: the same kernels, so the same bits
+    try:
+        for rows in (1, 5, 8):  # the shared buffers carry exactly the rows of each batch
+            batch = torch.randn(rows, 3, 32, 32, generator=torch.Generator().manual_seed(rows))
+            mine, theirs = worker.infer(batch), variant.infer(batch)
+            assert torch.equal(mine.logits, theirs.logits)
+            assert torch.equal(mine.keep_mask, theirs.keep_mask) and torch.equal(mine.flops, theirs.flops)
+    finally:
+        torch.set_num_threads(threads)
+        worker.stop()
+    assert not worker.alive
+    with pytest.raises(WorkerUnavailable):
+        worker.infer(torch.zeros(1, 3, 32, 32))
+
+
+def _wait(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _metric(client: TestClient, name: str) -> float:
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(name))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
+    settings = make_settings(artifacts, inference_workers="process")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz/ready").status_code == 200
+        assert client.post("/v1/classify?variant=full", content=png_bytes(seed=1), headers=PNG).status_code == 200
+        worker = client.app.state.plane.workers["full"][0]
+        os.kill(worker.pid, signal.SIGKILL)
+        assert _wait(lambda: client.get("/healthz/ready").status_code == 503, timeout=10)
+        answers = [client.post("/v1/classify?variant=full", content=png_bytes(seed=2), headers=PNG) for _ in range(3)]
+        for answer in answers:  # refused plainly while the worker restarts, or answered by the new one
+            assert answer.status_code in (200, 503), answer.text
+            if answer.status_code == 503:
+                assert answer.headers["retry-after"] == "1" and "worker" in answer.json()["error"]
+        assert _wait(lambda: client.get("/healthz/ready").status_code == 200)
+        assert client.post("/v1/classify?variant=full", content=png_bytes(seed=3), headers=PNG).status_code == 200
+        assert client.post("/v1/classify?variant=blockdrop", content=png_bytes(seed=3), headers=PNG).status_code == 200
+        assert _metric(client, 'blockdrop_worker_restarts_total{variant="full"}') == 1
+        assert _metric(client, 'blockdrop_worker_restarts_total{variant="blockdrop"}') == 0
+        assert _metric(client, 'blockdrop_worker_up{variant="full"}') == 1
+    assert all(not w.alive for replicas in client.app.state.plane.workers.values() for w in replicas)
+
+
+def test_a_worker_that_stops_answering_is_replaced(artifacts):
+    """A hung worker (SIGSTOP) fails its batch at the answer deadline and is killed and replaced."""
+    spec, _ = _spec(artifacts["tiny-resnet"], "full")
+    restarts = []
+    worker = InferenceWorker(spec, answer_timeout_s=0.5, on_restart=lambda: restarts.append(1), check_every_s=0.1)
+    worker.start()
+    try:
+        first = worker.pid
+        os.kill(first, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(WorkerUnavailable, match="stopped"):
+            worker.infer(torch.zeros(2, 3, 32, 32))
+        assert time.monotonic() - started < 5
+        assert _wait(lambda: worker.alive and restarts)
+        assert worker.pid != first and worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+    finally:
+        worker.stop()
+
+
+def test_replicas_share_one_queue(artifacts):
+    settings = make_settings(artifacts, inference_workers="process", worker_replicas=2)
+    with TestClient(create_app(settings)) as client:
+        plane = client.app.state.plane
+        assert [len(replicas) for replicas in plane.workers.values()] == [2, 2]
+        for seed in range(4):
+            response = client.post("/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
+            assert response.status_code == 200
+        assert _metric(client, 'blockdrop_worker_up{variant="full"}') == 2
