@@ -53,3 +53,34 @@ def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a service and its inference workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def tree_memory_kib(pid: int) -> dict[str, int]:
+    """Resident and proportional set sizes summed over the process tree of ``pid``, in KiB. RSS counts the pages
+    the processes share (torch's libraries) once per process; PSS splits them, so it adds up to what they use."""
+    totals = {"rss_kib": 0, "pss_kib": 0}
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Rss:", "Pss:")):
+                    totals[f"{line[:3].lower()}_kib"] += int(line.split()[1])
+        except OSError:
+            continue
+    return totals

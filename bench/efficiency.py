@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
+from bench.common import (
+    RESULTS,
+    machine_description,
+    paired_median_ratio,
+    positive_int,
+    tree_memory_kib,
+    write_results,
+)
 from bench.load import Process, free_port, http_overhead, run_wrk, service, summarise
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
@@ -124,6 +131,7 @@ def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folde
             name: http_overhead(f"{server.url}/v1/classify?variant={name}", bodies, args.overhead_requests)
             for name in variants
         }
+        memory = {label: tree_memory_kib(s.process.pid) for label, s in servers.items()}
         rows = []
         for concurrency in concurrencies:
             samples: dict[tuple[str, str], list[dict]] = {key: [] for key in urls}
@@ -136,7 +144,7 @@ def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folde
     finally:
         for s in servers.values():
             s.stop()
-    return {"runs": rows, "overhead": overhead}
+    return {"runs": rows, "overhead": overhead, "memory_kib": memory}
 
 
 def summary(result: dict) -> dict:
@@ -161,6 +169,10 @@ def summary(result: dict) -> dict:
                 )
                 entry["survival_c32"] = entry["served_speedup_c32"] / entry["model_speedup_b32"]
         out["variants"][name] = entry
+    for name, overhead in result["served"]["overhead"].items():
+        single = at.get(("service", name, 1))
+        if single:
+            out["variants"][name]["overhead_c1_wrk_ms"] = single["p50_ms"] - overhead["inference_p50_ms"]
     new, old = at.get(("service", "full", 32)), at.get(("baseline", "full", 32))
     if new and old:
         out["full_c32_over_baseline"] = paired_median_ratio(
@@ -213,7 +225,7 @@ def to_markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {row['img_per_s']['1']:.0f} | {row['img_per_s']['32']:.0f} | "
             + " | ".join(f"{r['requests_per_second']:.0f}" if r else "" for r in rates)
-            + f" | {efficiency:.2f} | "
+            + (f" | {efficiency:.2f} | " if efficiency is not None else " | | ")
             + (f"{c32['p50_ms']:.1f} / {c32['p99_ms']:.1f} ms" if c32 else "")
             + f" | {non_2xx} |"
         )
@@ -234,9 +246,27 @@ def to_markdown(result: dict) -> str:
             f"({entry['model_speedup_b32'] / entry['flops_ideal']:.2f} of ideal) | "
             + (f"{served_ratio:.2f}x | {survival:.2f} |" if served_ratio else " | |")
         )
-    lines += ["", "HTTP overhead at c=1 (client latency minus the model's inference time, median):", ""]
+    lines += [
+        "",
+        "HTTP overhead at c=1: client latency minus the model's inference time as the service reports it (the batch's"
+        " time in the worker, the hand-over included); medians, with wrk (C) and with httpx (Python, whose own cost "
+        "is in its figure):",
+        "",
+    ]
     for name, o in result["served"]["overhead"].items():
-        lines.append(f"- {name}: {o['overhead_p50_ms']:.2f} ms over {o['inference_p50_ms']:.2f} ms of inference")
+        single = at.get(("service", name, 1))
+        by_wrk = f"{single['p50_ms'] - o['inference_p50_ms']:.2f} ms with wrk, " if single else ""
+        lines.append(
+            f"- {name}: {by_wrk}{o['overhead_p50_ms']:.2f} ms with httpx (an empty GET: "
+            f"{o['empty_get_p50_ms']:.2f} ms), over {o['inference_p50_ms']:.2f} ms of inference"
+        )
+    memory = result["served"]["memory_kib"]["service"]
+    lines += [
+        "",
+        f"Memory of the service with these {len(result['model_alone'])} variants, its process and its inference "
+        f"workers, after warm-up: {memory['pss_kib'] / 1024:.0f} MiB PSS (shared pages split between the processes; "
+        f"{memory['rss_kib'] / 1024:.0f} MiB RSS counting them once per process).",
+    ]
     if "full_c32_over_baseline" in result["summary"]:
         old = at[("baseline", "full", 32)]["requests_per_second"]
         new = at[("service", "full", 32)]["requests_per_second"]

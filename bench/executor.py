@@ -109,4 +109,3 @@ def execute(args: argparse.Namespace) -> int:
     )
     write_results(args.out, "executor", result, to_markdown(result))
     return 0
-

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, write_results
+from bench.common import RESULTS, machine_description, tree_memory_kib, write_results
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
 
@@ -33,10 +33,8 @@ BAD_INPUTS = [
 
 
 def resident_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS line")
+    """The service's memory: the proportional set size of its process and its inference workers."""
+    return tree_memory_kib(pid)["pss_kib"]
 
 
 def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None:
@@ -78,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
                 memory.append((round(time.monotonic() - started, 1), resident_kib(pid)))
                 print(
                     f"phase {phase} ({'burst' if burst else 'steady'}, c={concurrency}): {row['statuses']}, "
-                    f"RSS {memory[-1][1] / 1024:.0f} MiB",
+                    f"PSS {memory[-1][1] / 1024:.0f} MiB",
                     flush=True,
                 )
                 phase += 1
@@ -137,10 +135,11 @@ def to_markdown(result: dict) -> str:
                 f"- bad-input responses by status: {result['bad_input_statuses']}",
                 f"- 5xx other than 503: {result['unexpected_5xx'] or 'none'}; "
                 f"ready afterwards: {result['ready_after']}",
-                f"- resident memory: {result['rss_mib_first']:.0f} MiB at start, "
+                "- memory (PSS of the service's process and its inference workers): "
+                f"{result['rss_mib_first']:.0f} MiB at start, "
                 f"{result['rss_mib_after_first_phase']:.0f} MiB after the first phase, "
                 f"{result['rss_mib_last']:.0f} MiB at the end",
-                "- peak resident memory in each quarter of the run: "
+                "- peak memory in each quarter of the run: "
                 + " / ".join("–" if peak is None else f"{peak:.0f}" for peak in quarter_peaks_mib(result["rss_series"]))
                 + " MiB",
             ]

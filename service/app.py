@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -31,6 +32,14 @@ def cpu_inference_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def freeze_startup_objects() -> None:
+    """Move everything made at start (models, settings, routes) out of the garbage collector's sight: they live as
+    long as the process, and a full collection that walks them all stalls the event loop long enough to show in
+    the tail latency under load (``blockdrop bench efficiency`` reports p99 against p50)."""
+    gc.collect()
+    gc.freeze()
+
+
 def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
     """Load every variant (fails fast, naming the variant, if an artifact is bad)."""
     device = str(resolve_device(settings.device))
@@ -55,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await to_thread.run_sync(plane.warm_up)
         else:
             plane.warmed_up = True
+        freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
         await plane.stop()

@@ -171,7 +171,8 @@ class MicroBatcher:
             for item in live:
                 _resolve(item, error=ServiceError(f"inference failed: {type(error).__name__}"))
             return
-        seconds = time.monotonic() - started
+        # the model's own time where the worker measured it, else the call's
+        seconds = getattr(result, "model_seconds", None) or time.monotonic() - started
         if self._on_batch is not None:
             self._on_batch(result, seconds)
         flops = result.flops.tolist()

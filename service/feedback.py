@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class ServedPrediction:
+class ServedPrediction(NamedTuple):
+    """A tuple of plain values, which the garbage collector stops tracking: a full store costs no collection."""
+
     variant: str
     class_id: int
     served_at: float

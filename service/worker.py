@@ -11,6 +11,7 @@ only between this service's own processes. A worker that dies or stops answering
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing.connection
 import threading
@@ -29,6 +30,13 @@ from service.errors import ServiceError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # loading and warming a model, at worst
+
+
+@dataclass(frozen=True)
+class TimedInferenceResult(InferenceResult):
+    """A worker's answer, with the time the model itself took (the hand-over between processes not included)."""
+
+    model_seconds: float = 0.0
 
 
 class WorkerUnavailable(ServiceError):
@@ -79,6 +87,8 @@ def _serve_batches(connection: multiprocessing.connection.Connection, spec: Work
     variant = load_variant(spec.settings, spec.device, fold_batchnorm=spec.fold_batchnorm)
     for n in sorted({1, spec.max_batch_size}):
         variant.infer(buffers.images[:n])
+    gc.collect()
+    gc.freeze()  # the model lives as long as the process: keep it out of every later collection
     connection.send(("ready", None))
     while True:
         try:
@@ -88,11 +98,13 @@ def _serve_batches(connection: multiprocessing.connection.Connection, spec: Work
         if rows is None:
             return
         try:
+            started = time.perf_counter()
             result = variant.infer(buffers.images[:rows])
+            seconds = time.perf_counter() - started
             buffers.logits[:rows].copy_(result.logits)
             buffers.keep_mask[:rows].copy_(result.keep_mask)
             buffers.flops[:rows].copy_(result.flops)
-            connection.send(("ok", None))
+            connection.send(("ok", seconds))
         except Exception as error:  # a model failure fails this batch, not the worker
             connection.send(("error", f"{type(error).__name__}: {error}"))
 
@@ -202,7 +214,8 @@ class InferenceWorker:
             if status != "ok":
                 raise RuntimeError(message)
             b = self._buffers
-            return InferenceResult(b.logits[:rows].clone(), b.keep_mask[:rows].clone(), b.flops[:rows].clone())
+            logits, keep_mask, flops = b.logits[:rows].clone(), b.keep_mask[:rows].clone(), b.flops[:rows].clone()
+            return TimedInferenceResult(logits, keep_mask, flops, model_seconds=message)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
