@@ -17,6 +17,7 @@ import io
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,11 +196,17 @@ def run(args: argparse.Namespace) -> dict:
             "seconds_per_run": args.seconds,
             "repeats": args.repeats,
             "baseline_checkout": args.baseline_checkout,
+            "baseline_commit": _commit(args.baseline_checkout) if args.baseline_checkout else None,
             "model_alone": model_alone(variants, bodies, args.model_seconds, args.repeats),
         }
         result["served"] = served(args, variants, folder, len(bodies))
     result["summary"] = summary(result)
     return result
+
+
+def _commit(checkout: str) -> str | None:
+    done = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def to_markdown(result: dict) -> str:
@@ -248,9 +255,9 @@ def to_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "HTTP overhead at c=1: client latency minus the model's inference time as the service reports it (the batch's"
-        " time in the worker, the hand-over included); medians, with wrk (C) and with httpx (Python, whose own cost "
-        "is in its figure):",
+        "HTTP overhead at c=1: client latency minus the model's own time as the service reports it (`latency_ms."
+        "inference`, timed around the model call in the worker, so the hand-over between processes counts as "
+        "overhead); medians, with wrk (C) and with httpx (Python, whose own cost is in its figure):",
         "",
     ]
     for name, o in result["served"]["overhead"].items():
@@ -272,7 +279,8 @@ def to_markdown(result: dict) -> str:
         new = at[("service", "full", 32)]["requests_per_second"]
         lines += [
             "",
-            f"`full` at c=32 against `{result['baseline_checkout']}` served in the same run: {new:.0f} against "
+            f"`full` at c=32 against the service of `{result['baseline_checkout']}` (commit "
+            f"{result.get('baseline_commit') or 'unknown'}) served in the same run: {new:.0f} against "
             f"{old:.0f} req/s, {result['summary']['full_c32_over_baseline']:.2f}x.",
         ]
     return "\n".join(lines) + "\n"
