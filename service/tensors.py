@@ -22,12 +22,18 @@ from service.imaging import normalize
 OUTPUTS = ("logits", "keep_mask", "flops")
 
 
+Buffer = bytes | bytearray | memoryview
+# datatype -> (torch dtype it is read as, bytes per element in the binary form)
+BINARY_TYPES = {"FP32": (torch.float32, 4), "UINT8": (torch.uint8, 1)}
+OUTPUT_BYTES = {"FP32": torch.float32, "BOOL": torch.uint8, "INT64": torch.int64}
+
+
 @dataclass(frozen=True)
 class InputTensor:
     name: str
     datatype: str
     shape: list[int]
-    data: Any  # a flat or nested list of numbers
+    data: Any  # a flat or nested list of numbers, or the raw little-endian bytes (binary tensor extension)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class OutputTensor:
 
     def as_list(self) -> list:
         return self.data.flatten().tolist()
+
+    def as_bytes(self) -> bytes:
+        """Row-major little-endian bytes, BOOL as one byte each (the binary tensor extension's layout)."""
+        return self.data.contiguous().to(OUTPUT_BYTES[self.datatype]).numpy().tobytes()
 
 
 def image_shapes(spec: InputSpec) -> dict[str, list[int]]:
@@ -59,13 +69,16 @@ def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: st
         raise BadInput(f"{where}.shape must be [N, {', '.join(map(str, per_image))}] for {datatype}, got {shape!r}")
     if shape[0] > max_images:
         raise PayloadTooLarge(f"{shape[0]} images in one request; the limit is {max_images}")
-    try:
-        values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.int64)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise BadInput(f"{where}.data must be a (flat or nested) list of numbers") from None
     needed = shape[0] * per_image[0] * per_image[1] * per_image[2]
-    if values.numel() != needed:
-        raise BadInput(f"{where}.data has {values.numel()} values; shape {shape} needs {needed}")
+    if isinstance(tensor.data, Buffer):
+        values = _from_bytes(tensor.data, datatype, shape, needed, where)
+    else:
+        try:
+            values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.int64)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise BadInput(f"{where}.data must be a (flat or nested) list of numbers") from None
+        if values.numel() != needed:
+            raise BadInput(f"{where}.data has {values.numel()} values; shape {shape} needs {needed}")
     values = values.reshape(shape)
     if datatype == "FP32":
         if not torch.isfinite(values).all():
@@ -74,6 +87,19 @@ def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: st
     if values.min() < 0 or values.max() > 255:
         raise BadInput("UINT8 pixel values must be between 0 and 255")
     return normalize(values.to(torch.uint8).permute(0, 3, 1, 2), spec)
+
+
+def _from_bytes(
+    data: bytes | bytearray | memoryview, datatype: str, shape: list[int], count: int, where: str
+) -> Tensor:
+    """The elements of a binary tensor, after its size is checked against its shape and datatype."""
+    dtype, itemsize = BINARY_TYPES[datatype]
+    if len(data) != count * itemsize:
+        raise BadInput(
+            f"{where} has {len(data)} bytes of binary data; shape {shape} of {datatype} needs {count * itemsize}"
+        )
+    values = torch.frombuffer(bytearray(data), dtype=dtype)  # a copy: the request's buffer stays untouched
+    return values.to(torch.int64) if dtype == torch.uint8 else values
 
 
 def requested_outputs(names: Sequence[str] | None) -> list[str]:

@@ -1,20 +1,23 @@
 """Open Inference Protocol v2 (KServe / Triton), JSON form: thin routes over the data plane.
 
 Input: one tensor, FP32 ``[N, 3, H, W]`` already normalised as the model's manifest says, or UINT8 ``[N, H, W, 3]``
-raw pixels (normalised by the service). Outputs: ``logits`` FP32 ``[N, C]``, ``keep_mask`` BOOL ``[N, K]`` and
-``flops`` INT64 ``[N]``. The body is parsed as JSON whatever its Content-Type (tritonclient sends none); the binary
-tensor extension is refused with a 400 that says so.
+raw pixels (normalised by the service), as JSON data or as binary data after the JSON header (the binary tensor
+data extension, ``service/api/v2_binary.py``). Outputs: ``logits`` FP32 ``[N, C]``, ``keep_mask`` BOOL ``[N, K]``
+and ``flops`` INT64 ``[N]``, as JSON or binary as the request asks. The body is parsed as JSON whatever its
+Content-Type (tritonclient sends none).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import __version__
+from service.api import v2_binary as binary_extension
 from service.api.deps import get_plane
 from service.api.schemas import ERROR_RESPONSES
+from service.api.v2_binary import binary_outputs, encode, input_tensors, split_body
 from service.api.v2_schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -28,17 +31,17 @@ from service.api.v2_schemas import (
 )
 from service.dataplane import DataPlane
 from service.errors import BadInput
-from service.tensors import InputTensor
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
 MODEL_VERSION = "1"
-BINARY_REFUSAL = "the binary tensor extension is not supported; send JSON tensors (binary_data=False)"
 
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> ServerMetadataResponse:
-    return ServerMetadataResponse(name="blockdrop-serving", version=__version__, extensions=[])
+    return ServerMetadataResponse(
+        name="blockdrop-serving", version=__version__, extensions=[binary_extension.EXTENSION]
+    )
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -68,7 +71,9 @@ async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONR
 
 @router.post(
     "/models/{name}/infer",
-    summary="Run inference on a tensor",
+    summary="Run inference on a tensor (JSON, or the binary tensor data extension)",
+    response_model=InferenceResponse,
+    response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
     openapi_extra={
         "requestBody": {
@@ -77,20 +82,33 @@ async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONR
         }
     },
 )
-async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> InferenceResponse:
-    if "inference-header-content-length" in request.headers:
-        raise BadInput(BINARY_REFUSAL)
+async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> Response:
     plane.variant(name)  # an unknown model is a 404 whatever the body holds
     request.state.variant = name
-    body = parse_request(await request.body())
-    inputs = [InputTensor(t.name, t.datatype, t.shape, t.data) for t in body.inputs]
+    json_part, binary = split_body(await request.body(), request.headers.get(binary_extension.HEADER))
+    body = parse_request(json_part)
+    inputs = input_tensors(body, binary)
     wanted = [o.name for o in body.outputs] if body.outputs else None
     outputs = await plane.infer_tensors(name, inputs, wanted)
-    return InferenceResponse(
+    as_binary = binary_outputs(body, [o.name for o in outputs])
+    header = InferenceResponse(
         model_name=name,
         model_version=MODEL_VERSION,
         id=body.id,
-        outputs=[ResponseOutput(name=o.name, datatype=o.datatype, shape=o.shape, data=o.as_list()) for o in outputs],
+        outputs=[
+            ResponseOutput(
+                name=o.name, datatype=o.datatype, shape=o.shape, data=None if o.name in as_binary else o.as_list()
+            )
+            for o in outputs
+        ],
+    ).model_dump(exclude_none=True)
+    if not as_binary:
+        return JSONResponse(header)
+    content, header_length = encode(header, outputs, as_binary)
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
     )
 
 
@@ -104,6 +122,4 @@ def parse_request(raw: bytes) -> InferenceRequest:
         if problem["type"] == "json_invalid":
             raise BadInput(f"the body is not valid JSON: {problem['msg']}") from None
         raise BadInput(f"invalid inference request: {where or 'body'}: {problem['msg']}") from None
-    if any((t.parameters or {}).get("binary_data_size") is not None for t in body.inputs):
-        raise BadInput(BINARY_REFUSAL)
     return body

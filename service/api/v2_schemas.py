@@ -22,7 +22,11 @@ class RequestInput(_Wire):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: list[Any] = Field(description="the tensor's elements, flat or nested, in row-major order")
+    data: list[Any] | None = Field(
+        default=None,
+        description="the tensor's elements, flat or nested, in row-major order; absent when the tensor is sent as "
+        "binary data after the JSON header (parameters.binary_data_size)",
+    )
 
 
 class RequestOutput(_Wire):
@@ -42,7 +46,7 @@ class ResponseOutput(_Wire):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: list[Any]
+    data: list[Any] | None = Field(default=None, description="absent for an output sent as binary data")
 
 
 class InferenceResponse(_Wire):

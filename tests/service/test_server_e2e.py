@@ -74,6 +74,40 @@ def test_tritonclient_json_mode(server):
     assert int(logits[0].argmax()) == v1["prediction"]["class_id"] and int(flops[0]) == v1["flops"]["executed"]
 
 
+@pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
+def test_tritonclient_defaults_binary_tensors_both_ways(server, datatype):
+    """What tritonclient sends by default: binary input tensors, every output asked for as binary."""
+    import tritonclient.http as triton
+
+    from models.artifacts import InputSpec
+    from service.imaging import ImagePreprocessor
+
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    bodies = [png_bytes(seed=s) for s in (1, 2, 3)]
+    if datatype == "UINT8":
+        tensor = np.stack([np.asarray(Image.open(__import__("io").BytesIO(b))) for b in bodies])
+    else:
+        spec = InputSpec(32, 32, None, MEAN, STD)
+        tensor = np.stack([ImagePreprocessor(spec, 10**6)(b).numpy() for b in bodies]).astype(np.float32)
+    images = triton.InferInput("images", list(tensor.shape), datatype)
+    images.set_data_from_numpy(tensor)  # binary_data=True, the client's default
+    binary = client.infer("blockdrop", [images])  # no outputs named: all of them, as binary
+    json_images = triton.InferInput("images", list(tensor.shape), datatype)
+    json_images.set_data_from_numpy(tensor, binary_data=False)
+    outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in ("logits", "keep_mask", "flops")]
+    as_json = client.infer("blockdrop", [json_images], outputs=outputs)
+    assert np.allclose(binary.as_numpy("logits"), as_json.as_numpy("logits"), atol=1e-5)
+    assert np.array_equal(binary.as_numpy("keep_mask"), as_json.as_numpy("keep_mask"))
+    assert np.array_equal(binary.as_numpy("flops"), as_json.as_numpy("flops"))
+    for i, body in enumerate(bodies):
+        v1 = httpx.post(
+            f"{server.url}/v1/classify?variant=blockdrop", content=body, headers={"content-type": "image/png"}
+        ).json()
+        assert int(binary.as_numpy("logits")[i].argmax()) == v1["prediction"]["class_id"]
+        assert "".join("1" if k else "0" for k in binary.as_numpy("keep_mask")[i]) == v1["blocks"]["mask"]
+        assert int(binary.as_numpy("flops")[i]) == v1["flops"]["executed"]
+
+
 def test_sticky_assignment_survives_a_restart(variants):
     keys = [f"user-{i}" for i in range(40)]
 
