@@ -71,7 +71,7 @@ def service(variants: dict[str, VariantSettings], **settings: object) -> Process
     """``blockdrop serve`` on a free port with these variants; ``settings`` become ``BLOCKDROP_*`` variables."""
     port = free_port()
     served = [variant.model_dump(mode="json", exclude_defaults=True) for variant in variants.values()]
-    env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps(served)}
+    env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps(served), "BLOCKDROP_GRPC_PORT": "0"}
     env |= {f"BLOCKDROP_{key.upper()}": str(value) for key, value in settings.items()}
     return Process([sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"], env, port, "/healthz/ready")
 

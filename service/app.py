@@ -64,9 +64,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await to_thread.run_sync(plane.warm_up)
         else:
             plane.warmed_up = True
+        grpc_server = None
+        if settings.grpc_port:
+            from service.api.grpc_v2 import start_grpc
+
+            grpc_server = await start_grpc(plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes)
         freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
+        plane.begin_shutdown()  # gRPC calls from here on are refused (UNAVAILABLE); those in flight finish
+        if grpc_server is not None:
+            await grpc_server.stop(grace=settings.request_timeout_s)
         await plane.stop()
 
     app = FastAPI(

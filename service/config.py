@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        default=8001, ge=0, le=65535, description="Open Inference Protocol v2 over gRPC on this port; 0 turns it off"
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int | None = Field(
         default=None, ge=1, description="intra-op threads; default on CPU: all cores but one"

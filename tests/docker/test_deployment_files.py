@@ -48,9 +48,9 @@ def test_service_settings_in_compose_and_dockerfile_are_real_settings():
     environment |= dict(re.findall(r"(BLOCKDROP_\w+)=(\S+)", DOCKERFILE))
     for key in environment:
         assert key.removeprefix(ENV_PREFIX) in fields, key
-    port = environment["BLOCKDROP_PORT"]
-    assert f"EXPOSE {port}" in DOCKERFILE
-    assert COMPOSE["services"]["blockdrop"]["ports"] == [f"{port}:{port}"]
+    port, grpc_port = environment["BLOCKDROP_PORT"], environment["BLOCKDROP_GRPC_PORT"]
+    assert f"EXPOSE {port} {grpc_port}" in DOCKERFILE
+    assert COMPOSE["services"]["blockdrop"]["ports"] == [f"{port}:{port}", f"{grpc_port}:{grpc_port}"]
     prometheus = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == [f"blockdrop:{port}"]
 

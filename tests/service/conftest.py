@@ -69,6 +69,7 @@ def make_settings(artifacts: dict[str, Path], **overrides) -> Settings:
     ]
     # in-process inference unless a test asks for worker processes (tests/service/test_worker.py, the live server)
     overrides.setdefault("inference_workers", "thread")
+    overrides.setdefault("grpc_port", 0)  # many apps in one test run: no port of their own unless asked
     return Settings(variants=overrides.pop("variants", variants), **overrides)
 
 

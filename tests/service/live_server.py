@@ -26,9 +26,11 @@ class Server:
     def __init__(self, variants: list[dict] | None, **settings):
         """``variants=None`` serves the default settings: the shipped checkpoints."""
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKDROP_")}
-        env |= {"BLOCKDROP_PORT": str(self.port), "BLOCKDROP_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env |= {"BLOCKDROP_PORT": str(self.port), "BLOCKDROP_GRPC_PORT": str(self.grpc_port)}
+        env |= {"BLOCKDROP_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)}
         if variants is not None:
             env["BLOCKDROP_VARIANTS"] = json.dumps(variants)
         env |= {f"BLOCKDROP_{k.upper()}": str(v) for k, v in settings.items()}

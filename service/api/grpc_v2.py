@@ -1,0 +1,144 @@
+"""Open Inference Protocol v2 over gRPC (``inference.GRPCInferenceService``), in the service's own process and
+event loop: the same data plane, router, batchers, limits, metrics and shutdown as the HTTP routes.
+
+The stubs are the ones generated from Triton's ``grpc_service.proto`` (a superset of KServe's
+``grpc_predict_v2.proto``) that ship in ``tritonclient[grpc]``; only the v2 methods are served, the others answer
+UNIMPLEMENTED. Domain errors map once each to a gRPC status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from service import __version__
+from service.api.v2_binary import EXTENSION
+from service.dataplane import DataPlane
+from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
+from service.metrics import ServiceMetrics
+from service.tensors import InputTensor, OutputTensor
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+# typed contents field of each input datatype the models take
+CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
+
+
+def status_of(error: ServiceError, draining: bool) -> grpc.StatusCode:
+    """The gRPC status for a domain error: what each HTTP status of the same error means."""
+    if isinstance(error, Overloaded):
+        return grpc.StatusCode.UNAVAILABLE if draining else grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, PayloadTooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if error.status_code == 503:
+        return grpc.StatusCode.UNAVAILABLE
+    if 400 <= error.status_code < 500:
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def input_tensors(request: pb.ModelInferRequest) -> list[InputTensor]:
+    """The request's inputs, from ``raw_input_contents`` (one entry per input, in order) or typed ``contents``."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ServiceError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input", 400
+        )
+    tensors = []
+    for i, tensor in enumerate(request.inputs):
+        if raw:
+            data: object = raw[i]
+        elif tensor.datatype in CONTENTS:
+            data = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
+        else:
+            data = []  # the data plane refuses the datatype with its own message
+        tensors.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
+    return tensors
+
+
+def response_for(request: pb.ModelInferRequest, outputs: list[OutputTensor]) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
+    for output in outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(output.as_bytes())
+    return response
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane, metrics: ServiceMetrics):
+        self.plane = plane
+        self.metrics = metrics
+
+    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.ready)
+
+    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+        await self._known(request.name, context)
+        return pb.ModelReadyResponse(ready=self.plane.ready)
+
+    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="blockdrop-serving", version=__version__, extensions=[EXTENSION])
+
+    async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+        await self._known(request.name, context)
+        metadata = self.plane.model_metadata(request.name)
+        response = pb.ModelMetadataResponse(name=request.name, versions=[MODEL_VERSION], platform="pytorch")
+        for entry in metadata["inputs"]:
+            response.inputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
+        for entry in metadata["outputs"]:
+            response.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
+        return response
+
+    async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
+        started = time.monotonic()
+        variant, status = "none", 500
+        try:
+            self.plane.variant(request.model_name)
+            variant = request.model_name
+            wanted = [o.name for o in request.outputs] or None
+            outputs = await self.plane.infer_tensors(variant, input_tensors(request), wanted)
+            status = 200
+            return response_for(request, outputs)
+        except ServiceError as error:
+            status = error.status_code
+            await context.abort(status_of(error, self.plane.draining), error.message)
+        except Exception:
+            log.exception("unhandled error in gRPC ModelInfer")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")
+        finally:
+            # counted as the HTTP routes count, by the HTTP status the same answer would have had
+            self.metrics.requests.labels(variant, str(status)).inc()
+            if variant != "none":
+                self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+
+    async def _known(self, name: str, context) -> None:
+        try:
+            self.plane.variant(name)
+        except NotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, error.message)
+
+
+async def start_grpc(
+    plane: DataPlane, metrics: ServiceMetrics, host: str, port: int, max_bytes: int
+) -> grpc.aio.Server:
+    """Serve gRPC on ``host:port`` in the running event loop; the caller stops it."""
+    options = [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"could not listen for gRPC on {host}:{port}")
+    await server.start()
+    log.info("gRPC on %s:%d", host, port)
+    return server

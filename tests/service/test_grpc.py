@@ -1,0 +1,181 @@
+"""The v2 gRPC service on the real server process: tritonclient's gRPC client with raw tensors, typed contents,
+the same answers as ``/v1/classify``; status codes for bad input, unknown models, overload and shutdown; and a
+fuzz of malformed requests that never gets more than INVALID_ARGUMENT-like refusals."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import signal
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from tests.service.conftest import png_bytes
+from tests.service.live_server import Server
+from tests.service.test_server_e2e import variants  # noqa: F401 (the module's variants fixture)
+
+REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.fixture(scope="module")
+def server(variants):  # noqa: F811
+    running = Server(variants)
+    yield running
+    assert running.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def _pixels(seeds) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(seed=s)))) for s in seeds])
+
+
+def test_tritonclient_grpc_matches_v1(server):
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("blockdrop")
+    assert "binary_tensor_data" in client.get_server_metadata().extensions
+    assert [o.name for o in client.get_model_metadata("blockdrop").outputs] == ["logits", "keep_mask", "flops"]
+    pixels = _pixels((1, 2))
+    images = triton.InferInput("images", list(pixels.shape), "UINT8")
+    images.set_data_from_numpy(pixels)
+    result = client.infer("blockdrop", [images])
+    for i, seed in enumerate((1, 2)):
+        v1 = httpx.post(
+            f"{server.url}/v1/classify?variant=blockdrop",
+            content=png_bytes(seed=seed),
+            headers={"content-type": "image/png"},
+        ).json()
+        assert int(result.as_numpy("logits")[i].argmax()) == v1["prediction"]["class_id"]
+        assert "".join("1" if k else "0" for k in result.as_numpy("keep_mask")[i]) == v1["blocks"]["mask"]
+        assert int(result.as_numpy("flops")[i]) == v1["flops"]["executed"]
+
+
+def test_typed_contents_match_raw_contents(stub):
+    pixels = _pixels((3,))
+    typed = pb.ModelInferRequest(model_name="full", id="t1")
+    tensor = typed.inputs.add(name="images", datatype="UINT8", shape=list(pixels.shape))
+    tensor.contents.uint_contents.extend(pixels.flatten().tolist())
+    raw = pb.ModelInferRequest(model_name="full")
+    raw.inputs.add(name="images", datatype="UINT8", shape=list(pixels.shape))
+    raw.raw_input_contents.append(pixels.tobytes())
+    raw.outputs.add(name="flops")
+    a, b = stub.ModelInfer(typed), stub.ModelInfer(raw)
+    assert a.id == "t1" and [o.name for o in a.outputs] == ["logits", "keep_mask", "flops"]
+    assert [o.name for o in b.outputs] == ["flops"] and b.raw_output_contents[0] == a.raw_output_contents[2]
+
+
+@pytest.mark.parametrize(
+    ("build", "code", "fragment"),
+    [
+        (lambda r: setattr(r, "model_name", "nope"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        (lambda r: r.raw_input_contents.append(b"\0" * 3072), grpc.StatusCode.INVALID_ARGUMENT, "one per input"),
+        (lambda r: r.inputs[0].shape.__setitem__(1, 16), grpc.StatusCode.INVALID_ARGUMENT, "shape must be"),
+        (lambda r: setattr(r.inputs[0], "datatype", "INT8"), grpc.StatusCode.INVALID_ARGUMENT, "datatype must be"),
+        (lambda r: r.outputs.add(name="probs"), grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
+        (lambda r: r.inputs[0].shape.__setitem__(0, 1000), grpc.StatusCode.RESOURCE_EXHAUSTED, "the limit is"),
+    ],
+)
+def test_bad_requests_get_their_status_codes(stub, build, code, fragment):
+    request = pb.ModelInferRequest(model_name="full")
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    build(request)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request)
+    assert refused.value.code() == code and fragment in refused.value.details()
+
+
+def test_an_unknown_model_is_not_found_for_readiness_and_metadata(stub):
+    for call in (stub.ModelReady, stub.ModelMetadata):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(pb.ModelReadyRequest(name="nope") if call is stub.ModelReady else pb.ModelMetadataRequest(name="nope"))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    datatype=st.sampled_from(["UINT8", "FP32", "INT64", "BOOL", "BYTES", ""]),
+    shape=st.lists(st.integers(-5, 2**40), max_size=5),
+    raw=st.lists(st.binary(max_size=13000), max_size=3),
+    typed=st.lists(st.integers(0, 2**32 - 1), max_size=64),
+    inputs=st.integers(0, 3),
+)
+def test_no_malformed_grpc_request_gets_an_internal_error(stub, datatype, shape, raw, typed, inputs):
+    request = pb.ModelInferRequest(model_name="full")
+    for _ in range(inputs):
+        tensor = request.inputs.add(name="images", datatype=datatype, shape=[max(s, 0) for s in shape])
+        tensor.contents.uint_contents.extend(typed)
+    request.raw_input_contents.extend(raw)
+    try:
+        stub.ModelInfer(request, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in REFUSALS, (error.code(), error.details())
+
+
+def test_overload_and_shutdown_over_grpc(variants):  # noqa: F811
+    server = Server(variants, queue_limit=2, max_batch_size=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+
+    def call(_):
+        try:
+            stub.ModelInfer(request, timeout=60)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(call, range(96)))
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+        # shutdown: calls in flight finish, later ones are UNAVAILABLE (or cannot connect once it is gone)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            in_flight = [pool.submit(call, i) for i in range(8)]
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            codes = [future.result() for future in in_flight]
+        assert grpc.StatusCode.OK in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert server.exited_cleanly()
+    finally:
+        channel.close()
+        if server.process.poll() is None:
+            server.stop()
+
+
+def test_domain_errors_map_once_each_to_a_grpc_status():
+    from service.api.grpc_v2 import status_of
+    from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, Unprocessable
+    from service.worker import WorkerUnavailable
+
+    expected = {
+        BadInput("x"): grpc.StatusCode.INVALID_ARGUMENT,
+        Unprocessable("x"): grpc.StatusCode.INVALID_ARGUMENT,
+        NotFound("x"): grpc.StatusCode.NOT_FOUND,
+        Overloaded("x", 1): grpc.StatusCode.RESOURCE_EXHAUSTED,
+        PayloadTooLarge("x"): grpc.StatusCode.RESOURCE_EXHAUSTED,
+        DeadlineExceeded("x"): grpc.StatusCode.DEADLINE_EXCEEDED,
+        WorkerUnavailable("x"): grpc.StatusCode.UNAVAILABLE,
+    }
+    assert {type(e): status_of(e, draining=False) for e in expected} == {type(e): c for e, c in expected.items()}
+    assert status_of(Overloaded("the service is shutting down", 1), draining=True) == grpc.StatusCode.UNAVAILABLE
