@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Images this small (in all, per request) are decoded on the event loop: a few CIFAR-sized PNGs take tens of
 # microseconds, less than the hop to a worker thread; anything larger goes to a thread so the loop never stalls.
 INLINE_DECODE_PIXELS = 16 * 32 * 32
+# the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
+VIRTUAL_MODEL = "default"
 
 
 @dataclass
@@ -179,13 +181,26 @@ class DataPlane:
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 
+    def knows(self, model_name: str) -> None:
+        """Refuse (404) a model name that is neither a variant nor the virtual A/B model."""
+        if model_name not in self.variants and model_name != VIRTUAL_MODEL:
+            known = ", ".join([*self.variants, VIRTUAL_MODEL])
+            raise NotFound(f"unknown model {model_name!r}; known: {known}")
+
+    def tensor_model(self, model_name: str, override: str | None = None, client_key: str | None = None) -> Variant:
+        """The variant a tensor request runs on: the one named, or for the virtual model ``default`` the one the
+        A/B split gives (override, then sticky client key, then weights), exactly as ``/v1/classify`` routes."""
+        self.knows(model_name)
+        if model_name in self.variants:
+            return self.variants[model_name]
+        return self.route(override, client_key)
+
     async def infer_tensors(
-        self, model_name: str, inputs: list[InputTensor], output_names: list[str] | None = None
+        self, variant: Variant, inputs: list[InputTensor], output_names: list[str] | None = None
     ) -> list[OutputTensor]:
         """The tensor protocols' inference: one image tensor in, the named outputs (default: all) out."""
-        variant = self.variant(model_name)
         if len(inputs) != 1:
-            raise BadInput(f"{model_name} takes exactly one input tensor, got {len(inputs)}")
+            raise BadInput(f"{variant.name} takes exactly one input tensor, got {len(inputs)}")
         wanted = requested_outputs(output_names)
         batch = images_from(inputs[0], variant.manifest.input, self.settings.max_images_per_request)
         self._refuse_if_draining()
@@ -193,18 +208,26 @@ class DataPlane:
         return outputs_from(results, len(variant.manifest.classes), variant.num_blocks, wanted)
 
     def model_metadata(self, model_name: str) -> dict[str, Any]:
-        """Inputs and outputs of one model, as the tensor protocols describe them."""
-        variant = self.variant(model_name)
-        shapes = image_shapes(variant.manifest.input)
+        """Inputs and outputs of one model, as the tensor protocols describe them: one input per name, ``images``
+        (normalised FP32) and ``pixels`` (UINT8); for the virtual model, -1 where the variants differ."""
+        self.knows(model_name)
+        chosen = [self.variants[model_name]] if model_name in self.variants else list(self.variants.values())
+
+        def common(values: list[int]) -> int:
+            return values[0] if len(set(values)) == 1 else -1
+
+        shapes = image_shapes(chosen[0].manifest.input)
+        classes = common([len(v.manifest.classes) for v in chosen])
+        blocks = common([v.num_blocks for v in chosen])
         return {
             "name": model_name,
             "inputs": [
                 {"name": "images", "datatype": "FP32", "shape": [-1, *shapes["FP32"]]},
-                {"name": "images", "datatype": "UINT8", "shape": [-1, *shapes["UINT8"]]},
+                {"name": "pixels", "datatype": "UINT8", "shape": [-1, *shapes["UINT8"]]},
             ],
             "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, len(variant.manifest.classes)]},
-                {"name": "keep_mask", "datatype": "BOOL", "shape": [-1, variant.num_blocks]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
+                {"name": "keep_mask", "datatype": "BOOL", "shape": [-1, blocks]},
                 {"name": "flops", "datatype": "INT64", "shape": [-1]},
             ],
         }

@@ -20,6 +20,8 @@ from service.errors import BadInput, PayloadTooLarge
 from service.imaging import normalize
 
 OUTPUTS = ("logits", "keep_mask", "flops")
+# ``images`` is the normalised FP32 tensor (UINT8 is still taken under that name, as before ``pixels`` existed)
+INPUT_NAMES = ("images", "pixels")
 
 
 Buffer = bytes | bytearray | memoryview
@@ -60,6 +62,12 @@ def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: st
     """A normalised float batch [N, 3, H, W] from one input tensor, or ``BadInput`` saying what is wrong."""
     expected = image_shapes(spec)
     datatype, shape = tensor.datatype, tensor.shape
+    if tensor.name not in INPUT_NAMES:
+        raise BadInput(
+            f"{where}.name must be 'images' (FP32, or UINT8 as before) or 'pixels' (UINT8), not {tensor.name!r}"
+        )
+    if tensor.name == "pixels" and datatype != "UINT8":
+        raise BadInput(f"{where}: the input 'pixels' is UINT8 [N, H, W, 3], not {datatype!r}")
     if datatype not in expected:
         raise BadInput(
             f"{where}.datatype must be FP32 (normalised [N,3,H,W]) or UINT8 (pixels [N,H,W,3]), not {datatype!r}"

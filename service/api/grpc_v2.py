@@ -65,8 +65,18 @@ def input_tensors(request: pb.ModelInferRequest) -> list[InputTensor]:
     return tensors
 
 
-def response_for(request: pb.ModelInferRequest, outputs: list[OutputTensor]) -> pb.ModelInferResponse:
+def _parameter(request: pb.ModelInferRequest, key: str) -> str | None:
+    if key not in request.parameters:
+        return None
+    parameter = request.parameters[key]
+    if parameter.WhichOneof("parameter_choice") != "string_param":
+        raise ServiceError(f"parameters.{key} must be a string", 400)
+    return parameter.string_param
+
+
+def response_for(request: pb.ModelInferRequest, variant: str, outputs: list[OutputTensor]) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
+    response.parameters["variant"].string_param = variant
     for output in outputs:
         response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         response.raw_output_contents.append(output.as_bytes())
@@ -105,12 +115,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.monotonic()
         variant, status = "none", 500
         try:
-            self.plane.variant(request.model_name)
-            variant = request.model_name
+            metadata = dict(context.invocation_metadata() or ())
+            override = _parameter(request, "variant") or metadata.get("x-variant")
+            client_key = _parameter(request, "client_id") or metadata.get("x-client-id")
+            chosen = self.plane.tensor_model(request.model_name, override, client_key)
+            variant = chosen.name
             wanted = [o.name for o in request.outputs] or None
-            outputs = await self.plane.infer_tensors(variant, input_tensors(request), wanted)
+            outputs = await self.plane.infer_tensors(chosen, input_tensors(request), wanted)
             status = 200
-            return response_for(request, outputs)
+            return response_for(request, chosen.name, outputs)
         except ServiceError as error:
             status = error.status_code
             await context.abort(status_of(error, self.plane.draining), error.message)
@@ -125,7 +138,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _known(self, name: str, context) -> None:
         try:
-            self.plane.variant(name)
+            self.plane.knows(name)
         except NotFound as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, error.message)
 

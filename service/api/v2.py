@@ -65,7 +65,7 @@ async def model_metadata(name: str, plane: DataPlane = Depends(get_plane)) -> Mo
     "/models/{name}/ready", summary="Model readiness", responses=ERROR_RESPONSES, response_model=ModelReadyResponse
 )
 async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONResponse:
-    plane.variant(name)
+    plane.knows(name)
     return JSONResponse({"name": name, "ready": plane.ready}, status_code=200 if plane.ready else 503)
 
 
@@ -83,18 +83,22 @@ async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONR
     },
 )
 async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> Response:
-    plane.variant(name)  # an unknown model is a 404 whatever the body holds
-    request.state.variant = name
+    plane.knows(name)  # an unknown model is a 404 whatever the body holds
     json_part, binary = split_body(await request.body(), request.headers.get(binary_extension.HEADER))
     body = parse_request(json_part)
     inputs = input_tensors(body, binary)
+    asked = body.parameters or {}
+    override = _text(asked, "variant") or request.headers.get("x-variant")
+    variant = plane.tensor_model(name, override, _text(asked, "client_id") or request.headers.get("x-client-id"))
+    request.state.variant = variant.name
     wanted = [o.name for o in body.outputs] if body.outputs else None
-    outputs = await plane.infer_tensors(name, inputs, wanted)
+    outputs = await plane.infer_tensors(variant, inputs, wanted)
     as_binary = binary_outputs(body, [o.name for o in outputs])
     header = InferenceResponse(
         model_name=name,
         model_version=MODEL_VERSION,
         id=body.id,
+        parameters={"variant": variant.name},
         outputs=[
             ResponseOutput(
                 name=o.name, datatype=o.datatype, shape=o.shape, data=None if o.name in as_binary else o.as_list()
@@ -110,6 +114,13 @@ async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plan
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(header_length)},
     )
+
+
+def _text(parameters: dict, key: str) -> str | None:
+    value = parameters.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadInput(f"parameters.{key} must be a string, got {value!r}")
 
 
 def parse_request(raw: bytes) -> InferenceRequest:

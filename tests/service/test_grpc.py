@@ -179,3 +179,24 @@ def test_domain_errors_map_once_each_to_a_grpc_status():
     }
     assert {type(e): status_of(e, draining=False) for e in expected} == {type(e): c for e, c in expected.items()}
     assert status_of(Overloaded("the service is shutting down", 1), draining=True) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_virtual_model_routes_over_grpc_as_over_http(server, stub):
+    pixels = _pixels((5,))
+    request = pb.ModelInferRequest(model_name="default")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=list(pixels.shape))
+    request.raw_input_contents.append(pixels.tobytes())
+    for key in ("alice", "bob", "carol", "dave"):
+        over_http = httpx.post(
+            f"{server.url}/v1/classify",
+            content=png_bytes(seed=5),
+            headers={"content-type": "image/png", "x-client-id": key},
+        ).json()["variant"]
+        by_metadata = stub.ModelInfer(request, metadata=[("x-client-id", key)])
+        request.parameters["client_id"].string_param = key
+        by_parameter = stub.ModelInfer(request)
+        del request.parameters["client_id"]
+        assert by_metadata.parameters["variant"].string_param == over_http
+        assert by_parameter.parameters["variant"].string_param == over_http
+    request.parameters["variant"].string_param = "full"
+    assert stub.ModelInfer(request).parameters["variant"].string_param == "full"

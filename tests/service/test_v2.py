@@ -72,11 +72,11 @@ def test_body_without_content_type_is_read_as_json(client):
 @pytest.mark.parametrize(
     "tensor, fragment",
     [
-        ({"name": "x", "datatype": "FP16", "shape": [1, 3, 32, 32], "data": [0.0]}, "datatype must be"),
-        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0]}, "shape must be"),
-        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}, "needs 3072"),
-        ({"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "inputs[0].data"),
-        ({"name": "x", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [300] * 3072}, "between 0 and 255"),
+        ({"name": "images", "datatype": "FP16", "shape": [1, 3, 32, 32], "data": [0.0]}, "datatype must be"),
+        ({"name": "images", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0]}, "shape must be"),
+        ({"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}, "needs 3072"),
+        ({"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "inputs[0].data"),
+        ({"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [300] * 3072}, "between 0 and 255"),
     ],
 )
 def test_bad_tensors_get_400(client, tensor, fragment):
@@ -98,3 +98,59 @@ def test_binary_extension_and_bad_bodies_are_refused_clearly(client):
         },
     )
     assert unknown.status_code == 400 and "unknown output" in unknown.json()["error"]
+
+
+def test_one_input_per_name_in_the_metadata(client):
+    meta = client.get("/v2/models/blockdrop").json()
+    assert meta["inputs"] == [
+        {"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]},
+        {"name": "pixels", "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
+    ]
+    pixels = _pixels(4)[None]
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": pixels.flatten().tolist()}
+    as_pixels = client.post("/v2/models/full/infer", json={"inputs": [tensor]})
+    as_images = client.post("/v2/models/full/infer", json={"inputs": [tensor | {"name": "images"}]})
+    assert as_pixels.status_code == 200 and as_pixels.json()["outputs"] == as_images.json()["outputs"]
+    wrong = client.post("/v2/models/full/infer", json={"inputs": [tensor | {"datatype": "FP32"}]})
+    assert wrong.status_code == 400 and "'pixels' is UINT8" in wrong.json()["error"]
+    unknown = client.post("/v2/models/full/infer", json={"inputs": [tensor | {"name": "image"}]})
+    assert unknown.status_code == 400 and "must be 'images'" in unknown.json()["error"]
+
+
+def _pixels_body(seed: int, **parameters) -> dict:
+    pixels = _pixels(seed)[None]
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": pixels.flatten().tolist()}
+    return {"inputs": [tensor]} | ({"parameters": parameters} if parameters else {})
+
+
+def test_the_virtual_model_routes_as_v1_does(client):
+    """``default`` takes the A/B split: the same sticky key lands where /v1/classify puts it, an override wins,
+    and the variant chosen is in the response's parameters and in the metrics."""
+    assert client.get("/v2/models/default").json()["outputs"][1]["shape"] == [-1, 3]
+    assert client.get("/v2/models/default/ready").json()["ready"] is True
+    keys = [f"user-{i}" for i in range(20)]
+    v1 = {
+        key: client.post(
+            "/v1/classify", content=png_bytes(seed=1), headers={"content-type": "image/png", "x-client-id": key}
+        ).json()["variant"]
+        for key in keys
+    }
+    assert set(v1.values()) == {"blockdrop", "full"}
+    by_header = {
+        key: client.post("/v2/models/default/infer", json=_pixels_body(1), headers={"x-client-id": key}).json()
+        for key in keys
+    }
+    by_parameter = {
+        key: client.post("/v2/models/default/infer", json=_pixels_body(1, client_id=key)).json() for key in keys
+    }
+    assert {k: r["parameters"]["variant"] for k, r in by_header.items()} == v1
+    assert {k: r["parameters"]["variant"] for k, r in by_parameter.items()} == v1
+    assert all(r["model_name"] == "default" for r in by_header.values())
+    forced = client.post("/v2/models/default/infer", json=_pixels_body(1, variant="full", client_id="user-0"))
+    assert forced.json()["parameters"]["variant"] == "full"
+    by_variant = client.post("/v2/models/default/infer", json=_pixels_body(1), headers={"x-variant": "blockdrop"})
+    assert by_variant.json()["parameters"]["variant"] == "blockdrop"
+    bad = client.post("/v2/models/default/infer", json=_pixels_body(1, variant=3))
+    assert bad.status_code == 400 and "parameters.variant must be a string" in bad.json()["error"]
+    metrics = client.get("/metrics").text
+    assert 'blockdrop_requests_total{status="200",variant="default"}' not in metrics
