@@ -4,7 +4,6 @@ file; command-line options win over both."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from cli.help_format import DefaultsInHelp
@@ -15,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument("--host", help="bind address (default: BLOCKDROP_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: BLOCKDROP_PORT or 8000)")
     parser.add_argument("--settings", help="TOML or JSON settings file (same as BLOCKDROP_SETTINGS_FILE)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: BLOCKDROP_LOG_LEVEL or info"
+    )
     parser.set_defaults(handler=_serve)
 
 
@@ -27,6 +28,5 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[SETTINGS_FILE_ENV] = args.settings
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(settings, args.log_level)
     return 0

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     worker_replicas: int = Field(
         default=1, ge=1, le=16, description="worker processes per variant (inference_workers=process), batches spread"
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line (a line per inference request); text: plain lines"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(default=False, description="uvicorn's own access log, beside the request log lines")
     fast_path: bool = Field(
         default=True, description="answer raw-image POST /v1/classify in pure ASGI, ahead of FastAPI's routing"
     )

@@ -23,6 +23,7 @@ from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unp
 from service.feedback import PredictionStore
 from service.imaging import ImagePreprocessor
 from service.metrics import ServiceMetrics
+from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
 from service.tensors import InputTensor, OutputTensor, image_shapes, images_from, outputs_from, requested_outputs
 from service.variants import Variant
@@ -159,6 +160,9 @@ class DataPlane:
 
     def route(self, override: str | None, client_key: str | None) -> Variant:
         self._refuse_if_draining()
+        record = current_record()
+        if record is not None and client_key is not None:
+            record.client = hashed(client_key)
         return self.variants[self.router.choose(override, client_key)]
 
     async def classify(self, variant: Variant, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
@@ -281,6 +285,10 @@ class DataPlane:
         queue_wait = self.metrics.queue_wait.labels(variant.name)
         for result in results:
             queue_wait.observe(result.queue_seconds)
+        record = current_record()
+        if record is not None:
+            blocks = sum(int(result.keep_mask.sum()) for result in results)
+            record.add_results(variant.name, blocks, sum(result.flops for result in results), len(results))
         return results
 
     def _classification(self, served: Served, result: ImageResult, top_k: int) -> dict[str, Any]:
@@ -328,6 +336,7 @@ class DataPlane:
         task.add_done_callback(self._background.discard)
 
     async def _shadow(self, served: str, shadow: Variant, images: list[bytes], predictions: list[int]) -> None:
+        detach_record()  # a shadow run is not part of the request it copies
         preprocess = self.preprocessors[shadow.name]
         try:
             tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])

@@ -10,7 +10,7 @@ import uvicorn
 from service.config import Settings
 
 
-def uvicorn_config(app: Callable, settings: Settings, log_level: str = "info") -> uvicorn.Config:
+def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = None) -> uvicorn.Config:
     """httptools parses HTTP in C (h11, pure Python, costs the event loop far more per request). The loop is
     asyncio's, not uvloop: under overload (``blockdrop bench soak``, bursts of 256 connections) uvloop left some
     connections unanswered for over 10 s while others were served many times over; asyncio's loop did not."""
@@ -18,7 +18,9 @@ def uvicorn_config(app: Callable, settings: Settings, log_level: str = "info") -
         app,
         host=settings.host,
         port=settings.port,
-        log_level=log_level,
+        log_level=log_level or settings.log_level,
+        log_config=None,  # uvicorn's loggers go through the service's handler (service/request_log.py)
+        access_log=settings.access_log,
         timeout_graceful_shutdown=settings.request_timeout_s,
         loop="asyncio",
         http="httptools",
@@ -36,8 +38,10 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings, log_level: str = "info") -> None:
+def serve(settings: Settings, log_level: str | None = None) -> None:
     """Serve ``settings`` until a shutdown signal, then drain."""
     from service.app import create_app
+    from service.request_log import configure_logging
 
+    configure_logging(settings.log_format, log_level or settings.log_level)
     DrainingServer(uvicorn_config(create_app(settings), settings, log_level)).run()

@@ -19,6 +19,7 @@ from service.api.errors import encode_json
 from service.dataplane import DataPlane
 from service.errors import PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
+from service.request_log import open_record, request_id_from, write_record
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class FastClassify:
         query, headers = request
         started = time.monotonic()
         variant = "none"
+        request_id = request_id_from(headers.get(b"x-request-id"))
+        record = open_record(request_id, "http", PATH)
         try:
             body = await self._read_body(headers, receive)
             plane = self.plane()
@@ -70,10 +73,11 @@ class FastClassify:
             status, payload, extra = 500, encode_json({"error": "internal error; the service logged the details"}), {}
         if status == 413:
             extra = extra | {"connection": "close"}  # the unread rest of the body must not be taken as a request
-        await _respond(send, status, payload, extra)
+        await _respond(send, status, payload, extra | {"x-request-id": request_id})
         self.metrics.requests.labels(variant, str(status)).inc()
         if variant != "none":
             self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+        write_record(record, status)
 
     def _claim(self, scope: Scope) -> tuple[dict[str, str], dict[bytes, str]] | None:
         """The query and headers of a request this path answers, or None to hand it to FastAPI."""

@@ -20,6 +20,7 @@ from service.api.v2_binary import EXTENSION
 from service.dataplane import DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
+from service.request_log import REQUEST_ID_HEADER, open_record, request_id_from, write_record
 from service.tensors import InputTensor, OutputTensor
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
         started = time.monotonic()
         variant, status = "none", 500
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = request_id_from(metadata.get(REQUEST_ID_HEADER))
+        record = open_record(request_id, "grpc", "ModelInfer")
+        await context.send_initial_metadata([(REQUEST_ID_HEADER, request_id)])
         try:
-            metadata = dict(context.invocation_metadata() or ())
             override = _parameter(request, "variant") or metadata.get("x-variant")
             client_key = _parameter(request, "client_id") or metadata.get("x-client-id")
             chosen = self.plane.tensor_model(request.model_name, override, client_key)
@@ -135,6 +139,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.metrics.requests.labels(variant, str(status)).inc()
             if variant != "none":
                 self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+            write_record(record, status)
 
     async def _known(self, name: str, context) -> None:
         try:

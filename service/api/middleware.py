@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import encode_json
 from service.errors import PayloadTooLarge
 from service.metrics import ServiceMetrics
+from service.request_log import open_record, request_id_from, write_record
 
 INFERENCE_PATHS = ("/v1/classify", "/v2/models/")
 
@@ -70,17 +71,21 @@ class BodySizeLimit:
 
 
 class RequestMetrics:
-    """Count inference requests by variant and status and time them end to end."""
+    """Give every HTTP request an id (the client's ``X-Request-ID`` or a new one, echoed in the response), and for
+    inference requests: count them by variant and status, time them end to end, and write their log line."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(INFERENCE_PATHS) or scope.get("method") != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = request_id_from(header(scope, b"x-request-id"))
+        path = scope.get("path", "")
+        inference = path.startswith(INFERENCE_PATHS) and scope.get("method") == "POST"
+        record = open_record(request_id, "http", path) if inference else None
         started = time.monotonic()
         status = 500
 
@@ -88,12 +93,23 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            variant = scope.get("state", {}).get("variant", "none")
-            self.metrics.requests.labels(variant, str(status)).inc()
-            if variant != "none":
-                self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+            if record is not None:
+                variant = scope.get("state", {}).get("variant", "none")
+                self.metrics.requests.labels(variant, str(status)).inc()
+                if variant != "none":
+                    self.metrics.latency.labels(variant).observe(time.monotonic() - started)
+                write_record(record, status)
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes), if the request has it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None

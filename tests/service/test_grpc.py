@@ -200,3 +200,13 @@ def test_the_virtual_model_routes_over_grpc_as_over_http(server, stub):
         assert by_parameter.parameters["variant"].string_param == over_http
     request.parameters["variant"].string_param = "full"
     assert stub.ModelInfer(request).parameters["variant"].string_param == "full"
+
+
+def test_the_request_id_comes_back_as_metadata(stub):
+    request = pb.ModelInferRequest(model_name="full")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    _, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "grpc-7")])
+    assert dict(call.initial_metadata())["x-request-id"] == "grpc-7"
+    _, call = stub.ModelInfer.with_call(request)
+    assert len(dict(call.initial_metadata())["x-request-id"]) == 32
