@@ -95,10 +95,12 @@ def write_bodies(data_root: str | None, count: int, folder: Path) -> list[bytes]
     return bodies
 
 
-def run_wrk(url: str, concurrency: int, seconds: int, bodies: Path, count: int) -> dict:
+def run_wrk(
+    url: str, concurrency: int, seconds: float, bodies: Path, count: int, extra_env: dict[str, str] | None = None
+) -> dict:
     threads = min(2, concurrency)
     command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
-    env = os.environ | {"WRK_BODY_DIR": str(bodies), "WRK_BODY_COUNT": str(count)}
+    env = os.environ | {"WRK_BODY_DIR": str(bodies), "WRK_BODY_COUNT": str(count)} | (extra_env or {})
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))

@@ -1,5 +1,6 @@
--- wrk script: POST the images WRK_BODY_DIR/image_0.png .. image_{WRK_BODY_COUNT-1}.png in turn, and print a JSON
+-- wrk script: POST the bodies WRK_BODY_DIR/image_0.png .. image_{WRK_BODY_COUNT-1}.png in turn, and print a JSON
 -- summary with latency percentiles and response counts by status, gathered from every wrk thread.
+-- WRK_CONTENT_TYPE (default image/png) and WRK_HEADER_NAME / WRK_HEADER_VALUE (one more header) shape the request.
 local directory, count = os.getenv("WRK_BODY_DIR"), tonumber(os.getenv("WRK_BODY_COUNT"))
 local bodies = {}
 for i = 0, count - 1 do
@@ -8,7 +9,10 @@ for i = 0, count - 1 do
   file:close()
 end
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "image/png"
+wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "image/png"
+if os.getenv("WRK_HEADER_NAME") then
+  wrk.headers[os.getenv("WRK_HEADER_NAME")] = os.getenv("WRK_HEADER_VALUE")
+end
 
 local threads = {}
 local next_body = 0

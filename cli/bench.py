@@ -14,6 +14,7 @@ BENCHMARKS = {
     "load": "bench.load",
     "soak": "bench.soak",
     "efficiency": "bench.efficiency",
+    "protocols": "bench.protocols",
     "results": "bench.results_table",
 }
 

@@ -239,3 +239,28 @@ def test_soak_reports_the_peak_memory_of_each_quarter():
     series = [(0.0, 700 * mib), (10.0, 720 * mib), (30.0, 710 * mib), (59.0, 740 * mib), (80.0, 735 * mib)]
     assert quarter_peaks_mib(series) == [720.0, 710.0, 740.0, 735.0]
     assert quarter_peaks_mib([(0.0, 700 * mib), (80.0, 701 * mib)]) == [700.0, None, None, 701.0]
+
+
+def test_protocols_benchmark_measures_every_protocol(tmp_path):
+    args = _wrk_bench(tmp_path, "protocols")
+    full = next(a for a in args if a.startswith("full="))
+    args = [a for a in args if not a.startswith("blockdrop=")]
+    args.remove("--variant")
+    assert full in args
+    args += ["--seconds", "1", "--repeats", "1", "--concurrency", "2"]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "protocols.json").read_text())
+    assert set(result["summary"]) == {"v1 PNG", "v2 JSON", "v2 binary", "v2 gRPC"}
+    for protocol, row in result["summary"].items():
+        assert row["requests_per_second"] > 0 and row["service_cpu_ms_per_request"] > 0, protocol
+        assert all(set(statuses) <= {200, "200", "OK"} for statuses in row["statuses"]), protocol
+
+
+def test_efficiency_benchmark_runs(tmp_path):
+    args = [*_wrk_bench(tmp_path, "efficiency"), "--concurrency", "1,4", "--seconds", "1", "--repeats", "1"]
+    args += ["--model-seconds", "0.2", "--warmup-seconds", "1", "--overhead-requests", "5"]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "efficiency.json").read_text())
+    assert set(result["model_alone"]) == {"blockdrop", "full"}
+    assert result["summary"]["variants"]["blockdrop"]["model_speedup_b32"] > 0
+    assert "efficiency" in (tmp_path / "efficiency.md").read_text()
