@@ -13,6 +13,7 @@ _COMMANDS = {
     "serve": ("cli.serve", "run the inference service"),
     "train": ("cli.train", "train backbones, policies and the static variants"),
     "eval": ("cli.eval", "evaluate an artifact on CIFAR (the paper's Table 1)"),
+    "calibrate": ("cli.calibrate", "record a BlockDrop artifact's accuracy / FLOPs curve on validation"),
     "bench": ("cli.bench", "benchmark the executor and every variant"),
     "import-official": ("cli.import_official", "convert an original BlockDrop checkpoint into an artifact"),
 }

@@ -80,6 +80,8 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     flops: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # BlockDrop: accuracy and mean FLOPs over a grid of policy thresholds, measured on validation
+    calibration: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -107,6 +109,7 @@ class Manifest:
                 training=data.get("training", {}),
                 flops=data.get("flops", {}),
                 defaults=data.get("defaults", {}),
+                calibration=data.get("calibration", {}),
                 files=data.get("files", {}),
                 created=data.get("created", ""),
             )
