@@ -59,6 +59,8 @@ class Variant:
             "blocks": self.num_blocks,
             "flops": {"full": self.full_flops, "policy": self.model.flops_table.policy},
             "metrics": _headline_metrics(manifest.metrics),
+            # the accuracy / FLOPs curve on validation, for BlockDrop variants whose artifact carries one
+            "calibration": manifest.calibration.get("points") if self.mode == "blockdrop" else None,
         }
 
 
