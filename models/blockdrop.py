@@ -160,16 +160,19 @@ class BlockDropModel(nn.Module):
         self,
         x: Tensor,
         mode: Mode | str | None = None,
-        threshold: float = 0.5,
+        threshold: float | Tensor = 0.5,
         k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The [N, blocks] bool keep mask that ``mode`` gives for ``x``."""
+        """The [N, blocks] bool keep mask that ``mode`` gives for ``x``; ``threshold`` may be one per row ([N]): the
+        policy runs once and each row is compared with its own."""
         mode = Mode(mode) if mode is not None else self.default_mode()
         n = x.shape[0]
         if mode is Mode.POLICY:
             if self.policy is None:
                 raise ValueError("this model has no policy; use mode 'full'")
+            if isinstance(threshold, Tensor):
+                threshold = threshold.to(x.device).view(-1, 1)
             return self.policy(x) >= threshold
         if mode is Mode.FULL:
             return torch.ones(n, self.num_blocks, dtype=torch.bool, device=x.device)
@@ -183,7 +186,7 @@ class BlockDropModel(nn.Module):
     def infer(
         self,
         x: Tensor,
-        threshold: float = 0.5,
+        threshold: float | Tensor = 0.5,
         mode: Mode | str | None = None,
         k: int | None = None,
         generator: torch.Generator | None = None,

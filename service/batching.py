@@ -42,6 +42,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop
     enqueued: float
     deadline: float
+    threshold: float | None = None  # this image's policy threshold, when it is not the variant's
 
 
 _STOP = object()
@@ -89,12 +90,14 @@ class MicroBatcher:
         with self._incoming_lock:
             self._incoming += images
 
-    def submit(self, tensor: Tensor, deadline: float) -> asyncio.Future:
-        """Queue one image; call from the event loop. ``deadline`` is a ``time.monotonic()`` value."""
+    def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future:
+        """Queue one image; call from the event loop. ``deadline`` is a ``time.monotonic()`` value; ``threshold``
+        is this image's own policy threshold (a batch may mix them: the policy runs once, each row compared with its
+        own)."""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
         loop = asyncio.get_running_loop()
-        item = _Item(tensor, loop.create_future(), loop, time.monotonic(), deadline)
+        item = _Item(tensor, loop.create_future(), loop, time.monotonic(), deadline, threshold)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -160,7 +163,13 @@ class MicroBatcher:
 
         started = time.monotonic()
         try:
-            result = infer(torch.stack([item.tensor for item in live]))
+            batch = torch.stack([item.tensor for item in live])
+            if any(item.threshold is not None for item in live):
+                nan = float("nan")  # the variant's own threshold
+                thresholds = torch.tensor([nan if i.threshold is None else i.threshold for i in live])
+                result = infer(batch, thresholds)
+            else:
+                result = infer(batch)
         except ServiceError as error:  # said plainly already (a worker restarting): these requests get it as it is
             log.warning("batch of %d refused on variant %s: %s", len(live), self.name, error.message)
             for item in live:

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1, description="width x height, checked before decoding")
     max_images_per_request: int = Field(default=64, ge=1)
     max_top_k: int = Field(default=10, ge=1)
+    budget_levels: dict[str, float] = Field(
+        default_factory=lambda: {"fast": 0.6, "balanced": 0.75, "accurate": 1.0},
+        description="named compute budgets (X-Compute-Budget / ?budget=), as fractions of the full network's FLOPs",
+    )
 
     feedback_capacity: int = Field(default=100_000, ge=1, description="recent predictions kept for feedback")
     feedback_ttl_s: float = Field(default=3600.0, gt=0.0)
@@ -123,6 +127,14 @@ class Settings(BaseSettings):
         if self.shadow_variant is not None and self.shadow_variant not in names:
             raise ValueError(f"shadow_variant {self.shadow_variant!r} is not one of the variants {names}")
         return self
+
+    @field_validator("budget_levels")
+    @classmethod
+    def _budgets_are_fractions(cls, levels: dict[str, float]) -> dict[str, float]:
+        for name, value in levels.items():
+            if not 0 < value <= 1:
+                raise ValueError(f"budget level {name!r} must be a fraction in (0, 1], got {value}")
+        return levels
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from anyio import to_thread
 from torch import Tensor
 
 from service.batching import ImageResult, MicroBatcher
+from service.budget import parse_budget, point_for
 from service.config import Settings
 from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unprocessable
 from service.feedback import PredictionStore
@@ -36,6 +37,23 @@ log = logging.getLogger(__name__)
 INLINE_DECODE_PIXELS = 16 * 32 * 32
 # the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
 VIRTUAL_MODEL = "default"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The threshold a request runs at (None for a plain network), the budget it asked for, and a note."""
+
+    threshold: float | None
+    budget: float | None
+    note: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"threshold": self.threshold}
+        if self.budget is not None:
+            shown["budget"] = self.budget
+        if self.note is not None:
+            shown["note"] = self.note
+        return shown
 
 
 @dataclass
@@ -165,10 +183,32 @@ class DataPlane:
             record.client = hashed(client_key)
         return self.variants[self.router.choose(override, client_key)]
 
-    async def classify(self, variant: Variant, images: list[bytes], top_k: int) -> list[dict[str, Any]]:
-        """Decode, batch and run ``images`` on ``variant``; one response dict per image."""
+    def compute_for(self, variant: Variant, budget: str | None) -> Compute:
+        """The policy threshold a request runs at: the variant's own, or the one its compute budget maps to on the
+        variant's calibrated curve. A plain network has no threshold and says that it ignored a budget."""
+        if variant.mode != "blockdrop":
+            note = None if budget is None else f"ignored: variant {variant.name!r} runs every block"
+            return Compute(None, None, note)
+        if budget is None:
+            return Compute(variant.threshold, None, None)
+        fraction = parse_budget(budget, self.settings.budget_levels)
+        points = variant.manifest.calibration.get("points")
+        if not points:
+            raise Unprocessable(
+                f"variant {variant.name!r} has no calibrated curve to map a budget to a threshold "
+                "(blockdrop calibrate ARTIFACT writes one)"
+            )
+        point = point_for(points, fraction, variant.name)
+        return Compute(point["threshold"], fraction, None)
+
+    async def classify(
+        self, variant: Variant, images: list[bytes], top_k: int, budget: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Decode, batch and run ``images`` on ``variant`` (at the threshold ``budget`` maps to, if given); one
+        response dict per image."""
         if not 1 <= top_k <= self.settings.max_top_k:
             raise Unprocessable(f"top_k must be between 1 and {self.settings.max_top_k}")
+        compute = self.compute_for(variant, budget)
         started = time.monotonic()
         batcher = self.batchers[variant.name]
         preprocess = self.preprocessors[variant.name]
@@ -180,8 +220,9 @@ class DataPlane:
                 tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
         finally:
             batcher.expect(-len(images))
-        served = Served(variant, await self._run(variant, tensors, started), started)
-        responses = [self._classification(served, result, top_k) for result in served.results]
+        own = compute.threshold if budget is not None else None  # None: the variant's own, as the batch default
+        served = Served(variant, await self._run(variant, tensors, started, own), started)
+        responses = [self._classification(served, result, top_k, compute) for result in served.results]
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 
@@ -200,15 +241,21 @@ class DataPlane:
         return self.route(override, client_key)
 
     async def infer_tensors(
-        self, variant: Variant, inputs: list[InputTensor], output_names: list[str] | None = None
+        self,
+        variant: Variant,
+        inputs: list[InputTensor],
+        output_names: list[str] | None = None,
+        compute: Compute | None = None,
     ) -> list[OutputTensor]:
-        """The tensor protocols' inference: one image tensor in, the named outputs (default: all) out."""
+        """The tensor protocols' inference: one image tensor in, the named outputs (default: all) out, at
+        ``compute``'s threshold (from ``compute_for``; default: the variant's own)."""
         if len(inputs) != 1:
             raise BadInput(f"{variant.name} takes exactly one input tensor, got {len(inputs)}")
         wanted = requested_outputs(output_names)
         batch = images_from(inputs[0], variant.manifest.input, self.settings.max_images_per_request)
         self._refuse_if_draining()
-        results = await self._run(variant, list(batch), time.monotonic())
+        own = compute.threshold if compute is not None and compute.budget is not None else None
+        results = await self._run(variant, list(batch), time.monotonic(), own)
         return outputs_from(results, len(variant.manifest.classes), variant.num_blocks, wanted)
 
     def model_metadata(self, model_name: str) -> dict[str, Any]:
@@ -268,13 +315,15 @@ class DataPlane:
         if self.draining:
             raise Overloaded("the service is shutting down; retry on another instance", self.settings.retry_after_s)
 
-    async def _run(self, variant: Variant, tensors: list[Tensor], started: float) -> list[ImageResult]:
+    async def _run(
+        self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None
+    ) -> list[ImageResult]:
         batcher = self.batchers[variant.name]
         deadline = started + self.settings.request_timeout_s
         futures: list[asyncio.Future] = []
         try:
             for tensor in tensors:
-                futures.append(batcher.submit(tensor, deadline))
+                futures.append(batcher.submit(tensor, deadline, threshold))
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 results = await asyncio.gather(*futures)
         except TimeoutError:
@@ -291,7 +340,7 @@ class DataPlane:
             record.add_results(variant.name, blocks, sum(result.flops for result in results), len(results))
         return results
 
-    def _classification(self, served: Served, result: ImageResult, top_k: int) -> dict[str, Any]:
+    def _classification(self, served: Served, result: ImageResult, top_k: int, compute: Compute) -> dict[str, Any]:
         variant = served.variant
         classes = variant.manifest.classes
         # plain Python from here: per-element tensor access costs microseconds each on the event loop
@@ -320,6 +369,7 @@ class DataPlane:
                 "full": variant.full_flops,
                 "ratio": round(result.flops / variant.full_flops, 6),
             },
+            "compute": compute.as_dict(),
             "latency_ms": {
                 "total": round(total_ms, 3),
                 "queue": round(result.queue_seconds * 1000, 3),

@@ -38,10 +38,15 @@ class Variant:
         return self.model.flops_table.full
 
     @torch.inference_mode()
-    def infer(self, batch: Tensor) -> InferenceResult:
+    def infer(self, batch: Tensor, thresholds: Tensor | None = None) -> InferenceResult:
+        """Logits, masks and FLOPs for ``batch``; ``thresholds`` (one per row, NaN for the default) override the
+        variant's policy threshold row by row; a plain network ignores them."""
         mode = Mode.POLICY if self.mode == "blockdrop" else Mode.FULL
         batch = batch.to(self.device, memory_format=self.memory_format)
-        result = self.model.infer(batch, threshold=self.threshold, mode=mode)
+        threshold: float | Tensor = self.threshold
+        if thresholds is not None and mode is Mode.POLICY:
+            threshold = torch.where(thresholds.isnan(), self.threshold, thresholds)
+        result = self.model.infer(batch, threshold=threshold, mode=mode)
         return InferenceResult(result.logits.float().cpu(), result.keep_mask.cpu(), result.flops.cpu())
 
     def summary(self) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class _Buffers:
     """Shared tensors: the batch in, the per-image results out."""
 
     images: Tensor
+    thresholds: Tensor  # per row, NaN for the variant's own
     logits: Tensor
     keep_mask: Tensor
     flops: Tensor
@@ -73,6 +74,7 @@ class _Buffers:
         layout = torch.channels_last if spec.device == "cpu" else torch.contiguous_format
         return cls(
             torch.zeros((n, *spec.input_shape)).contiguous(memory_format=layout).share_memory_(),
+            torch.zeros(n).share_memory_(),
             torch.zeros((n, spec.num_classes)).share_memory_(),
             torch.zeros((n, spec.num_blocks), dtype=torch.bool).share_memory_(),
             torch.zeros(n, dtype=torch.int64).share_memory_(),
@@ -97,9 +99,11 @@ def _serve_batches(connection: multiprocessing.connection.Connection, spec: Work
             return  # the service went away
         if rows is None:
             return
+        rows, with_thresholds = rows
         try:
             started = time.perf_counter()
-            result = variant.infer(buffers.images[:rows])
+            thresholds = buffers.thresholds[:rows] if with_thresholds else None
+            result = variant.infer(buffers.images[:rows], thresholds)
             seconds = time.perf_counter() - started
             buffers.logits[:rows].copy_(result.logits)
             buffers.keep_mask[:rows].copy_(result.keep_mask)
@@ -190,7 +194,7 @@ class InferenceWorker:
         if not self._supervisor.is_alive():
             self._supervisor.start()
 
-    def infer(self, batch: Tensor) -> InferenceResult:
+    def infer(self, batch: Tensor, thresholds: Tensor | None = None) -> InferenceResult:
         with self._lock:
             child = self._child
             if child is None:
@@ -200,8 +204,10 @@ class InferenceWorker:
                 )
             rows = len(batch)
             self._buffers.images[:rows].copy_(batch)
+            if thresholds is not None:
+                self._buffers.thresholds[:rows].copy_(thresholds)
             try:
-                child.connection.send(rows)
+                child.connection.send((rows, thresholds is not None))
                 if not child.connection.poll(self.answer_timeout_s):
                     raise TimeoutError
                 status, message = child.connection.recv()

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 PATH = "/v1/classify"
 RAW_TYPES = ("", "application/octet-stream")
-QUERY_KEYS = frozenset({"variant", "top_k"})
+QUERY_KEYS = frozenset({"variant", "top_k", "budget"})
 
 
 def parse_query(query_string: bytes) -> dict[str, str] | None:
-    """``variant`` and ``top_k`` (a positive whole number) when that is all the query holds, each once; else None
+    """``variant``, ``budget`` and ``top_k`` (a positive whole number) when that is all the query holds, each once;
+    else None
     (the FastAPI route answers, with its own validation messages)."""
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     query = dict(pairs)
@@ -64,7 +65,8 @@ class FastClassify:
             chosen = plane.route(query.get("variant") or headers.get(b"x-variant"), headers.get(b"x-client-id"))
             variant = chosen.name
             top_k = int(query["top_k"]) if "top_k" in query else 1
-            results = await plane.classify(chosen, [body], top_k)
+            budget = query.get("budget") or headers.get(b"x-compute-budget")
+            results = await plane.classify(chosen, [body], top_k, budget)
             status, payload, extra = 200, encode_json(results[0]), {}
         except ServiceError as error:
             status, payload, extra = error.status_code, encode_json({"error": error.message}), error.headers
@@ -85,7 +87,7 @@ class FastClassify:
             return None
         headers: dict[bytes, str] = {}
         for name, value in scope["headers"]:
-            if name in headers and name in (b"x-variant", b"x-client-id", b"content-type"):
+            if name in headers and name in (b"x-variant", b"x-client-id", b"x-compute-budget", b"content-type"):
                 return None  # repeated: leave the choice of which one counts to FastAPI
             headers[name] = value.decode("latin-1")
         content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()

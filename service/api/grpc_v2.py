@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from service import __version__
 from service.api.v2_binary import EXTENSION
-from service.dataplane import DataPlane
+from service.dataplane import Compute, DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
 from service.request_log import REQUEST_ID_HEADER, open_record, request_id_from, write_record
@@ -70,14 +70,24 @@ def _parameter(request: pb.ModelInferRequest, key: str) -> str | None:
     if key not in request.parameters:
         return None
     parameter = request.parameters[key]
-    if parameter.WhichOneof("parameter_choice") != "string_param":
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind == "double_param" and key == "budget":  # a budget may come as a number
+        return repr(parameter.double_param)
+    if kind != "string_param":
         raise ServiceError(f"parameters.{key} must be a string", 400)
     return parameter.string_param
 
 
-def response_for(request: pb.ModelInferRequest, variant: str, outputs: list[OutputTensor]) -> pb.ModelInferResponse:
+def response_for(
+    request: pb.ModelInferRequest, variant: str, outputs: list[OutputTensor], compute: Compute
+) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
     response.parameters["variant"].string_param = variant
+    for key, value in compute.as_dict().items():
+        if isinstance(value, str):
+            response.parameters[key].string_param = value
+        elif value is not None:
+            response.parameters[key].double_param = value
     for output in outputs:
         response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         response.raw_output_contents.append(output.as_bytes())
@@ -124,10 +134,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             client_key = _parameter(request, "client_id") or metadata.get("x-client-id")
             chosen = self.plane.tensor_model(request.model_name, override, client_key)
             variant = chosen.name
+            compute = self.plane.compute_for(chosen, _parameter(request, "budget") or metadata.get("x-compute-budget"))
             wanted = [o.name for o in request.outputs] or None
-            outputs = await self.plane.infer_tensors(chosen, input_tensors(request), wanted)
+            outputs = await self.plane.infer_tensors(chosen, input_tensors(request), wanted, compute)
             status = 200
-            return response_for(request, chosen.name, outputs)
+            return response_for(request, chosen.name, outputs, compute)
         except ServiceError as error:
             status = error.status_code
             await context.abort(status_of(error, self.plane.draining), error.message)

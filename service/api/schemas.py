@@ -30,6 +30,14 @@ class LatencyMs(BaseModel):
     inference: float = Field(description="model time of the batch this image ran in")
 
 
+class Compute(BaseModel):
+    threshold: float | None = Field(description="the policy threshold this image ran at; null for a plain network")
+    budget: float | None = Field(
+        default=None, description="the compute budget asked for (X-Compute-Budget / ?budget=), as a FLOPs fraction"
+    )
+    note: str | None = Field(default=None, description="e.g. that a plain network ignored the budget")
+
+
 class Classification(BaseModel):
     request_id: str = Field(description="quote it in POST /v1/feedback")
     variant: str
@@ -38,6 +46,7 @@ class Classification(BaseModel):
     top_k: list[Prediction]
     blocks: Blocks
     flops: Flops
+    compute: Compute
     latency_ms: LatencyMs
 
 

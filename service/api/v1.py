@@ -56,14 +56,18 @@ async def classify(
     request: Request,
     variant: str | None = Query(default=None, description="force a variant (wins over X-Variant)"),
     top_k: int | None = Query(default=None, ge=1, description="how many ranked classes to return (default 1)"),
+    budget: str | None = Query(
+        default=None, description="compute budget: a fraction of the full network's FLOPs in (0, 1], or a level name"
+    ),
     x_variant: str | None = Header(default=None, description="force a variant"),
     x_client_id: str | None = Header(default=None, description="sticky A/B key: same key, same variant"),
+    x_compute_budget: str | None = Header(default=None, description="compute budget (the query's budget wins)"),
     plane: DataPlane = Depends(get_plane),
 ) -> JSONResponse:
     images, batch_top_k, is_batch = await _read_images(request, plane.settings.max_images_per_request)
     chosen = plane.route(variant or x_variant, x_client_id)
     request.state.variant = chosen.name
-    results = await plane.classify(chosen, images, top_k or batch_top_k or 1)
+    results = await plane.classify(chosen, images, top_k or batch_top_k or 1, budget or x_compute_budget)
     # a ready response: FastAPI would otherwise walk the plain dicts once more through jsonable_encoder
     return JSONResponse({"variant": chosen.name, "results": results} if is_batch else results[0])
 

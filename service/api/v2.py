@@ -91,14 +91,15 @@ async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plan
     override = _text(asked, "variant") or request.headers.get("x-variant")
     variant = plane.tensor_model(name, override, _text(asked, "client_id") or request.headers.get("x-client-id"))
     request.state.variant = variant.name
+    compute = plane.compute_for(variant, _text(asked, "budget") or request.headers.get("x-compute-budget"))
     wanted = [o.name for o in body.outputs] if body.outputs else None
-    outputs = await plane.infer_tensors(variant, inputs, wanted)
+    outputs = await plane.infer_tensors(variant, inputs, wanted, compute)
     as_binary = binary_outputs(body, [o.name for o in outputs])
     header = InferenceResponse(
         model_name=name,
         model_version=MODEL_VERSION,
         id=body.id,
-        parameters={"variant": variant.name},
+        parameters={"variant": variant.name, **compute.as_dict()},
         outputs=[
             ResponseOutput(
                 name=o.name, datatype=o.datatype, shape=o.shape, data=None if o.name in as_binary else o.as_list()

@@ -42,6 +42,9 @@ def test_a_worker_answers_exactly_as_the_model_in_process(artifacts, kind):
             mine, theirs = worker.infer(batch), variant.infer(batch)
             assert torch.equal(mine.logits, theirs.logits)
             assert torch.equal(mine.keep_mask, theirs.keep_mask) and torch.equal(mine.flops, theirs.flops)
+            thresholds = torch.linspace(0.2, 0.8, rows)  # per-row thresholds cross the hand-over too
+            mine, theirs = worker.infer(batch, thresholds), variant.infer(batch, thresholds)
+            assert torch.equal(mine.keep_mask, theirs.keep_mask) and torch.equal(mine.flops, theirs.flops)
     finally:
         torch.set_num_threads(threads)
         worker.stop()
