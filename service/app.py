@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 from service import __version__
-from service.api import health, v1, v2
+from service.api import admin, health, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
 from service.api.middleware import BodySizeLimit, RequestMetrics
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1, description="width x height, checked before decoding")
     max_images_per_request: int = Field(default=64, ge=1)
     max_top_k: int = Field(default=10, ge=1)
+    admin_token: str | None = Field(
+        default=None,
+        description="bearer token for PUT /v1/variants/{name}; unset, the admin routes answer 404",
+        repr=False,
+    )
     budget_levels: dict[str, float] = Field(
         default_factory=lambda: {"fast": 0.6, "balanced": 0.75, "accurate": 1.0},
         description="named compute budgets (X-Compute-Budget / ?budget=), as fractions of the full network's FLOPs",

@@ -132,6 +132,8 @@ class DataPlane:
             variant.threshold if variant.mode == "blockdrop" else None,
             variant.num_blocks,
         )
+        if variant.mode == "blockdrop":
+            self.metrics.policy_threshold.labels(variant.name).set_function(lambda: variant.threshold)
         return batcher
 
     # lifecycle -----------------------------------------------------------------------------------------------
@@ -220,7 +222,8 @@ class DataPlane:
                 tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
         finally:
             batcher.expect(-len(images))
-        own = compute.threshold if budget is not None else None  # None: the variant's own, as the batch default
+        # every image carries its threshold: worker processes hold a copy of the variant, not its live setting
+        own = compute.threshold
         served = Served(variant, await self._run(variant, tensors, started, own), started)
         responses = [self._classification(served, result, top_k, compute) for result in served.results]
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
@@ -254,7 +257,7 @@ class DataPlane:
         wanted = requested_outputs(output_names)
         batch = images_from(inputs[0], variant.manifest.input, self.settings.max_images_per_request)
         self._refuse_if_draining()
-        own = compute.threshold if compute is not None and compute.budget is not None else None
+        own = (compute or self.compute_for(variant, None)).threshold
         results = await self._run(variant, list(batch), time.monotonic(), own)
         return outputs_from(results, len(variant.manifest.classes), variant.num_blocks, wanted)
 
@@ -303,12 +306,53 @@ class DataPlane:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        total = sum(v.weight for v in self.settings.variants)
-        weights = {v.name: v.weight / total for v in self.settings.variants}
+        shares = self.traffic_shares()
         return [
-            variant.summary() | {"traffic_share": weights[name], "shadow": name == self.settings.shadow_variant}
+            variant.summary() | {"traffic_share": shares[name], "shadow": name == self.settings.shadow_variant}
             for name, variant in self.variants.items()
         ]
+
+    def traffic_shares(self) -> dict[str, float]:
+        weights = self.router.weights
+        total = sum(weights.values())
+        return {name: weight / total for name, weight in weights.items()}
+
+    def variant_settings(self, name: str) -> dict[str, Any]:
+        """What an operator may change at runtime, as it is now."""
+        variant = self.variant(name)
+        return {
+            "name": name,
+            "mode": variant.mode,
+            "threshold": variant.threshold if variant.mode == "blockdrop" else None,
+            "weight": self.router.weights[name],
+            "traffic_share": self.traffic_shares()[name],
+        }
+
+    def update_variant(
+        self, name: str, threshold: float | None = None, budget: str | None = None, weight: float | None = None
+    ) -> dict[str, Any]:
+        """Change a variant's default threshold (directly, or through a budget on its calibrated curve) and its A/B
+        weight, at once and without a restart: requests already queued keep the threshold they were given."""
+        variant = self.variant(name)
+        if (threshold is not None or budget is not None) and variant.mode != "blockdrop":
+            raise Unprocessable(f"variant {name!r} runs every block: it has no threshold to set")
+        if threshold is not None and budget is not None:
+            raise Unprocessable("give a threshold or a budget, not both")
+        if budget is not None:
+            threshold = self.compute_for(variant, budget).threshold
+        if threshold is not None and not 0 < threshold < 1:
+            raise Unprocessable(f"threshold must be in (0, 1), got {threshold}")
+        if weight is not None:
+            try:
+                self.router.set_weights(self.router.weights | {name: weight})
+            except ValueError as error:
+                raise Unprocessable(str(error)) from None
+            self.metrics.admin_changes.labels(name, "weight").inc()
+        if threshold is not None:
+            variant.threshold = threshold
+            self.metrics.admin_changes.labels(name, "threshold").inc()
+        log.info("variant %s changed: threshold %s, weight %s", name, variant.threshold, self.router.weights[name])
+        return self.variant_settings(name)
 
     # internals -----------------------------------------------------------------------------------------------
     def _refuse_if_draining(self) -> None:

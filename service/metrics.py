@@ -91,6 +91,18 @@ class ServiceMetrics:
             ["variant"],
             registry=r,
         )
+        self.admin_changes = Counter(
+            "blockdrop_admin_changes",
+            "Runtime changes through PUT /v1/variants/{name}",
+            ["variant", "setting"],
+            registry=r,
+        )
+        self.policy_threshold = Gauge(
+            "blockdrop_policy_threshold",
+            "The live default policy threshold of each BlockDrop variant",
+            ["variant"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "blockdrop_model_info",
             "The model behind each variant (value 1)",

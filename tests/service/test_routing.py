@@ -37,3 +37,24 @@ def test_shadow_sampling():
     assert abs(shadowed - 1000) < 110
     assert router.shadow_for("b") is None  # never shadow a variant with itself
     assert Router({"a": 1}).shadow_for("a") is None
+
+
+def test_ramping_a_variant_moves_only_the_keys_that_must_move():
+    """10 % -> 20 % for 'new': it keeps its first keys and takes the others' from both; nobody moves between the
+    old variants. Ramping back returns exactly the same keys."""
+    keys = [f"user-{i}" for i in range(4000)]
+    router = Router({"new": 10, "a": 45, "b": 45})
+    before = {k: router.choose(client_key=k) for k in keys}
+    router.set_weights({"new": 20, "a": 40, "b": 40})
+    after = {k: router.choose(client_key=k) for k in keys}
+    assert all(after[k] == "new" for k in keys if before[k] == "new")
+    assert all(after[k] == before[k] for k in keys if after[k] != "new")
+    share = sum(v == "new" for v in after.values()) / len(keys)
+    assert abs(share - 0.2) < 4 * (0.2 * 0.8 / len(keys)) ** 0.5
+    router.set_weights({"new": 10, "a": 45, "b": 45})
+    assert {k: router.choose(client_key=k) for k in keys} == before
+
+
+def test_weights_must_leave_a_routable_variant():
+    with pytest.raises(ValueError, match="positive weight"):
+        Router({"a": 1}).set_weights({"a": 0})

@@ -117,3 +117,19 @@ def test_replicas_share_one_queue(artifacts):
             response = client.post("/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
             assert response.status_code == 200
         assert _metric(client, 'blockdrop_worker_up{variant="full"}') == 2
+
+
+def test_a_runtime_threshold_reaches_the_worker_processes(artifacts):
+    """Workers hold a copy of the variant: the threshold travels with each image, so a change applies at once."""
+    settings = make_settings(artifacts, inference_workers="process", admin_token="t")
+    with TestClient(create_app(settings)) as client:
+        masks = {}
+        for threshold in (0.001, 0.999):
+            changed = client.put(
+                "/v1/variants/blockdrop", json={"threshold": threshold}, headers={"authorization": "Bearer t"}
+            )
+            assert changed.status_code == 200
+            answer = client.post("/v1/classify?variant=blockdrop", content=png_bytes(seed=1), headers=PNG).json()
+            assert answer["compute"]["threshold"] == threshold
+            masks[threshold] = answer["blocks"]["mask"]
+        assert masks == {0.001: "111", 0.999: "000"}
