@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from service.adaptive import AdaptiveSettings
+
 ENV_PREFIX = "BLOCKDROP_"
 SETTINGS_FILE_ENV = f"{ENV_PREFIX}SETTINGS_FILE"
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
@@ -36,6 +38,9 @@ class VariantSettings(BaseModel):
     mode: Literal["blockdrop", "full"] = "full"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="default: the artifact's")
     weight: float = Field(default=1.0, ge=0.0, description="share of unpinned traffic, relative to the others")
+    adaptive: AdaptiveSettings | None = Field(
+        default=None, description="blockdrop only: raise the threshold under load (service/adaptive.py)"
+    )
 
 
 def default_variants() -> list[VariantSettings]:

@@ -17,6 +17,7 @@ import torch
 from anyio import to_thread
 from torch import Tensor
 
+from service.adaptive import ThresholdController
 from service.batching import ImageResult, MicroBatcher
 from service.budget import parse_budget, point_for
 from service.config import Settings
@@ -76,6 +77,12 @@ class DataPlane:
         }
         replicas = settings.worker_replicas if settings.inference_workers == "process" else 0
         self.workers = {name: [self._worker(v, i) for i in range(replicas)] for name, v in variants.items()}
+        adaptive = {v.name: v.adaptive for v in settings.variants if v.adaptive is not None}
+        self.controllers = {
+            name: ThresholdController(adaptive[name], (lambda v=variant: v.threshold), time.monotonic)
+            for name, variant in variants.items()
+            if name in adaptive and variant.mode == "blockdrop"
+        }
         self.batchers = {name: self._batcher(v) for name, v in variants.items()}
         self.store = PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
         self.warmed_up = False
@@ -133,7 +140,8 @@ class DataPlane:
             variant.num_blocks,
         )
         if variant.mode == "blockdrop":
-            self.metrics.policy_threshold.labels(variant.name).set_function(lambda: variant.threshold)
+            self.metrics.policy_threshold.labels(variant.name).set_function(lambda: self.live_threshold(variant))
+            self.metrics.degraded_images.labels(variant.name)
         return batcher
 
     # lifecycle -----------------------------------------------------------------------------------------------
@@ -185,6 +193,11 @@ class DataPlane:
             record.client = hashed(client_key)
         return self.variants[self.router.choose(override, client_key)]
 
+    def live_threshold(self, variant: Variant) -> float:
+        """The default threshold now: the operator's, or above it while the load controller degrades."""
+        controller = self.controllers.get(variant.name)
+        return controller.threshold() if controller is not None else variant.threshold
+
     def compute_for(self, variant: Variant, budget: str | None) -> Compute:
         """The policy threshold a request runs at: the variant's own, or the one its compute budget maps to on the
         variant's calibrated curve. A plain network has no threshold and says that it ignored a budget."""
@@ -192,7 +205,7 @@ class DataPlane:
             note = None if budget is None else f"ignored: variant {variant.name!r} runs every block"
             return Compute(None, None, note)
         if budget is None:
-            return Compute(variant.threshold, None, None)
+            return Compute(self.live_threshold(variant), None, None)
         fraction = parse_budget(budget, self.settings.budget_levels)
         points = variant.manifest.calibration.get("points")
         if not points:
@@ -376,8 +389,13 @@ class DataPlane:
             for future in futures:
                 future.cancel()  # no-op for finished ones; the batcher skips cancelled ones
         queue_wait = self.metrics.queue_wait.labels(variant.name)
+        controller = self.controllers.get(variant.name)
         for result in results:
             queue_wait.observe(result.queue_seconds)
+            if controller is not None:
+                controller.observe(result.queue_seconds)
+        if threshold is not None and variant.mode == "blockdrop" and threshold > variant.threshold:
+            self.metrics.degraded_images.labels(variant.name).inc(len(results))
         record = current_record()
         if record is not None:
             blocks = sum(int(result.keep_mask.sum()) for result in results)

@@ -103,6 +103,12 @@ class ServiceMetrics:
             ["variant"],
             registry=r,
         )
+        self.degraded_images = Counter(
+            "blockdrop_degraded_images",
+            "Images served above the variant's default threshold by the load controller or a budget",
+            ["variant"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "blockdrop_model_info",
             "The model behind each variant (value 1)",
