@@ -16,6 +16,7 @@ BENCHMARKS = {
     "efficiency": "bench.efficiency",
     "protocols": "bench.protocols",
     "results": "bench.results_table",
+    "calibration-plot": "bench.calibration_plot",
 }
 
 

@@ -39,6 +39,9 @@ def _handle(args: argparse.Namespace) -> int:
     model = load_artifact(args.artifact)
     if getattr(model, "policy", None) is None:
         raise ValueError(f"{args.artifact} is a {model.manifest.kind} artifact: only BlockDrop models have a dial")
+    default = model.manifest.defaults.get("threshold")
+    if default is not None:  # the shipped operating point is always on the curve
+        thresholds = sorted({*thresholds, float(default)})
     _, val = train_val_split(load_cifar(args.data_root, "train", args.dataset), args.val_size, seed=args.seed)
     if args.limit:
         val = val.subset(torch.arange(min(args.limit, len(val))))

@@ -264,3 +264,16 @@ def test_efficiency_benchmark_runs(tmp_path):
     assert set(result["model_alone"]) == {"blockdrop", "full"}
     assert result["summary"]["variants"]["blockdrop"]["model_speedup_b32"] > 0
     assert "efficiency" in (tmp_path / "efficiency.md").read_text()
+
+
+def test_the_calibration_plot_draws_every_calibrated_artifact(tmp_path):
+    out = tmp_path / "calibration.svg"
+    assert blockdrop(["bench", "calibration-plot", "--out", str(out)]) == 0
+    svg = out.read_text()
+    assert svg.startswith("<?xml") and "cifar10-resnet32-blockdrop" in svg and "shipped: threshold 0.575" in svg
+    empty = tmp_path / "none"
+    empty.mkdir()
+    from tests.cli_refusal import refusal
+
+    refused = refusal(["bench", "calibration-plot", "--checkpoints", str(empty), "--out", str(out)])
+    assert "carries a calibration curve" in refused
