@@ -15,6 +15,7 @@ BENCHMARKS = {
     "soak": "bench.soak",
     "efficiency": "bench.efficiency",
     "protocols": "bench.protocols",
+    "overload": "bench.overload",
     "results": "bench.results_table",
     "calibration-plot": "bench.calibration_plot",
 }

@@ -277,3 +277,23 @@ def test_the_calibration_plot_draws_every_calibrated_artifact(tmp_path):
 
     refused = refusal(["bench", "calibration-plot", "--checkpoints", str(empty), "--out", str(out)])
     assert "carries a calibration curve" in refused
+
+
+def test_overload_benchmark_runs_fixed_and_adaptive(tmp_path):
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (Debian package 'wrk')")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=8)
+    args = ["bench", "overload", "--data-root", str(data), "--artifact", str(artifacts["tiny-blockdrop"])]
+    args += ["--images", "8", "--connections", "8", "--seconds", "1", "--capacity-seconds", "1"]
+    args += ["--tail-seconds", "1", "--out", str(tmp_path)]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "overload.json").read_text())
+    assert [p["factor"] for p in result["fixed"]["phases"]] == [0.5, 1.5, 0.5] == result["phases"]
+    for label in ("fixed", "adaptive"):
+        for phase in result[label]["phases"]:
+            assert phase["answered"] > 0 and 0 <= phase["answered_within_slo"] <= phase["answered"]
+            assert 0 <= phase["accuracy"] <= 1
+    assert result["adaptive"]["threshold_series"] and "Live threshold" in (tmp_path / "overload.md").read_text()
