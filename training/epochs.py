@@ -3,8 +3,9 @@ log one record and checkpoint, so that a run stopped after any epoch goes on exa
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from training.checkpoint import RunFolder
+from training.data import ImageSet, iterate_batches, num_batches
 
 EpochStats = dict[str, float]
 
@@ -25,6 +27,18 @@ class Stateful(Protocol):
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's data order, augmentation and random masks: a resumed run replays them."""
     return seed * 100_003 + epoch
+
+
+def training_batches(
+    data: ImageSet, batch_size: int, seed: int, epoch: int, max_batches: int | None = None
+) -> tuple[int, Iterator]:
+    """One epoch's shuffled, augmented full batches (at most ``max_batches``), and how many there are."""
+    steps = num_batches(data, batch_size, drop_last=True)
+    steps = min(steps, max_batches) if max_batches else steps
+    batches = iterate_batches(
+        data, batch_size, shuffle=True, augment=True, seed=epoch_seed(seed, epoch), drop_last=True
+    )
+    return steps, itertools.islice(batches, steps)
 
 
 @dataclass

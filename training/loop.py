@@ -21,7 +21,7 @@ from tqdm import tqdm
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, num_batches
 from training.distill import supervised_loss
-from training.epochs import EpochDriver, epoch_seed
+from training.epochs import EpochDriver, training_batches
 
 
 @dataclass(frozen=True)
@@ -172,23 +172,13 @@ class SupervisedSteps:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         model, config, device = self.model, self.config, self.device
         model.train()
-        steps = config.steps_per_epoch(self.train)
-        batches = iterate_batches(
-            self.train,
-            config.batch_size,
-            shuffle=True,
-            augment=True,
-            seed=epoch_seed(config.seed, epoch),
-            drop_last=True,
-        )
+        steps, batches = training_batches(self.train, config.batch_size, config.seed, epoch, config.max_batches)
         seen = 0
         correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
         with tqdm(
             total=steps, desc=f"{self.description} {epoch + 1}/{config.epochs}", leave=False, mininterval=5
         ) as bar:
             for step, (images, labels) in enumerate(batches):
-                if step == steps:
-                    break
                 x = to_input(images, self.normalize, config.channels_last, device)
                 labels = labels.to(device, non_blocking=True)
                 logits, loss = self._step(x, labels)

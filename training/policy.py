@@ -19,9 +19,9 @@ from models import load_artifact
 from models.blockdrop import BlockDropModel, run_backbone
 from models.policy import PolicyConfig, PolicyNet
 from training.checkpoint import RunFolder
-from training.data import ImageSet, Normalizer, iterate_batches, load_training_split, num_batches
+from training.data import ImageSet, Normalizer, iterate_batches, load_training_split
 from training.distill import distill_settings, distillation_record, load_teacher, supervised_loss
-from training.epochs import EpochDriver, epoch_seed
+from training.epochs import EpochDriver, training_batches
 from training.evaluate import evaluate_blockdrop
 from training.loop import POSTFIX_EVERY, autocast, resolve_bf16
 from training.reinforce import PolicyActions, block_reward, policy_gradient_loss, sample_actions
@@ -109,23 +109,12 @@ class PolicySteps:
         model, config, device = self.model, self.config, self.device
         model.policy.train()
         model.backbone.train(config.joint)  # a frozen backbone keeps its BatchNorm statistics
-        steps = num_batches(self.train, config.batch_size, drop_last=True)
-        steps = min(steps, config.max_batches) if config.max_batches else steps
-        batches = iterate_batches(
-            self.train,
-            config.batch_size,
-            shuffle=True,
-            augment=True,
-            seed=epoch_seed(config.seed, epoch),
-            drop_last=True,
-        )
+        steps, batches = training_batches(self.train, config.batch_size, config.seed, epoch, config.max_batches)
         released = self.released(epoch)
         totals = {name: torch.zeros((), device=device) for name in ("reward", "accuracy", "blocks")}
         seen = 0
         with tqdm(total=steps, desc=f"epoch {epoch + 1} ({released} released)", leave=False, mininterval=5) as bar:
             for step, (images, labels) in enumerate(batches):
-                if step == steps:
-                    break
                 x = self.normalize(images.to(device, non_blocking=True))
                 labels = labels.to(device, non_blocking=True)
                 reward, sampled_right, actions = self._step(x, labels, released)
