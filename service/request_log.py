@@ -72,8 +72,11 @@ class RequestRecord:
         }
 
 
-def open_record(request_id: str, protocol: str, route: str, client_key: str | None = None) -> RequestRecord:
-    record = RequestRecord(request_id, protocol, route, client=hashed(client_key))
+def open_record(request_id: str, protocol: str, route: str, client_key: str | None = None) -> RequestRecord | None:
+    """The request's record, now the one in hand; None (and nothing gathered for it) while request lines are off."""
+    record = None
+    if request_log.isEnabledFor(logging.INFO):
+        record = RequestRecord(request_id, protocol, route, client=hashed(client_key))
     _current.set(record)
     return record
 
@@ -87,8 +90,8 @@ def detach_record() -> None:
     _current.set(None)
 
 
-def write_record(record: RequestRecord, status: int | str) -> None:
-    if request_log.isEnabledFor(logging.INFO):
+def write_record(record: RequestRecord | None, status: int | str) -> None:
+    if record is not None:
         fields = record.line(status)
         request_log.info("inference %s", fields, extra={"fields": fields})
 

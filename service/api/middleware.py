@@ -85,7 +85,7 @@ class RequestMetrics:
         request_id = request_id_from(header(scope, b"x-request-id"))
         path = scope.get("path", "")
         inference = path.startswith(INFERENCE_PATHS) and scope.get("method") == "POST"
-        record = open_record(request_id, "http", path) if inference else None
+        record = open_record(request_id, "http", path) if inference else None  # None too while lines are off
         started = time.monotonic()
         status = 500
 
@@ -99,7 +99,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            if record is not None:
+            if inference:
                 variant = scope.get("state", {}).get("variant", "none")
                 self.metrics.requests.labels(variant, str(status)).inc()
                 if variant != "none":
