@@ -1,5 +1,5 @@
 """``blockdrop serve``: the service with the settings from the environment (``BLOCKDROP_*``) and an optional
-file; command-line options win over both."""
+file; command-line options win over both. ``--ray`` runs the same service on a Ray cluster (the extra ``.[ray]``)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,45 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: BLOCKDROP_LOG_LEVEL or info"
     )
+    ray = parser.add_argument_group("Ray Serve")
+    ray.add_argument("--ray", action="store_true", help="serve on a Ray cluster: one deployment per variant")
+    ray.add_argument("--ray-address", help="join this cluster (default: the ray.address setting, else start one here)")
+    ray.add_argument(
+        "--print-config",
+        choices=["serve", "kuberay"],
+        help="print the Ray Serve config (for `serve deploy`) or a KubeRay RayService manifest, and exit",
+    )
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.config import SETTINGS_FILE_ENV, Settings
-    from service.server import serve
 
     if args.settings:
         os.environ[SETTINGS_FILE_ENV] = args.settings
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
+    if args.print_config:
+        from service.cluster.serve_config import rayservice_manifest, serve_config, to_yaml
+
+        document = serve_config(settings) if args.print_config == "serve" else rayservice_manifest(settings)
+        print(to_yaml(document), end="")
+        return 0
+    if args.ray or args.ray_address:
+        return _serve_on_ray(settings, args.ray_address, args.log_level)
+    from service.server import serve
+
     serve(settings, args.log_level)
+    return 0
+
+
+def _serve_on_ray(settings, address: str | None, log_level: str | None) -> int:
+    try:
+        from service.cluster.launch import serve_on_ray
+    except ImportError as error:
+        raise ValueError(f"--ray needs Ray Serve: pip install '.[ray]' ({error})") from None
+    from service.request_log import configure_logging
+
+    configure_logging(settings.log_format, log_level or settings.log_level)
+    serve_on_ray(settings, address)
     return 0

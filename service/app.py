@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import torch
 from anyio import to_thread
@@ -19,11 +21,24 @@ from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
 from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.config import Settings
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, Executor, Store
 from service.metrics import ServiceMetrics
-from service.variants import load_variant
+from service.variants import Variant, load_variant
 
 log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """Where the models run when not in this process (a Ray cluster: service/cluster), and what the service's
+    replicas share: the metrics they report together, the predictions awaiting feedback."""
+
+    metrics: ServiceMetrics
+    store: Store
+
+    def executors(self, variants: dict[str, Variant]) -> dict[str, Executor]: ...
+
+    async def run(self, plane: DataPlane) -> None:
+        """Background work while the service runs (cancelled at shutdown)."""
 
 
 def cpu_inference_threads() -> int:
@@ -40,23 +55,26 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def load_dataplane(settings: Settings, metrics: ServiceMetrics) -> DataPlane:
-    """Load every variant (fails fast, naming the variant, if an artifact is bad)."""
+def load_dataplane(settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None) -> DataPlane:
+    """Load every variant (fails fast, naming the variant, if an artifact is bad). With a ``backend``, the models
+    loaded here only describe the variants (manifests, shapes); the backend's executors run them."""
     device = str(resolve_device(settings.device))
     threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     variants = {v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm) for v in settings.variants}
-    return DataPlane(settings, variants, metrics)
+    if backend is None:
+        return DataPlane(settings, variants, metrics)
+    return DataPlane(settings, variants, metrics, backend.executors(variants), backend.store)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
     settings = settings or Settings()
-    metrics = ServiceMetrics()
+    metrics = backend.metrics if backend is not None else ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        plane = await to_thread.run_sync(load_dataplane, settings, metrics)
+        plane = await to_thread.run_sync(load_dataplane, settings, metrics, backend)
         app.state.plane = plane
         await to_thread.run_sync(plane.start_workers)
         plane.start()
@@ -69,9 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from service.api.grpc_v2 import start_grpc
 
             grpc_server = await start_grpc(plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes)
+        background = asyncio.create_task(backend.run(plane)) if backend is not None else None
         freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
+        if background is not None:
+            background.cancel()
         plane.begin_shutdown()  # gRPC calls from here on are refused (UNAVAILABLE); those in flight finish
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.request_timeout_s)

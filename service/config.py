@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -30,6 +30,54 @@ SETTINGS_FILE_ENV = f"{ENV_PREFIX}SETTINGS_FILE"
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 
 
+class RayScaling(BaseModel):
+    """How a variant's deployment scales on a Ray cluster (``blockdrop serve --ray``). The defaults fit a 2-core
+    machine serving the five shipped variants: each may double, and all of them at twice still fit its 2 CPUs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(default=1, ge=1, description="replicas kept even when idle")
+    max_replicas: int = Field(default=2, ge=1, description="replicas Ray may scale up to under load")
+    target_ongoing_requests: float = Field(
+        default=16, gt=0, description="requests in flight per replica that autoscaling aims at"
+    )
+    num_cpus: float = Field(default=0.15, gt=0, description="logical CPUs Ray reserves per replica (fractions fit)")
+    torch_threads: int = Field(default=1, ge=1, description="intra-op threads per replica (and OMP_NUM_THREADS)")
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, description="images a replica takes at once; at least the batch size, so batches form"
+    )
+    max_queued_requests: int = Field(
+        default=256, ge=1, description="images waiting for a replica in each caller before 503 + Retry-After"
+    )
+    upscale_delay_s: float = Field(default=3.0, ge=0)
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often replicas report their load")
+    look_back_period_s: float = Field(default=5.0, gt=0, description="the window autoscaling averages load over")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayScaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
+class RaySettings(BaseModel):
+    """The service on a Ray cluster: the ingress deployment (HTTP, routing, A/B) and where the cluster is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        default=None, description="join this Ray cluster (e.g. ray://head:10001 or auto); unset: start a local one"
+    )
+    app_name: str = Field(default="blockdrop", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    ingress_replicas: int = Field(default=1, ge=1, description="replicas of the HTTP ingress")
+    ingress_cpus: float = Field(default=0.5, gt=0)
+    ingress_max_ongoing_requests: int = Field(default=512, ge=1)
+    sync_interval_s: float = Field(
+        default=1.0, gt=0, description="how often each ingress shares its metrics and reads operator changes"
+    )
+
+
 class VariantSettings(BaseModel):
     """A routable model: a name, an artifact folder, a mode and (for ``blockdrop``) the policy threshold."""
 
@@ -41,6 +89,7 @@ class VariantSettings(BaseModel):
     adaptive: AdaptiveSettings | None = Field(
         default=None, description="blockdrop only: raise the threshold under load (service/adaptive.py)"
     )
+    ray: RayScaling = Field(default_factory=RayScaling, description="its deployment on a Ray cluster")
 
 
 def default_variants() -> list[VariantSettings]:
@@ -113,6 +162,8 @@ class Settings(BaseSettings):
         default_factory=lambda: {"fast": 0.6, "balanced": 0.75, "accurate": 1.0},
         description="named compute budgets (X-Compute-Budget / ?budget=), as fractions of the full network's FLOPs",
     )
+
+    ray: RaySettings = Field(default_factory=RaySettings, description="blockdrop serve --ray")
 
     feedback_capacity: int = Field(default=100_000, ge=1, description="recent predictions kept for feedback")
     feedback_ttl_s: float = Field(default=3600.0, gt=0.0)

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from anyio import to_thread
@@ -22,7 +22,7 @@ from service.batching import ImageResult, MicroBatcher
 from service.budget import parse_budget, point_for
 from service.config import Settings
 from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unprocessable
-from service.feedback import PredictionStore
+from service.feedback import PredictionStore, ServedPrediction
 from service.imaging import ImagePreprocessor
 from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
@@ -57,6 +57,24 @@ class Compute:
         return shown
 
 
+class Executor(Protocol):
+    """What runs a variant's images: the in-process micro-batcher, or a client of the variant's deployment on a
+    Ray cluster (service/cluster). ``submit`` queues one image and returns a future of its ImageResult."""
+
+    def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future: ...
+    def expect(self, images: int) -> None: ...
+    def depth(self) -> int: ...
+    def start(self) -> None: ...
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
+class Store(Protocol):
+    """Recent predictions awaiting feedback: in this process, or shared by the replicas of a Ray deployment."""
+
+    async def remember(self, entries: list[tuple[str, str, int]]) -> None: ...
+    async def claim(self, request_id: str) -> ServedPrediction | None: ...
+
+
 @dataclass
 class Served:
     variant: Variant
@@ -65,7 +83,16 @@ class Served:
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, variants: dict[str, Variant], metrics: ServiceMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        variants: dict[str, Variant],
+        metrics: ServiceMetrics,
+        executors: dict[str, Executor] | None = None,
+        store: Store | None = None,
+    ):
+        """``executors`` (one per variant) run the models elsewhere; by default each variant gets a micro-batcher
+        here, over worker processes or a thread. ``store`` keeps predictions for feedback (default: here)."""
         self.settings = settings
         self.variants = variants
         self.metrics = metrics
@@ -75,7 +102,8 @@ class DataPlane:
         self.preprocessors = {
             name: ImagePreprocessor(v.manifest.input, settings.max_pixels) for name, v in variants.items()
         }
-        replicas = settings.worker_replicas if settings.inference_workers == "process" else 0
+        in_workers = executors is None and settings.inference_workers == "process"
+        replicas = settings.worker_replicas if in_workers else 0
         self.workers = {name: [self._worker(v, i) for i in range(replicas)] for name, v in variants.items()}
         adaptive = {v.name: v.adaptive for v in settings.variants if v.adaptive is not None}
         self.controllers = {
@@ -83,8 +111,11 @@ class DataPlane:
             for name, variant in variants.items()
             if name in adaptive and variant.mode == "blockdrop"
         }
-        self.batchers = {name: self._batcher(v) for name, v in variants.items()}
-        self.store = PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
+        self.remote = executors is not None
+        self.batchers: dict[str, Executor] = {name: self._batcher(v, executors) for name, v in variants.items()}
+        self.store: Store = store or PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
+        # called after an operator's change, with the variant and what changed (a cluster shares it)
+        self.on_update: Callable[[str, dict[str, float]], None] | None = None
         self.warmed_up = False
         self.draining = False
         self._background: set[asyncio.Task] = set()
@@ -93,7 +124,9 @@ class DataPlane:
     def ready(self) -> bool:
         """Every variant loaded and warm, every worker answering, and not shutting down."""
         workers = (worker for replicas in self.workers.values() for worker in replicas)
-        return self.warmed_up and not self.draining and all(worker.alive for worker in workers)
+        executors = self.batchers.values()  # a remote deployment says whether it has a replica that answers
+        answering = all(worker.alive for worker in workers) and all(getattr(e, "alive", True) for e in executors)
+        return self.warmed_up and not self.draining and answering
 
     def _worker(self, variant: Variant, replica: int) -> InferenceWorker:
         spec = WorkerSpec(
@@ -116,20 +149,23 @@ class DataPlane:
     def workers_of(self, name: str) -> Callable[[], list[InferenceWorker]]:
         return lambda: self.workers.get(name, [])
 
-    def _batcher(self, variant: Variant) -> MicroBatcher:
+    def _batcher(self, variant: Variant, executors: dict[str, Executor] | None) -> Executor:
         s = self.settings
         replicas = self.workers[variant.name]
-        batcher = MicroBatcher(
-            variant.name,
-            [worker.infer for worker in replicas] if replicas else variant.infer,
-            s.max_batch_size,
-            s.max_batch_wait_ms / 1000,
-            s.queue_limit,
-            s.retry_after_s,
-            on_batch=lambda result, seconds: self.metrics.observe_batch(
-                variant.name, result, seconds, variant.full_flops
-            ),
-        )
+        if executors is not None:
+            batcher = executors[variant.name]
+        else:
+            batcher = MicroBatcher(
+                variant.name,
+                [worker.infer for worker in replicas] if replicas else variant.infer,
+                s.max_batch_size,
+                s.max_batch_wait_ms / 1000,
+                s.queue_limit,
+                s.retry_after_s,
+                on_batch=lambda result, seconds: self.metrics.observe_batch(
+                    variant.name, result, seconds, variant.full_flops
+                ),
+            )
         self.metrics.queue_depth.labels(variant.name).set_function(batcher.depth)
         self.metrics.init_variant(
             variant.name,
@@ -160,7 +196,7 @@ class DataPlane:
     def warm_up(self) -> None:
         """Run every variant once per batch size it will see most, so the first requests are not slow (workers
         have done so as they started)."""
-        if not self.workers:
+        if not self.remote and not any(self.workers.values()):
             for variant in self.variants.values():
                 spec = variant.manifest.input
                 for n in sorted({1, self.settings.max_batch_size}):
@@ -239,6 +275,9 @@ class DataPlane:
         own = compute.threshold
         served = Served(variant, await self._run(variant, tensors, started, own), started)
         responses = [self._classification(served, result, top_k, compute) for result in served.results]
+        await self.store.remember(
+            [(r["request_id"], variant.name, r["prediction"]["class_id"]) for r in responses]
+        )
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 
@@ -299,16 +338,19 @@ class DataPlane:
             ],
         }
 
-    def feedback(self, request_id: str, label: int | str) -> dict[str, Any]:
-        served = self.store.get(request_id)
+    async def feedback(self, request_id: str, label: int | str) -> dict[str, Any]:
+        served = await self.store.claim(request_id)
         if served is None:
             raise NotFound(
                 f"no recent prediction with request_id {request_id!r} (unknown, expired, or already given feedback)"
             )
         classes = self.variants[served.variant].manifest.classes
-        label_id = _class_id(label, classes)
+        try:
+            label_id = _class_id(label, classes)
+        except Unprocessable:  # a bad label is the client's mistake: the prediction still awaits its feedback
+            await self.store.remember([(request_id, served.variant, served.class_id)])
+            raise
         correct = label_id == served.class_id
-        self.store.take(request_id)
         self.metrics.feedback.labels(served.variant, "right" if correct else "wrong").inc()
         return {
             "request_id": request_id,
@@ -365,7 +407,21 @@ class DataPlane:
             variant.threshold = threshold
             self.metrics.admin_changes.labels(name, "threshold").inc()
         log.info("variant %s changed: threshold %s, weight %s", name, variant.threshold, self.router.weights[name])
+        change = {k: v for k, v in {"threshold": threshold, "weight": weight}.items() if v is not None}
+        if self.on_update is not None and change:
+            self.on_update(name, change)
         return self.variant_settings(name)
+
+    def apply_changes(self, changes: dict[str, dict[str, float]]) -> None:
+        """Take operator changes made on another replica of this service (already checked there)."""
+        weights = self.router.weights | {
+            name: change["weight"] for name, change in changes.items() if "weight" in change and name in self.variants
+        }
+        if weights != self.router.weights:
+            self.router.set_weights(weights)
+        for name, change in changes.items():
+            if "threshold" in change and name in self.variants:
+                self.variants[name].threshold = change["threshold"]
 
     # internals -----------------------------------------------------------------------------------------------
     def _refuse_if_draining(self) -> None:
@@ -376,6 +432,9 @@ class DataPlane:
         self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None
     ) -> list[ImageResult]:
         batcher = self.batchers[variant.name]
+        if threshold is None and variant.mode == "blockdrop":
+            # the live one: a worker process or a remote deployment holds a copy of the variant's setting
+            threshold = self.live_threshold(variant)
         deadline = started + self.settings.request_timeout_s
         futures: list[asyncio.Future] = []
         try:
@@ -412,7 +471,6 @@ class DataPlane:
         mask = result.keep_mask.tolist()
         used = sum(mask)
         request_id = uuid.uuid4().hex
-        self.store.add(request_id, variant.name, ranked[0]["class_id"])
         total_ms = (time.monotonic() - served.started) * 1000
         return {
             "request_id": request_id,

@@ -49,3 +49,12 @@ class Overloaded(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status_code = 504
+
+
+class Unavailable(ServiceError):
+    """What answers is gone for a moment (a replica replaced): try again shortly."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})

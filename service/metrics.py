@@ -7,6 +7,7 @@ per variant. The README's metrics table lists them all.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from torch import Tensor
 
 from models.blockdrop import InferenceResult
 
@@ -116,21 +117,33 @@ class ServiceMetrics:
             registry=r,
         )
 
+    def collect(self):
+        """The metric families this service reports (a registry-like view: ``generate_latest(metrics)`` renders
+        them). On a Ray cluster, a subclass reports those of every ingress replica together."""
+        return self.registry.collect()
+
     def observe_batch(self, variant: str, result: InferenceResult, seconds: float, full_flops: int) -> None:
         """Per-batch and per-image figures of one executed batch."""
-        n = len(result.flops)
+        self.observe_batch_timing(variant, len(result.flops), seconds)
+        self.observe_images(variant, result.keep_mask, result.flops, full_flops)
+
+    def observe_batch_timing(self, variant: str, size: int, seconds: float) -> None:
         self.inference.labels(variant).observe(seconds)
-        self.batch_size.labels(variant).observe(n)
+        self.batch_size.labels(variant).observe(size)
+
+    def observe_images(self, variant: str, keep_mask: Tensor, flops: Tensor, full_flops: int) -> None:
+        """The compute of images served: ``keep_mask`` [N, blocks] bool and ``flops`` [N]."""
+        n = len(flops)
         self.images.labels(variant).inc(n)
-        self.executed_flops.labels(variant).inc(float(result.flops.sum()))
+        self.executed_flops.labels(variant).inc(float(flops.sum()))
         self.full_flops.labels(variant).inc(float(full_flops) * n)
         flops_histogram = self.flops_per_image.labels(variant)
         skipped_histogram = self.blocks_skipped.labels(variant)
-        blocks = result.keep_mask.shape[1]
-        for flops, used in zip(result.flops.tolist(), result.keep_mask.sum(1).tolist()):
-            flops_histogram.observe(flops)
+        blocks = keep_mask.shape[1]
+        for executed, used in zip(flops.tolist(), keep_mask.sum(1).tolist()):
+            flops_histogram.observe(executed)
             skipped_histogram.observe(blocks - used)
-        for block, count in enumerate(result.keep_mask.sum(0).tolist()):
+        for block, count in enumerate(keep_mask.sum(0).tolist()):
             if count:
                 self.block_executions.labels(variant, str(block)).inc(count)
 

@@ -27,4 +27,4 @@ async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(plane: DataPlane = Depends(get_plane)) -> Response:
-    return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(plane.metrics), media_type=CONTENT_TYPE_LATEST)

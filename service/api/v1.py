@@ -117,7 +117,7 @@ def _decode_batch(body: bytes, max_images: int) -> tuple[list[bytes], int | None
     summary="Report the true label of a served prediction",
 )
 async def feedback(body: FeedbackRequest, plane: DataPlane = Depends(get_plane)) -> dict:
-    return plane.feedback(body.request_id, body.label)
+    return await plane.feedback(body.request_id, body.label)
 
 
 @router.get("/models", summary="The variants served, with their manifests' figures")

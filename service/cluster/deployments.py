@@ -1,0 +1,214 @@
+"""The Ray Serve application: an ingress deployment carrying the service's FastAPI app, and one deployment per
+variant holding that variant's model and micro-batcher.
+
+``app_builder(args)`` is the import path a Serve config names (``service.cluster.deployments:app_builder``);
+``args`` are the service settings, as ``blockdrop serve --ray --print-config`` writes them. Every replica builds
+its ``Settings`` from them and from its own ``BLOCKDROP_*`` environment (secrets such as the admin token stay out
+of the config), so the service behaves exactly as a single process given the same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from anyio import to_thread
+from prometheus_client import generate_latest
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from models.device import resolve_device
+from service.batching import MicroBatcher
+from service.cluster.guard import check_packages
+from service.cluster.merge import merge_families, parse_exposition
+from service.cluster.remote import RemoteVariant
+from service.cluster.serve_config import ingress_deployment, variant_deployment
+from service.cluster.state import SharedStore, shared_state
+from service.config import Settings
+from service.dataplane import DataPlane, Executor
+from service.metrics import ServiceMetrics
+from service.variants import Variant, load_variant
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 2.0
+
+
+def settings_from(args: dict[str, Any]) -> Settings:
+    """The service settings a replica runs with: ``args`` (the config's), then its environment."""
+    return Settings(**args)
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def set_threads(count: int) -> None:
+    """Ray sets OMP_NUM_THREADS from an actor's CPUs (1 for a fraction); the settings say how many to use."""
+    torch.set_num_threads(count)
+
+
+class VariantModel:
+    """One variant's model and micro-batcher; every call is one image, and calls that arrive together share a
+    batch. Errors are the service's own (overloaded, deadline passed), raised back to the ingress."""
+
+    def __init__(self, args: dict[str, Any], name: str):
+        check_packages()
+        settings = settings_from(args)
+        variant_settings = next(v for v in settings.variants if v.name == name)
+        set_threads(variant_settings.ray.torch_threads)
+        device = str(resolve_device(settings.device))
+        self.variant = load_variant(variant_settings, device, fold_batchnorm=settings.fold_batchnorm)
+        spec = self.variant.manifest.input
+        for n in sorted({1, settings.max_batch_size}):  # warm: the first requests are not slow
+            self.variant.infer(torch.zeros(n, 3, spec.height, spec.width))
+        self._batches: list[tuple[int, float]] = []
+        self._lock = threading.Lock()
+        self.batcher = MicroBatcher(
+            name,
+            self.variant.infer,
+            settings.max_batch_size,
+            settings.max_batch_wait_ms / 1000,
+            settings.queue_limit,
+            settings.retry_after_s,
+            on_batch=self._note_batch,
+        )
+        self.batcher.start()
+
+    def _note_batch(self, result: Any, seconds: float) -> None:
+        with self._lock:
+            self._batches.append((len(result.flops), seconds))
+
+    async def infer(self, image: np.ndarray, threshold: float | None, seconds_left: float) -> dict[str, Any]:
+        future = self.batcher.submit(torch.from_numpy(image), time.monotonic() + seconds_left, threshold)
+        result = await future
+        with self._lock:  # the batch figures since the last answer ride along, each batch reported once
+            batches, self._batches = self._batches, []
+        return {
+            "logits": result.logits.numpy(),
+            "keep_mask": result.keep_mask.numpy(),
+            "flops": result.flops,
+            "inference_seconds": result.inference_seconds,
+            "batch_size": result.batch_size,
+            "batches": batches,
+        }
+
+    def ping(self) -> bool:
+        return True
+
+    def check_health(self) -> None:
+        """Ray's periodic health check: a batcher whose thread died makes the replica be replaced."""
+        if not all(thread.is_alive() for thread in self.batcher._threads):
+            raise RuntimeError(f"the micro-batcher of variant {self.variant.name!r} stopped")
+
+    def __del__(self) -> None:
+        self.batcher.stop(5.0)
+
+
+class ClusterMetrics(ServiceMetrics):
+    """This replica's metrics, reported together with the other ingress replicas' (from the state actor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_others: list[list] = []
+        self.quiet_others: list[list] = []
+
+    def collect(self):
+        return merge_families([list(self.registry.collect()), *self.live_others], self.quiet_others)
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class RayBackend:
+    """The data plane's backend on Ray: remote executors, the shared store, and the background loop that shares
+    metrics and operator changes between ingress replicas and pings the variants' deployments."""
+
+    def __init__(self, settings: Settings, args: dict[str, Any], handles: dict[str, DeploymentHandle], replica: str):
+        self.settings = settings
+        self.handles = handles
+        self.replica = replica
+        self.fingerprint = fingerprint(args)
+        self.metrics = ClusterMetrics()
+        self.state = shared_state(settings.ray.app_name, settings.feedback_capacity, settings.feedback_ttl_s)
+        self.store = SharedStore(self.state)
+        self.remotes: dict[str, RemoteVariant] = {}
+        self._version = -1
+
+    def executors(self, variants: dict[str, Variant]) -> dict[str, Executor]:
+        for name, variant in variants.items():
+            retry_after = self.settings.retry_after_s
+            remote = RemoteVariant(name, self.handles[name], self.metrics, variant.full_flops, retry_after)
+            self.metrics.worker_up.labels(name).set_function(lambda r=remote: float(r.alive))
+            self.remotes[name] = remote
+        return dict(self.remotes)
+
+    async def run(self, plane: DataPlane) -> None:
+        plane.on_update = self._publish
+        interval = self.settings.ray.sync_interval_s
+        while True:
+            try:
+                await asyncio.gather(*(remote.ping(PING_TIMEOUT_S) for remote in self.remotes.values()))
+                await self._sync(plane, interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the state actor restarting: try again next time
+                log.exception("sharing state with the other ingress replicas failed")
+            await asyncio.sleep(interval)
+
+    async def _sync(self, plane: DataPlane, interval: float) -> None:
+        live, quiet, version, changes = await self.state.sync.remote(
+            self.replica, self.metrics.exposition(), self.fingerprint, 3 * interval
+        )
+        self.metrics.live_others = await to_thread.run_sync(lambda: [parse_exposition(t) for t in live])
+        self.metrics.quiet_others = await to_thread.run_sync(lambda: [parse_exposition(t) for t in quiet])
+        if version != self._version:
+            plane.apply_changes(changes)
+            self._version = version
+
+    def _publish(self, name: str, change: dict[str, float]) -> None:
+        self.state.publish.remote(self.fingerprint, name, change)  # the actor runs it; nobody waits
+
+
+@serve.ingress()
+class Ingress:
+    """The service's FastAPI app, as in a single process, with its variants' models in their deployments."""
+
+    def __init__(self, args: dict[str, Any], handles: dict[str, DeploymentHandle]):
+        check_packages()
+        self.args = args
+        self.handles = handles
+        self.settings = settings_from(args).model_copy(update={"grpc_port": 0, "inference_workers": "thread"})
+        set_threads(1)  # the ingress only decodes images and routes; the models run in their deployments
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def __serve_build_asgi_app__(self):
+        from service.app import create_app
+        from service.cluster.headers import ServedBy
+
+        backend = RayBackend(self.settings, self.args, self.handles, self.replica)
+        app = create_app(self.settings, backend=backend)
+        app.add_middleware(ServedBy, replica=self.replica)
+        return app
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    settings = settings_from(args)
+    variants = {
+        v.name: serve.deployment(VariantModel).options(**variant_deployment(v, settings)).bind(args, v.name)
+        for v in settings.variants
+    }
+    return serve.deployment(Ingress).options(**ingress_deployment(settings)).bind(args, variants)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """What a Serve config's ``import_path`` names."""
+    return build_app(args)
