@@ -51,8 +51,7 @@ class RayScaling(BaseModel):
     )
     upscale_delay_s: float = Field(default=3.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)
-    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often replicas report their load")
-    look_back_period_s: float = Field(default=5.0, gt=0, description="the window autoscaling averages load over")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="the window autoscaling averages load over")
 
     @model_validator(mode="after")
     def _bounds(self) -> RayScaling:
@@ -75,6 +74,12 @@ class RaySettings(BaseModel):
     ingress_max_ongoing_requests: int = Field(default=512, ge=1)
     sync_interval_s: float = Field(
         default=1.0, gt=0, description="how often each ingress shares its metrics and reads operator changes"
+    )
+    max_surge_percent: int = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description="extra replicas a redeploy starts before stopping old ones (0: replace in place, with a gap)",
     )
 
 

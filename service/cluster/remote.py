@@ -139,4 +139,3 @@ def _service_error(name: str, error: ray_errors.RayTaskError) -> ServiceError:
         return DeadlineExceeded("no answer within the request's deadline")
     log.error("variant %s failed: %s", name, error)
     return ServiceError(f"inference failed on variant {name!r}: {type(cause or error).__name__}")
-

@@ -34,7 +34,9 @@ def variant_deployment(variant: VariantSettings, settings: Settings) -> dict[str
         "name": f"variant-{variant.name}",
         "max_ongoing_requests": scaling.max_ongoing_requests,
         "max_queued_requests": scaling.max_queued_requests,
-        "graceful_shutdown_timeout_s": settings.request_timeout_s,
+        "max_surge_percent": settings.ray.max_surge_percent,
+        # the requests in flight finish before a replica stops (the ingress waits on them)
+        "graceful_shutdown_timeout_s": settings.request_timeout_s + 2,
         "health_check_period_s": 2.0,
         "ray_actor_options": {
             "num_cpus": scaling.num_cpus,
@@ -51,7 +53,6 @@ def variant_deployment(variant: VariantSettings, settings: Settings) -> dict[str
             "target_ongoing_requests": scaling.target_ongoing_requests,
             "upscale_delay_s": scaling.upscale_delay_s,
             "downscale_delay_s": scaling.downscale_delay_s,
-            "metrics_interval_s": scaling.metrics_interval_s,
             "look_back_period_s": scaling.look_back_period_s,
         }
     return options
@@ -63,7 +64,8 @@ def ingress_deployment(settings: Settings) -> dict[str, Any]:
         "name": "ingress",
         "num_replicas": ray.ingress_replicas,
         "max_ongoing_requests": ray.ingress_max_ongoing_requests,
-        "graceful_shutdown_timeout_s": settings.request_timeout_s,
+        "max_surge_percent": ray.max_surge_percent,
+        "graceful_shutdown_timeout_s": settings.request_timeout_s + 2,
         "ray_actor_options": {"num_cpus": ray.ingress_cpus},
     }
 

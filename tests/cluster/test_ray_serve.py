@@ -1,0 +1,318 @@
+"""The service on a real local Ray cluster: the same answers as one process, the A/B split and stickiness,
+feedback and metrics across ingress replicas, autoscaling, a killed replica, overload and a redeploy under load.
+
+One cluster and one deployment for the module (starting them takes a while on 2 cores); the tests run in file
+order and each leaves the deployment as it found it. Run them alone with ``pytest -m ray``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.routing import Router
+from tests.service.live_server import free_port
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from service.cluster.launch import deploy, undeploy  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS = ROOT / "models" / "checkpoints"
+SAMPLES = sorted((ROOT / "service" / "samples").glob("*.png"))
+TOKEN = "cluster-test-token"
+APP = "blockdrop-test"
+PNG = {"content-type": "image/png"}
+
+
+def settings(port: int, threshold: float | None = None, full_weight: float = 1.0) -> Settings:
+    # short delays and look-back (Ray warns that the look-back is below its deprecated metrics_interval_s
+    # default; the interval that counts is the push interval the cluster fixture sets)
+    fast = {"upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "look_back_period_s": 2.0}
+    variants = [
+        {
+            "name": "blockdrop",
+            "artifact": str(CHECKPOINTS / "cifar10-resnet32-blockdrop"),
+            "mode": "blockdrop",
+            "threshold": threshold,
+            "ray": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, **fast},
+        },
+        {
+            "name": "full",
+            "artifact": str(CHECKPOINTS / "cifar10-resnet32-e200"),
+            "mode": "full",
+            "weight": full_weight,
+            # a small queue in front of it, so that the overload test can fill it
+            "ray": {"min_replicas": 1, "max_replicas": 1, "max_ongoing_requests": 4, "max_queued_requests": 4},
+        },
+    ]
+    return Settings(
+        variants=variants,
+        port=port,
+        grpc_port=0,
+        admin_token=TOKEN,
+        request_timeout_s=5.0,
+        ray={"app_name": APP, "ingress_replicas": 2, "ingress_cpus": 0.25, "sync_interval_s": 0.5},
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    # replicas report their load often, so that autoscaling reacts within the test's patience
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+    os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(cluster) -> Iterator[tuple[str, Settings]]:
+    port = free_port()
+    chosen = settings(port)
+    deploy(chosen)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/healthz/ready", timeout=2).status_code == 200, 60, "readiness")
+    yield url, chosen
+    undeploy(chosen)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {seconds:g} s")
+
+
+def classify(url: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/classify", content=body, headers=PNG | headers, timeout=30)
+
+
+def answer_without_timings(response: dict) -> dict:
+    return {k: v for k, v in response.items() if k not in ("request_id", "latency_ms")}
+
+
+def replica_states(deployment: str) -> Counter:
+    status = serve.status().applications[APP].deployments[f"variant-{deployment}"]
+    return Counter({str(state): count for state, count in status.replica_states.items()})
+
+
+def running(deployment: str) -> int:
+    return sum(count for state, count in replica_states(deployment).items() if state.endswith("RUNNING"))
+
+
+class Load:
+    """Threads posting images until stopped; every response kept as (status, body)."""
+
+    def __init__(self, url: str, threads: int, variant: str | None = None, keys: list[str] | None = None):
+        self.url, self.variant, self.keys = url, variant, keys or ["k"]
+        self.results: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self, index: int) -> None:
+        body = SAMPLES[index % len(SAMPLES)].read_bytes()
+        headers = PNG | ({"X-Variant": self.variant} if self.variant else {})
+        sent = 0
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                key = self.keys[(index + sent) % len(self.keys)]
+                try:
+                    response = client.post(
+                        f"{self.url}/v1/classify", content=body, headers=headers | {"X-Client-Id": key}
+                    )
+                    self.results.append((response.status_code, response.text))
+                except httpx.HTTPError as error:  # a request with no answer at all: the test fails on it
+                    self.results.append((0, repr(error)))
+                sent += 1
+
+
+def test_same_answers_as_the_single_process_service(service):
+    url, chosen = service
+    local = chosen.model_copy(update={"inference_workers": "thread", "ray": chosen.ray})
+    with TestClient(create_app(local)) as single:
+        for sample in SAMPLES:
+            for variant in ("blockdrop", "full"):
+                body = sample.read_bytes()
+                here = single.post(f"/v1/classify?variant={variant}&top_k=3", content=body, headers=PNG).json()
+                there = httpx.post(
+                    f"{url}/v1/classify?variant={variant}&top_k=3", content=body, headers=PNG, timeout=30
+                ).json()
+                assert there["blocks"] == here["blocks"], sample.name
+                assert there["flops"] == here["flops"]
+                assert there["compute"] == here["compute"]
+                assert [c["class_id"] for c in there["top_k"]] == [c["class_id"] for c in here["top_k"]]
+                for mine, theirs in zip(here["top_k"], there["top_k"]):
+                    assert theirs["confidence"] == pytest.approx(mine["confidence"], abs=1e-4)
+
+
+def test_ab_split_is_sticky_and_the_same_as_in_one_process_and_feedback_finds_any_replica(service):
+    url, chosen = service
+    router = Router({v.name: v.weight for v in chosen.variants})
+    keys = [f"client-{i}" for i in range(1000)]
+    body = SAMPLES[0].read_bytes()
+
+    def one(key: str) -> tuple[str, str, str, str]:
+        with httpx.Client(timeout=30) as client:
+            served = client.post(f"{url}/v1/classify", content=body, headers=PNG | {"X-Client-Id": key})
+            assert served.status_code == 200, served.text
+            answer = served.json()
+            feedback = client.post(f"{url}/v1/feedback", json={"request_id": answer["request_id"], "label": "airplane"})
+            assert feedback.status_code == 200, feedback.text
+            assert feedback.json()["variant"] == answer["variant"]
+            return key, answer["variant"], served.headers["x-served-by"], feedback.headers["x-served-by"]
+
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(one, keys))
+    assert {key: variant for key, variant, _, _ in rows} == {key: router.choose(None, key) for key in keys}
+    shares = Counter(variant for _, variant, _, _ in rows)
+    assert abs(shares["blockdrop"] / len(keys) - 0.5) < 0.05, shares
+    assert len({replica for *_, replica, _ in rows}) == 2, "both ingress replicas should have served"
+    crossed = sum(served != fed for *_, served, fed in rows)
+    assert crossed > 0, "no feedback went to the other ingress replica"
+
+    # the metrics of either replica describe the whole service: 1,000 images, 1,000 feedbacks
+    def whole(text: str) -> bool:
+        total = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("blockdrop_feedback_total{")
+        )
+        return total >= 1000
+
+    seen = set()
+
+    def both_replicas_report_everything() -> bool:
+        response = httpx.get(f"{url}/metrics", timeout=5)
+        if whole(response.text):
+            seen.add(response.headers["x-served-by"])
+        return len(seen) == 2
+
+    wait_until(both_replicas_report_everything, 20, "every ingress replica reporting all the feedback")
+
+
+def test_an_operator_change_on_one_replica_reaches_every_replica(service):
+    url, _ = service
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = SAMPLES[1].read_bytes()
+    before = classify(url, body, **{"X-Variant": "blockdrop"}).json()["compute"]["threshold"]
+    changed = httpx.put(f"{url}/v1/variants/blockdrop", json={"threshold": 0.7}, headers=auth, timeout=10)
+    assert changed.status_code == 200, changed.text
+    seen = set()
+
+    def every_replica_uses_it() -> bool:
+        response = classify(url, body, **{"X-Variant": "blockdrop"})
+        if response.json()["compute"]["threshold"] == 0.7:
+            seen.add(response.headers["x-served-by"])
+        return len(seen) == 2
+
+    try:
+        wait_until(every_replica_uses_it, 15, "the new threshold on both ingress replicas")
+    finally:
+        httpx.put(f"{url}/v1/variants/blockdrop", json={"threshold": before}, headers=auth, timeout=10)
+    assert httpx.put(f"{url}/v1/variants/blockdrop", json={"threshold": 0.7}, timeout=10).status_code == 401
+
+
+def test_a_variant_scales_up_under_load_and_back_down_when_idle(service):
+    url, _ = service
+    wait_until(lambda: running("blockdrop") == 1, 60, "one blockdrop replica while idle")
+    with Load(url, threads=12, variant="blockdrop") as load:
+        wait_until(lambda: running("blockdrop") == 2, 60, "a second blockdrop replica under load")
+    assert all(status == 200 for status, _ in load.results)
+    wait_until(lambda: running("blockdrop") == 1 and sum(replica_states("blockdrop").values()) == 1, 60, "scale down")
+
+
+def test_a_killed_replica_loses_no_request_silently_and_is_replaced(service):
+    url, _ = service
+    with Load(url, threads=4, variant="full") as load:
+        time.sleep(2)
+        (name,) = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if f"{APP}#variant-full#" in actor["name"]
+        ]
+        namespace = next(a["namespace"] for a in ray.util.list_named_actors(True) if a["name"] == name)
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        time.sleep(4)
+    statuses = Counter(status for status, _ in load.results)
+    assert set(statuses) <= {200, 503, 504}, statuses
+    for status, text in load.results:
+        if status != 200:
+            assert '"error"' in text, text
+    assert statuses[200] > 0
+    wait_until(lambda: running("full") == 1, 60, "a replacement replica")
+    wait_until(lambda: httpx.get(f"{url}/healthz/ready", timeout=2).status_code == 200, 30, "readiness again")
+    assert classify(url, SAMPLES[0].read_bytes(), **{"X-Variant": "full"}).status_code == 200
+
+
+def test_a_full_queue_is_503_with_retry_after(service):
+    url, _ = service
+    body = SAMPLES[2].read_bytes()
+
+    def one(_: int) -> httpx.Response:
+        return classify(url, body, **{"X-Variant": "full"})
+
+    with ThreadPoolExecutor(64) as pool:
+        responses = list(pool.map(one, range(256)))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0, "the deployment's queue never filled"
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert "overloaded" in refused.json()["error"]
+
+
+def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_stickiness(service):
+    url, chosen = service
+    keys = [f"sticky-{i}" for i in range(200)]
+
+    def assignment() -> dict[str, str]:
+        body = SAMPLES[3].read_bytes()
+        return {key: classify(url, body, **{"X-Client-Id": key}).json()["variant"] for key in keys}
+
+    before = assignment()
+    try:
+        with Load(url, threads=4, keys=keys) as load:
+            deploy(settings(chosen.port, threshold=0.6))
+        assert load.results
+        assert [r for r in load.results if r[0] != 200] == []
+        assert assignment() == before, "a redeploy that keeps the weights must keep every client's variant"
+        answer = classify(url, SAMPLES[3].read_bytes(), **{"X-Variant": "blockdrop"}).json()
+        assert answer["compute"]["threshold"] == 0.6
+
+        with Load(url, threads=4, keys=keys) as load:
+            deploy(settings(chosen.port, threshold=0.6, full_weight=3.0))
+        assert load.results
+        assert [r for r in load.results if r[0] != 200] == []
+        shares = Counter(assignment().values())
+        assert shares["full"] > shares["blockdrop"]
+    finally:
+        deploy(chosen)

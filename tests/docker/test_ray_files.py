@@ -1,0 +1,89 @@
+"""The Ray Serve config and the KubeRay RayService manifest in docker/ray: what the settings generate, valid for
+Ray Serve's config schema and for KubeRay's CRD (nothing here runs Kubernetes)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from service.cluster.deployments import build_app
+from service.cluster.serve_config import app_args, rayservice_manifest, serve_config, to_yaml
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = ROOT / "docker" / "ray" / "serve-config.yaml"
+RAYSERVICE = ROOT / "docker" / "ray" / "rayservice.yaml"
+CRD = Path(__file__).parent / "schemas" / "ray.io_rayservices.yaml.gz"
+
+
+def rayservice_schema() -> dict:
+    crd = yaml.safe_load(gzip.decompress(CRD.read_bytes()))
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def test_committed_files_are_what_the_default_settings_generate():
+    settings = Settings()
+    assert SERVE_CONFIG.read_text() == to_yaml(serve_config(settings))
+    assert RAYSERVICE.read_text() == to_yaml(rayservice_manifest(settings))
+
+
+def test_print_config_writes_the_committed_files():
+    for kind, path in (("serve", SERVE_CONFIG), ("kuberay", RAYSERVICE)):
+        run = subprocess.run(
+            [sys.executable, "-m", "cli.main", "serve", "--print-config", kind],
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert run.stdout == path.read_text()
+
+
+def test_serve_config_follows_ray_serves_schema_and_names_every_deployment():
+    config = ServeDeploySchema.model_validate(yaml.safe_load(SERVE_CONFIG.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "service.cluster.deployments:app_builder"
+    names = {deployment.name for deployment in app.deployments}
+    assert names == {"ingress", *(f"variant-{v.name}" for v in Settings().variants)}
+
+
+def test_the_application_the_config_builds_has_the_configs_deployments():
+    settings = Settings()
+    application = build_app(app_args(settings))
+    ingress = application._bound_deployment
+    assert ingress.name == "ingress"
+    variants = ingress.init_args[1]
+    assert {name: bound._bound_deployment.name for name, bound in variants.items()} == {
+        v.name: f"variant-{v.name}" for v in settings.variants
+    }
+
+
+def test_rayservice_manifest_follows_kuberays_crd_and_embeds_the_serve_config():
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    jsonschema.validate(manifest, rayservice_schema())
+    assert yaml.safe_load(manifest["spec"]["serveConfigV2"]) == yaml.safe_load(SERVE_CONFIG.read_text())
+    assert manifest["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+
+
+def test_an_invalid_manifest_is_caught_by_the_schema():
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "many"
+    try:
+        jsonschema.validate(manifest, rayservice_schema())
+    except jsonschema.ValidationError as error:
+        assert "many" in error.message
+    else:
+        raise AssertionError("the schema accepted a string replica count")
+
+
+def test_secrets_stay_out_of_the_generated_files():
+    settings = Settings(admin_token="s3cret")
+    assert "s3cret" not in to_yaml(serve_config(settings)) + to_yaml(rayservice_manifest(settings))
+    assert "admin_token" not in app_args(settings)
