@@ -16,6 +16,7 @@ BENCHMARKS = {
     "efficiency": "bench.efficiency",
     "protocols": "bench.protocols",
     "overload": "bench.overload",
+    "ray": "bench.ray_serve",
     "results": "bench.results_table",
     "calibration-plot": "bench.calibration_plot",
 }
