@@ -6,7 +6,7 @@ per variant. The README's metrics table lists them all.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 
 from models.blockdrop import InferenceResult
 
@@ -115,6 +115,11 @@ class ServiceMetrics:
             ["variant", "model", "kind", "mode", "threshold", "blocks"],
             registry=r,
         )
+
+    def collect(self) -> list[Metric]:
+        """Every metric family as it stands: what ``service.experiment.build_experiment`` reads (a deployment with
+        several replicas passes the families of all of them instead)."""
+        return list(self.registry.collect())
 
     def observe_batch(self, variant: str, result: InferenceResult, seconds: float, full_flops: int) -> None:
         """Per-batch and per-image figures of one executed batch."""
