@@ -26,21 +26,19 @@ def server(browser):
     assert running.stop()
 
 
-def classify(server, sample: str, variant: str, budget: str | None = None) -> dict:
-    params = {"variant": variant} | ({"budget": budget} if budget else {})
+def post_sample(server, route: str, sample: str, **params: str) -> dict:
     body = (SAMPLES / sample).read_bytes()
-    response = httpx.post(f"{server.url}/v1/classify", params=params, content=body, headers={"content-type": "image/png"})
+    response = httpx.post(f"{server.url}{route}", params=params, content=body, headers={"content-type": "image/png"})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def classify(server, sample: str, variant: str, budget: str | None = None) -> dict:
+    return post_sample(server, "/v1/classify", sample, variant=variant, **({"budget": budget} if budget else {}))
 
 
 def explain(server, sample: str, variant: str) -> dict:
-    body = (SAMPLES / sample).read_bytes()
-    response = httpx.post(
-        f"{server.url}/v1/explain", params={"variant": variant}, content=body, headers={"content-type": "image/png"}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+    return post_sample(server, "/v1/explain", sample, variant=variant)
 
 
 def wait_for_run(page, runs: int) -> None:
