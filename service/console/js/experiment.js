@@ -10,39 +10,41 @@ export const REFRESH_MS = 3000;
 
 const byId = (id) => document.getElementById(id);
 
-// one column per figure: where it is in a variant's report, and how it reads
+// one column per figure: where it is in a variant's report, and how it reads (some read a second figure too)
 const COLUMNS = [
   { field: "traffic.configured", header: "Share (weights)", text: (x) => format.percent(x) },
   { field: "traffic.observed", header: "Share (observed)", text: (x) => format.percent(x) },
   { field: "requests.total", header: "Requests", text: format.count },
   { field: "requests.errors", header: "Errors", text: format.count },
   { field: "requests.per_second", header: "Req/s", text: format.perSecond },
-  { field: "latency_s.p50", header: "p50", text: (x) => format.millis(x) },
-  { field: "latency_s.p95", header: "p95", text: (x) => format.millis(x) },
+  { field: "latency_s.p50", header: "p50", text: (x) => format.millis(x, 1) },
+  { field: "latency_s.p95", header: "p95", text: (x) => format.millis(x, 1) },
   { field: "flops.mean", header: "Mean FLOPs", text: format.mflops },
   { field: "flops.saved", header: "Saved (own net)", text: (x) => format.percent(x) },
   { field: "flops.saved_vs_baseline", header: "Saved vs baseline", text: (x) => format.percent(x) },
-  { field: "skipped_blocks.mean", header: "Skipped (mean)", text: (x) => format.decimal(x, 2) },
-  { field: "feedback.n", header: "Feedback", text: format.count },
-  { field: "feedback.right", header: "Right", text: format.count },
-  { field: "feedback.accuracy", header: "Accuracy", text: (x) => format.percent(x) },
-  { field: "feedback.interval", header: "95 % CI", text: format.interval },
+  { field: "feedback.right", header: "Right / feedback", text: (x, v) => `${format.count(x)} / ${format.count(v.feedback.n)}` },
+  { field: "feedback.accuracy", header: "Accuracy (95 % CI)", text: (x, v) => accuracyText(x, v.feedback.interval) },
   { field: "feedback.vs_baseline.difference", header: "Δ vs baseline", text: format.points },
   { field: "feedback.vs_baseline.p_value", header: "p-value", text: format.pValue },
 ];
 
+function accuracyText(accuracy, interval) {
+  if (interval === null) return format.percent(accuracy);
+  return `${format.percent(accuracy)} (${(interval.low * 100).toFixed(1)}–${(interval.high * 100).toFixed(1)})`;
+}
+
 const at = (report, path) => path.split(".").reduce((value, key) => (value === null || value === undefined ? null : value[key]), report);
 
-function shadowText(shadows) {
-  if (!shadows.length) return format.DASH;
-  return shadows
-    .map((x) => `${format.percent(x.agreement)} with ${x.shadow} (${format.count(x.agree + x.disagree)})`)
-    .join("; ");
+function shadowCell(shadows) {
+  const text = shadows.map((x) => `${format.percent(x.agreement)} (${format.count(x.agree + x.disagree)})`).join("; ");
+  const title = shadows.map((x) => `agrees with ${x.shadow} on ${format.count(x.agree)} of ${format.count(x.agree + x.disagree)}` +
+    ` (95 % CI ${format.interval(x.interval)}; ${format.count(x.skipped)} skipped)`).join("; ");
+  return h("td", { "data-field": "shadow", "data-value": JSON.stringify(shadows), title: title || null, text: text || format.DASH });
 }
 
 function renderTable(report) {
   const table = byId("experiment-table");
-  const headers = ["Variant", ...COLUMNS.map((column) => column.header), "Shadow agreement"];
+  const headers = ["Variant", ...COLUMNS.map((column) => column.header), "Shadow agrees"];
   table.tHead.replaceChildren(h("tr", {}, headers.map((text) => h("th", { scope: "col", text }))));
   const rows = report.variants.map((variant) => {
     const cells = COLUMNS.map((column) => {
@@ -52,10 +54,10 @@ function renderTable(report) {
         "data-field": column.field,
         "data-value": JSON.stringify(value),
         class: significant ? "significant" : null,
-        text: column.text(value) + (significant ? " *" : ""),
+        text: column.text(value, variant) + (significant ? " *" : ""),
       });
     });
-    const shadow = h("td", { "data-field": "shadow", "data-value": JSON.stringify(variant.shadow), text: shadowText(variant.shadow) });
+    const shadow = shadowCell(variant.shadow);
     const name = h("th", { scope: "row" }, variant.name, variant.name === report.baseline ? " (baseline)" : "");
     return h("tr", { "data-variant": variant.name }, name, ...cells, shadow);
   });

@@ -49,7 +49,7 @@ export function drawNetwork({ stages, mask, probabilities = null, threshold = nu
   const { blocks, spans, headX } = layout(stages);
   const top = LABEL_H + 2;
   const probTop = top + BLOCK_H + 6;
-  const width = headX + BOX_W + PAD;
+  const width = headX + BOX_W + PAD + (probabilities ? 14 : 0); // room for the threshold's label
   const height = probabilities ? probTop + PROB_H + 2 : top + BLOCK_H + 2;
   const used = mask.filter(Boolean).length;
   const skipped = mask.flatMap((kept, block) => (kept ? [] : [block]));
