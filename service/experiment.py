@@ -79,7 +79,7 @@ class RequestRate:
             self._snapshots.popleft()
         then, before = self._snapshots[0]
         span = now - then
-        if span < self.min_span_s:
+        if span <= 0 or span < self.min_span_s:
             return None
         # a counter that went down was reset (a replica restarted): no rate from it over this span
         per_second = {
