@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from service.api.schemas import ERROR_RESPONSES
+from service.api.schemas import ErrorBody
 from service.errors import NotFound
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -26,10 +26,6 @@ class SampleList(BaseModel):
     samples: list[Sample]
 
 
-class PNGResponse(Response):
-    media_type = "image/png"
-
-
 def sample_files() -> dict[str, Path]:
     return {path.name: path for path in sorted(SAMPLES.glob("*.png"))}
 
@@ -44,14 +40,14 @@ async def list_samples() -> SampleList:
 @router.get(
     "/{name}",
     summary="One sample image (PNG)",
-    response_class=PNGResponse,
+    response_class=Response,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-        404: ERROR_RESPONSES[404],
+        404: {"model": ErrorBody, "description": "no sample of that name"},
     },
 )
-async def read_sample(name: str) -> PNGResponse:
+async def read_sample(name: str) -> Response:
     path = sample_files().get(name)
     if path is None:
         raise NotFound(f"no sample named {name!r}; GET /v1/samples lists them")
-    return PNGResponse(path.read_bytes())
+    return Response(path.read_bytes(), media_type="image/png")

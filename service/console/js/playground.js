@@ -127,10 +127,17 @@ export async function initPlayground(models) {
   const results = byId("results");
   const runButton = byId("run");
 
+  let latest = 0;
+
   async function run() {
     if (!state.image) return;
     const chosen = models.filter((model) => byId(`variant-${model.name}`).checked);
+    if (!chosen.length) {
+      results.replaceChildren(h("p", { class: "error", role: "alert", text: "Tick at least one variant." }));
+      return;
+    }
     const budget = budgetValue();
+    const mine = (latest += 1);
     results.setAttribute("aria-busy", "true");
     const cards = chosen.map((model) =>
       h(
@@ -142,8 +149,9 @@ export async function initPlayground(models) {
     );
     results.replaceChildren(...cards);
     await Promise.all(chosen.map((model, i) => runVariant(model, state.image, budget, cards[i])));
+    if (mine !== latest) return; // a newer run replaced these cards
     results.setAttribute("aria-busy", "false");
-    results.dataset.runs = String(Number(results.dataset.runs ?? 0) + 1);
+    results.dataset.runs = String(mine);
   }
 
   function choose(image, name) {
