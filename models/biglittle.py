@@ -181,6 +181,11 @@ class BigLittleNet(nn.Module):
     def num_blocks(self) -> int:
         return len(self.flops_table.blocks)
 
+    @property
+    def stage_blocks(self) -> tuple[int, ...]:
+        """Residual blocks per stage (a bL stage counts its big, little and fusion blocks), in mask order."""
+        return tuple(sum(isinstance(m, Residual) for m in stage.modules()) for stage in self.stages)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

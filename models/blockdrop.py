@@ -153,6 +153,11 @@ class BlockDropModel(nn.Module):
     def num_blocks(self) -> int:
         return self.backbone.num_blocks
 
+    @property
+    def stage_blocks(self) -> tuple[int, ...]:
+        """Residual blocks per stage, in mask order."""
+        return self.backbone.config.stage_blocks
+
     def default_mode(self) -> Mode:
         return Mode.POLICY if self.policy is not None else Mode.FULL
 

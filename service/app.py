@@ -16,12 +16,13 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 from service import __version__
-from service.api import admin, health, v1, v2
+from service.api import admin, console, experiment, explain, health, samples, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
 from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
+from service.experiment import RequestRate
 from service.metrics import ServiceMetrics
 from service.variants import Variant, load_variant
 
@@ -105,11 +106,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.request_rate = RequestRate()  # the snapshots behind /v1/experiment's requests/s
     install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(explain.router)
+    app.include_router(experiment.router)
+    app.include_router(samples.router)
     app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(console.router)
+    console.mount_console_assets(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outside the size limit, so that a 413 is counted too
     if settings.fast_path:  # added last, so it sees each request first

@@ -281,6 +281,28 @@ class DataPlane:
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 
+    async def explain(self, variant: Variant, image: bytes, budget: str | None = None) -> dict[str, Any]:
+        """What the policy of ``variant`` sees in one image: each block's keep-probability and the mask that the
+        threshold (the variant's own, or the one ``budget`` maps to) draws from them; both None for a variant that
+        runs every block. The policy runs alone, in a thread of this process (the variants are loaded here also when
+        worker processes serve them): no batching, no metrics, no feedback, since this is no inference request."""
+        compute = self.compute_for(variant, budget)
+        tensor = await to_thread.run_sync(self.preprocessors[variant.name], image)
+        probabilities: list[float] | None = None
+        mask: str | None = None
+        if variant.has_policy and compute.threshold is not None:
+            probabilities, keep = await to_thread.run_sync(variant.policy_decision, tensor, compute.threshold)
+            mask = "".join("1" if kept else "0" for kept in keep)
+        return {
+            "variant": variant.name,
+            "model": variant.manifest.name,
+            "blocks": variant.num_blocks,
+            "stages": variant.stage_blocks,
+            "keep_probabilities": probabilities,
+            "mask": mask,
+            "compute": compute.as_dict(),
+        }
+
     def knows(self, model_name: str) -> None:
         """Refuse (404) a model name that is neither a variant nor the virtual A/B model."""
         if model_name not in self.variants and model_name != VIRTUAL_MODEL:

@@ -6,7 +6,7 @@ per variant. The README's metrics table lists them all.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from torch import Tensor
 
 from models.blockdrop import InferenceResult
@@ -117,10 +117,11 @@ class ServiceMetrics:
             registry=r,
         )
 
-    def collect(self):
-        """The metric families this service reports (a registry-like view: ``generate_latest(metrics)`` renders
-        them). On a Ray cluster, a subclass reports those of every ingress replica together."""
-        return self.registry.collect()
+    def collect(self) -> list[Metric]:
+        """Every metric family as it stands: what ``/metrics`` renders (``generate_latest(metrics)``) and what
+        ``service.experiment.build_experiment`` reads. On a Ray cluster a subclass reports those of every ingress
+        replica together (service/cluster/deployments.py)."""
+        return list(self.registry.collect())
 
     def observe_batch(self, variant: str, result: InferenceResult, seconds: float, full_flops: int) -> None:
         """Per-batch and per-image figures of one executed batch."""

@@ -37,6 +37,16 @@ class Variant:
     def full_flops(self) -> int:
         return self.model.flops_table.full
 
+    @property
+    def stage_blocks(self) -> list[int]:
+        """Residual blocks per stage, in mask order (one stage holding them all for a model that does not say)."""
+        return list(getattr(self.model, "stage_blocks", (self.num_blocks,)))
+
+    @property
+    def has_policy(self) -> bool:
+        """Whether a policy decides this variant's blocks (a policy artifact served as ``full`` has none at work)."""
+        return self.mode == "blockdrop" and getattr(self.model, "policy", None) is not None
+
     @torch.inference_mode()
     def infer(self, batch: Tensor, thresholds: Tensor | None = None) -> InferenceResult:
         """Logits, masks and FLOPs for ``batch``; ``thresholds`` (one per row, NaN for the default) override the
@@ -48,6 +58,17 @@ class Variant:
             threshold = torch.where(thresholds.isnan(), self.threshold, thresholds)
         result = self.model.infer(batch, threshold=threshold, mode=mode)
         return InferenceResult(result.logits.float().cpu(), result.keep_mask.cpu(), result.flops.cpu())
+
+    @torch.inference_mode()
+    def policy_decision(self, image: Tensor, threshold: float) -> tuple[list[float], list[bool]]:
+        """The policy's keep-probability of each block for one preprocessed image [3, H, W], and the mask that
+        ``threshold`` draws from them (compared as ``infer`` compares, in the policy's precision); runs the policy
+        alone, in the calling thread."""
+        if not self.has_policy:
+            raise ValueError(f"variant {self.name!r} has no policy at work")
+        batch = image.unsqueeze(0).to(self.device, memory_format=self.memory_format)
+        probabilities = self.model.policy(batch)[0]
+        return probabilities.float().cpu().tolist(), (probabilities >= threshold).cpu().tolist()
 
     def summary(self) -> dict[str, Any]:
         manifest = self.manifest
@@ -62,6 +83,7 @@ class Variant:
             "classes": len(manifest.classes),
             "input": {"height": manifest.input.height, "width": manifest.input.width},
             "blocks": self.num_blocks,
+            "stages": self.stage_blocks,
             "flops": {"full": self.full_flops, "policy": self.model.flops_table.policy},
             "metrics": _headline_metrics(manifest.metrics),
             # the accuracy / FLOPs curve on validation, for BlockDrop variants whose artifact carries one

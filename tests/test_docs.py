@@ -44,6 +44,13 @@ def test_the_readme_names_only_commands_that_exist():
     assert len(text.encode()) <= 10_000
 
 
+def test_the_readme_links_and_images_point_at_files():
+    text = README.read_text()
+    targets = re.findall(r"\]\(((?:docs|bench|service|models)/[^)#]+)", text)
+    assert "docs/img/playground.png" in targets and "docs/img/experiment.png" in targets
+    assert [target for target in targets if not (ROOT / target).exists()] == []
+
+
 def test_the_readme_quickstart_call_gets_the_readme_answer():
     """Serve the shipped checkpoints with the default settings and run the README's curl call verbatim (on the
     test server's port); everything but the request id and the timings must be what the README shows."""
