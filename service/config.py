@@ -75,6 +75,11 @@ class RaySettings(BaseModel):
     sync_interval_s: float = Field(
         default=1.0, gt=0, description="how often each ingress shares its metrics and reads operator changes"
     )
+    haproxy: bool = Field(
+        default=True,
+        description="Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) in place of its Python proxy: 2-3x the "
+        "requests/s here (bench/results/ray.md); set on the clusters this command starts and in the KubeRay manifest",
+    )
     max_surge_percent: int = Field(
         default=100,
         ge=0,

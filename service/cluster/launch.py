@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 
@@ -32,9 +33,22 @@ def undeploy(settings: Settings) -> None:
         ray.kill(ray.get_actor(f"{settings.ray.app_name}-state", namespace=NAMESPACE))
 
 
+def cluster_environment(settings: Settings) -> dict[str, str]:
+    """What Ray Serve reads from the environment of the cluster's processes, from the settings."""
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if settings.ray.haproxy else {}
+
+
+def start_cluster(settings: Settings, address: str | None = None, **init: object) -> None:
+    """Join the cluster at ``address``, or start one here whose processes get ``cluster_environment`` (a cluster
+    that runs already has its own: see docs/ray.md)."""
+    if address is None:
+        os.environ.update(cluster_environment(settings))
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, **init)
+
+
 def serve_on_ray(settings: Settings, address: str | None = None) -> None:
     address = address or settings.ray.address
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    start_cluster(settings, address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

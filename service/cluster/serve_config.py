@@ -105,7 +105,8 @@ def rayservice_manifest(settings: Settings, image: str = "blockdrop-serving-ray:
                 {
                     "name": "BLOCKDROP_ADMIN_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": "blockdrop-admin", "key": "token", "optional": True}},
-                }
+                },
+                *({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} for _ in range(settings.ray.haproxy)),
             ],
         }
 

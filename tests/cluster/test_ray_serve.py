@@ -2,7 +2,7 @@
 feedback and metrics across ingress replicas, autoscaling, a killed replica, overload and a redeploy under load.
 
 One cluster and one deployment for the module (starting them takes a while on 2 cores); the tests run in file
-order and each leaves the deployment as it found it. Run them alone with ``pytest -m ray``.
+order and each leaves the deployment as it found it (but the last, a redeploy). Run them alone: ``pytest -m ray``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.service.live_server import free_port
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from service.cluster.launch import deploy, undeploy  # noqa: E402
+from service.cluster.launch import deploy, start_cluster, undeploy  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -75,7 +75,7 @@ def cluster() -> Iterator[None]:
     # replicas report their load often, so that autoscaling reacts within the test's patience
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_cluster(settings(0), num_cpus=2)  # as blockdrop serve --ray starts one (HAProxy in front, by default)
     yield
     serve.shutdown()
     ray.shutdown()
@@ -174,6 +174,10 @@ def test_same_answers_as_the_single_process_service(service):
                 assert [c["class_id"] for c in there["top_k"]] == [c["class_id"] for c in here["top_k"]]
                 for mine, theirs in zip(here["top_k"], there["top_k"]):
                     assert theirs["confidence"] == pytest.approx(mine["confidence"], abs=1e-4)
+        there = httpx.post(f"{url}/v1/explain?variant=blockdrop", content=body, headers=PNG, timeout=30).json()
+        here = single.post("/v1/explain?variant=blockdrop", content=body, headers=PNG).json()
+        assert there["keep_probabilities"] == pytest.approx(here.pop("keep_probabilities"), abs=1e-5)
+        assert {k: v for k, v in there.items() if k != "keep_probabilities"} == here
 
 
 def test_ab_split_is_sticky_and_the_same_as_in_one_process_and_feedback_finds_any_replica(service):
@@ -217,6 +221,16 @@ def test_ab_split_is_sticky_and_the_same_as_in_one_process_and_feedback_finds_an
         return len(seen) == 2
 
     wait_until(both_replicas_report_everything, 20, "every ingress replica reporting all the feedback")
+    # and so does the A/B report, from either replica
+    reports = {}
+    while len(reports) < 2:
+        response = httpx.get(f"{url}/v1/experiment", timeout=5)
+        reports[response.headers["x-served-by"]] = response.json()
+    for report in reports.values():
+        feedback = {v["name"]: v["feedback"] for v in report["variants"]}
+        assert sum(f["n"] for f in feedback.values()) == 1000
+        for variant, count in shares.items():
+            assert feedback[variant]["n"] == count
 
 
 def test_an_operator_change_on_one_replica_reaches_every_replica(service):
@@ -299,20 +313,18 @@ def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_s
         return {key: classify(url, body, **{"X-Client-Id": key}).json()["variant"] for key in keys}
 
     before = assignment()
-    try:
-        with Load(url, threads=4, keys=keys) as load:
-            deploy(settings(chosen.port, threshold=0.6))
-        assert load.results
-        assert [r for r in load.results if r[0] != 200] == []
-        assert assignment() == before, "a redeploy that keeps the weights must keep every client's variant"
-        answer = classify(url, SAMPLES[3].read_bytes(), **{"X-Variant": "blockdrop"}).json()
-        assert answer["compute"]["threshold"] == 0.6
+    # the module's last test: the deployment it leaves behind is torn down, not restored
+    with Load(url, threads=4, keys=keys) as load:
+        deploy(settings(chosen.port, threshold=0.6))
+    assert load.results
+    assert [r for r in load.results if r[0] != 200] == []
+    assert assignment() == before, "a redeploy that keeps the weights must keep every client's variant"
+    answer = classify(url, SAMPLES[3].read_bytes(), **{"X-Variant": "blockdrop"}).json()
+    assert answer["compute"]["threshold"] == 0.6
 
-        with Load(url, threads=4, keys=keys) as load:
-            deploy(settings(chosen.port, threshold=0.6, full_weight=3.0))
-        assert load.results
-        assert [r for r in load.results if r[0] != 200] == []
-        shares = Counter(assignment().values())
-        assert shares["full"] > shares["blockdrop"]
-    finally:
-        deploy(chosen)
+    with Load(url, threads=4, keys=keys) as load:
+        deploy(settings(chosen.port, threshold=0.6, full_weight=3.0))
+    assert load.results
+    assert [r for r in load.results if r[0] != 200] == []
+    shares = Counter(assignment().values())
+    assert shares["full"] > shares["blockdrop"]
