@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
 from bench.load import Process, free_port, run_wrk
-from service.config import CHECKPOINTS
+from service.config import CHECKPOINTS, Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "service" / "samples"
 
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "machine": machine_description(),
         "artifact": Path(args.artifact).name,
+        # the serve processes read the same environment, so the settings here say which proxy Ray ran
+        "ray_proxy": "HAProxy" if Settings().ray.haproxy else "Ray's Python proxy",
         "seconds_per_run": args.seconds,
         "repeats": args.repeats,
         "rows": rows,
@@ -111,7 +113,8 @@ def to_markdown(result: dict) -> str:
         "# Ray Serve against one process",
         "",
         f"{result['machine']}; `{result['artifact']}`, the ten sample images; each row the median of "
-        f"{result['repeats']} wrk runs of {result['seconds_per_run']} s, the two services taking turns.",
+        f"{result['repeats']} wrk runs of {result['seconds_per_run']} s, the two services taking turns; "
+        f"Ray Serve behind {result.get('ray_proxy', 'HAProxy')} (setting `ray.haproxy`).",
         "",
         "| setup | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |",
         "|---|---|---|---|---|---|---|",

@@ -80,6 +80,11 @@ class RaySettings(BaseModel):
         description="Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) in place of its Python proxy: 2-3x the "
         "requests/s here (bench/results/ray.md); set on the clusters this command starts and in the KubeRay manifest",
     )
+    ingress_drain_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="with HAProxy: how long a stopping ingress replica keeps answering (Ray's default is 30 s)",
+    )
     max_surge_percent: int = Field(
         default=100,
         ge=0,

@@ -297,3 +297,20 @@ def test_overload_benchmark_runs_fixed_and_adaptive(tmp_path):
             assert phase["answered"] > 0 and 0 <= phase["answered_within_slo"] <= phase["answered"]
             assert 0 <= phase["accuracy"] <= 1
     assert result["adaptive"]["threshold_series"] and "Live threshold" in (tmp_path / "overload.md").read_text()
+
+
+@pytest.mark.ray
+def test_ray_benchmark_compares_ray_serve_with_one_process(tmp_path):
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (Debian package 'wrk')")
+    pytest.importorskip("ray")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    args = ["bench", "ray", "--artifact", str(artifacts["tiny-blockdrop"]), "--concurrency", "2", "--seconds", "1"]
+    args += ["--repeats", "1", "--warmup-seconds", "1", "--out", str(tmp_path)]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "ray.json").read_text())
+    assert [row["setup"] for row in result["rows"]] == ["single process", "Ray Serve"]
+    assert all(row["requests_per_second"] > 0 and row["non_2xx"] == 0 for row in result["rows"])
+    assert set(result["ray_over_single"]) == {"2"}

@@ -12,7 +12,7 @@ import ray
 from ray import serve
 
 from service.cluster.deployments import build_app
-from service.cluster.serve_config import app_args
+from service.cluster.serve_config import app_args, cluster_environment
 from service.cluster.state import NAMESPACE
 from service.config import Settings
 
@@ -31,11 +31,6 @@ def undeploy(settings: Settings) -> None:
     serve.delete(settings.ray.app_name)
     with contextlib.suppress(ValueError):  # never created
         ray.kill(ray.get_actor(f"{settings.ray.app_name}-state", namespace=NAMESPACE))
-
-
-def cluster_environment(settings: Settings) -> dict[str, str]:
-    """What Ray Serve reads from the environment of the cluster's processes, from the settings."""
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if settings.ray.haproxy else {}
 
 
 def start_cluster(settings: Settings, address: str | None = None, **init: object) -> None:

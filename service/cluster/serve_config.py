@@ -27,6 +27,17 @@ def app_args(settings: Settings, portable: bool = True) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
+def cluster_environment(settings: Settings) -> dict[str, str]:
+    """What Ray Serve reads from the environment of the cluster's processes, from the settings."""
+    if not settings.ray.haproxy:
+        return {}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # how long a stopping ingress replica keeps answering while HAProxy learns to route around it
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.ray.ingress_drain_s:g}",
+    }
+
+
 def variant_deployment(variant: VariantSettings, settings: Settings) -> dict[str, Any]:
     """One variant's deployment options, as Ray Serve's config schema spells them."""
     scaling = variant.ray
@@ -106,7 +117,7 @@ def rayservice_manifest(settings: Settings, image: str = "blockdrop-serving-ray:
                     "name": "BLOCKDROP_ADMIN_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": "blockdrop-admin", "key": "token", "optional": True}},
                 },
-                *({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} for _ in range(settings.ray.haproxy)),
+                *({"name": name, "value": value} for name, value in cluster_environment(settings).items()),
             ],
         }
 

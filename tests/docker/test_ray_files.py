@@ -83,6 +83,15 @@ def test_an_invalid_manifest_is_caught_by_the_schema():
         raise AssertionError("the schema accepted a string replica count")
 
 
+def test_the_manifests_image_is_one_the_dockerfile_builds_with_ray():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "ARG EXTRAS=" in dockerfile and 'pip install ".${EXTRAS}"' in dockerfile
+    assert "--build-arg EXTRAS=[ray]" in dockerfile
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in head["env"]
+
+
 def test_secrets_stay_out_of_the_generated_files():
     settings = Settings(admin_token="s3cret")
     assert "s3cret" not in to_yaml(serve_config(settings)) + to_yaml(rayservice_manifest(settings))
