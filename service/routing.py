@@ -56,9 +56,7 @@ class Router:
             return override
         weights, routable, edges = self._state
         if client_key:
-            return min(
-                routable, key=lambda name: -math.log(stable_unit_interval(f"{name}\0{client_key}")) / weights[name]
-            )
+            return min(routable, key=lambda name: _rendezvous_score(name, client_key, weights[name]))
         return routable[min(bisect.bisect_right(edges, self._rng.random()), len(routable) - 1)]
 
     def shadow_for(self, served: str) -> str | None:
@@ -69,6 +67,8 @@ class Router:
 
 
 def _rendezvous_score(name: str, client_key: str, weight: float) -> float:
+    """Weighted rendezvous hashing: the variant with the lowest score takes the key, each with a share equal to its
+    weight's; a weight change moves only the keys it must."""
     return -math.log(stable_unit_interval(f"{name}\0{client_key}")) / weight
 
 
