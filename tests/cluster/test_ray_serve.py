@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
@@ -174,6 +176,20 @@ def test_same_answers_as_the_single_process_service(service):
                 assert [c["class_id"] for c in there["top_k"]] == [c["class_id"] for c in here["top_k"]]
                 for mine, theirs in zip(here["top_k"], there["top_k"]):
                     assert theirs["confidence"] == pytest.approx(mine["confidence"], abs=1e-4)
+        # the v2 protocol on the virtual model (the A/B split) and on a named variant
+        pixels = np.stack([np.asarray(Image.open(sample).convert("RGB")) for sample in SAMPLES[:4]])
+        tensor = {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}
+        for model, key in (("default", {"X-Client-Id": "v2-client"}), ("full", {})):
+            route = f"/v2/models/{model}/infer"
+            here = single.post(route, json={"inputs": [tensor]}, headers=key).json()
+            there = httpx.post(f"{url}{route}", json={"inputs": [tensor]}, headers=key, timeout=30).json()
+            assert there["model_name"] == here["model_name"]
+            outputs = {o["name"]: o for o in here["outputs"]}
+            for output in there["outputs"]:
+                if output["name"] == "logits":
+                    assert output["data"] == pytest.approx(outputs["logits"]["data"], abs=1e-4)
+                else:
+                    assert output == outputs[output["name"]]
         there = httpx.post(f"{url}/v1/explain?variant=blockdrop", content=body, headers=PNG, timeout=30).json()
         here = single.post("/v1/explain?variant=blockdrop", content=body, headers=PNG).json()
         assert there["keep_probabilities"] == pytest.approx(here.pop("keep_probabilities"), abs=1e-5)
