@@ -39,15 +39,17 @@ class RayScaling(BaseModel):
     min_replicas: int = Field(default=1, ge=1, description="replicas kept even when idle")
     max_replicas: int = Field(default=2, ge=1, description="replicas Ray may scale up to under load")
     target_ongoing_requests: float = Field(
-        default=16, gt=0, description="requests in flight per replica that autoscaling aims at"
+        default=16, gt=0, description="calls in flight per replica that autoscaling aims at"
     )
     num_cpus: float = Field(default=0.15, gt=0, description="logical CPUs Ray reserves per replica (fractions fit)")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per replica (and OMP_NUM_THREADS)")
     max_ongoing_requests: int = Field(
-        default=64, ge=1, description="images a replica takes at once; at least the batch size, so batches form"
+        default=64,
+        ge=1,
+        description="calls a replica takes at once (each carries the images one ingress had at one moment)",
     )
     max_queued_requests: int = Field(
-        default=256, ge=1, description="images waiting for a replica in each caller before 503 + Retry-After"
+        default=256, ge=1, description="calls waiting for a replica in each ingress before 503 + Retry-After"
     )
     upscale_delay_s: float = Field(default=3.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)

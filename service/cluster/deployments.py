@@ -34,6 +34,7 @@ from service.cluster.serve_config import ingress_deployment, variant_deployment
 from service.cluster.state import SharedStore, shared_state
 from service.config import Settings
 from service.dataplane import DataPlane, Executor
+from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.variants import Variant, load_variant
 
@@ -87,19 +88,22 @@ class VariantModel:
         with self._lock:
             self._batches.append((len(result.flops), seconds))
 
-    async def infer(self, image: np.ndarray, threshold: float | None, seconds_left: float) -> dict[str, Any]:
-        future = self.batcher.submit(torch.from_numpy(image), time.monotonic() + seconds_left, threshold)
-        result = await future
+    async def infer(
+        self, images: np.ndarray, thresholds: list[float | None], seconds_left: float
+    ) -> list[dict[str, Any]]:
+        """``images`` [N, 3, H, W] as one ingress sent them together; one answer per image: its result, or the
+        service error that refused it (a full queue, a passed deadline) while the others may have run."""
+        deadline = time.monotonic() + seconds_left
+        futures = [
+            self.batcher.submit(torch.from_numpy(image), deadline, threshold)
+            for image, threshold in zip(images, thresholds)
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
         with self._lock:  # the batch figures since the last answer ride along, each batch reported once
             batches, self._batches = self._batches, []
-        return {
-            "logits": result.logits.numpy(),
-            "keep_mask": result.keep_mask.numpy(),
-            "flops": result.flops,
-            "inference_seconds": result.inference_seconds,
-            "batch_size": result.batch_size,
-            "batches": batches,
-        }
+        answers = [_answer(result) for result in results]
+        answers[0]["batches"] = batches
+        return answers
 
     def ping(self) -> bool:
         return True
@@ -111,6 +115,20 @@ class VariantModel:
 
     def __del__(self) -> None:
         self.batcher.stop(5.0)
+
+
+def _answer(result: Any) -> dict[str, Any]:
+    if isinstance(result, ServiceError):
+        return {"error": {"status": result.status_code, "message": result.message}}
+    if isinstance(result, BaseException):
+        raise result
+    return {
+        "logits": result.logits.numpy(),
+        "keep_mask": result.keep_mask.numpy(),
+        "flops": result.flops,
+        "inference_seconds": result.inference_seconds,
+        "batch_size": result.batch_size,
+    }
 
 
 class ClusterMetrics(ServiceMetrics):
@@ -146,7 +164,9 @@ class RayBackend:
     def executors(self, variants: dict[str, Variant]) -> dict[str, Executor]:
         for name, variant in variants.items():
             retry_after = self.settings.retry_after_s
-            remote = RemoteVariant(name, self.handles[name], self.metrics, variant.full_flops, retry_after)
+            remote = RemoteVariant(
+                name, self.handles[name], self.metrics, variant.full_flops, retry_after, self.settings.max_batch_size
+            )
             self.metrics.worker_up.labels(name).set_function(lambda r=remote: float(r.alive))
             self.remotes[name] = remote
         return dict(self.remotes)

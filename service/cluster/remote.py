@@ -1,6 +1,7 @@
 """The ingress side of a variant's deployment: the data plane's executor for a variant that runs elsewhere.
 
-Each image is one call to the deployment, which batches the calls it receives (``deployments.VariantModel``).
+The images submitted in one turn of the event loop go to the deployment in one call, and the deployment batches
+what it receives (``deployments.VariantModel``).
 Ray's errors become the service's: a full queue in front of the deployment is 503 with Retry-After, a replica
 that died is asked once more (Ray routes to another or to its replacement) and otherwise 503; the caller's
 deadline (504) cancels the call. The compute figures of each answer go into this replica's metrics.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,11 +38,28 @@ REPLICA_LOST = (
 )
 
 
+@dataclass
+class _Pending:
+    image: np.ndarray
+    deadline: float
+    threshold: float | None
+    future: asyncio.Future
+
+
 class RemoteVariant:
     def __init__(
-        self, name: str, handle: DeploymentHandle, metrics: ServiceMetrics, full_flops: int, retry_after_s: int
+        self,
+        name: str,
+        handle: DeploymentHandle,
+        metrics: ServiceMetrics,
+        full_flops: int,
+        retry_after_s: int,
+        max_images_per_call: int = 32,
     ):
         self.name = name
+        self.max_images_per_call = max_images_per_call
+        self._pending: list[_Pending] = []
+        self._calls: set[asyncio.Task] = set()
         self.handle = handle
         self.metrics = metrics
         self.full_flops = full_flops
@@ -64,9 +83,16 @@ class RemoteVariant:
         return self._in_flight
 
     def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future:
+        """Queue one image for the deployment: the images submitted in one turn of the event loop (the requests of
+        one moment) travel in one call, so Ray's per-call cost is paid per batch, not per image."""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
-        return asyncio.ensure_future(self._call(tensor.numpy(), deadline, threshold))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append(_Pending(tensor.numpy(), deadline, threshold, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._send_pending)
+        return future
 
     # ----------------------------------------------------------------------------------------------------------
     async def ping(self, timeout_s: float) -> bool:
@@ -78,21 +104,48 @@ class RemoteVariant:
             self.alive = False
         return self.alive
 
-    async def _call(self, image: np.ndarray, deadline: float, threshold: float | None) -> ImageResult:
-        self._in_flight += 1
+    def _send_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.max_images_per_call):
+            call = asyncio.ensure_future(self._call(pending[start : start + self.max_images_per_call]))
+            self._calls.add(call)  # held until done: the loop keeps only a weak reference to a task
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, items: list[_Pending]) -> None:
+        self._in_flight += len(items)
         sent = time.monotonic()
         try:
-            answer = await self._answer(image, deadline, threshold)
+            answers = await self._answer(items)
+        except Exception as error:  # the whole call failed: each image gets the error
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
         finally:
-            self._in_flight -= 1
-        return self._result(answer, time.monotonic() - sent)
+            self._in_flight -= len(items)
+        round_trip = time.monotonic() - sent
+        for item, answer in zip(items, answers):
+            if item.future.done():  # cancelled: its request's deadline passed
+                continue
+            if "error" in answer:
+                item.future.set_exception(_error_from(answer["error"], self.retry_after_s))
+            else:
+                item.future.set_result(self._result(answer, round_trip))
+        self._observe_batches(answers)
 
-    async def _answer(self, image: np.ndarray, deadline: float, threshold: float | None) -> dict[str, Any]:
+    async def _answer(self, items: list[_Pending]) -> list[dict[str, Any]]:
+        images = np.stack([item.image for item in items])
+        thresholds = [item.threshold for item in items]
+        deadline = max(item.deadline for item in items)
         for attempt in range(2):
-            response = self.handle.infer.remote(image, threshold, deadline - time.monotonic())
+            response = self.handle.infer.remote(images, thresholds, deadline - time.monotonic())
             try:
-                return await response
-            except asyncio.CancelledError:  # the request's deadline passed, or the client left
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    return await response
+            except TimeoutError:  # every image's deadline has passed (the data plane answers them 504)
+                response.cancel()
+                raise DeadlineExceeded("no answer within the request's deadline") from None
+            except asyncio.CancelledError:
                 response.cancel()
                 raise
             except serve_errors.BackPressureError:
@@ -113,12 +166,15 @@ class RemoteVariant:
                     ) from None
         raise AssertionError("unreachable")
 
+    def _observe_batches(self, answers: list[dict[str, Any]]) -> None:
+        for answer in answers:  # the deployment's batches since its last answer, each reported once
+            for size, seconds in answer.get("batches", ()):
+                self.metrics.observe_batch_timing(self.name, size, seconds)
+
     def _result(self, answer: dict[str, Any], round_trip_s: float) -> ImageResult:
         mask = torch.from_numpy(answer["keep_mask"])
         flops = int(answer["flops"])
         self.metrics.observe_images(self.name, mask.unsqueeze(0), torch.tensor([flops]), self.full_flops)
-        for size, seconds in answer["batches"]:  # the deployment's batches since its last answer
-            self.metrics.observe_batch_timing(self.name, size, seconds)
         return ImageResult(
             logits=torch.from_numpy(answer["logits"]),
             keep_mask=mask,
@@ -128,6 +184,12 @@ class RemoteVariant:
             inference_seconds=answer["inference_seconds"],
             batch_size=answer["batch_size"],
         )
+
+
+def _error_from(error: dict[str, Any], retry_after_s: int) -> ServiceError:
+    """One image's error, as the deployment sent it back (the others in its call may have succeeded)."""
+    headers = {"Retry-After": str(retry_after_s)} if error["status"] == 503 else None
+    return ServiceError(error["message"], error["status"], headers)
 
 
 def _service_error(name: str, error: ray_errors.RayTaskError) -> ServiceError:

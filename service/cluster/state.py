@@ -71,6 +71,7 @@ class SharedStore:
         self._actor = actor
         self._pending: list[tuple[str, str, int]] = []
         self._flushed: asyncio.Future | None = None
+        self._sending: set[asyncio.Task] = set()
 
     async def remember(self, entries: list[tuple[str, str, int]]) -> None:
         self._pending.extend(entries)
@@ -83,6 +84,8 @@ class SharedStore:
         entries, self._pending = self._pending, []
         flushed, self._flushed = self._flushed, None
         sent = asyncio.ensure_future(self._send(entries))
+        self._sending.add(sent)  # held until done: the loop keeps only a weak reference to a task
+        sent.add_done_callback(self._sending.discard)
         sent.add_done_callback(lambda task: _settle(flushed, task))
 
     async def _send(self, entries: list[tuple[str, str, int]]) -> None:
