@@ -73,6 +73,18 @@ def _backbone_options(parser: argparse.ArgumentParser) -> None:
 def _policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", required=True, help="artifact of the backbone (kind resnet)")
     add_policy_downsample_option(parser, "average-pool the image by this factor before the policy (2: 4x cheaper)")
+    parser.add_argument(
+        "--curriculum",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="release one block per epoch, from the last (--no-curriculum: the policy decides every block from "
+        "the first epoch)",
+    )
+    parser.add_argument(
+        "--initial-keep",
+        type=float,
+        help="the keep-probability every block starts with (default: the policy network's own initialisation)",
+    )
     add_reinforce_options(parser, epochs=25, lr=1e-3)
 
 

@@ -1,4 +1,4 @@
-"""``blockdrop train policy`` (curriculum, frozen backbone) and ``blockdrop train finetune`` (joint).
+"""``blockdrop train policy`` (frozen backbone, curriculum by default) and ``blockdrop train finetune`` (joint).
 
 Both run the same epoch loop: sample masks from the policy, run the backbone with the executor (which skips
 the dropped blocks, so training gets cheaper as the policy learns to drop), reward, update. Finetuning also
@@ -181,7 +181,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
     return PolicyTrainConfig(
         epochs=args.epochs,
         joint=joint,
-        curriculum=not joint,
+        curriculum=not joint and getattr(args, "curriculum", True),
         batch_size=args.batch_size,
         lr=args.lr,
         policy_lr=getattr(args, "policy_lr", None),
@@ -205,8 +205,18 @@ def train_policy(args: argparse.Namespace) -> int:
     manifest = backbone_model.manifest
     torch.manual_seed(args.seed)
     policy = PolicyNet(PolicyConfig("cifar", backbone_model.num_blocks, args.policy_downsample))
+    if args.initial_keep is not None:
+        _start_keeping(policy, args.initial_keep)
     model = BlockDropModel(backbone_model.backbone, policy, manifest.input.size)
     return _train_and_export(model, manifest, args, joint=False)
+
+
+def _start_keeping(policy: PolicyNet, keep: float) -> None:
+    """Bias the policy's output so that every block starts out kept with probability ``keep``."""
+    if not 0 < keep < 1:
+        raise ValueError(f"--initial-keep must lie strictly between 0 and 1, got {keep}")
+    with torch.no_grad():
+        policy.logit.bias.fill_(math.log(keep / (1 - keep)))
 
 
 def finetune(args: argparse.Namespace) -> int:
@@ -217,8 +227,7 @@ def finetune(args: argparse.Namespace) -> int:
     if model.policy is None:
         torch.manual_seed(args.seed)
         policy = PolicyNet(PolicyConfig("cifar", model.num_blocks, args.policy_downsample))
-        with torch.no_grad():
-            policy.logit.bias.fill_(math.log(args.initial_keep / (1 - args.initial_keep)))
+        _start_keeping(policy, args.initial_keep)
         model = BlockDropModel(model.backbone, policy, manifest.input.size)
     teacher = load_teacher(args.distill_from, manifest.input, manifest.classes) if args.distill_from else None
     return _train_and_export(model, manifest, args, joint=True, teacher=teacher)

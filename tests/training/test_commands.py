@@ -299,6 +299,40 @@ def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tm
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3, 1e-4]
 
 
+def test_policy_without_curriculum_decides_every_block_from_the_first_epoch(trained, cifar_root, tmp_path):
+    args = [
+        "train",
+        "policy",
+        "--backbone",
+        str(trained / "bb-artifact"),
+        "--data-root",
+        str(cifar_root),
+        "--epochs",
+        "1",
+        "--no-curriculum",
+        "--initial-keep",
+        "0.7",
+        "--penalty",
+        "0.5",
+        "--run-dir",
+        str(tmp_path / "flat"),
+        "--out",
+        str(tmp_path / "flat-artifact"),
+        *TINY,
+    ]
+    assert blockdrop(args) == 0
+    assert [r["released"] for r in RunFolder(tmp_path / "flat").history()] == [3]
+    model = load_artifact(tmp_path / "flat-artifact")
+    assert model.manifest.kind == "blockdrop"
+    assert "--no-curriculum" in model.manifest.training["command"]
+
+
+def test_policy_refuses_an_initial_keep_outside_0_1(trained, cifar_root, tmp_path):
+    args = ["train", "policy", "--backbone", str(trained / "bb-artifact"), "--data-root", str(cifar_root)]
+    args += ["--initial-keep", "1.0", "--run-dir", str(tmp_path / "bad"), *TINY]
+    assert "--initial-keep must lie strictly between 0 and 1, got 1.0" in refusal(args)
+
+
 def test_finetune_distils_from_a_teacher_and_records_it(trained, cifar_root, tmp_path):
     args = ["train", "finetune", "--model", str(trained / "ft-artifact"), "--data-root", str(cifar_root)]
     args += ["--distill-from", str(trained / "bb-artifact"), "--distill-weight", "0.3", "--epochs", "1"]
