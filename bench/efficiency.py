@@ -87,15 +87,25 @@ def model_alone(
         batches = {n: images[torch.arange(n) % len(images)] for n in MODEL_BATCHES}
         result = variant.infer(batches[max(MODEL_BATCHES)])
         rows[name] = {"batches": batches, "flops_mean": result.flops.double().mean().item(), "each": {}}
+    threads = torch.get_num_threads()
     for _ in range(repeats):
         for name, variant in loaded.items():
             for n, batch in rows[name]["batches"].items():
                 rows[name]["each"].setdefault(str(n), []).append(model_rate(variant, batch, seconds))
+            # the largest batch once more on the one thread a worker process gets by default: what the served
+            # rate could reach if nothing but the model used the CPU
+            torch.set_num_threads(1)
+            try:
+                batch = rows[name]["batches"][max(MODEL_BATCHES)]
+                rows[name].setdefault("one_thread", []).append(model_rate(variant, batch, seconds))
+            finally:
+                torch.set_num_threads(threads)
     return {
         name: {
             "flops_mean": row["flops_mean"],
             "img_per_s_each": row["each"],
             "img_per_s": {n: statistics.median(each) for n, each in row["each"].items()},
+            "img_per_s_b32_one_thread": statistics.median(row["one_thread"]),
         }
         for name, row in rows.items()
     }
@@ -123,7 +133,7 @@ def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folde
             (label, name): f"{s.url}/v1/classify?variant={name}"
             for label, s in servers.items()
             for name in variants
-            if label == "service" or name == "full"
+            if label == "service" or name == args.reference
         }
         for url in urls.values():
             run_wrk(url, 8, args.warmup_seconds, folder, count)
@@ -150,20 +160,22 @@ def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folde
 
 def summary(result: dict) -> dict:
     """Efficiency, the speed-ups at the model and at the service, and how much of each survives."""
-    model, runs = result["model_alone"], result["served"]["runs"]
+    model, runs, reference = result["model_alone"], result["served"]["runs"], result.get("reference", "full")
     at = {(r["server"], r["variant"], r["concurrency"]): r for r in runs}
     out: dict = {"variants": {}}
     for name, row in model.items():
         c32 = at.get(("service", name, 32))
         entry = {"efficiency_c32": c32["requests_per_second"] / row["img_per_s"]["32"] if c32 else None}
-        full = model.get("full")
-        if full is not None and name != "full":
+        if "img_per_s_b32_one_thread" in row:  # the model on one worker thread, over the model on all threads
+            entry["one_thread_share_b32"] = row["img_per_s_b32_one_thread"] / row["img_per_s"]["32"]
+        full = model.get(reference)
+        if full is not None and name != reference:
             entry["flops_ideal"] = full["flops_mean"] / row["flops_mean"]
             for n in MODEL_BATCHES:
                 entry[f"model_speedup_b{n}"] = paired_median_ratio(
                     row["img_per_s_each"][str(n)], full["img_per_s_each"][str(n)]
                 )
-            full_c32 = at.get(("service", "full", 32))
+            full_c32 = at.get(("service", reference, 32))
             if c32 and full_c32:
                 entry["served_speedup_c32"] = paired_median_ratio(
                     c32["requests_per_second_each"], full_c32["requests_per_second_each"]
@@ -174,7 +186,7 @@ def summary(result: dict) -> dict:
         single = at.get(("service", name, 1))
         if single:
             out["variants"][name]["overhead_c1_wrk_ms"] = single["p50_ms"] - overhead["inference_p50_ms"]
-    new, old = at.get(("service", "full", 32)), at.get(("baseline", "full", 32))
+    new, old = at.get(("service", reference, 32)), at.get(("baseline", reference, 32))
     if new and old:
         out["full_c32_over_baseline"] = paired_median_ratio(
             new["requests_per_second_each"], old["requests_per_second_each"]
@@ -184,6 +196,8 @@ def summary(result: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     variants = parse_variants(args.variant)
+    if args.reference not in variants:
+        raise ValueError(f"--reference {args.reference!r} is not one of the variants {sorted(variants)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as name:
@@ -197,6 +211,7 @@ def run(args: argparse.Namespace) -> dict:
             "repeats": args.repeats,
             "baseline_checkout": args.baseline_checkout,
             "baseline_commit": _commit(args.baseline_checkout) if args.baseline_checkout else None,
+            "reference": args.reference,
             "model_alone": model_alone(variants, bodies, args.model_seconds, args.repeats),
         }
         result["served"] = served(args, variants, folder, len(bodies))
@@ -210,19 +225,22 @@ def _commit(checkout: str) -> str | None:
 
 
 def to_markdown(result: dict) -> str:
-    runs = result["served"]["runs"]
+    runs, reference = result["served"]["runs"], result.get("reference", "full")
     concurrencies = sorted({r["concurrency"] for r in runs})
     at = {(r["server"], r["variant"], r["concurrency"]): r for r in runs}
     lines = [
         f"{result['images']} CIFAR-10 test images; {result['machine']}. Model alone: `Variant.infer` (the served "
         f"model) on {result['threads']} threads; served: `blockdrop serve` with its defaults, wrk posting PNG "
         f"bodies, {result['seconds_per_run']} s per run; each figure the median of {result['repeats']} run(s), "
-        "the variants taking turns. Efficiency: served req/s at c=32 over model-alone img/s at batch 32.",
+        "the variants taking turns. Efficiency: served req/s at c=32 over model-alone img/s at batch 32. "
+        "The 1-thread column is the model at batch 32 on the one torch thread each worker process has by default "
+        "(in brackets: over the figure on all threads), the most the served rate could reach if the HTTP side and "
+        "the load generator took no CPU from the worker.",
         "",
-        "| variant | model b=1 img/s | model b=32 img/s | "
+        "| variant | model b=1 img/s | model b=32 img/s | model b=32, 1 thread | "
         + " | ".join(f"served c={c} req/s" for c in concurrencies)
         + " | efficiency | p50 / p99 at c=32 | non-2xx |",
-        "|---|---:|---:|" + "---:|" * len(concurrencies) + "---:|---:|---:|",
+        "|---|---:|---:|---:|" + "---:|" * len(concurrencies) + "---:|---:|---:|",
     ]
     for name, row in result["model_alone"].items():
         rates = [at.get(("service", name, c)) for c in concurrencies]
@@ -231,6 +249,11 @@ def to_markdown(result: dict) -> str:
         non_2xx = sum(n for r in rates if r for status, n in r["statuses"].items() if not 200 <= int(status) < 300)
         lines.append(
             f"| {name} | {row['img_per_s']['1']:.0f} | {row['img_per_s']['32']:.0f} | "
+            + (
+                f"{one:.0f} ({one / row['img_per_s']['32']:.2f}) | "
+                if (one := row.get("img_per_s_b32_one_thread"))
+                else " | "
+            )
             + " | ".join(f"{r['requests_per_second']:.0f}" if r else "" for r in rates)
             + (f" | {efficiency:.2f} | " if efficiency is not None else " | | ")
             + (f"{c32['p50_ms']:.1f} / {c32['p99_ms']:.1f} ms" if c32 else "")
@@ -238,7 +261,7 @@ def to_markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "Speed-up over `full` (medians of the ratios of runs taken in turn):",
+        f"Speed-up over `{reference}` (medians of the ratios of runs taken in turn):",
         "",
         "| variant | FLOPs-ideal | model b=1 | model b=32 | served c=32 | survival at c=32 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -275,11 +298,11 @@ def to_markdown(result: dict) -> str:
         f"{memory['rss_kib'] / 1024:.0f} MiB RSS counting them once per process).",
     ]
     if "full_c32_over_baseline" in result["summary"]:
-        old = at[("baseline", "full", 32)]["requests_per_second"]
-        new = at[("service", "full", 32)]["requests_per_second"]
+        old = at[("baseline", reference, 32)]["requests_per_second"]
+        new = at[("service", reference, 32)]["requests_per_second"]
         lines += [
             "",
-            f"`full` at c=32 against the service of `{result['baseline_checkout']}` (commit "
+            f"`{reference}` at c=32 against the service of `{result['baseline_checkout']}` (commit "
             f"{result.get('baseline_commit') or 'unknown'}) served in the same run: {new:.0f} against "
             f"{old:.0f} req/s, {result['summary']['full_c32_over_baseline']:.2f}x.",
         ]
@@ -301,6 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-seconds", type=int, default=2, help="untimed wrk run against each URL first")
     parser.add_argument("--overhead-requests", type=int, default=300, help="sequential requests at c=1")
     add_variant_option(parser, "serve and measure this artifact (repeatable); default: the default variants")
+    parser.add_argument(
+        "--reference", default="full", help="the variant the speed-ups are taken over (and the baseline checkout runs)"
+    )
     parser.add_argument(
         "--baseline-checkout", metavar="DIR", help="another checkout whose service is measured beside this one"
     )

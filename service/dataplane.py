@@ -275,9 +275,7 @@ class DataPlane:
         own = compute.threshold
         served = Served(variant, await self._run(variant, tensors, started, own), started)
         responses = [self._classification(served, result, top_k, compute) for result in served.results]
-        await self.store.remember(
-            [(r["request_id"], variant.name, r["prediction"]["class_id"]) for r in responses]
-        )
+        await self.store.remember([(r["request_id"], variant.name, r["prediction"]["class_id"]) for r in responses])
         self._maybe_shadow(variant, images, [r["prediction"]["class_id"] for r in responses])
         return responses
 

@@ -90,17 +90,28 @@ class RequestRate:
         return Rates(per_second, span)
 
 
+def default_baseline(models: list[dict[str, Any]]) -> str:
+    """``full`` where a variant has that name, else the first variant that runs every block (e.g. ``full110``
+    in the ResNet-110 profile), else ``full`` all the same (and the report compares nothing)."""
+    names = [model["name"] for model in models]
+    if DEFAULT_BASELINE in names:
+        return DEFAULT_BASELINE
+    return next((model["name"] for model in models if model.get("mode") == "full"), DEFAULT_BASELINE)
+
+
 def build_experiment(
     families: Iterable[Metric],
     models: list[dict[str, Any]],
-    baseline: str = DEFAULT_BASELINE,
+    baseline: str | None = None,
     rates: Rates | None = None,
 ) -> dict[str, Any]:
     """The report: per variant (in ``models``' order; ``models`` as ``DataPlane.models()`` lists them) its traffic,
-    latency, FLOPs, blocks, shadow agreement and feedback accuracy, each accuracy compared with ``baseline``'s.
-    Without a variant named ``baseline`` the report says so and compares nothing."""
+    latency, FLOPs, blocks, shadow agreement and feedback accuracy, each accuracy compared with ``baseline``'s
+    (by default ``default_baseline(models)``). Without a variant named ``baseline`` the report says so and
+    compares nothing."""
     samples = Samples(families)
     by_name = {model["name"]: model for model in models}
+    baseline = baseline or default_baseline(models)
     chosen = baseline if baseline in by_name else None
     per_variant = samples.by("blockdrop_requests_total", "variant")
     all_routed = sum(count for name, count in per_variant.items() if name != "none")

@@ -263,7 +263,16 @@ def test_efficiency_benchmark_runs(tmp_path):
     result = json.loads((tmp_path / "efficiency.json").read_text())
     assert set(result["model_alone"]) == {"blockdrop", "full"}
     assert result["summary"]["variants"]["blockdrop"]["model_speedup_b32"] > 0
-    assert "efficiency" in (tmp_path / "efficiency.md").read_text()
+    assert all(row["img_per_s_b32_one_thread"] > 0 for row in result["model_alone"].values())
+    assert result["summary"]["variants"]["full"]["one_thread_share_b32"] > 0
+    assert "model b=32, 1 thread" in (tmp_path / "efficiency.md").read_text()
+
+
+def test_efficiency_benchmark_refuses_a_reference_that_is_not_served(tmp_path):
+    from tests.cli_refusal import refusal
+
+    args = [*_wrk_bench(tmp_path, "efficiency"), "--reference", "full110"]
+    assert "--reference 'full110' is not one of the variants ['blockdrop', 'full']" in refusal(args)
 
 
 def test_the_calibration_plot_draws_every_calibrated_artifact(tmp_path):

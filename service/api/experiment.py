@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from service.api.deps import get_plane
 from service.api.experiment_schemas import ExperimentReport
 from service.dataplane import DataPlane
-from service.experiment import DEFAULT_BASELINE, build_experiment, request_totals
+from service.experiment import build_experiment, request_totals
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -19,8 +19,11 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 )
 async def experiment(
     request: Request,
-    baseline: str = Query(
-        default=DEFAULT_BASELINE, max_length=64, description="the variant every accuracy is tested against"
+    baseline: str | None = Query(
+        default=None,
+        max_length=64,
+        description="the variant every accuracy is tested against (default: `full` if served, else the first "
+        "variant that runs every block)",
     ),
     plane: DataPlane = Depends(get_plane),
 ) -> dict:

@@ -28,3 +28,21 @@ def test_the_default_variants_are_shipped():
 
     for variant in Settings().variants:
         assert (variant.artifact / "manifest.json").exists(), f"{variant.artifact} is not committed"
+
+
+PROFILES = Path(__file__).resolve().parents[2] / "service" / "profiles"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
+def test_each_settings_profile_names_shipped_artifacts(profile, monkeypatch):
+    """A profile's artifact paths are relative to the repository root, where `blockdrop serve --settings` runs."""
+    from service.config import Settings
+
+    monkeypatch.chdir(PROFILES.parents[1])
+    monkeypatch.setenv("BLOCKDROP_SETTINGS_FILE", str(profile))
+    variants = Settings().variants
+    assert variants, profile
+    for variant in variants:
+        assert (variant.artifact / "manifest.json").exists(), f"{profile.name}: {variant.artifact} is not committed"
+        kind = load_artifact(variant.artifact).manifest.kind
+        assert variant.mode == "full" or kind == "blockdrop", f"{variant.name}: mode blockdrop needs a policy"

@@ -127,6 +127,15 @@ def test_without_the_baseline_the_report_compares_nothing():
     assert report["variants"][0]["feedback"]["accuracy"] == 0.75  # everything else is still there
 
 
+def test_the_default_baseline_is_full_else_the_first_variant_that_runs_every_block():
+    assert build_experiment(known_metrics().collect(), MODELS)["baseline"] == "full"
+    renamed = [dict(model, name="full110") if model["name"] == "full" else model for model in MODELS]
+    report = build_experiment(known_metrics().collect(), renamed)
+    assert report["baseline"] == "full110" and report["requested_baseline"] == "full110"
+    only_dynamic = [model for model in MODELS if model["mode"] != "full"]
+    assert build_experiment(known_metrics().collect(), only_dynamic)["baseline"] is None
+
+
 def test_families_of_several_replicas_add_up():
     one, two = known_metrics(), known_metrics()
     report = build_experiment([*one.collect(), *two.collect()], MODELS)

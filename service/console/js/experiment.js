@@ -85,7 +85,9 @@ function render(report) {
 export function initExperiment(models) {
   const baseline = byId("baseline");
   const toggle = byId("refresh-toggle");
-  const wanted = new URLSearchParams(location.search).get("baseline") ?? "full";
+  // as the server chooses: `full` if served, else the first variant that runs every block
+  const fallback = models.some((model) => model.name === "full") ? "full" : models.find((model) => model.mode === "full")?.name;
+  const wanted = new URLSearchParams(location.search).get("baseline") ?? fallback ?? "full";
   for (const model of models) baseline.append(h("option", { value: model.name, text: model.name, selected: model.name === wanted }));
   if (!models.some((model) => model.name === wanted)) {
     baseline.append(h("option", { value: wanted, text: `${wanted} (not served)`, selected: true }));
