@@ -175,11 +175,13 @@ def summary(result: dict) -> dict:
                 entry[f"model_speedup_b{n}"] = paired_median_ratio(
                     row["img_per_s_each"][str(n)], full["img_per_s_each"][str(n)]
                 )
-            full_c32 = at.get(("service", reference, 32))
-            if c32 and full_c32:
-                entry["served_speedup_c32"] = paired_median_ratio(
-                    c32["requests_per_second_each"], full_c32["requests_per_second_each"]
-                )
+            for concurrency in sorted({r["concurrency"] for r in runs}):
+                mine, theirs = at.get(("service", name, concurrency)), at.get(("service", reference, concurrency))
+                if mine and theirs:
+                    entry[f"served_speedup_c{concurrency}"] = paired_median_ratio(
+                        mine["requests_per_second_each"], theirs["requests_per_second_each"]
+                    )
+            if "served_speedup_c32" in entry:
                 entry["survival_c32"] = entry["served_speedup_c32"] / entry["model_speedup_b32"]
         out["variants"][name] = entry
     for name, overhead in result["served"]["overhead"].items():
@@ -263,17 +265,20 @@ def to_markdown(result: dict) -> str:
         "",
         f"Speed-up over `{reference}` (medians of the ratios of runs taken in turn):",
         "",
-        "| variant | FLOPs-ideal | model b=1 | model b=32 | served c=32 | survival at c=32 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | FLOPs-ideal | model b=1 | model b=32 | served c=1 | served c=32 | survival at c=32 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in result["summary"]["variants"].items():
         if "flops_ideal" not in entry:
             continue
-        served_ratio, survival = entry.get("served_speedup_c32"), entry.get("survival_c32")
+        single, served_ratio, survival = (
+            entry.get(k) for k in ("served_speedup_c1", "served_speedup_c32", "survival_c32")
+        )
         lines.append(
             f"| {name} | {entry['flops_ideal']:.2f}x | {entry['model_speedup_b1']:.2f}x "
             f"({entry['model_speedup_b1'] / entry['flops_ideal']:.2f} of ideal) | {entry['model_speedup_b32']:.2f}x "
             f"({entry['model_speedup_b32'] / entry['flops_ideal']:.2f} of ideal) | "
+            + (f"{single:.2f}x | " if single else " | ")
             + (f"{served_ratio:.2f}x | {survival:.2f} |" if served_ratio else " | |")
         )
     lines += [

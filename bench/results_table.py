@@ -34,6 +34,7 @@ ORDER = (
     "cifar10-resnet62",
     "cifar10-resnet62-kd",
     "cifar10-resnet110",
+    "cifar10-resnet110-blockdrop",
 )
 ROW_LABELS = {"full": "full network", "first_k": "FirstK", "random_k": "RandomK", "blockdrop": "BlockDrop"}
 

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 # shipped checkpoints measured here but not served by default: name -> (artifact folder, mode)
-UNSERVED_CHECKPOINTS = {"slim60": ("cifar10-resnet32-slim60", "full")}
+UNSERVED_CHECKPOINTS = {
+    "slim60": ("cifar10-resnet32-slim60", "full"),
+    "full110": ("cifar10-resnet110", "full"),
+    "blockdrop110": ("cifar10-resnet110-blockdrop", "blockdrop"),
+}
 
 
 def percentile(values: list[float], q: float) -> float:
