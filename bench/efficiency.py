@@ -162,6 +162,7 @@ def summary(result: dict) -> dict:
     """Efficiency, the speed-ups at the model and at the service, and how much of each survives."""
     model, runs, reference = result["model_alone"], result["served"]["runs"], result.get("reference", "full")
     at = {(r["server"], r["variant"], r["concurrency"]): r for r in runs}
+    concurrencies = sorted({r["concurrency"] for r in runs})
     out: dict = {"variants": {}}
     for name, row in model.items():
         c32 = at.get(("service", name, 32))
@@ -175,7 +176,7 @@ def summary(result: dict) -> dict:
                 entry[f"model_speedup_b{n}"] = paired_median_ratio(
                     row["img_per_s_each"][str(n)], full["img_per_s_each"][str(n)]
                 )
-            for concurrency in sorted({r["concurrency"] for r in runs}):
+            for concurrency in concurrencies:
                 mine, theirs = at.get(("service", name, concurrency)), at.get(("service", reference, concurrency))
                 if mine and theirs:
                     entry[f"served_speedup_c{concurrency}"] = paired_median_ratio(

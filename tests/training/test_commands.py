@@ -35,31 +35,31 @@ def _backbone(cifar_root, tmp_path, epochs: int = 2, name: str = "bb") -> list[s
     ]
 
 
+def _policy(backbone, cifar_root, run_dir, *options: str) -> list[str]:
+    """A tiny ``train policy`` run over the ``backbone`` artifact into ``run_dir``."""
+    return [
+        "train",
+        "policy",
+        "--backbone",
+        str(backbone),
+        "--data-root",
+        str(cifar_root),
+        "--run-dir",
+        str(run_dir),
+        *options,
+        *TINY,
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(cifar_root, tmp_path_factory):
     """backbone -> policy -> finetune, each a tiny run, sharing artifacts like the real pipeline."""
     tmp = tmp_path_factory.mktemp("pipeline")
     assert blockdrop(_backbone(cifar_root, tmp)) == 0
-    assert (
-        blockdrop(
-            [
-                "train",
-                "policy",
-                "--backbone",
-                str(tmp / "bb-artifact"),
-                "--data-root",
-                str(cifar_root),
-                "--epochs",
-                "4",
-                "--run-dir",
-                str(tmp / "policy"),
-                "--out",
-                str(tmp / "policy-artifact"),
-                *TINY,
-            ]
-        )
-        == 0
+    policy = _policy(
+        tmp / "bb-artifact", cifar_root, tmp / "policy", "--epochs", "4", "--out", str(tmp / "policy-artifact")
     )
+    assert blockdrop(policy) == 0
     assert (
         blockdrop(
             [
@@ -139,19 +139,7 @@ def test_interrupted_backbone_run_resumes_to_identical_weights(cifar_root, tmp_p
 
 def test_interrupted_policy_run_resumes_to_identical_weights(cifar_root, trained, tmp_path, monkeypatch):
     def policy_args(name):
-        return [
-            "train",
-            "policy",
-            "--backbone",
-            str(trained / "bb-artifact"),
-            "--data-root",
-            str(cifar_root),
-            "--epochs",
-            "2",
-            "--run-dir",
-            str(tmp_path / name),
-            *TINY,
-        ]
+        return _policy(trained / "bb-artifact", cifar_root, tmp_path / name, "--epochs", "2")
 
     assert blockdrop(policy_args("straight")) == 0
     with monkeypatch.context() as patch:
@@ -300,26 +288,10 @@ def test_finetune_can_start_a_new_policy_from_a_backbone(trained, cifar_root, tm
 
 
 def test_policy_without_curriculum_decides_every_block_from_the_first_epoch(trained, cifar_root, tmp_path):
-    args = [
-        "train",
-        "policy",
-        "--backbone",
-        str(trained / "bb-artifact"),
-        "--data-root",
-        str(cifar_root),
-        "--epochs",
-        "1",
-        "--no-curriculum",
-        "--initial-keep",
-        "0.7",
-        "--penalty",
-        "0.5",
-        "--run-dir",
-        str(tmp_path / "flat"),
-        "--out",
-        str(tmp_path / "flat-artifact"),
-        *TINY,
-    ]
+    options = ["--epochs", "1", "--no-curriculum", "--initial-keep", "0.7", "--penalty", "0.5"]
+    args = _policy(
+        trained / "bb-artifact", cifar_root, tmp_path / "flat", *options, "--out", str(tmp_path / "flat-artifact")
+    )
     assert blockdrop(args) == 0
     assert [r["released"] for r in RunFolder(tmp_path / "flat").history()] == [3]
     model = load_artifact(tmp_path / "flat-artifact")
@@ -328,8 +300,7 @@ def test_policy_without_curriculum_decides_every_block_from_the_first_epoch(trai
 
 
 def test_policy_refuses_an_initial_keep_outside_0_1(trained, cifar_root, tmp_path):
-    args = ["train", "policy", "--backbone", str(trained / "bb-artifact"), "--data-root", str(cifar_root)]
-    args += ["--initial-keep", "1.0", "--run-dir", str(tmp_path / "bad"), *TINY]
+    args = _policy(trained / "bb-artifact", cifar_root, tmp_path / "bad", "--initial-keep", "1.0")
     assert "--initial-keep must lie strictly between 0 and 1, got 1.0" in refusal(args)
 
 
