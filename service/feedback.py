@@ -43,19 +43,26 @@ class PredictionStore:
         """Mark the prediction as answered: it takes feedback once."""
         self._items.pop(request_id, None)
 
-    async def remember(self, entries: list[tuple[str, str, int]]) -> None:
-        """Keep ``(request_id, variant, class_id)`` of each image served (the data plane's interface, which a
-        store shared between service replicas answers remotely)."""
+    def add_all(self, entries: list[tuple[str, str, int]]) -> None:
         for request_id, variant, class_id in entries:
             self.add(request_id, variant, class_id)
 
-    async def claim(self, request_id: str) -> ServedPrediction | None:
+    def pop(self, request_id: str) -> ServedPrediction | None:
         """The prediction served under ``request_id``, taken so that it gets feedback once; None if unknown,
         already taken or expired."""
         served = self.get(request_id)
         if served is not None:
             self.take(request_id)
         return served
+
+    # The data plane's interface, which a store shared between service replicas answers remotely.
+
+    async def remember(self, entries: list[tuple[str, str, int]]) -> None:
+        """Keep ``(request_id, variant, class_id)`` of each image served."""
+        self.add_all(entries)
+
+    async def claim(self, request_id: str) -> ServedPrediction | None:
+        return self.pop(request_id)
 
     def _evict_expired(self) -> None:
         cutoff = self._clock() - self.ttl_s

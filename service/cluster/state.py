@@ -29,15 +29,11 @@ class SharedState:
         self.version = 0
 
     def remember(self, entries: list[tuple[str, str, int]]) -> None:
-        for request_id, variant, class_id in entries:
-            self.store.add(request_id, variant, class_id)
+        self.store.add_all(entries)
 
     def claim(self, request_id: str) -> tuple[str, int, float] | None:
-        served = self.store.get(request_id)
-        if served is None:
-            return None
-        self.store.take(request_id)
-        return tuple(served)
+        served = self.store.pop(request_id)
+        return None if served is None else tuple(served)
 
     def publish(self, fingerprint: str, variant: str, change: dict[str, Any]) -> int:
         self.changes.setdefault(fingerprint, {}).setdefault(variant, {}).update(change)
