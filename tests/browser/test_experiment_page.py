@@ -177,6 +177,7 @@ def test_the_page_shows_what_the_report_says_and_refreshes(server, traffic, open
     assert page.get_attribute("#refresh-toggle", "aria-pressed") == "true"
     shown, report = cells(page), report_of(server)
     assert list(shown) == VARIANTS
+    assert page.input_value("#baseline") == report["baseline"]  # the server's default, shown as chosen
     for variant in report["variants"]:
         row = shown[variant["name"]]
         for path in STEADY:

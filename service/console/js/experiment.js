@@ -85,12 +85,11 @@ function render(report) {
 export function initExperiment(models) {
   const baseline = byId("baseline");
   const toggle = byId("refresh-toggle");
-  // as the server chooses: `full` if served, else the first variant that runs every block
-  const fallback = models.some((model) => model.name === "full") ? "full" : models.find((model) => model.mode === "full")?.name;
-  const wanted = new URLSearchParams(location.search).get("baseline") ?? fallback ?? "full";
-  for (const model of models) baseline.append(h("option", { value: model.name, text: model.name, selected: model.name === wanted }));
-  if (!models.some((model) => model.name === wanted)) {
-    baseline.append(h("option", { value: wanted, text: `${wanted} (not served)`, selected: true }));
+  // null until the user picks one (or the URL names one): the server chooses the default and says which
+  let chosen = new URLSearchParams(location.search).get("baseline");
+  for (const model of models) baseline.append(h("option", { value: model.name, text: model.name, selected: model.name === chosen }));
+  if (chosen !== null && !models.some((model) => model.name === chosen)) {
+    baseline.append(h("option", { value: chosen, text: `${chosen} (not served)`, selected: true }));
   }
   let active = false;
   let paused = false;
@@ -100,14 +99,20 @@ export function initExperiment(models) {
   async function refresh() {
     clearTimeout(timer);
     const mine = (generation += 1);
-    const answer = await getJSON(query("/v1/experiment", { baseline: baseline.value }));
+    const answer = await getJSON(query("/v1/experiment", { baseline: chosen }));
     if (mine !== generation) return; // a newer refresh started meanwhile
-    if (answer.ok) render(answer.body);
+    if (answer.ok) {
+      if (chosen === null) baseline.value = answer.body.baseline;
+      render(answer.body);
+    }
     else Object.assign(byId("experiment-error"), { hidden: false, textContent: `${answer.status}: ${answer.body.error}` });
     if (active && !paused) timer = setTimeout(refresh, REFRESH_MS);
   }
 
-  baseline.addEventListener("change", refresh);
+  baseline.addEventListener("change", () => {
+    chosen = baseline.value;
+    refresh();
+  });
   toggle.addEventListener("click", () => {
     paused = !paused;
     toggle.setAttribute("aria-pressed", String(paused));
