@@ -104,8 +104,7 @@ export function initExperiment(models) {
     if (answer.ok) {
       if (chosen === null) baseline.value = answer.body.baseline;
       render(answer.body);
-    }
-    else Object.assign(byId("experiment-error"), { hidden: false, textContent: `${answer.status}: ${answer.body.error}` });
+    } else Object.assign(byId("experiment-error"), { hidden: false, textContent: `${answer.status}: ${answer.body.error}` });
     if (active && !paused) timer = setTimeout(refresh, REFRESH_MS);
   }
 
