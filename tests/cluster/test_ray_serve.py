@@ -8,11 +8,12 @@ order and each leaves the deployment as it found it (but the last, a redeploy). 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -280,17 +281,18 @@ def test_a_variant_scales_up_under_load_and_back_down_when_idle(service):
     wait_until(lambda: running("blockdrop") == 1 and sum(replica_states("blockdrop").values()) == 1, 60, "scale down")
 
 
+def replica_actor(deployment: str) -> ray.actor.ActorHandle:
+    """The one replica actor of ``deployment``."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    (actor,) = [a for a in named if f"{APP}#variant-{deployment}#" in a["name"]]
+    return ray.get_actor(actor["name"], namespace=actor["namespace"])
+
+
 def test_a_killed_replica_loses_no_request_silently_and_is_replaced(service):
     url, _ = service
     with Load(url, threads=4, variant="full") as load:
         time.sleep(2)
-        (name,) = [
-            actor["name"]
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if f"{APP}#variant-full#" in actor["name"]
-        ]
-        namespace = next(a["namespace"] for a in ray.util.list_named_actors(True) if a["name"] == name)
-        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        ray.kill(replica_actor("full"), no_restart=True)
         time.sleep(4)
     statuses = Counter(status for status, _ in load.results)
     assert set(statuses) <= {200, 503, 504}, statuses
@@ -304,20 +306,36 @@ def test_a_killed_replica_loses_no_request_silently_and_is_replaced(service):
 
 
 def test_a_full_queue_is_503_with_retry_after(service):
+    """The replica is held (SIGSTOP) while requests arrive one by one, so they pile up in front of it however fast
+    this machine is: left running, one replica may keep up with the clients and never let its queue fill, and
+    requests that arrive together travel in one call. Released, it answers the ones its queue took."""
     url, _ = service
     body = SAMPLES[2].read_bytes()
+    pid = ray.get(replica_actor("full").__ray_call__.remote(lambda _: os.getpid()))
 
-    def one(_: int) -> httpx.Response:
+    def one() -> httpx.Response:
         return classify(url, body, **{"X-Variant": "full"})
 
+    def refused() -> bool:
+        return any(f.done() and f.result().status_code == 503 for f in futures)
+
+    futures: list[Future[httpx.Response]] = []
     with ThreadPoolExecutor(64) as pool:
-        responses = list(pool.map(one, range(256)))
+        os.kill(pid, signal.SIGSTOP)
+        try:  # a request every 30 ms (each its own call) until one is refused, well within the 5 s deadline
+            while len(futures) < 64 and not refused():
+                futures.append(pool.submit(one))
+                time.sleep(0.03)
+            wait_until(refused, 1, "a refused request while the replica is held")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        responses = [f.result() for f in futures]
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {200, 503}, statuses
-    assert statuses[503] > 0, "the deployment's queue never filled"
-    refused = next(r for r in responses if r.status_code == 503)
-    assert refused.headers["retry-after"] == "1"
-    assert "overloaded" in refused.json()["error"]
+    assert statuses[200] > 0, "the requests its queue took are answered once the replica goes on"
+    refusals = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" for r in refusals)
+    assert all("overloaded" in r.json()["error"] for r in refusals), refusals[0].text
 
 
 def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_stickiness(service):
