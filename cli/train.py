@@ -99,6 +99,14 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--initial-keep", type=float, default=0.9, help="for a new policy: the keep-probability every block starts with"
     )
+    parser.add_argument(
+        "--from-threshold",
+        type=float,
+        metavar="T",
+        help="start from the masks the artifact's policy gives at threshold T (e.g. after 'train adapt' at T): "
+        "its output is shifted so that they are its masks at 0.5, where the joint stage samples, rewards and "
+        "validates",
+    )
     add_distill_options(parser, "on every sampled mask (e.g. the backbone the model started from)")
     add_reinforce_options(parser, epochs=10, lr=1e-4)
 

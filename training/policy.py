@@ -219,6 +219,16 @@ def _start_keeping(policy: PolicyNet, keep: float) -> None:
         policy.logit.bias.fill_(math.log(keep / (1 - keep)))
 
 
+def recenter(policy: PolicyNet, threshold: float) -> None:
+    """Shift the policy's output so that its masks at ``threshold`` become its masks at 0.5: p >= t exactly where
+    logit(p) - logit(t) >= 0. Joint training's greedy baseline and validation threshold at 0.5, and its samples
+    then spread around the masks the backbone was adapted to."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"--from-threshold must lie strictly between 0 and 1, got {threshold}")
+    with torch.no_grad():
+        policy.logit.bias.sub_(math.log(threshold / (1 - threshold)))
+
+
 def finetune(args: argparse.Namespace) -> int:
     """Joint stage: policy and backbone trained together, from a BlockDrop artifact (the curriculum's output) or
     from a plain backbone artifact with a new policy that starts out keeping each block with ``--initial-keep``."""
@@ -229,6 +239,8 @@ def finetune(args: argparse.Namespace) -> int:
         policy = PolicyNet(PolicyConfig("cifar", model.num_blocks, args.policy_downsample))
         _start_keeping(policy, args.initial_keep)
         model = BlockDropModel(model.backbone, policy, manifest.input.size)
+    if args.from_threshold is not None:
+        recenter(model.policy, args.from_threshold)
     teacher = load_teacher(args.distill_from, manifest.input, manifest.classes) if args.distill_from else None
     return _train_and_export(model, manifest, args, joint=True, teacher=teacher)
 

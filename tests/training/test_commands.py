@@ -314,6 +314,25 @@ def test_finetune_distils_from_a_teacher_and_records_it(trained, cifar_root, tmp
     assert RunFolder(tmp_path / "kd").load()["config"]["distill_weight"] == 0.3
 
 
+def test_finetune_from_threshold_starts_from_the_masks_at_that_threshold(trained):
+    from training.policy import recenter
+
+    policy = load_artifact(trained / "ft-artifact").policy
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        probabilities = policy(x)
+        values = probabilities.flatten().unique()  # sorted: halfway between two middle ones, no probability equal
+        threshold = float(values[len(values) // 2 - 1 : len(values) // 2 + 1].mean())
+        recenter(policy, threshold)
+        assert torch.equal(policy(x) >= 0.5, probabilities >= threshold)
+
+
+def test_finetune_refuses_a_from_threshold_outside_0_1(trained, cifar_root, tmp_path):
+    args = ["train", "finetune", "--model", str(trained / "ft-artifact"), "--data-root", str(cifar_root)]
+    args += ["--from-threshold", "1", "--run-dir", str(tmp_path / "bad"), *TINY]
+    assert "--from-threshold must lie strictly between 0 and 1, got 1.0" in refusal(args)
+
+
 def test_eval_of_a_network_without_policy_reports_the_full_row(cifar_root, tmp_path, capsys):
     from models.artifacts import InputSpec, Manifest, save_artifact
     from models.biglittle import BigLittleConfig, BigLittleNet
