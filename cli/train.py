@@ -107,6 +107,13 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
         "its output is shifted so that they are its masks at 0.5, where the joint stage samples, rewards and "
         "validates",
     )
+    parser.add_argument(
+        "--backbone-masks",
+        choices=("sampled", "greedy"),
+        default="sampled",
+        help="the masks the backbone learns on: the policy's samples (the paper), or the greedy masks it serves, "
+        "as 'train adapt' does, while the policy still learns from its samples (default: sampled)",
+    )
     add_distill_options(parser, "on every sampled mask (e.g. the backbone the model started from)")
     add_reinforce_options(parser, epochs=10, lr=1e-4)
 

@@ -38,6 +38,7 @@ class PolicyTrainConfig:
     alpha: float = 0.8
     penalty: float = 5.0  # gamma: a wrong prediction is rewarded -gamma
     entropy_weight: float = 0.1
+    backbone_masks: str = "sampled"  # joint training: "greedy" trains the backbone on the masks it will serve
     distill_weight: float = 0.0  # joint training with a teacher: (1 - w) CE + w KD
     distill_temperature: float = 4.0
     bf16: bool = True
@@ -133,10 +134,15 @@ class PolicySteps:
         with autocast(config.bf16, x.device):
             probabilities = model.policy(x).float()
         actions = sample_actions(probabilities, config.alpha, released)
-        with torch.no_grad(), autocast(config.bf16, x.device):
-            greedy_logits = run_backbone(model.backbone, x, actions.greedy)
-        with torch.set_grad_enabled(config.joint), autocast(config.bf16, x.device):
+        # the backbone learns on one of the two mask sets (when joint); the other only feeds the reward
+        learn_on_greedy = config.joint and config.backbone_masks == "greedy"
+        with torch.set_grad_enabled(learn_on_greedy), autocast(config.bf16, x.device):
+            greedy_logits = run_backbone(model.backbone, x, actions.greedy).float()
+        if learn_on_greedy:  # reward only: BatchNorm's running statistics stay those of the served masks
+            model.backbone.eval()
+        with torch.set_grad_enabled(config.joint and not learn_on_greedy), autocast(config.bf16, x.device):
             sampled_logits = run_backbone(model.backbone, x, actions.sampled).float()
+        model.backbone.train(config.joint)
         sampled_right = sampled_logits.argmax(1) == labels
         reward = block_reward(sampled_right, actions.sampled, config.penalty)
         baseline = block_reward(greedy_logits.argmax(1) == labels, actions.greedy, config.penalty)
@@ -146,8 +152,9 @@ class PolicySteps:
             if self.teacher is not None:
                 with torch.no_grad(), autocast(config.bf16, x.device):
                     teacher_logits = self.teacher(x).float()
+            learned = greedy_logits if learn_on_greedy else sampled_logits
             loss = loss + supervised_loss(
-                sampled_logits, labels, teacher_logits, config.distill_weight, config.distill_temperature
+                learned, labels, teacher_logits, config.distill_weight, config.distill_temperature
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,6 +192,7 @@ def _config_from_args(args: argparse.Namespace, joint: bool) -> PolicyTrainConfi
         batch_size=args.batch_size,
         lr=args.lr,
         policy_lr=getattr(args, "policy_lr", None),
+        backbone_masks=getattr(args, "backbone_masks", "sampled"),
         alpha=args.alpha,
         penalty=args.penalty,
         entropy_weight=args.entropy_weight,

@@ -327,6 +327,31 @@ def test_finetune_from_threshold_starts_from_the_masks_at_that_threshold(trained
         assert torch.equal(policy(x) >= 0.5, probabilities >= threshold)
 
 
+@pytest.mark.parametrize("masks, block_learns", [("sampled", True), ("greedy", False)])
+def test_finetune_trains_the_backbone_on_the_masks_asked_for(trained, masks, block_learns):
+    """Block 0 is dropped by every greedy mask and kept by some samples: only sampled-mask training changes it."""
+    import math
+
+    from training.policy import PolicySteps, PolicyTrainConfig
+
+    model = load_artifact(trained / "ft-artifact")
+    with torch.no_grad():
+        model.policy.logit.weight.zero_()
+        model.policy.logit.bias.fill_(5.0)  # every other block kept by both
+        model.policy.logit.bias[0] = math.log(0.3 / 0.7)  # greedy drops it; samples keep it 38 % of the time
+    config = PolicyTrainConfig(epochs=1, joint=True, curriculum=False, backbone_masks=masks, bf16=False)
+    optimizer = torch.optim.Adam([*model.policy.parameters(), *model.backbone.parameters()], lr=1e-2)
+    steps = PolicySteps(model, None, None, config, optimizer, torch.device("cpu"))
+    block = model.backbone.blocks[0][0]  # the first block of the first stage
+    before = {k: v.clone() for k, v in block.state_dict().items() if v.is_floating_point()}
+    model.backbone.train()
+    torch.manual_seed(0)
+    _, _, actions = steps._step(torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)), model.num_blocks)
+    assert actions.sampled[:, 0].any() and not actions.greedy[:, 0].any()
+    changed = any(not torch.equal(v, block.state_dict()[k]) for k, v in before.items())
+    assert changed == block_learns
+
+
 def test_finetune_refuses_a_from_threshold_outside_0_1(trained, cifar_root, tmp_path):
     args = ["train", "finetune", "--model", str(trained / "ft-artifact"), "--data-root", str(cifar_root)]
     args += ["--from-threshold", "1", "--run-dir", str(tmp_path / "bad"), *TINY]
