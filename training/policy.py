@@ -219,22 +219,27 @@ def train_policy(args: argparse.Namespace) -> int:
     return _train_and_export(model, manifest, args, joint=False)
 
 
+def _log_odds(probability: float, option: str) -> float:
+    """logit(``probability``), the policy's output bias for it; ``option`` names the flag it came from."""
+    if not 0 < probability < 1:
+        raise ValueError(f"{option} must lie strictly between 0 and 1, got {probability}")
+    return math.log(probability / (1 - probability))
+
+
 def _start_keeping(policy: PolicyNet, keep: float) -> None:
     """Bias the policy's output so that every block starts out kept with probability ``keep``."""
-    if not 0 < keep < 1:
-        raise ValueError(f"--initial-keep must lie strictly between 0 and 1, got {keep}")
+    bias = _log_odds(keep, "--initial-keep")
     with torch.no_grad():
-        policy.logit.bias.fill_(math.log(keep / (1 - keep)))
+        policy.logit.bias.fill_(bias)
 
 
 def recenter(policy: PolicyNet, threshold: float) -> None:
     """Shift the policy's output so that its masks at ``threshold`` become its masks at 0.5: p >= t exactly where
     logit(p) - logit(t) >= 0. Joint training's greedy baseline and validation threshold at 0.5, and its samples
     then spread around the masks the backbone was adapted to."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"--from-threshold must lie strictly between 0 and 1, got {threshold}")
+    shift = _log_odds(threshold, "--from-threshold")
     with torch.no_grad():
-        policy.logit.bias.sub_(math.log(threshold / (1 - threshold)))
+        policy.logit.bias.sub_(shift)
 
 
 def finetune(args: argparse.Namespace) -> int:
