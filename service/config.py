@@ -102,7 +102,9 @@ class VariantSettings(BaseModel):
     artifact: Path
     mode: Literal["blockdrop", "full"] = "full"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="default: the artifact's")
-    weight: float = Field(default=1.0, ge=0.0, description="share of unpinned traffic, relative to the others")
+    weight: float = Field(
+        default=1.0, ge=0.0, allow_inf_nan=False, description="share of unpinned traffic, relative to the others"
+    )
     adaptive: AdaptiveSettings | None = Field(
         default=None, description="blockdrop only: raise the threshold under load (service/adaptive.py)"
     )

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -27,7 +28,16 @@ from service.imaging import ImagePreprocessor
 from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
-from service.tensors import InputTensor, OutputTensor, image_shapes, images_from, outputs_from, requested_outputs
+from service.tensors import (
+    INLINE_TENSOR_VALUES,
+    InputTensor,
+    OutputTensor,
+    image_shapes,
+    images_from,
+    outputs_from,
+    requested_outputs,
+    value_count,
+)
 from service.variants import Variant
 from service.worker import InferenceWorker, WorkerSpec
 
@@ -327,11 +337,18 @@ class DataPlane:
         if len(inputs) != 1:
             raise BadInput(f"{variant.name} takes exactly one input tensor, got {len(inputs)}")
         wanted = requested_outputs(output_names)
-        batch = images_from(inputs[0], variant.manifest.input, self.settings.max_images_per_request)
+        build = partial(images_from, inputs[0], variant.manifest.input, self.settings.max_images_per_request)
+        batch = await to_thread.run_sync(build) if value_count(inputs[0]) > INLINE_TENSOR_VALUES else build()
         self._refuse_if_draining()
         own = (compute or self.compute_for(variant, None)).threshold
         results = await self._run(variant, list(batch), time.monotonic(), own)
         return outputs_from(results, len(variant.manifest.classes), variant.num_blocks, wanted)
+
+    @property
+    def max_tensor_values(self) -> int:
+        """The most values one tensor request may carry: the request's image limit at the largest input size."""
+        largest = max(3 * v.manifest.input.height * v.manifest.input.width for v in self.variants.values())
+        return self.settings.max_images_per_request * largest
 
     def model_metadata(self, model_name: str) -> dict[str, Any]:
         """Inputs and outputs of one model, as the tensor protocols describe them: one input per name, ``images``

@@ -33,6 +33,8 @@ class Router:
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """New traffic weights (every variant's); at least one must be positive. Takes effect at once."""
+        if not all(math.isfinite(weight) and weight >= 0 for weight in weights.values()):
+            raise ValueError("weights must be finite and not negative")
         routable = [name for name in self.names if weights.get(name, 0) > 0]
         if not routable:
             raise ValueError("at least one variant needs a positive weight")

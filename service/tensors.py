@@ -53,6 +53,31 @@ class OutputTensor:
         return self.data.contiguous().to(OUTPUT_BYTES[self.datatype]).numpy().tobytes()
 
 
+# commas a v2 JSON body may hold besides those between tensor values (keys, outputs, parameters)
+JSON_OTHER_SEPARATORS = 1024
+# tensors with more values than this are built in a worker thread, not on the event loop
+INLINE_TENSOR_VALUES = 16 * 3 * 32 * 32
+
+
+def refuse_oversized_json(raw: bytes, max_values: int) -> None:
+    """Refuse (413) a JSON body that holds far more numbers than any request may carry, before it is parsed: a
+    count of commas is a C-speed scan, while parsing millions of numbers into objects would hold the event loop."""
+    separators = raw.count(b",")
+    if separators > max_values + JSON_OTHER_SEPARATORS:
+        raise PayloadTooLarge(
+            f"the JSON body holds about {separators + 1} values; a request carries at most {max_values} tensor values "
+            "(max_images_per_request images of the model's input size); send fewer images per request"
+        )
+
+
+def value_count(tensor: InputTensor) -> int:
+    """How many values ``tensor`` carries as sent (the outer length of nested JSON data, which is enough to choose
+    where to build it)."""
+    if isinstance(tensor.data, Buffer):
+        return len(tensor.data)
+    return len(tensor.data) if isinstance(tensor.data, list) else 0
+
+
 def image_shapes(spec: InputSpec) -> dict[str, list[int]]:
     """Per datatype, the shape of one image: normalised FP32 [3, H, W] or raw UINT8 pixels [H, W, 3]."""
     return {"FP32": [3, spec.height, spec.width], "UINT8": [spec.height, spec.width, 3]}
@@ -81,6 +106,8 @@ def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: st
     if isinstance(tensor.data, Buffer):
         values = _from_bytes(tensor.data, datatype, shape, needed, where)
     else:
+        if isinstance(tensor.data, list) and len(tensor.data) > needed:  # too many before a value is converted
+            raise BadInput(f"{where}.data has {len(tensor.data)} values; shape {shape} needs {needed}")
         try:
             values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.int64)
         except (TypeError, ValueError, RuntimeError, OverflowError):

@@ -20,7 +20,9 @@ router = APIRouter(prefix="/v1/variants", tags=["operations"])
 class VariantUpdate(BaseModel):
     threshold: float | None = Field(default=None, gt=0, lt=1, description="new default policy threshold")
     budget: str | None = Field(default=None, description="or a compute budget, mapped on the calibrated curve")
-    weight: float | None = Field(default=None, ge=0, description="new A/B weight, relative to the others'")
+    weight: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="new A/B weight, relative to the others' (finite)"
+    )
 
 
 class VariantSettingsView(BaseModel):

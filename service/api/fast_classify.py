@@ -19,6 +19,7 @@ from service.api.errors import encode_json
 from service.dataplane import DataPlane
 from service.errors import PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
+from service.numbers import longer_than, whole_number
 from service.request_log import open_record, request_id_from, write_record
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def parse_query(query_string: bytes) -> dict[str, str] | None:
     if len(query) != len(pairs) or not query.keys() <= QUERY_KEYS:
         return None
     top_k = query.get("top_k")
-    if top_k is not None and not (top_k.isascii() and top_k.isdigit() and int(top_k) >= 1):
-        return None
+    if top_k is not None and not (whole_number(top_k) or 0) >= 1:
+        return None  # FastAPI's validation answers (a 422), whatever the value: huge, negative, not a number
     return query
 
 
@@ -98,8 +99,7 @@ class FastClassify:
 
     async def _read_body(self, headers: dict[bytes, str], receive: Receive) -> bytes:
         too_large = PayloadTooLarge(f"the request body is larger than the {self.max_body_bytes}-byte limit")
-        declared = headers.get(b"content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if longer_than(headers.get(b"content-length", ""), self.max_body_bytes):
             raise too_large
         chunks, size = [], 0
         while True:

@@ -47,8 +47,9 @@ def status_of(error: ServiceError, draining: bool) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def input_tensors(request: pb.ModelInferRequest) -> list[InputTensor]:
-    """The request's inputs, from ``raw_input_contents`` (one entry per input, in order) or typed ``contents``."""
+def input_tensors(request: pb.ModelInferRequest, max_values: int) -> list[InputTensor]:
+    """The request's inputs, from ``raw_input_contents`` (one entry per input, in order) or typed ``contents``; typed
+    contents with more than ``max_values`` values are refused before they become a Python list."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise ServiceError(
@@ -59,7 +60,12 @@ def input_tensors(request: pb.ModelInferRequest) -> list[InputTensor]:
         if raw:
             data: object = raw[i]
         elif tensor.datatype in CONTENTS:
-            data = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
+            contents = getattr(tensor.contents, CONTENTS[tensor.datatype])
+            if len(contents) > max_values:
+                raise PayloadTooLarge(
+                    f"inputs[{i}] holds {len(contents)} values; a request carries at most {max_values} tensor values"
+                )
+            data = list(contents)
         else:
             data = []  # the data plane refuses the datatype with its own message
         tensors.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
@@ -136,7 +142,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             variant = chosen.name
             compute = self.plane.compute_for(chosen, _parameter(request, "budget") or metadata.get("x-compute-budget"))
             wanted = [o.name for o in request.outputs] or None
-            outputs = await self.plane.infer_tensors(chosen, input_tensors(request), wanted, compute)
+            outputs = await self.plane.infer_tensors(
+                chosen, input_tensors(request, self.plane.max_tensor_values), wanted, compute
+            )
             status = 200
             return response_for(request, chosen.name, outputs, compute)
         except ServiceError as error:

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import encode_json
 from service.errors import PayloadTooLarge
 from service.metrics import ServiceMetrics
+from service.numbers import longer_than
 from service.request_log import open_record, request_id_from, write_record
 
 INFERENCE_PATHS = ("/v1/classify", "/v2/models/")
@@ -43,7 +44,7 @@ class BodySizeLimit:
             return
         message = f"the request body is larger than the {self.max_bytes}-byte limit"
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and longer_than(declared, self.max_bytes):
             await _send_error(send, 413, message)
             return
         received = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 
 class Prediction(BaseModel):
@@ -62,7 +62,8 @@ class BatchRequest(BaseModel):
 
 class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=64)
-    label: int | str = Field(description="the true class, as a class id or a class name")
+    # strict: JSON true is not class 1, nor 1.0 class 1
+    label: StrictInt | StrictStr = Field(description="the true class, as a class id or a class name")
 
 
 class FeedbackResponse(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -91,13 +90,15 @@ async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], 
 
 
 def _decode_batch(body: bytes, max_images: int) -> tuple[list[bytes], int | None]:
+    # pydantic's JSON parser bounds nesting (json.loads would recurse until RecursionError on [[[[...)
     try:
-        batch = BatchRequest.model_validate(json.loads(body))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise Unprocessable(f"the body is not valid JSON: {error}") from None
+        batch = BatchRequest.model_validate_json(body)
     except ValidationError as error:
+        problems = error.errors()
+        if problems[0]["type"] == "json_invalid":
+            raise Unprocessable(f"the body is not valid JSON: {problems[0]['msg']}") from None
         raise Unprocessable(
-            "invalid batch: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            "invalid batch: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems)
         ) from None
     if len(batch.images) > max_images:
         raise PayloadTooLarge(f"{len(batch.images)} images in one request; the limit is {max_images}")

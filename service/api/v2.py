@@ -9,6 +9,7 @@ Content-Type (tritonclient sends none).
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -31,10 +32,13 @@ from service.api.v2_schemas import (
 )
 from service.dataplane import DataPlane
 from service.errors import BadInput
+from service.tensors import refuse_oversized_json
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
 MODEL_VERSION = "1"
+# JSON bodies larger than this are parsed in a worker thread, so that the event loop keeps answering meanwhile
+INLINE_JSON_BYTES = 64 * 1024
 
 
 @router.get("", summary="Server metadata")
@@ -85,7 +89,12 @@ async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONR
 async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> Response:
     plane.knows(name)  # an unknown model is a 404 whatever the body holds
     json_part, binary = split_body(await request.body(), request.headers.get(binary_extension.HEADER))
-    body = parse_request(json_part)
+    refuse_oversized_json(json_part, plane.max_tensor_values)
+    body = (
+        await to_thread.run_sync(parse_request, json_part)
+        if len(json_part) > INLINE_JSON_BYTES
+        else parse_request(json_part)
+    )
     inputs = input_tensors(body, binary)
     asked = body.parameters or {}
     override = _text(asked, "variant") or request.headers.get("x-variant")

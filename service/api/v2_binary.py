@@ -11,6 +11,7 @@ from typing import Any
 
 from service.api.v2_schemas import InferenceRequest, RequestOutput
 from service.errors import BadInput
+from service.numbers import whole_number
 from service.tensors import InputTensor, OutputTensor
 
 HEADER = "inference-header-content-length"
@@ -21,9 +22,10 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON header and the binary part of a request body (all of it is JSON without the header)."""
     if header_length is None:
         return raw, b""
-    if not (header_length.isascii() and header_length.isdigit()):
-        raise BadInput(f"Inference-Header-Content-Length must be a whole number of bytes, got {header_length!r}")
-    length = int(header_length)
+    length = whole_number(header_length)
+    if length is None:
+        shown = header_length if len(header_length) <= 40 else f"{header_length[:20]}... ({len(header_length)} chars)"
+        raise BadInput(f"Inference-Header-Content-Length must be a whole number of bytes, got {shown!r}")
     if length > len(raw):
         raise BadInput(f"Inference-Header-Content-Length says {length} bytes of JSON, but the body has {len(raw)}")
     return raw[:length], raw[length:]

@@ -1,0 +1,100 @@
+"""Hostile input answered as a client error, never a 500, and never by building what the request asks for before it
+is checked: deep nesting, huge integers, non-finite admin values, booleans posing as labels, tensors far larger
+than their shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.service.conftest import png_bytes
+
+PNG = {"content-type": "image/png"}
+
+
+def _error(response) -> str:
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error"]
+
+
+@pytest.mark.parametrize("depth", [10_000, 100_000])
+def test_a_json_batch_nested_deep_is_a_422(client, depth):
+    body = b"[" * depth + b"]" * depth
+    response = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in _error(response)
+
+
+@pytest.mark.parametrize("route", ["/v1/feedback", "/v2/models/blockdrop/infer"])
+def test_deep_nesting_on_the_other_json_routes_is_a_client_error(client, route):
+    body = b'{"request_id": "x", "label": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+def test_a_huge_header_length_is_a_400_not_a_500(client):
+    response = client.post(
+        "/v2/models/blockdrop/infer",
+        content=b"{}",
+        headers={"inference-header-content-length": "9" * 5000},
+    )
+    assert response.status_code == 400
+    assert "Inference-Header-Content-Length" in _error(response)
+
+
+@pytest.mark.parametrize("top_k", ["9" * 5000, "1" + "0" * 30])
+def test_a_huge_top_k_on_the_raw_image_path_is_a_422(client, top_k):
+    response = client.post(f"/v1/classify?top_k={top_k}", content=png_bytes(), headers=PNG)
+    assert response.status_code == 422
+    assert "top_k" in _error(response)
+
+
+def test_a_huge_content_length_is_refused_as_too_large(client):
+    # the size limit compares the number it reads; 5,000 digits must not make that comparison raise
+    for path, headers in [("/v1/classify", PNG), ("/v1/feedback", {"content-type": "application/json"})]:
+        response = client.post(path, content=b"x", headers=headers | {"content-length": "9" * 5000})
+        assert response.status_code in (400, 413)
+
+
+@pytest.mark.parametrize("weight", ["1e400", "-1e400", "NaN", "Infinity"])
+def test_an_admin_weight_must_be_a_finite_number(artifacts, weight):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    with TestClient(create_app(make_settings(artifacts, admin_token="secret"))) as client:
+        auth = {"authorization": "Bearer secret", "content-type": "application/json"}
+        response = client.put("/v1/variants/full", content=f'{{"weight": {weight}}}', headers=auth)
+        assert response.status_code == 422, response.text
+        assert client.get("/v1/variants/full").json()["weight"] == 1.0
+
+
+@pytest.mark.parametrize("label", [True, False, 1.0, [1], {"id": 1}])
+def test_feedback_takes_a_class_id_or_name_only(client, label):
+    request_id = client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).json()["request_id"]
+    response = client.post("/v1/feedback", json={"request_id": request_id, "label": label})
+    assert response.status_code == 422, response.text
+    # the prediction still awaits its (valid) feedback
+    assert client.post("/v1/feedback", json={"request_id": request_id, "label": 3}).status_code == 200
+
+
+def test_a_json_tensor_far_larger_than_its_shape_is_refused_before_it_is_built(client):
+    values = ",".join(["0.5"] * 1_000_000)
+    body = (
+        '{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [' + values + "]}]}"
+    ).encode()
+    response = client.post("/v2/models/blockdrop/infer", content=body)
+    # 413 from the count of separators in the raw body: the million numbers are never parsed into objects
+    assert response.status_code == 413
+    assert "values" in _error(response)
+
+
+def test_a_json_tensor_of_the_right_size_still_runs(client):
+    body = {
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": [0.1] * (2 * 3 * 32 * 32)}]
+    }
+    response = client.post("/v2/models/blockdrop/infer", content=json.dumps(body))
+    assert response.status_code == 200
+    assert response.json()["outputs"][0]["shape"] == [2, 10]
