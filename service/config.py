@@ -165,11 +165,27 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)
     max_batch_wait_ms: float = Field(default=2.0, ge=0.0)
     queue_limit: int = Field(default=256, ge=1, description="waiting images per variant before 503")
+    queue_wait_budget_ms: float = Field(
+        default=250.0,
+        gt=0.0,
+        description="the longest an image may wait for its batch (or for room to decode) before the request gets a "
+        "503 with Retry-After: under any overload, p99 stays near this plus the model's batch time",
+    )
     request_timeout_s: float = Field(default=10.0, gt=0.0, description="deadline per request before 504")
     retry_after_s: int = Field(default=1, ge=1)
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1, description="width x height, checked before decoding")
+    max_image_scale: float = Field(
+        default=64.0,
+        gt=1.0,
+        description="an image may decode to at most this many times the model's input a side (2048 x 2048 pixels for "
+        "a 32 x 32 model; a JPEG decodes at a reduced scale first); larger ones get a 413",
+    )
+    decode_memory_mb: int = Field(
+        default=256, ge=1, description="memory for images being decoded at once; past it requests wait, then get 503"
+    )
+    decode_threads: int | None = Field(default=None, ge=1, description="threads decoding large images; default: cores")
     max_images_per_request: int = Field(default=64, ge=1)
     max_top_k: int = Field(default=10, ge=1)
     admin_token: str | None = Field(

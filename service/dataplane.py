@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from service.adaptive import ThresholdController
 from service.batching import ImageResult, MicroBatcher
 from service.budget import parse_budget, point_for
 from service.config import Settings
+from service.decoding import Decoder
 from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unprocessable
 from service.feedback import PredictionStore, ServedPrediction
 from service.imaging import ImagePreprocessor
@@ -43,9 +45,6 @@ from service.worker import InferenceWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-# Images this small (in all, per request) are decoded on the event loop: a few CIFAR-sized PNGs take tens of
-# microseconds, less than the hop to a worker thread; anything larger goes to a thread so the loop never stalls.
-INLINE_DECODE_PIXELS = 16 * 32 * 32
 # the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
 VIRTUAL_MODEL = "default"
 
@@ -110,8 +109,15 @@ class DataPlane:
             {v.name: v.weight for v in settings.variants}, settings.shadow_variant, settings.shadow_fraction
         )
         self.preprocessors = {
-            name: ImagePreprocessor(v.manifest.input, settings.max_pixels) for name, v in variants.items()
+            name: ImagePreprocessor(v.manifest.input, settings.max_pixels, settings.max_image_scale)
+            for name, v in variants.items()
         }
+        self.decoder = Decoder(
+            settings.decode_memory_mb * 2**20,
+            settings.decode_threads or len(os.sched_getaffinity(0)),
+            settings.queue_wait_budget_ms / 1000,
+            settings.retry_after_s,
+        )
         in_workers = executors is None and settings.inference_workers == "process"
         replicas = settings.worker_replicas if in_workers else 0
         self.workers = {name: [self._worker(v, i) for i in range(replicas)] for name, v in variants.items()}
@@ -275,10 +281,7 @@ class DataPlane:
         preprocess = self.preprocessors[variant.name]
         batcher.expect(len(images))
         try:
-            if preprocess.cheap(images, INLINE_DECODE_PIXELS):
-                tensors = [preprocess(data) for data in images]
-            else:
-                tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
+            tensors = await self.decoder.tensors(preprocess, images)
         finally:
             batcher.expect(-len(images))
         # every image carries its threshold: worker processes hold a copy of the variant, not its live setting
@@ -295,7 +298,7 @@ class DataPlane:
         runs every block. The policy runs alone, in a thread of this process (the variants are loaded here also when
         worker processes serve them): no batching, no metrics, no feedback, since this is no inference request."""
         compute = self.compute_for(variant, budget)
-        tensor = await to_thread.run_sync(self.preprocessors[variant.name], image)
+        (tensor,) = await self.decoder.tensors(self.preprocessors[variant.name], [image])
         probabilities: list[float] | None = None
         mask: str | None = None
         if variant.has_policy and compute.threshold is not None:
@@ -546,7 +549,7 @@ class DataPlane:
         detach_record()  # a shadow run is not part of the request it copies
         preprocess = self.preprocessors[shadow.name]
         try:
-            tensors = await to_thread.run_sync(lambda: [preprocess(data) for data in images])
+            tensors = await self.decoder.tensors(preprocess, images)
             results = await self._run(shadow, tensors, time.monotonic())
         except (Overloaded, DeadlineExceeded):
             self.metrics.shadow.labels(served, shadow.name, "skipped").inc(len(images))

@@ -1,8 +1,11 @@
 """Image bytes -> a normalised tensor, as the artifact's manifest says, with limits checked before decoding.
 
 The pixel count is read from the header and checked before any pixel is decoded, so a decompression bomb
-costs nothing. EXIF orientation is applied; palette, alpha (composited on white), CMYK, greyscale and 16-bit
-images become 8-bit RGB; an animated image gives its first frame. The short side is resized to the manifest's
+costs nothing. The bound is the model's: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
+covers the model's input, and an image that would still decode to more than ``max_image_scale`` times the model's
+input a side is refused, since nothing of it would reach the model but a resize. EXIF orientation is applied;
+palette, alpha (composited on white), CMYK, greyscale and 16-bit images become 8-bit RGB; an animated image gives
+its first frame. The short side is resized to the manifest's
 ``resize`` (or the input size) and the centre cropped.
 """
 
@@ -21,6 +24,9 @@ from models.artifacts import InputSpec
 from service.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# the decode's peak bytes per decoded pixel, an upper estimate: the decoded image (up to 4 bytes a pixel, RGBA), its
+# RGBA compositing or RGB conversion (up to 8 more) beside it; the resize's output is the model's size, small
+DECODE_BYTES_PER_PIXEL = 12
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -31,8 +37,17 @@ def open_header(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data), formats=FORMATS)
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode ``data`` into an 8-bit RGB image, refusing what is not an image or too large."""
+def decode_image(data: bytes, max_pixels: int, spec: InputSpec | None = None) -> Image.Image:
+    """Decode ``data`` into an 8-bit RGB image, refusing what is not an image or too large; with ``spec``, a JPEG
+    is decoded at the smallest scale that still covers that input."""
+    image = open_checked(data, max_pixels)
+    if spec is not None:
+        draft_for(image, spec)
+    return load_rgb(image)
+
+
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """The image's header, after the format and the declared pixel count are checked (no pixel decoded yet)."""
     if not data:
         raise BadInput("the request body is empty; send the image bytes")
     try:
@@ -46,6 +61,25 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if width < 1 or height < 1:
         raise BadInput("the image has no pixels")
+    return image
+
+
+def needed_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:
+    """The size ``resize_and_crop`` scales an image of ``size`` to: its short side to the manifest's resize."""
+    short_side = spec.resize or max(spec.width, spec.height)
+    scale = short_side / min(size)
+    return max(spec.width, round(size[0] * scale)), max(spec.height, round(size[1] * scale))
+
+
+def draft_for(image: Image.Image, spec: InputSpec) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale where that still covers what the model needs (header only; other
+    formats have no reduced decode and are left as they are)."""
+    if image.format == "JPEG":
+        image.draft("RGB", needed_size(image.size, spec))
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image into 8-bit RGB, upright."""
     try:
         image.seek(0)
         image.load()
@@ -67,10 +101,7 @@ def resize_and_crop(image: Image.Image, spec: InputSpec) -> Image.Image:
     target_w, target_h = spec.width, spec.height
     if image.size == (target_w, target_h):
         return image
-    short_side = spec.resize or max(target_w, target_h)
-    scale = short_side / min(image.size)
-    size = (max(target_w, round(image.width * scale)), max(target_h, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.BICUBIC)
+    image = image.resize(needed_size(image.size, spec), Image.Resampling.BICUBIC)
     left, top = (image.width - target_w) // 2, (image.height - target_h) // 2
     return image.crop((left, top, left + target_w, top + target_h))
 
@@ -89,36 +120,39 @@ def normalize(pixels: Tensor, spec: InputSpec) -> Tensor:
     return pixels.float().sub_(mean).div_(std)  # (p / 255 - m) / s == (p - 255 m) / (255 s)
 
 
-def declared_pixels(data: bytes) -> int | None:
-    """Width x height from the image header alone (no pixel is decoded); None when it cannot be read."""
-    try:
-        width, height = open_header(data).size
-    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-        return None
-    return width * height
-
-
 class ImagePreprocessor:
-    """Turns request bytes into one model input [3, H, W] for a given input spec."""
+    """Turns request bytes into one model input [3, H, W] for a given input spec. ``max_pixels`` bounds any image's
+    declared size; ``max_image_scale`` bounds what is decoded, as a multiple of the model's input a side."""
 
-    def __init__(self, spec: InputSpec, max_pixels: int):
+    def __init__(self, spec: InputSpec, max_pixels: int, max_image_scale: float | None = None):
         self.spec = spec
         self.max_pixels = max_pixels
+        side = max(spec.width, spec.height, spec.resize or 0)
+        self.max_decoded_pixels = max_pixels if max_image_scale is None else int((max_image_scale * side) ** 2)
+        self.max_image_scale = max_image_scale
 
-    def cheap(self, images: list[bytes], pixel_budget: int) -> bool:
-        """Whether decoding all of ``images`` is cheaper than handing them to a worker thread: small bodies
-        whose headers declare at most ``pixel_budget`` pixels in all (bad or unreadable input is never cheap)."""
-        if sum(len(data) for data in images) > 4 * pixel_budget:
-            return False
-        total = 0
-        for data in images:
-            pixels = declared_pixels(data)
-            if pixels is None:
-                return False
-            total += pixels
-        return total <= pixel_budget
+    def decode_cost(self, data: bytes) -> int:
+        """The bytes decoding ``data`` will take at its peak, from the header alone; an image that is no image, is
+        corrupt at the header or too large for this model is refused here, before any decoding."""
+        image = open_checked(data, self.max_pixels)
+        draft_for(image, self.spec)
+        self._refuse_oversized(image)
+        return image.width * image.height * DECODE_BYTES_PER_PIXEL
+
+    def _refuse_oversized(self, image: Image.Image) -> None:
+        if image.width * image.height <= self.max_decoded_pixels:
+            return
+        spec = self.spec
+        raise PayloadTooLarge(
+            f"the image decodes to {image.width}x{image.height} pixels; this model takes {spec.width}x{spec.height} "
+            f"images and decodes at most {self.max_decoded_pixels} pixels ({self.max_image_scale:g}x its input a side, "
+            "the max_image_scale setting): send a smaller image, or a JPEG, which decodes at a reduced scale"
+        )
 
     def __call__(self, data: bytes) -> Tensor:
-        image = resize_and_crop(decode_image(data, self.max_pixels), self.spec)
+        image = open_checked(data, self.max_pixels)
+        draft_for(image, self.spec)
+        self._refuse_oversized(image)
+        image = resize_and_crop(load_rgb(image), self.spec)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         return normalize(pixels, self.spec)

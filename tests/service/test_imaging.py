@@ -76,12 +76,3 @@ def test_limits_and_garbage():
         decode_image(b"", 10**6)
     with pytest.raises(BadInput, match="corrupt"):
         decode_image(png_bytes((64, 64))[:-40], 10**6)
-
-
-def test_only_small_readable_images_count_as_cheap_to_decode_on_the_event_loop():
-    preprocess = ImagePreprocessor(SPEC, 10**9)
-    small = png_bytes((32, 32))
-    assert preprocess.cheap([small] * 4, pixel_budget=4 * 32 * 32)
-    assert not preprocess.cheap([small] * 5, pixel_budget=4 * 32 * 32)  # over the budget in all
-    assert not preprocess.cheap([_encode(Image.new("L", (4000, 4000)))], pixel_budget=4 * 32 * 32)  # tiny file
-    assert not preprocess.cheap([b"not an image"], pixel_budget=4 * 32 * 32)  # errors are raised off the loop
