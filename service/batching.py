@@ -2,8 +2,12 @@
 
 Requests put one image each on the queue and await a future; the thread takes the first waiting image, gathers
 more until the batch is full or the wait is over, runs the variant once and resolves every future. It waits
-only while more images for this variant are on their way (decoding), so a lone request is not delayed. A full
-queue refuses at once (503 with Retry-After); an image whose deadline passed while queued is not run.
+only while more images for this variant are on their way (decoding), so a lone request is not delayed.
+
+The queue is bounded by waiting time, not only by count: an image is refused at once (503 with Retry-After) when
+the batches ahead of it would take longer than the queue-wait budget (from a moving average of the batch time),
+or when the queue is full; an image that still waited past the budget is answered 503 rather than run late, and
+one whose deadline passed is not run. So under any overload a served image waited at most about the budget.
 """
 
 from __future__ import annotations
@@ -47,34 +51,46 @@ class _Item:
 
 _STOP = object()
 BatchObserver = Callable[[InferenceResult, float], None]
+Infer = Callable[..., InferenceResult]
+# weight of the newest batch in the moving average of batch time that admission estimates waits from
+BATCH_TIME_SMOOTHING = 0.2
+# how often a replica whose worker is down looks again, while another replica takes the batches
+IDLE_REPLICA_POLL_S = 0.05
 
 
 class MicroBatcher:
     def __init__(
         self,
         name: str,
-        infer: Callable[[Tensor], InferenceResult] | list[Callable[[Tensor], InferenceResult]],
+        infer: Infer | list[Infer],
         max_batch_size: int,
         max_wait_s: float,
         queue_limit: int,
         retry_after_s: int = 1,
         on_batch: BatchObserver | None = None,
+        wait_budget_s: float = float("inf"),
+        replica_ready: list[Callable[[], bool]] | None = None,
     ):
+        """``wait_budget_s``: the longest an image may wait for its batch. ``replica_ready`` (one per replica):
+        whether that replica's model answers; one that does not leaves the queue to the others."""
         self.name = name
         # one thread per replica of the model: each takes its own batches from the shared queue
         self._replicas = infer if isinstance(infer, list) else [infer]
+        self._ready = replica_ready or [lambda: True] * len(self._replicas)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_limit = queue_limit
         self.retry_after_s = retry_after_s
+        self.wait_budget_s = wait_budget_s
+        self.batch_seconds = 0.0  # moving average of the time a batch takes, once one ran
         self._on_batch = on_batch
         self._queue: queue.Queue = queue.Queue(maxsize=queue_limit)
         self._incoming = 0  # images routed here and still being decoded
         self._incoming_lock = threading.Lock()
         self._accepting = False
         self._threads = [
-            threading.Thread(target=self._run, args=(replica,), name=f"infer-{name}-{i}", daemon=True)
-            for i, replica in enumerate(self._replicas)
+            threading.Thread(target=self._run, args=(replica, ready), name=f"infer-{name}-{i}", daemon=True)
+            for i, (replica, ready) in enumerate(zip(self._replicas, self._ready))
         ]
 
     def start(self) -> None:
@@ -96,6 +112,13 @@ class MicroBatcher:
         own)."""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
+        expected = self.expected_wait()
+        if expected > self.wait_budget_s:
+            raise Overloaded(
+                f"variant {self.name!r} is overloaded: about {expected * 1000:.0f} ms of batches are queued ahead, "
+                f"over the {self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                self.retry_after_s,
+            )
         loop = asyncio.get_running_loop()
         item = _Item(tensor, loop.create_future(), loop, time.monotonic(), deadline, threshold)
         try:
@@ -107,6 +130,12 @@ class MicroBatcher:
             ) from None
         return item.future
 
+    def expected_wait(self) -> float:
+        """Seconds a new image would wait: the full batches ahead of it, shared by the replicas, at the average
+        batch time (0 until a batch has run)."""
+        batches_ahead = self._queue.qsize() // self.max_batch_size
+        return batches_ahead * self.batch_seconds / len(self._replicas)
+
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new images, finish the queued ones, end the thread."""
         self._accepting = False
@@ -117,9 +146,12 @@ class MicroBatcher:
         for thread in alive:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _run(self, infer: Callable[[Tensor], InferenceResult]) -> None:
+    def _run(self, infer: Infer, ready: Callable[[], bool]) -> None:
         stopping = False
         while not stopping:
+            if self._accepting and not ready() and any(other() for other in self._ready):
+                time.sleep(IDLE_REPLICA_POLL_S)  # this replica's model is down: the others take the batches
+                continue
             first = self._queue.get()
             if first is _STOP:
                 break
@@ -149,12 +181,22 @@ class MicroBatcher:
             return None, True
         return item, False
 
-    def _process(self, batch: list[_Item], infer: Callable[[Tensor], InferenceResult]) -> None:
+    def _process(self, batch: list[_Item], infer: Infer) -> None:
         now = time.monotonic()
         live = []
         for item in batch:
             if item.deadline <= now:
                 _resolve(item, error=DeadlineExceeded("the request's deadline passed while it waited in the queue"))
+            elif now - item.enqueued > self.wait_budget_s:
+                waited = (now - item.enqueued) * 1000
+                _resolve(
+                    item,
+                    error=Overloaded(
+                        f"variant {self.name!r} is overloaded: the image waited {waited:.0f} ms for a batch, over the "
+                        f"{self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                        self.retry_after_s,
+                    ),
+                )
             elif not item.future.cancelled():
                 live.append(item)
         if not live:
@@ -182,6 +224,9 @@ class MicroBatcher:
             return
         # the model's own time where the worker measured it, else the call's
         seconds = getattr(result, "model_seconds", None) or time.monotonic() - started
+        elapsed = time.monotonic() - started  # what the queue waits for: the hand-over included
+        average = self.batch_seconds
+        self.batch_seconds = elapsed if average == 0 else average + BATCH_TIME_SMOOTHING * (elapsed - average)
         if self._on_batch is not None:
             self._on_batch(result, seconds)
         flops = result.flops.tolist()

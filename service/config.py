@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         description="process: each variant's model runs in a worker process of its own (never waits for the "
         "event loop's GIL; a crashed worker is replaced); thread: in a thread of the service's process",
     )
+    worker_heartbeat_timeout_s: float = Field(
+        default=1.5,
+        gt=0.0,
+        description="a worker process whose heartbeat (every 0.1 s) is older than this is killed and started again; "
+        "its variant is not ready from that moment",
+    )
     worker_replicas: int = Field(
         default=1, ge=1, le=16, description="worker processes per variant (inference_workers=process), batches spread"
     )

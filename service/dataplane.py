@@ -24,7 +24,15 @@ from service.batching import ImageResult, MicroBatcher
 from service.budget import parse_budget, point_for
 from service.config import Settings
 from service.decoding import Decoder
-from service.errors import BadInput, DeadlineExceeded, NotFound, Overloaded, Unprocessable
+from service.errors import (
+    BadInput,
+    DeadlineExceeded,
+    NotFound,
+    Overloaded,
+    ServiceError,
+    Unavailable,
+    Unprocessable,
+)
 from service.feedback import PredictionStore, ServedPrediction
 from service.imaging import ImagePreprocessor
 from service.metrics import ServiceMetrics
@@ -156,7 +164,12 @@ class DataPlane:
             num_blocks=variant.num_blocks,
         )
         restarts = self.metrics.worker_restarts.labels(variant.name)
-        worker = InferenceWorker(spec, self.settings.request_timeout_s, on_restart=restarts.inc)
+        worker = InferenceWorker(
+            spec,
+            self.settings.request_timeout_s,
+            on_restart=restarts.inc,
+            heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s,
+        )
         if replica == 0:  # the variant's series: how many of its replicas answer
             replicas = self.workers_of(variant.name)
             self.metrics.worker_up.labels(variant.name).set_function(lambda: float(sum(w.alive for w in replicas())))
@@ -181,6 +194,8 @@ class DataPlane:
                 on_batch=lambda result, seconds: self.metrics.observe_batch(
                     variant.name, result, seconds, variant.full_flops
                 ),
+                wait_budget_s=s.queue_wait_budget_ms / 1000,
+                replica_ready=[lambda w=worker: w.alive for worker in replicas] if replicas else None,
             )
         self.metrics.queue_depth.labels(variant.name).set_function(batcher.depth)
         self.metrics.init_variant(
@@ -239,11 +254,21 @@ class DataPlane:
         return self.variants[name]
 
     def route(self, override: str | None, client_key: str | None) -> Variant:
+        """The variant a request runs on; unkeyed requests avoid variants whose workers do not answer."""
         self._refuse_if_draining()
         record = current_record()
         if record is not None and client_key is not None:
             record.client = hashed(client_key)
-        return self.variants[self.router.choose(override, client_key)]
+        unavailable = [name for name in self.variants if not self.available(name)]
+        return self.variants[self.router.choose(override, client_key, unavailable)]
+
+    def available(self, name: str) -> bool:
+        """Whether variant ``name`` takes images now: one of its workers answers (or it runs in this process), or
+        its remote deployment has a replica that does."""
+        replicas = self.workers.get(name)
+        if replicas:
+            return any(worker.alive for worker in replicas)
+        return getattr(self.batchers[name], "alive", True)
 
     def live_threshold(self, variant: Variant) -> float:
         """The default threshold now: the operator's, or above it while the load controller degrades."""
@@ -313,6 +338,13 @@ class DataPlane:
             "mask": mask,
             "compute": compute.as_dict(),
         }
+
+    def model_ready(self, model_name: str) -> bool:
+        """One model's readiness: the variant's own workers answer (the virtual model: the whole service is ready)."""
+        self.knows(model_name)
+        if model_name not in self.variants:
+            return self.ready
+        return self.warmed_up and not self.draining and self.available(model_name)
 
     def knows(self, model_name: str) -> None:
         """Refuse (404) a model name that is neither a variant nor the virtual A/B model."""
@@ -403,7 +435,12 @@ class DataPlane:
     def models(self) -> list[dict[str, Any]]:
         shares = self.traffic_shares()
         return [
-            variant.summary() | {"traffic_share": shares[name], "shadow": name == self.settings.shadow_variant}
+            variant.summary()
+            | {
+                "traffic_share": shares[name],
+                "shadow": name == self.settings.shadow_variant,
+                "ready": self.warmed_up and self.available(name),
+            }
             for name, variant in self.variants.items()
         ]
 
@@ -471,6 +508,11 @@ class DataPlane:
     async def _run(
         self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None
     ) -> list[ImageResult]:
+        if not self.available(variant.name):  # at once, rather than after the request deadline
+            raise Unavailable(
+                f"variant {variant.name!r} has no inference worker answering; it is being restarted, retry shortly",
+                self.settings.retry_after_s,
+            )
         batcher = self.batchers[variant.name]
         if threshold is None and variant.mode == "blockdrop":
             # the live one: a worker process or a remote deployment holds a copy of the variant's setting
@@ -551,7 +593,9 @@ class DataPlane:
         try:
             tensors = await self.decoder.tensors(preprocess, images)
             results = await self._run(shadow, tensors, time.monotonic())
-        except (Overloaded, DeadlineExceeded):
+        except ServiceError as error:
+            if error.status_code not in (503, 504):  # busy, restarting or late: the comparison is skipped
+                raise
             self.metrics.shadow.labels(served, shadow.name, "skipped").inc(len(images))
             return
         for result, served_class in zip(results, predictions):

@@ -13,6 +13,7 @@ import bisect
 import hashlib
 import math
 import random
+from collections.abc import Collection
 
 from service.errors import NotFound
 
@@ -51,7 +52,12 @@ class Router:
     def weights(self) -> dict[str, float]:
         return dict(self._state[0])
 
-    def choose(self, override: str | None = None, client_key: str | None = None) -> str:
+    def choose(
+        self, override: str | None = None, client_key: str | None = None, unavailable: Collection[str] = ()
+    ) -> str:
+        """The variant for a request: the override, else the client key's, else a weighted draw among the variants
+        not ``unavailable`` (among all of them if none is left). Pinned and sticky requests keep their variant
+        whether it is available or not: moving them would break the stickiness an experiment relies on."""
         if override:
             if override not in self.names:
                 raise NotFound(f"unknown variant {override!r}; known: {', '.join(self.names)}")
@@ -59,6 +65,9 @@ class Router:
         weights, routable, edges = self._state
         if client_key:
             return min(routable, key=lambda name: _rendezvous_score(name, client_key, weights[name]))
+        left = [name for name in routable if name not in unavailable] if unavailable else routable
+        if left is not routable and left:
+            return self._rng.choices(left, [weights[name] for name in left])[0]
         return routable[min(bisect.bisect_right(edges, self._rng.random()), len(routable) - 1)]
 
     def shadow_for(self, served: str) -> str | None:

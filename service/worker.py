@@ -4,16 +4,22 @@ event loop for inference's).
 The micro-batcher's thread hands a batch over through shared memory: the images go into a preallocated shared
 input tensor, one small message on a pipe says how many rows to run, and the worker writes logits, masks and
 FLOPs into shared output tensors before it answers. Only row counts and plain status tuples cross the pipe, and
-only between this service's own processes. A worker that dies or stops answering is noticed on the next batch
-(that batch fails with a 503), killed if need be and started again; until it is back the variant is not ready.
+only between this service's own processes.
+
+A thread in the worker writes a heartbeat (the monotonic clock, which every process on the machine shares) into
+shared memory every 100 ms, whatever the model is doing. A supervising thread here reads it: a worker that died,
+or whose heartbeat is older than the timeout (hung, stopped, starved), is killed at once, which fails its batch in
+flight with a 503, and is started again; from the moment it is noticed the variant is not ready.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing.connection
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +36,7 @@ from service.errors import ServiceError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # loading and warming a model, at worst
+HEARTBEAT_EVERY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,24 @@ class _Buffers:
         )
 
 
-def _serve_batches(connection: multiprocessing.connection.Connection, spec: WorkerSpec, buffers: _Buffers) -> None:
+def _beat(heartbeat: ctypes.c_double, parent: int) -> None:
+    """The worker's heartbeat, beside whatever the main thread does; it ends the worker if the service is gone."""
+    while True:
+        heartbeat.value = time.monotonic()
+        if os.getppid() != parent:  # the service died without stopping us: nobody will ever send a batch
+            os._exit(0)
+        time.sleep(HEARTBEAT_EVERY_S)
+
+
+def _serve_batches(
+    connection: multiprocessing.connection.Connection,
+    spec: WorkerSpec,
+    buffers: _Buffers,
+    heartbeat: ctypes.c_double,
+    parent: int,
+) -> None:
     """The worker process: load the variant, warm it up, then run each batch it is told about until told to stop."""
+    threading.Thread(target=_beat, args=(heartbeat, parent), name="heartbeat", daemon=True).start()
     torch.set_num_threads(spec.torch_threads)
     from service.variants import load_variant
 
@@ -117,6 +140,11 @@ def _serve_batches(connection: multiprocessing.connection.Connection, spec: Work
 class _Child:
     process: mp.Process
     connection: multiprocessing.connection.Connection
+    heartbeat: ctypes.c_double
+
+    def silent_for(self) -> float:
+        """Seconds since the child's last heartbeat."""
+        return time.monotonic() - self.heartbeat.value
 
 
 class InferenceWorker:
@@ -128,11 +156,13 @@ class InferenceWorker:
         spec: WorkerSpec,
         answer_timeout_s: float,
         on_restart: Callable[[], None] | None = None,
-        check_every_s: float = 0.5,
+        check_every_s: float = 0.2,
+        heartbeat_timeout_s: float = 1.5,
     ):
         self.spec = spec
         self.answer_timeout_s = answer_timeout_s
         self.check_every_s = check_every_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_restart = on_restart
         self._context = mp.get_context("spawn")  # never fork a process that holds threads and torch state
         self._buffers = _Buffers.allocate(spec)
@@ -148,7 +178,9 @@ class InferenceWorker:
 
     @property
     def alive(self) -> bool:
-        return self._child is not None
+        """Started, and its heartbeat is recent: it answers, or will as soon as its batch is done."""
+        child = self._child
+        return child is not None and child.silent_for() <= self.heartbeat_timeout_s
 
     @property
     def pid(self) -> int | None:
@@ -161,34 +193,46 @@ class InferenceWorker:
 
     def launch(self) -> None:
         """Start the worker process without waiting for it (several variants load in parallel)."""
-        parent, child = self._context.Pipe()
-        process = self._context.Process(
-            target=_serve_batches, args=(child, self.spec, self._buffers), name=f"blockdrop-worker-{self.name}"
-        )
-        process.daemon = True
-        process.start()
-        child.close()
-        self._starting = _Child(process, parent)
+        with self._lock:
+            if self._stopping.is_set():
+                raise RuntimeError(f"the inference worker of variant {self.name!r} is stopping")
+            parent, child = self._context.Pipe()
+            heartbeat = self._context.Value("d", time.monotonic(), lock=False)
+            process = self._context.Process(
+                target=_serve_batches,
+                args=(child, self.spec, self._buffers, heartbeat, os.getpid()),
+                name=f"blockdrop-worker-{self.name}",
+            )
+            process.daemon = True
+            process.start()
+            child.close()
+            self._starting = _Child(process, parent, heartbeat)
 
     def wait_ready(self) -> None:
         """Wait for the launched worker's model to be ready, then serve batches with it."""
-        starting, self._starting = self._starting, None
+        starting = self._starting  # kept there while it loads, so that ``stop`` can end it
         if starting is None:
             raise RuntimeError(f"the inference worker of variant {self.name!r} was not launched")
-        if not starting.connection.poll(START_TIMEOUT_S):
-            starting.process.kill()
-            raise RuntimeError(f"the inference worker of variant {self.name!r} did not start in {START_TIMEOUT_S:g} s")
         try:
-            starting.connection.recv()
-        except EOFError:
-            starting.process.join(5)
-            raise RuntimeError(
-                f"the inference worker of variant {self.name!r} exited while loading "
-                f"(exit code {starting.process.exitcode})"
-            ) from None
+            if not starting.connection.poll(START_TIMEOUT_S):
+                starting.process.kill()
+                raise RuntimeError(
+                    f"the inference worker of variant {self.name!r} did not start in {START_TIMEOUT_S:g} s"
+                )
+            try:
+                starting.connection.recv()
+            except EOFError:
+                starting.process.join(5)
+                raise RuntimeError(
+                    f"the inference worker of variant {self.name!r} exited while loading "
+                    f"(exit code {starting.process.exitcode})"
+                ) from None
+        finally:
+            self._starting = None
         with self._lock:
             if self._stopping.is_set():  # stopped while this one loaded
                 starting.process.kill()
+                starting.process.join(5)
                 return
             self._child = starting
         if not self._supervisor.is_alive():
@@ -224,7 +268,14 @@ class InferenceWorker:
             return TimedInferenceResult(logits, keep_mask, flops, model_seconds=message)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the worker (and one that is still loading); never starts another. A hung one is killed at once."""
         self._stopping.set()
+        starting = self._starting
+        if starting is not None:  # loading: nothing to finish
+            starting.process.kill()
+        child = self._child
+        if child is not None and child.silent_for() > self.heartbeat_timeout_s:
+            child.process.kill()  # its batch in flight fails now, which frees the lock
         with self._lock:
             child, self._child = self._child, None
         if child is not None:
@@ -234,14 +285,28 @@ class InferenceWorker:
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(timeout)
+        if self._supervisor.is_alive() and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout)
+        if starting is not None:
+            starting.process.join(timeout)
 
     def _supervise(self) -> None:
-        """Notice a worker that died between batches, and start a new one for any lost worker."""
+        """Notice a worker that died or went silent, kill it, and start a new one for any lost worker. Reading the
+        heartbeat needs no lock: a batch in flight on a hung worker holds it until the kill ends that batch."""
         while not self._stopping.wait(self.check_every_s):
-            with self._lock:
-                child = self._child
-                if child is not None and not child.process.is_alive():
-                    self._lose(child)
+            child = self._child
+            if child is not None and (not child.process.is_alive() or child.silent_for() > self.heartbeat_timeout_s):
+                if child.process.is_alive():
+                    log.error(
+                        "the inference worker of variant %s (pid %s) sent no heartbeat for %.1f s; killing it",
+                        self.name,
+                        child.process.pid,
+                        child.silent_for(),
+                    )
+                    child.process.kill()
+                with self._lock:
+                    if self._child is child:
+                        self._lose(child)
             if self._child is None and not self._stopping.is_set():
                 self._restart()
 
@@ -258,8 +323,11 @@ class InferenceWorker:
         try:
             self.start()
         except RuntimeError:
-            log.exception("could not restart the inference worker of variant %s", self.name)
+            if not self._stopping.is_set():
+                log.exception("could not restart the inference worker of variant %s", self.name)
             return  # tried again at the next check
+        if self._stopping.is_set():
+            return
         log.warning("restarted the inference worker of variant %s in %.1f s", self.name, time.monotonic() - started)
         if self._on_restart is not None:
             self._on_restart()

@@ -113,7 +113,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
         await self._known(request.name, context)
-        return pb.ModelReadyResponse(ready=self.plane.ready)
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name))
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="blockdrop-serving", version=__version__, extensions=[EXTENSION])

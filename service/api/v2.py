@@ -69,8 +69,8 @@ async def model_metadata(name: str, plane: DataPlane = Depends(get_plane)) -> Mo
     "/models/{name}/ready", summary="Model readiness", responses=ERROR_RESPONSES, response_model=ModelReadyResponse
 )
 async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONResponse:
-    plane.knows(name)
-    return JSONResponse({"name": name, "ready": plane.ready}, status_code=200 if plane.ready else 503)
+    ready = plane.model_ready(name)
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
 @router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -133,3 +134,99 @@ def test_a_runtime_threshold_reaches_the_worker_processes(artifacts):
             assert answer["compute"]["threshold"] == threshold
             masks[threshold] = answer["blocks"]["mask"]
         assert masks == {0.001: "111", 0.999: "000"}
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (from /proc; zombies, already dead, left out)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts):
+    spec, _ = _spec(artifacts["tiny-resnet"], "full")
+    restarts = []
+    # the answer deadline is long: only the heartbeat can notice the hang in time
+    worker = InferenceWorker(spec, answer_timeout_s=60, on_restart=lambda: restarts.append(1), heartbeat_timeout_s=1)
+    worker.start()
+    try:
+        first = worker.pid
+        assert worker.alive
+        os.kill(first, signal.SIGSTOP)
+        assert _wait(lambda: not worker.alive, timeout=2.5)
+        assert _wait(lambda: worker.alive and restarts)
+        assert worker.pid != first and first not in _children(os.getpid())
+        assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+    finally:
+        worker.stop()
+
+
+def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once(artifacts):
+    settings = make_settings(
+        artifacts, inference_workers="process", request_timeout_s=60, worker_heartbeat_timeout_s=1
+    )
+    with TestClient(create_app(settings)) as client:
+        worker = client.app.state.plane.workers["full"][0]
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            assert _wait(lambda: _metric(client, 'blockdrop_worker_up{variant="full"}') == 0, timeout=2.5)
+            models = {m["name"]: m["ready"] for m in client.get("/v1/models").json()["models"]}
+            assert models == {"blockdrop": True, "full": False}
+            assert client.get("/v2/models/full/ready").status_code == 503
+            assert client.get("/v2/models/blockdrop/ready").status_code == 200
+            # unkeyed traffic goes to the variant that answers
+            unkeyed = [client.post("/v1/classify", content=png_bytes(seed=s), headers=PNG) for s in range(12)]
+            assert [r.status_code for r in unkeyed] == [200] * 12
+            assert {r.json()["variant"] for r in unkeyed} == {"blockdrop"}
+            # pinned traffic: a 503 now, not after the 60 s request deadline
+            started = time.monotonic()
+            pinned = client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG)
+            assert pinned.status_code == 503 and pinned.headers["retry-after"] == "1"
+            assert time.monotonic() - started < 30
+        finally:
+            os.kill(worker.pid, signal.SIGKILL) if worker.pid else None
+        assert _wait(lambda: client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).is_success)
+
+
+def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifacts):
+    settings = make_settings(artifacts, inference_workers="process", worker_heartbeat_timeout_s=1)
+    others = _children(os.getpid())  # e.g. multiprocessing's resource tracker, from earlier tests
+    with TestClient(create_app(settings)) as client:
+        plane = client.app.state.plane
+        workers = {w.pid for replicas in plane.workers.values() for w in replicas}
+        assert workers <= _children(os.getpid())
+        os.kill(plane.workers["full"][0].pid, signal.SIGSTOP)
+        # a request in flight on the hung worker while the service shuts down
+        answers = []
+        pinned = threading.Thread(
+            target=lambda: answers.append(client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG))
+        )
+        pinned.start()
+        time.sleep(0.3)
+    pinned.join(30)
+    assert [a.status_code for a in answers] == [503]
+    # the context exit ran the service's shutdown: every worker is gone and none was started meanwhile
+    assert _wait(lambda: not _children(os.getpid()) - others - _resource_trackers(), timeout=15)
+    assert all(not w.alive for replicas in plane.workers.values() for w in replicas)
+
+
+def _resource_trackers() -> set[int]:
+    """multiprocessing's resource tracker (one per process that shared memory): not a worker."""
+    trackers = set()
+    for pid in _children(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"resource_tracker" in cmdline.read():
+                    trackers.add(pid)
+        except OSError:
+            continue
+    return trackers
