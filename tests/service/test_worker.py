@@ -171,9 +171,7 @@ def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts
 
 
 def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once(artifacts):
-    settings = make_settings(
-        artifacts, inference_workers="process", request_timeout_s=60, worker_heartbeat_timeout_s=1
-    )
+    settings = make_settings(artifacts, inference_workers="process", request_timeout_s=60, worker_heartbeat_timeout_s=1)
     with TestClient(create_app(settings)) as client:
         worker = client.app.state.plane.workers["full"][0]
         os.kill(worker.pid, signal.SIGSTOP)
