@@ -120,3 +120,65 @@ def test_stop_finishes_queued_work_then_refuses():
 
     asyncio.run(scenario())
     assert sum(sizes) == 5
+
+
+def _slow_model(seconds: float, sizes: list[int]):
+    def infer(batch: torch.Tensor) -> InferenceResult:
+        time.sleep(seconds)
+        sizes.append(len(batch))
+        n = len(batch)
+        return InferenceResult(batch.view(n, -1), torch.ones(n, 2, dtype=torch.bool), torch.full((n,), 7))
+
+    return infer
+
+
+def test_images_that_would_wait_past_the_budget_are_refused_at_once():
+    """Bounded by waiting time, not count: with 0.1 s batches of 2 and a 0.25 s budget, a queue far below its count
+    limit refuses once the batches ahead would take longer than the budget."""
+    sizes: list[int] = []
+    batcher = MicroBatcher(
+        "t", _slow_model(0.1, sizes), max_batch_size=2, max_wait_s=0, queue_limit=1000, wait_budget_s=0.25
+    )
+    batcher.start()
+
+    async def scenario():
+        await batcher.submit(torch.zeros(1), _far())  # one batch: the batch time is known from here on
+        futures, refused = [], []
+        for _ in range(40):
+            try:
+                futures.append(batcher.submit(torch.zeros(1), _far()))
+            except Overloaded as error:
+                refused.append(error)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return refused, outcomes
+
+    refused, outcomes = asyncio.run(scenario())
+    batcher.stop()
+    assert refused and all(e.headers == {"Retry-After": "1"} and "queue-wait budget" in e.message for e in refused)
+    assert len(refused) + len(outcomes) == 40 and len(outcomes) <= 8  # at most ~0.25 s of 0.1 s batches of 2
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    assert served and all(r.queue_seconds <= 0.25 for r in served)  # none ran after waiting past the budget
+    late = [o for o in outcomes if isinstance(o, Exception)]
+    assert all(isinstance(o, Overloaded) and "waited" in o.message for o in late)
+
+
+def test_a_replica_whose_model_is_down_leaves_the_queue_to_the_others():
+    up, down = [], []
+    replica_up = threading.Event()
+    replica_up.set()
+    batcher = MicroBatcher(
+        "t",
+        [_identity_model(up), _identity_model(down)],
+        max_batch_size=1,
+        max_wait_s=0,
+        queue_limit=100,
+        replica_ready=[replica_up.is_set, lambda: False],
+    )
+    batcher.start()
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.submit(torch.zeros(1), _far()) for _ in range(20)))
+
+    assert len(asyncio.run(scenario())) == 20
+    batcher.stop(timeout=5)
+    assert len(up) == 20 and down == []
