@@ -178,6 +178,18 @@ class Settings(BaseSettings):
         "503 with Retry-After: under any overload, p99 stays near this plus the model's batch time",
     )
     request_timeout_s: float = Field(default=10.0, gt=0.0, description="deadline per request before 504")
+    prestop_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="after SIGTERM, how long readiness answers 503 while requests are still served, so that load "
+        "balancers polling readiness take the instance out before it stops accepting connections; then it drains",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="request line and headers, in all, before a 431 (connection closed)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="time to send a request's headers before a 408 (connection closed)"
+    )
     retry_after_s: int = Field(default=1, ge=1)
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)

@@ -141,6 +141,7 @@ class DataPlane:
         # called after an operator's change, with the variant and what changed (a cluster shares it)
         self.on_update: Callable[[str, dict[str, float]], None] | None = None
         self.warmed_up = False
+        self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
         self.draining = False
         self._background: set[asyncio.Task] = set()
 
@@ -150,7 +151,7 @@ class DataPlane:
         workers = (worker for replicas in self.workers.values() for worker in replicas)
         executors = self.batchers.values()  # a remote deployment says whether it has a replica that answers
         answering = all(worker.alive for worker in workers) and all(getattr(e, "alive", True) for e in executors)
-        return self.warmed_up and not self.draining and answering
+        return self.warmed_up and not self.stopping and not self.draining and answering
 
     def _worker(self, variant: Variant, replica: int) -> InferenceWorker:
         spec = WorkerSpec(
@@ -234,7 +235,12 @@ class DataPlane:
                     variant.infer(torch.zeros(n, 3, spec.height, spec.width))
         self.warmed_up = True
 
+    def stop_being_ready(self) -> None:
+        """Readiness answers 503 from now on; requests are still served (the pre-stop period)."""
+        self.stopping = True
+
     def begin_shutdown(self) -> None:
+        self.stopping = True
         self.draining = True
 
     async def stop(self) -> None:
@@ -344,7 +350,7 @@ class DataPlane:
         self.knows(model_name)
         if model_name not in self.variants:
             return self.ready
-        return self.warmed_up and not self.draining and self.available(model_name)
+        return self.warmed_up and not self.stopping and not self.draining and self.available(model_name)
 
     def knows(self, model_name: str) -> None:
         """Refuse (404) a model name that is neither a variant nor the virtual A/B model."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
 from service.config import Settings
+from service.http_protocol import bounded_protocol
+
+log = logging.getLogger(__name__)
 
 
 def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = None) -> uvicorn.Config:
@@ -23,15 +29,35 @@ def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = No
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.request_timeout_s,
         loop="asyncio",
-        http="httptools",
+        http=bounded_protocol(settings.max_header_bytes, settings.header_timeout_s),  # httptools, with header bounds
     )
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, but a shutdown signal first marks the service as draining: readiness turns 503 and new
-    inference requests get 503 with Retry-After while the requests in flight complete."""
+    """uvicorn's server, stopping in two steps a load balancer can follow. On SIGTERM, readiness turns 503 while
+    every request is still served, for ``prestop_s`` (the time a balancer needs to notice); then the service drains:
+    new inference requests get 503 with Retry-After while those in flight complete, and uvicorn stops. SIGINT (a
+    person at a terminal) and a second signal skip the pre-stop period."""
+
+    def __init__(self, config: uvicorn.Config, prestop_s: float = 0.0):
+        super().__init__(config)
+        self.prestop_s = prestop_s
+        self._prestop: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        plane = getattr(self.config.app.state, "plane", None)
+        if sig == signal.SIGTERM and self.prestop_s > 0 and self._prestop is None and plane is not None:
+            plane.stop_being_ready()
+            log.info("SIGTERM: not ready; serving %.1f s more before draining", self.prestop_s)
+            self._prestop = threading.Timer(self.prestop_s, self._drain, (sig, frame))
+            self._prestop.daemon = True
+            self._prestop.start()
+            return
+        if self._prestop is not None:
+            self._prestop.cancel()
+        self._drain(sig, frame)
+
+    def _drain(self, sig: int, frame: FrameType | None) -> None:
         plane = getattr(self.config.app.state, "plane", None)
         if plane is not None:
             plane.begin_shutdown()
@@ -44,4 +70,4 @@ def serve(settings: Settings, log_level: str | None = None) -> None:
     from service.request_log import configure_logging
 
     configure_logging(settings.log_format, log_level or settings.log_level)
-    DrainingServer(uvicorn_config(create_app(settings), settings, log_level)).run()
+    DrainingServer(uvicorn_config(create_app(settings), settings, log_level), settings.prestop_s).run()

@@ -21,7 +21,7 @@ async def live() -> dict:
 async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
     if plane.ready:
         return JSONResponse({"status": "ready", "variants": list(plane.variants)})
-    reason = "shutting down" if plane.draining else "loading"
+    reason = "shutting down" if plane.stopping else "loading"
     return JSONResponse({"error": f"not ready: {reason}"}, status_code=503)
 
 

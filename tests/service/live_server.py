@@ -30,7 +30,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKDROP_")}
         env |= {"BLOCKDROP_PORT": str(self.port), "BLOCKDROP_GRPC_PORT": str(self.grpc_port)}
-        env |= {"BLOCKDROP_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        # no pre-stop period in tests unless a test asks for one: SIGTERM drains at once
+        env |= {"BLOCKDROP_TORCH_THREADS": "1", "BLOCKDROP_PRESTOP_S": "0", "PYTHONPATH": str(ROOT)}
         if variants is not None:
             env["BLOCKDROP_VARIANTS"] = json.dumps(variants)
         env |= {f"BLOCKDROP_{k.upper()}": str(v) for k, v in settings.items()}

@@ -191,7 +191,9 @@ def test_the_server_parses_http_with_httptools_on_asyncios_loop():
 
     config = uvicorn_config(app=lambda scope, receive, send: None, settings=Settings())
     config.load()
-    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)
     loop = config.get_loop_factory()()
     try:
         assert type(loop).__module__.startswith("asyncio")

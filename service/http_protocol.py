@@ -1,0 +1,130 @@
+"""uvicorn's httptools protocol with the two bounds it lacks: the size of a request's headers and the time to send them.
+
+httptools reads a request line and headers of any size (a 128 MB header is buffered and answered) and waits for
+them forever (a connection that sent half a header stays open). Here a request whose headers pass
+``max_header_bytes`` gets a 431, and a connection that has not finished its headers ``header_timeout_s`` after
+it opened or after its request began gets a 408; either way the connection closes. Bodies are bounded elsewhere
+(``max_body_bytes``), idle keep-alive connections by uvicorn itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.api.errors import encode_json
+
+STATUS_TEXT = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that has been answered already."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    max_header_bytes = 32 * 1024
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_bytes = 0  # bytes received while in the headers (a partial header counts before it is parsed)
+        self._parsed_header_bytes = 0  # the request line and headers parsed so far
+        self._reading_headers = True
+        self._refused = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        counted = self._reading_headers
+        if counted:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # still in the headers after this chunk (a chunk that also completed them may hold body bytes: not counted)
+        if counted and self._reading_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(431, f"the request's headers are larger than the {self.max_header_bytes}-byte limit")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # a parser error raised by our own refusal has been answered already
+            super().send_400_response(msg)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        """Headers that arrived whole in one read are bounded here, as the parser hands them over."""
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > self.max_header_bytes:
+            self._refuse(431, f"the request's headers are larger than the {self.max_header_bytes}-byte limit")
+            raise _Refused
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_header_bytes = 0
+        self._reading_headers = True
+        if self._header_timer is None:  # a new request on a kept-alive connection (the first has one since it opened)
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._header_bytes = 0
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_headers = True  # whatever comes next on this connection is the next request's headers
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._reading_headers and not self.transport.is_closing():
+            if self._header_bytes:
+                self._refuse(408, f"the request's headers did not arrive within {self.header_timeout_s:g} s")
+            else:
+                self.transport.close()  # a connection that never sent a byte gets no answer
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = encode_json({"error": message})
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        self._refused = True
+        self._reading_headers = False
+        self._disarm_header_timer()
+
+
+def bounded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=`` with these bounds."""
+    return type(
+        "BoundedHttpTools",
+        (BoundedHttpToolsProtocol,),
+        {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s},
+    )

@@ -1,0 +1,96 @@
+"""What the HTTP server bounds before the application sees a request: the size of the headers (431), the time to
+send them (408); and the pre-stop period after SIGTERM, in which readiness is 503 while requests are still served."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.service.conftest import png_bytes
+from tests.service.live_server import Server
+
+
+@pytest.fixture(scope="module")
+def variants(artifacts) -> list[dict]:
+    return [
+        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop"},
+        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(variants):
+    running = Server(variants, max_header_bytes=16384, header_timeout_s=1, inference_workers="thread")
+    yield running
+    assert running.stop()
+
+
+def _exchange(port: int, payload: bytes, wait_s: float = 10) -> bytes:
+    """Send ``payload`` and read until the server closes the connection (or ``wait_s`` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
+        connection.sendall(payload)
+        received = b""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = connection.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_headers_over_the_limit_get_a_431_and_a_closed_connection(server):
+    big = b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 200_000 + b"\r\n\r\n"
+    answer = _exchange(server.port, big)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"16384-byte limit" in answer
+    # many headers, each small, add up the same way
+    many = b"GET /healthz/live HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-%d: %s\r\n" % (i, b"b" * 100) for i in range(400)
+    )
+    assert _exchange(server.port, many + b"\r\n").startswith(b"HTTP/1.1 431 ")
+
+
+def test_headers_under_the_limit_and_a_large_body_are_served(server):
+    body = png_bytes((512, 512))  # arrives with the headers in one read: body bytes are not header bytes
+    response = httpx.post(
+        f"{server.url}/v1/classify", content=body, headers={"content-type": "image/png", "x-pad": "p" * 8000}
+    )
+    assert response.status_code == 200
+
+
+def test_a_connection_that_does_not_finish_its_headers_is_closed_with_a_408(server):
+    started = time.monotonic()
+    answer = _exchange(server.port, b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait_s=15)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 10  # the 1 s header timeout, not the 15 s the client was ready to wait
+    # a connection that never sends a byte is closed too, without an answer
+    assert _exchange(server.port, b"", wait_s=15) == b""
+    # and a kept-alive connection still serves several requests
+    with httpx.Client(base_url=server.url) as client:
+        assert [client.get("/healthz/live").status_code for _ in range(3)] == [200] * 3
+
+
+def test_sigterm_turns_readiness_off_for_the_pre_stop_period_while_requests_are_served(variants):
+    server = Server(variants, prestop_s=3, inference_workers="thread")
+    server.process.send_signal(signal.SIGTERM)
+    seen_not_ready, served = False, 0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{server.url}/healthz/ready", timeout=5)
+        seen_not_ready = seen_not_ready or ready.status_code == 503
+        answer = httpx.post(
+            f"{server.url}/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}, timeout=5
+        )
+        assert answer.status_code == 200, answer.text
+        served += 1
+        time.sleep(0.1)
+    assert seen_not_ready and served >= 5
+    assert server.exited_cleanly()
