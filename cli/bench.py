@@ -16,6 +16,7 @@ BENCHMARKS = {
     "efficiency": "bench.efficiency",
     "protocols": "bench.protocols",
     "overload": "bench.overload",
+    "hostile": "bench.hostile",
     "ray": "bench.ray_serve",
     "results": "bench.results_table",
     "calibration-plot": "bench.calibration_plot",

@@ -1,0 +1,359 @@
+"""Hostile input and faults against ``blockdrop serve`` with its defaults (the five shipped variants, worker
+processes), each measured against the issue's targets: every repro's status and the longest ``/healthz/live`` took
+meanwhile; the memory of the service's process tree through bursts of 16 huge and 16 model-bound PNGs, and the
+latency of good requests beside them; a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
+requests fail, how soon a pinned one is refused; and c=512 over the five variants: p99 against twice the
+queue-wait budget plus the slowest batch time. Results go to ``bench/results/hostile.{json,md}``:
+
+    blockdrop bench hostile --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import re
+import shutil
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import RESULTS, machine_description, process_tree, tree_memory_kib, write_results
+from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
+from bench.load import run_wrk, service, write_bodies
+from bench.variants import parse_variants
+
+TOKEN = "bench-hostile"
+QUEUE_WAIT_BUDGET_S = 0.25  # the service's default, which this run keeps
+
+
+class Repeating(threading.Thread):
+    """Calls ``action`` every ``every_s`` until stopped, keeping what it returns."""
+
+    def __init__(self, action, every_s: float):
+        super().__init__(daemon=True)
+        self.action, self.every_s, self.samples = action, every_s, []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append(self.action())
+            self._stop_event.wait(self.every_s)
+
+    def __enter__(self) -> Repeating:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def liveness_probe(url: str) -> Repeating:
+    client = httpx.Client(timeout=30)
+
+    def probe() -> float:
+        started = time.perf_counter()
+        client.get(url + "/healthz/live")
+        return (time.perf_counter() - started) * 1000
+
+    return Repeating(probe, 0.02)
+
+
+def memory_sampler(pid: int) -> Repeating:
+    return Repeating(lambda: (time.monotonic(), tree_memory_kib(pid)["rss_kib"] / 1024), 0.05)
+
+
+def good_traffic(url: str, bodies: list[bytes]) -> Repeating:
+    """One client sending good images back to back: (status, milliseconds) per request."""
+    client = httpx.Client(timeout=30)
+    turn = iter(range(10**9))
+
+    def request() -> tuple[int, float]:
+        body = bodies[next(turn) % len(bodies)]
+        started = time.perf_counter()
+        status = client.post(url + "/v1/classify", content=body, headers={"content-type": "image/png"}).status_code
+        return status, (time.perf_counter() - started) * 1000
+
+    return Repeating(request, 0.0)
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else (values[0] if values else 0.0)
+
+
+def repros(url: str, port: int) -> list[dict]:
+    rows = []
+    for hostile in hostile_requests(TOKEN):
+        with liveness_probe(url) as live, httpx.Client(timeout=60) as client:
+            started = time.perf_counter()
+            status = client.request(hostile.method, url + hostile.path, content=hostile.body, headers=hostile.headers)
+            seconds = time.perf_counter() - started
+        rows.append(_repro_row(hostile.name, status.status_code, hostile.expected, seconds, live.samples))
+    raw_cases = [
+        ("one 128 MB header", lambda: send_raw(port, huge_header(128 * 2**20), 60), (431,)),
+        ("half a header, then silence", lambda: send_raw(port, HALF_HEADER, 60), (408,)),
+    ]
+    for name, action, expected in raw_cases:
+        with liveness_probe(url) as live:
+            started = time.perf_counter()
+            status = status_of(action())
+            seconds = time.perf_counter() - started
+        rows.append(_repro_row(name, status, expected, seconds, live.samples))
+    return rows
+
+
+def _repro_row(name: str, status: int | None, expected: tuple[int, ...], seconds: float, live: list[float]) -> dict:
+    return {
+        "case": name,
+        "status": status,
+        "as_expected": status in expected,
+        "answered_in_s": round(seconds, 3),
+        "live_max_ms": round(max(live), 1) if live else None,
+    }
+
+
+def burst(url: str, pid: int, bodies: list[bytes], image: bytes, count: int, idle_p99_ms: float) -> dict:
+    """``count`` copies of ``image`` at once, with good traffic and the memory sampled throughout."""
+    idle_mib = tree_memory_kib(pid)["rss_kib"] / 1024
+    with memory_sampler(pid) as memory, good_traffic(url, bodies) as good, liveness_probe(url) as live:
+        time.sleep(0.5)
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: (
+                        httpx.post(
+                            url + "/v1/classify", content=image, timeout=60, headers={"content-type": "image/png"}
+                        ).status_code
+                    ),
+                    range(count),
+                )
+            )
+        burst_done = time.monotonic()
+        time.sleep(1.0)
+    deadline = burst_done + 10
+    back_after = None
+    while time.monotonic() < deadline:
+        if tree_memory_kib(pid)["rss_kib"] / 1024 <= idle_mib * 1.1:
+            back_after = round(time.monotonic() - burst_done, 1)
+            break
+        time.sleep(0.2)
+    latencies = [ms for status, ms in good.samples if status == 200]
+    return {
+        "statuses": {str(s): answers.count(s) for s in sorted(set(answers))},
+        "idle_rss_mib": round(idle_mib),
+        "peak_rss_mib": round(max(mib for _, mib in memory.samples)),
+        "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
+        "back_within_10_percent_after_s": back_after,
+        "good_requests": len(good.samples),
+        "good_failed": sum(status != 200 for status, _ in good.samples),
+        "good_p99_ms": round(p99(latencies), 1),
+        "good_p99_over_idle": round(p99(latencies) / idle_p99_ms, 2) if idle_p99_ms else None,
+        "live_max_ms": round(max(live.samples), 1),
+    }
+
+
+def worker_of(pid: int, variant: str) -> int:
+    """The pid of ``variant``'s inference worker (named ``bd:VARIANT`` by the service)."""
+    for member in process_tree(pid):
+        try:
+            if Path(f"/proc/{member}/comm").read_text().strip() == f"bd:{variant}"[:15]:
+                return member
+        except OSError:
+            continue
+    raise RuntimeError(f"no worker process for variant {variant}")
+
+
+def worker_up(url: str, variant: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    match = re.search(rf'^blockdrop_worker_up{{variant="{variant}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else -1.0
+
+
+def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") -> dict:
+    """SIGSTOP one variant's worker under unkeyed traffic; the time to not-ready, the failures, a pinned request."""
+    hung = worker_of(pid, variant)
+    with good_traffic(url, bodies) as unkeyed, good_traffic(url, bodies) as unkeyed_too:
+        time.sleep(1.0)
+        os.kill(hung, signal.SIGSTOP)
+        stopped = time.monotonic()
+        noticed = None
+        while time.monotonic() - stopped < 15:
+            if worker_up(url, variant) == 0:
+                noticed = round(time.monotonic() - stopped, 2)
+                break
+            time.sleep(0.05)
+        started = time.perf_counter()
+        pinned = httpx.post(
+            url + f"/v1/classify?variant={variant}",
+            content=bodies[0],
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        pinned_s = time.perf_counter() - started
+        time.sleep(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(hung, signal.SIGCONT)
+    samples = unkeyed.samples + unkeyed_too.samples
+    return {
+        "variant": variant,
+        "not_ready_after_s": noticed,
+        "unkeyed_requests": len(samples),
+        "unkeyed_failed_percent": round(100 * sum(s != 200 for s, _ in samples) / max(1, len(samples)), 2),
+        "pinned_status": pinned.status_code,
+        "pinned_retry_after": pinned.headers.get("retry-after"),
+        "pinned_answered_in_s": round(pinned_s, 3),
+        "hung_worker_killed": not Path(f"/proc/{hung}").exists() or _is_zombie(hung),
+    }
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def slowest_batch_seconds(url: str) -> float:
+    """The largest mean batch time of any variant so far (from blockdrop_inference_seconds)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    sums = dict(re.findall(r'^blockdrop_inference_seconds_sum{variant="([^"]+)"} (\S+)$', text, re.MULTILINE))
+    counts = dict(re.findall(r'^blockdrop_inference_seconds_count{variant="([^"]+)"} (\S+)$', text, re.MULTILINE))
+    return max(float(sums[v]) / float(counts[v]) for v in sums if float(counts.get(v, 0)) > 0)
+
+
+def overload(url: str, folder: Path, images: int, seconds: int) -> dict:
+    """c=512 of unkeyed requests spread over the variants; refusals checked for Retry-After as they come."""
+    refusals: list[str | None] = []
+
+    def sample_refusal() -> None:
+        answer = httpx.post(
+            url + "/v1/classify",
+            content=(folder / "image_0.png").read_bytes(),
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        if answer.status_code == 503:
+            refusals.append(answer.headers.get("retry-after"))
+
+    with Repeating(sample_refusal, 0.05):
+        row = run_wrk(url + "/v1/classify", 512, seconds, folder, images)
+    slowest = slowest_batch_seconds(url)
+    bound_ms = 2 * (QUEUE_WAIT_BUDGET_S + slowest) * 1000
+    return {
+        "concurrency": 512,
+        "seconds": seconds,
+        "statuses": {str(k): v for k, v in sorted(row["statuses"].items())},
+        "requests_per_second": round(row["requests_per_second"], 1),
+        "p50_ms": round(row["p50_ms"], 1),
+        "p99_ms": round(row["p99_ms"], 1),
+        "slowest_mean_batch_ms": round(slowest * 1000, 1),
+        "p99_bound_ms": round(bound_ms, 1),
+        "p99_within_bound": row["p99_ms"] <= bound_ms,
+        "sampled_refusals": len(refusals),
+        "sampled_refusals_with_retry_after": sum(r is not None for r in refusals),
+        "socket_errors": row["socket_errors"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    server = service(parse_variants([]), admin_token=TOKEN)
+    pid = server.process.pid
+    result: dict = {"machine": machine_description()}
+    try:
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            bodies = write_bodies(args.data_root, args.images, folder)
+            run_wrk(server.url + "/v1/classify", 32, 3, folder, args.images)  # warm-up
+            with good_traffic(server.url, bodies) as idle:
+                time.sleep(args.idle_seconds)
+            idle_p99 = p99([ms for status, ms in idle.samples if status == 200])
+            result["idle"] = {
+                "good_p99_ms": round(idle_p99, 1),
+                "rss_mib": round(tree_memory_kib(pid)["rss_kib"] / 1024),
+            }
+            result["repros"] = repros(server.url, int(server.url.rsplit(":", 1)[1]))
+            result["bursts"] = {
+                "16 x 6300x6300 PNG": burst(server.url, pid, bodies, png((6300, 6300)), 16, idle_p99),
+                "16 x 2048x2048 PNG (the model's bound)": burst(
+                    server.url, pid, bodies, png((2048, 2048), "RGB"), 16, idle_p99
+                ),
+            }
+            result["hung_worker"] = hung_worker(server.url, pid, bodies)
+            time.sleep(8)  # the hung worker's replacement loads
+            result["overload"] = overload(server.url, folder, args.images, args.overload_seconds)
+    finally:
+        server.stop()
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"`blockdrop serve` with its defaults (five variants, worker processes) on {result['machine']}. Idle: good "
+        f"requests p99 {result['idle']['good_p99_ms']} ms (one client), service process tree "
+        f"{result['idle']['rss_mib']} MiB RSS.",
+        "",
+        "| repro | status | as expected | answered in | longest /healthz/live meanwhile |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for row in result["repros"]:
+        lines.append(
+            f"| {row['case']} | {row['status']} | {'yes' if row['as_expected'] else 'NO'} | {row['answered_in_s']} s "
+            f"| {row['live_max_ms']} ms |"
+        )
+    lines += [
+        "",
+        "| burst | statuses | peak RSS above idle | back within 10 % of idle | good p99 (x idle) | good failed | "
+        "longest /healthz/live |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["bursts"].items():
+        back = (
+            "not within 10 s"
+            if row["back_within_10_percent_after_s"] is None
+            else (f"{row['back_within_10_percent_after_s']} s")
+        )
+        lines.append(
+            f"| {name} | {row['statuses']} | {row['peak_above_idle_mib']} MiB | {back} | {row['good_p99_ms']} ms "
+            f"({row['good_p99_over_idle']}x) | {row['good_failed']} of {row['good_requests']} | "
+            f"{row['live_max_ms']} ms |"
+        )
+    hung, over = result["hung_worker"], result["overload"]
+    lines += [
+        "",
+        f"Hung worker (SIGSTOP of `{hung['variant']}`'s, two clients sending unkeyed requests): not ready after "
+        f"{hung['not_ready_after_s']} s; {hung['unkeyed_failed_percent']} % of {hung['unkeyed_requests']} unkeyed "
+        f"requests failed; a pinned request got {hung['pinned_status']} (Retry-After {hung['pinned_retry_after']}) in "
+        f"{hung['pinned_answered_in_s']} s; the hung process was killed: {hung['hung_worker_killed']}.",
+        "",
+        f"Overload (wrk c={over['concurrency']}, {over['seconds']} s, unkeyed over the five variants): statuses "
+        f"{over['statuses']}, {over['requests_per_second']} req/s, p50 {over['p50_ms']} ms, p99 {over['p99_ms']} ms "
+        f"against the bound 2 x (queue-wait budget {QUEUE_WAIT_BUDGET_S * 1000:.0f} ms + slowest mean batch "
+        f"{over['slowest_mean_batch_ms']} ms) = {over['p99_bound_ms']} ms: "
+        f"{'within' if over['p99_within_bound'] else 'OVER'}; {over['sampled_refusals_with_retry_after']} of "
+        f"{over['sampled_refusals']} sampled 503s carried Retry-After; socket errors {over['socket_errors']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $BLOCKDROP_DATA_ROOT)")
+    parser.add_argument("--images", type=int, default=64, help="distinct good test images, posted in turn")
+    parser.add_argument("--idle-seconds", type=float, default=5, help="good traffic alone, for the idle p99")
+    parser.add_argument("--overload-seconds", type=int, default=20, help="length of the c=512 run")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for hostile.json and hostile.md")
+
+
+def execute(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        raise ValueError("wrk is not installed (Debian: apt-get install wrk)")
+    result = run(args)
+    write_results(args.out, "hostile", result, to_markdown(result))
+    return 0
