@@ -28,7 +28,7 @@ import httpx
 from bench.common import RESULTS, machine_description, process_tree, tree_memory_kib, write_results
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
 from bench.load import run_wrk, service, write_bodies
-from bench.variants import parse_variants
+from bench.variants import add_variant_option, parse_variants
 
 TOKEN = "bench-hostile"
 QUEUE_WAIT_BUDGET_S = 0.25  # the service's default, which this run keeps
@@ -264,7 +264,7 @@ def overload(url: str, folder: Path, images: int, seconds: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    server = service(parse_variants([]), admin_token=TOKEN)
+    server = service(parse_variants(args.variant), admin_token=TOKEN, header_timeout_s=args.header_timeout_s)
     pid = server.process.pid
     result: dict = {"machine": machine_description()}
     try:
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
                     server.url, pid, bodies, png((2048, 2048), "RGB"), 16, idle_p99
                 ),
             }
-            result["hung_worker"] = hung_worker(server.url, pid, bodies)
+            result["hung_worker"] = hung_worker(server.url, pid, bodies, args.hung_variant)
             time.sleep(8)  # the hung worker's replacement loads
             result["overload"] = overload(server.url, folder, args.images, args.overload_seconds)
     finally:
@@ -348,6 +348,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=64, help="distinct good test images, posted in turn")
     parser.add_argument("--idle-seconds", type=float, default=5, help="good traffic alone, for the idle p99")
     parser.add_argument("--overload-seconds", type=int, default=20, help="length of the c=512 run")
+    parser.add_argument("--header-timeout-s", type=float, default=10, help="the service's header timeout")
+    parser.add_argument("--hung-variant", default="full", help="the variant whose worker is stopped")
+    add_variant_option(parser, "serve this artifact (repeatable, even traffic split); default: the default variants")
     parser.add_argument("--out", default=str(RESULTS), help="folder for hostile.json and hostile.md")
 
 

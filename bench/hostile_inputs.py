@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import select
 import socket
 from dataclasses import dataclass, field
 
@@ -63,11 +64,15 @@ def hostile_requests(admin_token: str) -> list[Hostile]:
 
 
 def send_raw(port: int, payload: bytes, wait_s: float) -> bytes:
-    """Send ``payload`` on a fresh connection and read until the server closes it (or ``wait_s`` passes)."""
+    """Send ``payload`` on a fresh connection, 64 KiB at a time, stopping as soon as the server answers (a server
+    that refuses a huge header answers before it has all of it), and read until it closes (or ``wait_s`` passes)."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
         try:
-            connection.sendall(payload)
+            for start in range(0, len(payload), 65536):
+                if select.select([connection], [], [], 0)[0]:
+                    break  # answered already
+                connection.sendall(payload[start : start + 65536])
             while chunk := connection.recv(65536):
                 received += chunk
         except (TimeoutError, ConnectionResetError, BrokenPipeError):

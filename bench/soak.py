@@ -1,8 +1,10 @@
 """Soak run: minutes of mixed load against the service, with overload bursts and bad inputs mixed in.
 
 Phases of steady load (wrk, moderate concurrency) alternate with bursts far past the queue limit, while a
-second client keeps sending bad and awkward inputs. Every request must get a response; the only 5xx allowed is
-a deliberate 503; the server's resident memory is sampled throughout and reported before / after.
+second client keeps sending bad, awkward and hostile inputs (``bench/hostile_inputs.py``: deep JSON nesting, huge
+integers, huge and unfinished headers, JSON tensors far larger than their shape, decompression-bomb PNGs). Every
+request must get a response; the only 5xx allowed is a deliberate 503; the server's resident memory is sampled
+throughout and reported before / after.
 
     blockdrop bench soak --data-root DIR --minutes 5
 """
@@ -19,17 +21,24 @@ from pathlib import Path
 import httpx
 
 from bench.common import RESULTS, machine_description, tree_memory_kib, write_results
+from bench.hostile_inputs import HALF_HEADER, Hostile, hostile_requests, huge_header, send_raw, status_of
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
 
 BAD_INPUTS = [
-    (b"", "image/png"),
-    (b"definitely not an image", "image/png"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png"),
-    (b"{}", "application/json"),
-    (b'{"images": ["%%%"]}', "application/json"),
-    (b"hello", "text/plain"),
+    Hostile(name, "POST", "/v1/classify", body, {"content-type": content_type}, (400, 413, 415, 422))
+    for name, body, content_type in [
+        ("empty", b"", "image/png"),
+        ("not an image", b"definitely not an image", "image/png"),
+        ("truncated PNG", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png"),
+        ("empty JSON", b"{}", "application/json"),
+        ("bad base64", b'{"images": ["%%%"]}', "application/json"),
+        ("text", b"hello", "text/plain"),
+    ]
 ]
+ADMIN_TOKEN = "bench-soak"  # so that the hostile admin change reaches the route's validation
+# connection-level abuse, one of these every this many bad requests (each holds the client for a while)
+RAW_EVERY = 50
 
 
 def resident_kib(pid: int) -> int:
@@ -38,24 +47,35 @@ def resident_kib(pid: int) -> int:
 
 
 def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None:
+    bad = BAD_INPUTS + hostile_requests(ADMIN_TOKEN)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    raw = [huge_header(1 << 20), HALF_HEADER]
     with httpx.Client(timeout=30) as client:
         i = 0
         while not stop.is_set():
-            body, content_type = BAD_INPUTS[i % len(BAD_INPUTS)]
-            try:
-                statuses[client.post(url, content=body, headers={"content-type": content_type}).status_code] += 1
-            except httpx.HTTPError:
-                statuses["no response"] += 1
+            if i % RAW_EVERY == RAW_EVERY - 1:
+                status = status_of(send_raw(port, raw[(i // RAW_EVERY) % len(raw)], 30))
+                statuses[status if status is not None else "no response"] += 1
+            else:
+                request = bad[i % len(bad)]
+                try:
+                    answer = client.request(
+                        request.method, url + request.path, content=request.body, headers=request.headers
+                    )
+                    statuses[answer.status_code] += 1
+                except httpx.HTTPError:
+                    statuses["no response"] += 1
             i += 1
             time.sleep(0.01)
 
 
 def run(args: argparse.Namespace) -> dict:
     served = parse_variants(args.variant)
-    server = service(served, queue_limit=args.queue_limit)
+    server = service(served, queue_limit=args.queue_limit, admin_token=ADMIN_TOKEN)
     pid = server.process.pid
     memory: list[tuple[float, int]] = []
     load_statuses: Counter = Counter()
+    steady_statuses: Counter = Counter()  # good traffic within capacity: every request must be answered 200
     bad_statuses: Counter = Counter()
     socket_errors = 0
     started = time.monotonic()
@@ -63,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             write_bodies(args.data_root, args.images, Path(folder))
             stop = threading.Event()
-            bad = threading.Thread(target=bad_input_client, args=(f"{server.url}/v1/classify", stop, bad_statuses))
+            bad = threading.Thread(target=bad_input_client, args=(server.url, stop, bad_statuses))
             bad.start()
             memory.append((0.0, resident_kib(pid)))
             phase = 0
@@ -72,6 +92,8 @@ def run(args: argparse.Namespace) -> dict:
                 concurrency = args.burst_concurrency if burst else args.concurrency
                 row = run_wrk(f"{server.url}/v1/classify", concurrency, args.phase_seconds, Path(folder), args.images)
                 load_statuses.update(row["statuses"])
+                if not burst:
+                    steady_statuses.update(row["statuses"])
                 socket_errors += row["socket_errors"]
                 memory.append((round(time.monotonic() - started, 1), resident_kib(pid)))
                 print(
@@ -99,6 +121,8 @@ def run(args: argparse.Namespace) -> dict:
             "phase_seconds": args.phase_seconds,
         },
         "load_statuses": {str(k): v for k, v in sorted(load_statuses.items())},
+        "steady_statuses": {str(k): v for k, v in sorted(steady_statuses.items())},
+        "steady_unanswered": sum(n for status, n in steady_statuses.items() if status != 200),
         "bad_input_statuses": {str(k): v for k, v in sorted(bad_statuses.items(), key=str)},
         "socket_errors": socket_errors,
         "unexpected_5xx": unexpected_5xx,
@@ -132,6 +156,8 @@ def to_markdown(result: dict) -> str:
                 "sends bad inputs.",
                 "",
                 f"- load responses by status: {result['load_statuses']}; socket errors: {result['socket_errors']}",
+                f"- steady phases (good traffic within capacity) by status: {result['steady_statuses']}: "
+                f"{result['steady_unanswered']} not answered 200",
                 f"- bad-input responses by status: {result['bad_input_statuses']}",
                 f"- 5xx other than 503: {result['unexpected_5xx'] or 'none'}; "
                 f"ready afterwards: {result['ready_after']}",
@@ -165,4 +191,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     result = run(args)
     write_results(args.out, "soak", result, to_markdown(result))
-    return 0 if not result["unexpected_5xx"] and result["ready_after"] else 1
+    return 0 if not result["unexpected_5xx"] and result["ready_after"] and not result["steady_unanswered"] else 1

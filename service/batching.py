@@ -47,6 +47,7 @@ class _Item:
     enqueued: float
     deadline: float
     threshold: float | None = None  # this image's policy threshold, when it is not the variant's
+    patience: float = float("inf")  # seconds it may wait for a batch before it is refused rather than run
 
 
 _STOP = object()
@@ -106,21 +107,33 @@ class MicroBatcher:
         with self._incoming_lock:
             self._incoming += images
 
-    def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future:
+    def submit(
+        self, tensor: Tensor, deadline: float, threshold: float | None = None, position: int = 0
+    ) -> asyncio.Future:
         """Queue one image; call from the event loop. ``deadline`` is a ``time.monotonic()`` value; ``threshold``
         is this image's own policy threshold (a batch may mix them: the policy runs once, each row compared with its
-        own)."""
+        own); ``position`` is its place among its request's images: a request is admitted by its first image, and
+        the later ones may wait for the batches of the earlier ones as well as the budget."""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
+        own_batches_s = (position // self.max_batch_size) * self.batch_seconds / len(self._replicas)
         expected = self.expected_wait()
-        if expected > self.wait_budget_s:
+        if position == 0 and expected > self.wait_budget_s:
             raise Overloaded(
                 f"variant {self.name!r} is overloaded: about {expected * 1000:.0f} ms of batches are queued ahead, "
                 f"over the {self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
                 self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
-        item = _Item(tensor, loop.create_future(), loop, time.monotonic(), deadline, threshold)
+        item = _Item(
+            tensor,
+            loop.create_future(),
+            loop,
+            time.monotonic(),
+            deadline,
+            threshold,
+            self.wait_budget_s + own_batches_s,
+        )
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -187,13 +200,13 @@ class MicroBatcher:
         for item in batch:
             if item.deadline <= now:
                 _resolve(item, error=DeadlineExceeded("the request's deadline passed while it waited in the queue"))
-            elif now - item.enqueued > self.wait_budget_s:
+            elif now - item.enqueued > item.patience:
                 waited = (now - item.enqueued) * 1000
                 _resolve(
                     item,
                     error=Overloaded(
-                        f"variant {self.name!r} is overloaded: the image waited {waited:.0f} ms for a batch, over the "
-                        f"{self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                        f"variant {self.name!r} is overloaded: the image waited {waited:.0f} ms for a batch, over its "
+                        f"{item.patience * 1000:.0f} ms queue-wait budget; retry shortly",
                         self.retry_after_s,
                     ),
                 )

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         "event loop's GIL; a crashed worker is replaced); thread: in a thread of the service's process",
     )
     worker_heartbeat_timeout_s: float = Field(
-        default=1.5,
+        default=1.0,
         gt=0.0,
         description="a worker process whose heartbeat (every 0.1 s) is older than this is killed and started again; "
         "its variant is not ready from that moment",

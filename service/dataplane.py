@@ -78,7 +78,9 @@ class Executor(Protocol):
     """What runs a variant's images: the in-process micro-batcher, or a client of the variant's deployment on a
     Ray cluster (service/cluster). ``submit`` queues one image and returns a future of its ImageResult."""
 
-    def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future: ...
+    def submit(
+        self, tensor: Tensor, deadline: float, threshold: float | None = None, position: int = 0
+    ) -> asyncio.Future: ...
     def expect(self, images: int) -> None: ...
     def depth(self) -> int: ...
     def start(self) -> None: ...
@@ -309,6 +311,7 @@ class DataPlane:
         compute = self.compute_for(variant, budget)
         started = time.monotonic()
         batcher = self.batchers[variant.name]
+        self._admit(variant, batcher)  # before decoding: a refusal under overload must cost next to nothing
         preprocess = self.preprocessors[variant.name]
         batcher.expect(len(images))
         try:
@@ -507,6 +510,23 @@ class DataPlane:
                 self.variants[name].threshold = change["threshold"]
 
     # internals -----------------------------------------------------------------------------------------------
+    def _admit(self, variant: Variant, batcher: Executor) -> None:
+        """Refuse at once (503, Retry-After) what would not be served in time: a variant whose workers do not
+        answer, or whose queue would keep an image past the queue-wait budget (``MicroBatcher.expected_wait``)."""
+        if not self.available(variant.name):
+            raise Unavailable(
+                f"variant {variant.name!r} has no inference worker answering; it is being restarted, retry shortly",
+                self.settings.retry_after_s,
+            )
+        expected = getattr(batcher, "expected_wait", None)
+        budget_s = self.settings.queue_wait_budget_ms / 1000
+        if expected is not None and (wait := expected()) > budget_s:
+            raise Overloaded(
+                f"variant {variant.name!r} is overloaded: about {wait * 1000:.0f} ms of batches are queued ahead, "
+                f"over the {budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                self.settings.retry_after_s,
+            )
+
     def _refuse_if_draining(self) -> None:
         if self.draining:
             raise Overloaded("the service is shutting down; retry on another instance", self.settings.retry_after_s)
@@ -514,20 +534,16 @@ class DataPlane:
     async def _run(
         self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None
     ) -> list[ImageResult]:
-        if not self.available(variant.name):  # at once, rather than after the request deadline
-            raise Unavailable(
-                f"variant {variant.name!r} has no inference worker answering; it is being restarted, retry shortly",
-                self.settings.retry_after_s,
-            )
         batcher = self.batchers[variant.name]
+        self._admit(variant, batcher)
         if threshold is None and variant.mode == "blockdrop":
             # the live one: a worker process or a remote deployment holds a copy of the variant's setting
             threshold = self.live_threshold(variant)
         deadline = started + self.settings.request_timeout_s
         futures: list[asyncio.Future] = []
         try:
-            for tensor in tensors:
-                futures.append(batcher.submit(tensor, deadline, threshold))
+            for position, tensor in enumerate(tensors):
+                futures.append(batcher.submit(tensor, deadline, threshold, position))
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 results = await asyncio.gather(*futures)
         except TimeoutError:

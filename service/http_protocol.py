@@ -16,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.api.errors import encode_json
 
 STATUS_TEXT = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+LINGER_S = 1.0
 
 
 class _Refused(Exception):
@@ -98,14 +99,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if self._reading_headers and not self.transport.is_closing():
+        if self._reading_headers and not self._refused and not self.transport.is_closing():
             if self._header_bytes:
                 self._refuse(408, f"the request's headers did not arrive within {self.header_timeout_s:g} s")
             else:
                 self.transport.close()  # a connection that never sent a byte gets no answer
 
     def _refuse(self, status: int, message: str) -> None:
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._refused:
             return
         body = encode_json({"error": message})
         head = [
@@ -115,7 +116,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        # A lingering close: end our side after the answer, then read and drop what the client still sends for a
+        # moment. Closing with its bytes unread would reset the connection, and a reset can destroy the answer
+        # before the client reads it.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
         self._refused = True
         self._reading_headers = False
         self._disarm_header_timer()

@@ -24,9 +24,9 @@ from models.artifacts import InputSpec
 from service.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-# the decode's peak bytes per decoded pixel, an upper estimate: the decoded image (up to 4 bytes a pixel, RGBA), its
-# RGBA compositing or RGB conversion (up to 8 more) beside it; the resize's output is the model's size, small
-DECODE_BYTES_PER_PIXEL = 12
+# bytes per pixel of the decoded image, by mode (Pillow keeps 3-band images in 4 bytes a pixel)
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "P")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -76,6 +76,14 @@ def draft_for(image: Image.Image, spec: InputSpec) -> None:
     formats have no reduced decode and are left as they are)."""
     if image.format == "JPEG":
         image.draft("RGB", needed_size(image.size, spec))
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """The peak bytes of decoding an opened image: the decoded pixels, and beside them what ``to_rgb`` makes of
+    them (an RGB copy; with alpha, an RGBA copy, a white RGBA canvas and their composite first)."""
+    decoded = _MODE_BYTES.get(image.mode, 4)
+    converted = 4 + (12 if image.mode in _ALPHA_MODES else 0)
+    return image.width * image.height * (decoded + converted)
 
 
 def load_rgb(image: Image.Image) -> Image.Image:
@@ -137,7 +145,7 @@ class ImagePreprocessor:
         image = open_checked(data, self.max_pixels)
         draft_for(image, self.spec)
         self._refuse_oversized(image)
-        return image.width * image.height * DECODE_BYTES_PER_PIXEL
+        return decode_bytes(image)
 
     def _refuse_oversized(self, image: Image.Image) -> None:
         if image.width * image.height <= self.max_decoded_pixels:

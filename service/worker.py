@@ -169,7 +169,7 @@ class InferenceWorker:
         answer_timeout_s: float,
         on_restart: Callable[[], None] | None = None,
         check_every_s: float = 0.2,
-        heartbeat_timeout_s: float = 1.5,
+        heartbeat_timeout_s: float = 1.0,
     ):
         self.spec = spec
         self.answer_timeout_s = answer_timeout_s

@@ -229,7 +229,22 @@ def test_soak_short_version(tmp_path):
     result = json.loads((tmp_path / "soak.json").read_text())
     assert result["unexpected_5xx"] == {} and result["ready_after"] and result["socket_errors"] == 0
     assert result["load_statuses"].get("200", 0) > 0
-    assert set(result["bad_input_statuses"]) <= {"400", "415", "422"}
+    # the hostile requests of bench/hostile_inputs.py too: every one a client error, none a 5xx
+    assert set(result["bad_input_statuses"]) <= {"400", "408", "413", "415", "422", "431"}
+    assert result["steady_unanswered"] == 0
+
+
+def test_hostile_short_version(tmp_path):
+    args = [*_wrk_bench(tmp_path, "hostile"), "--idle-seconds", "1", "--overload-seconds", "2"]
+    args += ["--header-timeout-s", "1"]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "hostile.json").read_text())
+    assert all(row["as_expected"] for row in result["repros"]), result["repros"]
+    assert {row["case"] for row in result["repros"]} >= {"one 128 MB header", "half a header, then silence"}
+    hung = result["hung_worker"]
+    assert hung["not_ready_after_s"] is not None and hung["pinned_status"] == 503 and hung["hung_worker_killed"]
+    assert set(result["overload"]["statuses"]) <= {"200", "503"}
+    assert "Hung worker" in (tmp_path / "hostile.md").read_text()
 
 
 def test_soak_reports_the_peak_memory_of_each_quarter():

@@ -82,9 +82,12 @@ class RemoteVariant:
         """Images this replica has sent to the deployment and not yet had back."""
         return self._in_flight
 
-    def submit(self, tensor: Tensor, deadline: float, threshold: float | None = None) -> asyncio.Future:
+    def submit(
+        self, tensor: Tensor, deadline: float, threshold: float | None = None, position: int = 0
+    ) -> asyncio.Future:
         """Queue one image for the deployment: the images submitted in one turn of the event loop (the requests of
-        one moment) travel in one call, so Ray's per-call cost is paid per batch, not per image."""
+        one moment) travel in one call, so Ray's per-call cost is paid per batch, not per image. (``position`` is the
+        local batcher's; the deployment's replicas queue by count.)"""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
         loop = asyncio.get_running_loop()

@@ -182,3 +182,22 @@ def test_a_replica_whose_model_is_down_leaves_the_queue_to_the_others():
     assert len(asyncio.run(scenario())) == 20
     batcher.stop(timeout=5)
     assert len(up) == 20 and down == []
+
+
+def test_a_request_of_many_images_may_wait_for_its_own_batches():
+    """Budget per request, not per image: the 8th batch of one 32-image request waits for the 7 before it, and is
+    still served; an overload is the queue ahead of a request, not the request's own images."""
+    sizes: list[int] = []
+    batcher = MicroBatcher(
+        "t", _slow_model(0.05, sizes), max_batch_size=4, max_wait_s=0, queue_limit=1000, wait_budget_s=0.1
+    )
+    batcher.start()
+
+    async def scenario():
+        await batcher.submit(torch.zeros(1), _far())  # the batch time is known from here on
+        futures = [batcher.submit(torch.zeros(1), _far(), position=i) for i in range(32)]
+        return await asyncio.gather(*futures)
+
+    results = asyncio.run(scenario())
+    batcher.stop()
+    assert len(results) == 32 and max(r.queue_seconds for r in results) > 0.1

@@ -13,10 +13,11 @@ from PIL import Image
 from models.artifacts import InputSpec
 from service.decoding import DecodeBudget, Decoder
 from service.errors import Overloaded, PayloadTooLarge, UnsupportedMediaType
-from service.imaging import DECODE_BYTES_PER_PIXEL, ImagePreprocessor
+from service.imaging import ImagePreprocessor
 from tests.service.conftest import MEAN, STD, png_bytes
 
 SPEC = InputSpec(32, 32, None, MEAN, STD)
+RGB_BYTES = 8  # an RGB image decodes into 4 bytes a pixel (Pillow's layout), and its RGB copy takes 4 more
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
@@ -34,7 +35,7 @@ def test_an_image_far_larger_than_the_model_is_refused_from_its_header():
         preprocess(bomb)
     # at the limit it decodes, and its cost is known before it does
     edge = _encode(Image.new("RGB", (2048, 2048)))
-    assert preprocess.decode_cost(edge) == 2048 * 2048 * DECODE_BYTES_PER_PIXEL
+    assert preprocess.decode_cost(edge) == 2048 * 2048 * RGB_BYTES
     assert preprocess(edge).shape == (3, 32, 32)
 
 
@@ -42,7 +43,7 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_that_still_covers_the_input():
     photo = _encode(Image.new("RGB", (4000, 3000), (200, 30, 30)), "JPEG")
     preprocess = ImagePreprocessor(SPEC, max_pixels=40_000_000, max_image_scale=64)
     # 1/8 scale: 500 x 375 still covers a 32 x 32 input, and is far below the model's bound
-    assert preprocess.decode_cost(photo) == 500 * 375 * DECODE_BYTES_PER_PIXEL
+    assert preprocess.decode_cost(photo) == 500 * 375 * RGB_BYTES
     tensor = preprocess(photo)
     assert tensor.shape == (3, 32, 32)
     plain = ImagePreprocessor(SPEC, max_pixels=40_000_000)  # as before: the same image, fully decoded, close
@@ -51,7 +52,10 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_that_still_covers_the_input():
 
 def test_a_png_is_never_drafted_and_a_non_image_is_refused_from_the_header():
     preprocess = ImagePreprocessor(SPEC, max_pixels=10**8, max_image_scale=64)
-    assert preprocess.decode_cost(png_bytes((300, 200))) == 300 * 200 * DECODE_BYTES_PER_PIXEL
+    assert preprocess.decode_cost(png_bytes((300, 200))) == 300 * 200 * RGB_BYTES
+    # greyscale decodes into a byte a pixel; alpha costs the compositing's copies as well
+    assert preprocess.decode_cost(png_bytes((300, 200), "L")) == 300 * 200 * (1 + 4)
+    assert preprocess.decode_cost(png_bytes((300, 200), "RGBA")) == 300 * 200 * (4 + 4 + 12)
     with pytest.raises(UnsupportedMediaType):
         preprocess.decode_cost(b"%PDF-1.4 not an image")
 
@@ -86,7 +90,7 @@ def test_the_budget_lets_a_reservation_wait_for_room_then_refuses():
 def test_a_burst_of_large_images_keeps_to_the_budget():
     async def scenario() -> tuple[int, int, int]:
         # room for two 512 x 512 decodes at once
-        decoder = Decoder(memory_bytes=2 * 512 * 512 * DECODE_BYTES_PER_PIXEL, threads=2, wait_s=0.01)
+        decoder = Decoder(memory_bytes=2 * 512 * 512 * RGB_BYTES, threads=2, wait_s=0.01)
         preprocess = ImagePreprocessor(SPEC, max_pixels=10**8, max_image_scale=64)
         image = png_bytes((512, 512))
         peak = 0
@@ -107,5 +111,5 @@ def test_a_burst_of_large_images_keeps_to_the_budget():
         return peak, done, refused
 
     peak, done, refused = asyncio.run(scenario())
-    assert peak <= 2 * 512 * 512 * DECODE_BYTES_PER_PIXEL
+    assert peak <= 2 * 512 * 512 * RGB_BYTES
     assert done >= 2 and done + refused == 8

@@ -161,7 +161,8 @@ def test_overload_gives_503s_not_500s_and_the_service_recovers(variants):
 
 
 def test_graceful_shutdown_completes_requests_in_flight(variants):
-    server = Server(variants, max_batch_size=4)
+    # 128 images of a slow model queue for far longer than the 250 ms queue-wait budget: this test is about the drain
+    server = Server(variants, max_batch_size=4, queue_wait_budget_ms=60_000)
     batch = {"images": [base64.b64encode(png_bytes(seed=s)).decode() for s in range(32)]}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [
