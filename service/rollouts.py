@@ -254,3 +254,95 @@ def _flops(limit: float, evidence: Evidence, alpha: float) -> Check:
 
 def _buckets(evidence: Evidence, arm: ArmCounts) -> list[tuple[float, float]]:
     return list(zip(evidence.latency_bounds, arm.latency_buckets))
+
+
+# the rollout's record, as the store keeps it (JSON) ------------------------------------------------------------
+def new_rollout(
+    variant: str, baseline: str, plan: RolloutPlan, weights: dict[str, float], now: float
+) -> dict[str, Any]:
+    """A rollout that starts now at the plan's first step, remembering the weights to return to."""
+    rollout = {
+        "variant": variant,
+        "baseline": baseline,
+        "plan": plan.model_dump(),
+        "status": "running",
+        "step": 0,
+        "share": plan.steps[0],
+        "started_at": now,
+        "updated_at": now,
+        "version": 0,
+        "weights_at_start": dict(weights),
+        "step_started_feedback": 0.0,
+        "evidence": {"variant": ArmCounts().as_dict(), "baseline": ArmCounts().as_dict()},
+        "seen": {},
+        "checks": [],
+        "history": [],
+    }
+    return record(rollout, "start", [f"plan: steps {plan.steps} %"], now)
+
+
+def record(rollout: dict[str, Any], action: Action, reasons: list[str], now: float) -> dict[str, Any]:
+    """``rollout`` after ``action``: its status and step moved on, and the decision added to its history."""
+    plan = RolloutPlan(**rollout["plan"])
+    status, step = rollout["status"], rollout["step"]
+    if action in ("advance", "complete"):
+        step += 1
+        status = "completed" if action == "complete" else status
+        rollout["step_started_feedback"] = (
+            rollout["evidence"]["variant"]["right"] + rollout["evidence"]["variant"]["wrong"]
+        )
+    elif action == "rollback":
+        status = "rolled_back"
+    elif action == "abort":
+        status = "aborted"
+    elif action == "pause":
+        status = "paused"
+    elif action == "resume":
+        status = "running"
+    share = plan.steps[step] if status in (*ACTIVE, "completed") else 0.0
+    entry = {"at": now, "action": action, "status": status, "share": share, "reasons": reasons}
+    entry["evidence"] = {arm: _summary(ArmCounts.from_dict(rollout["evidence"][arm])) for arm in rollout["evidence"]}
+    if rollout.get("checks"):
+        entry["checks"] = rollout["checks"]
+    return rollout | {
+        "status": status,
+        "step": step,
+        "share": share,
+        "updated_at": now,
+        "version": rollout["version"] + 1,
+        "history": [*rollout["history"], entry],
+    }
+
+
+def take_evidence(rollout: dict[str, Any], instance: str, variant: ArmCounts, baseline: ArmCounts) -> dict[str, Any]:
+    """Add what ``instance`` (one API server process) counted since it last looked to the rollout's evidence. An
+    instance seen for the first time only marks where it stands: its counts from before may predate the rollout."""
+    seen = rollout["seen"].get(instance)
+    evidence = dict(rollout["evidence"])
+    if seen is not None:
+        for arm, now in (("variant", variant), ("baseline", baseline)):
+            added = now.minus(ArmCounts.from_dict(seen[arm]))
+            evidence[arm] = ArmCounts.from_dict(evidence[arm]).plus(added).as_dict()
+    seen_now = {"variant": variant.as_dict(), "baseline": baseline.as_dict()}
+    return rollout | {"evidence": evidence, "seen": rollout["seen"] | {instance: seen_now}}
+
+
+def evidence_of(
+    rollout: dict[str, Any], latency_bounds: tuple[float, ...], variant_max: float, network: float
+) -> Evidence:
+    return Evidence(
+        ArmCounts.from_dict(rollout["evidence"]["variant"]),
+        ArmCounts.from_dict(rollout["evidence"]["baseline"]),
+        latency_bounds,
+        variant_max,
+        network,
+    )
+
+
+def step_feedback(rollout: dict[str, Any]) -> float:
+    counts = rollout["evidence"]["variant"]
+    return counts["right"] + counts["wrong"] - rollout["step_started_feedback"]
+
+
+def _summary(counts: ArmCounts) -> dict[str, float]:
+    return {"feedback": counts.feedback, "right": counts.right, "requests": counts.requests, "errors": counts.errors}

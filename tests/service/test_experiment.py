@@ -109,12 +109,12 @@ def test_the_report_of_known_observations():
     assert (feedback["right"], feedback["wrong"], feedback["n"], feedback["accuracy"]) == (30, 10, 40, 0.75)
     assert feedback["interval"] == pytest.approx(wilson_interval(30, 40)._asdict())
     expected = two_proportion_z_test(30, 40, 45, 50)
-    assert feedback["vs_baseline"] == pytest.approx(
+    assert feedback["fixed_horizon"] == pytest.approx(
         {"baseline": "full", "difference": -0.15, "z": expected.z, "p_value": expected.p_value, "significant": False}
     )
     # pooled 75/90, standard error sqrt(5/6 * 1/6 * (1/40 + 1/50)) = 0.0791, z = -1.897: close, not significant
     assert (expected.z, expected.p_value) == pytest.approx((-1.8974, 0.0578), abs=1e-4)
-    assert full["feedback"]["vs_baseline"] is None and full["shadow"] == []
+    assert full["feedback"]["fixed_horizon"] is None and full["shadow"] == []
 
 
 def test_without_the_baseline_the_report_compares_nothing():
@@ -122,7 +122,7 @@ def test_without_the_baseline_the_report_compares_nothing():
     assert report["baseline"] is None and report["requested_baseline"] == "resnet110"
     assert "no variant named 'resnet110'" in report["note"]
     for variant in report["variants"]:
-        assert variant["feedback"]["vs_baseline"] is None
+        assert variant["feedback"]["fixed_horizon"] is None
         assert variant["flops"]["fraction_of_baseline"] is None and variant["flops"]["saved_vs_baseline"] is None
     assert report["variants"][0]["feedback"]["accuracy"] == 0.75  # everything else is still there
 

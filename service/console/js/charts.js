@@ -48,7 +48,7 @@ export function accuracyChart(variants, baseline) {
   const reference = variants.find((v) => v.name === baseline)?.feedback.accuracy ?? null;
   const marks = variants.flatMap((v, i) => {
     const y = TOP + i * ROW + 8;
-    const { accuracy, interval, n, vs_baseline: test } = v.feedback;
+    const { accuracy, interval, n, fixed_horizon: test } = v.feedback;
     const row = [rowLabel(y - 2, v.name)];
     if (accuracy === null) return [...row, s("text", { x: LEFT + 4, y: y + 2, text: "no feedback yet" })];
     const tip = `${v.name}: ${format.percent(accuracy)} of ${format.count(n)}, 95 % CI ${format.interval(interval)}` +

@@ -24,8 +24,8 @@ const COLUMNS = [
   { field: "flops.saved_vs_baseline", header: "Saved vs baseline", text: (x) => format.percent(x) },
   { field: "feedback.right", header: "Right / feedback", text: (x, v) => `${format.count(x)} / ${format.count(v.feedback.n)}` },
   { field: "feedback.accuracy", header: "Accuracy (95 % CI)", text: (x, v) => accuracyText(x, v.feedback.interval) },
-  { field: "feedback.vs_baseline.difference", header: "Δ vs baseline", text: format.points },
-  { field: "feedback.vs_baseline.p_value", header: "p-value", text: format.pValue },
+  { field: "feedback.fixed_horizon.difference", header: "Δ vs baseline", text: format.points },
+  { field: "feedback.fixed_horizon.p_value", header: "p-value", text: format.pValue },
 ];
 
 function accuracyText(accuracy, interval) {
@@ -49,7 +49,7 @@ function renderTable(report) {
   const rows = report.variants.map((variant) => {
     const cells = COLUMNS.map((column) => {
       const value = at(variant, column.field);
-      const significant = column.field.endsWith("p_value") && at(variant, "feedback.vs_baseline.significant");
+      const significant = column.field.endsWith("p_value") && at(variant, "feedback.fixed_horizon.significant");
       return h("td", {
         "data-field": column.field,
         "data-value": JSON.stringify(value),
