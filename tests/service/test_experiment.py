@@ -8,6 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.blockdrop import InferenceResult
+from service import sequential
 from service.app import create_app
 from service.experiment import RequestRate, build_experiment, request_totals
 from service.metrics import ServiceMetrics
@@ -224,3 +225,29 @@ def test_the_experiment_route_takes_a_baseline_and_is_documented(app_client):
     answer = schema["paths"]["/v1/experiment"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/ExperimentReport"}
     assert "feedback" in schema["components"]["schemas"]["VariantReport"]["properties"]
+
+
+def test_the_report_has_always_valid_intervals_and_a_decision_per_variant():
+    report = build_experiment(known_metrics().collect(), MODELS, "full", margin=0.05)
+    dyn, full = report["variants"]
+    assert report["margin"] == 0.05 and full["always_valid"] is None
+    accuracy = dyn["always_valid"]["accuracy"]
+    expected = sequential.proportion_difference(30, 40, 45, 50)
+    assert (accuracy["estimate"], accuracy["low"], accuracy["high"]) == pytest.approx(tuple(expected))
+    # 0.75 against 0.90 on 40 and 50 feedbacks: the fixed-horizon test is close to p < 0.05, the CS is wide
+    assert accuracy["low"] < -0.15 < accuracy["high"] and accuracy["high"] > 0
+    assert accuracy["decision"] == "collecting"
+    flops = dyn["always_valid"]["flops_fraction_of_baseline"]
+    assert flops["estimate"] == pytest.approx(0.625) and flops["low"] <= 0.625 <= flops["high"]
+    assert dyn["always_valid"]["latency_p99_ratio"]["high"] is None  # 8 requests cannot bound a p99
+
+
+def test_the_decision_follows_the_evidence():
+    metrics = known_metrics()
+    metrics.feedback.labels("dyn", "right").inc(3000)
+    metrics.feedback.labels("full", "right").inc(3000)
+    metrics.feedback.labels("dyn", "wrong").inc(1000)
+    metrics.feedback.labels("full", "wrong").inc(200)
+    dyn = build_experiment(metrics.collect(), MODELS, "full")["variants"][0]
+    assert dyn["always_valid"]["accuracy"]["decision"] == "worse"
+    assert dyn["feedback"]["fixed_horizon"]["significant"]
