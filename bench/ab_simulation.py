@@ -301,8 +301,8 @@ def markdown(r: dict) -> str:
         f"on it per step, margin {ramp_['margin']}, confidence {ramp_['confidence']}, checked every "
         f"{ramp_['tick_feedback_on_variant']} feedbacks on the variant: "
         f"{pct(ramp_['reached_100'])} reached 100 %, {pct(ramp_['rolled_back'])} rolled back; median feedback "
-        f"to 100 %: {ramp_['feedback_to_100']['median_total']} in all, "
-        f"{ramp_['feedback_to_100']['median_on_variant']} on the variant.",
+        f"to 100 %: {ramp_['feedback_to_100']['median_total']:.0f} in all, "
+        f"{ramp_['feedback_to_100']['median_on_variant']:.0f} on the variant.",
         "",
         f"Simulated in {r['seconds']} s.",
         "",
