@@ -278,7 +278,8 @@ def new_rollout(
         "checks": [],
         "history": [],
     }
-    return record(rollout, "start", [f"plan: steps {plan.steps} %"], now)
+    steps = ", ".join(f"{share:g}" for share in plan.steps)
+    return record(rollout, "start", [f"plan: steps {steps} %"], now)
 
 
 def record(rollout: dict[str, Any], action: Action, reasons: list[str], now: float) -> dict[str, Any]:

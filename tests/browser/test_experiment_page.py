@@ -192,6 +192,16 @@ def test_the_page_shows_what_the_report_says_and_refreshes(server, traffic, open
         test = variant["feedback"]["fixed_horizon"]
         if test is not None and test["p_value"] >= 0.001:
             assert row["feedback.fixed_horizon.p_value"][1].startswith(f"{test['p_value']:.3f}")
+        always_valid = variant["always_valid"]
+        if always_valid is None:
+            assert row["always_valid.accuracy.decision"] == (None, "—")
+        else:
+            accuracy = always_valid["accuracy"]
+            assert row["always_valid.accuracy.decision"] == (accuracy["decision"], accuracy["decision"])
+            assert row["always_valid.accuracy.estimate"][0] == pytest.approx(accuracy["estimate"])
+            sign = lambda x: "−" if x < 0 else "+"  # noqa: E731
+            low = f"{sign(accuracy['low'])}{abs(accuracy['low']) * 100:.1f} pt"
+            assert row["always_valid.accuracy.estimate"][1].split(" [")[1].startswith(low)
         heat = page.locator(f"#chart-heatmap rect[data-variant='{variant['name']}']")
         rates = [float(heat.nth(i).get_attribute("data-rate")) for i in range(heat.count())]
         assert rates == pytest.approx(variant["block_executions"]["rates"])
