@@ -20,6 +20,7 @@ BENCHMARKS = {
     "ray": "bench.ray_serve",
     "results": "bench.results_table",
     "calibration-plot": "bench.calibration_plot",
+    "ab-simulation": "bench.ab_simulation",
 }
 
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 from service import __version__
-from service.api import admin, console, experiment, explain, health, samples, v1, v2
+from service.api import admin, console, experiment, explain, health, rollouts, samples, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
 from service.api.middleware import BodySizeLimit, RequestMetrics
@@ -24,6 +24,8 @@ from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
 from service.experiment import RequestRate
 from service.metrics import ServiceMetrics
+from service.rollout_driver import RolloutDriver
+from service.rollout_store import RolloutStore
 from service.variants import Variant, load_variant
 
 log = logging.getLogger(__name__)
@@ -89,11 +91,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
             grpc_server = await start_grpc(plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes)
         background = asyncio.create_task(backend.run(plane)) if backend is not None else None
+        app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
+        # on a Ray cluster each ingress sees every replica's metrics: one controller per replica would count them
+        # over again, so rollouts are driven only by the single-process service for now
+        controller = asyncio.create_task(app.state.rollouts.run()) if backend is None else None
         freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
-        if background is not None:
-            background.cancel()
+        for task in (background, controller):
+            if task is not None:
+                task.cancel()
         plane.begin_shutdown()  # gRPC calls from here on are refused (UNAVAILABLE); those in flight finish
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.request_timeout_s)
@@ -113,6 +120,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.include_router(experiment.router)
     app.include_router(samples.router)
     app.include_router(admin.router)
+    app.include_router(rollouts.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(console.router)

@@ -126,6 +126,12 @@ def default_variants() -> list[VariantSettings]:
     ]
 
 
+def default_state_dir() -> Path:
+    """Outside the package and the working directory, per the XDG base directory specification."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "blockdrop"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
@@ -221,6 +227,15 @@ class Settings(BaseSettings):
     feedback_capacity: int = Field(default=100_000, ge=1, description="recent predictions kept for feedback")
     feedback_ttl_s: float = Field(default=3600.0, gt=0.0)
     warmup: bool = True
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="where state that outlives the process is kept (rollouts.sqlite3); shared by the API servers "
+        "of one machine. Default: $XDG_STATE_HOME/blockdrop, else ~/.local/state/blockdrop",
+    )
+    rollout_interval_s: float = Field(
+        default=5.0, gt=0.0, description="how often the rollout controller adds evidence and decides"
+    )
 
     @field_validator("device")
     @classmethod

@@ -16,11 +16,13 @@ from typing import Any, NamedTuple
 
 from prometheus_client import Metric
 
+from service import sequential
 from service.stats import Z_95, histogram_quantile, two_proportion_z_test, wilson_interval
 
 DEFAULT_BASELINE = "full"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 ALPHA = 0.05  # a difference is called significant below this two-sided p-value
+DEFAULT_MARGIN = 0.02  # accuracy may be this much lower and still count as non-inferior
 
 
 class Samples:
@@ -104,11 +106,13 @@ def build_experiment(
     models: list[dict[str, Any]],
     baseline: str | None = None,
     rates: Rates | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
     """The report: per variant (in ``models``' order; ``models`` as ``DataPlane.models()`` lists them) its traffic,
-    latency, FLOPs, blocks, shadow agreement and feedback accuracy, each accuracy compared with ``baseline``'s
-    (by default ``default_baseline(models)``). Without a variant named ``baseline`` the report says so and
-    compares nothing."""
+    latency, FLOPs, blocks, shadow agreement and feedback accuracy, each compared with ``baseline``'s (by default
+    ``default_baseline(models)``): always-valid intervals and a decision at non-inferiority ``margin``
+    (``service.sequential``), and the fixed-horizon z-test, labelled as such. Without a variant named
+    ``baseline`` the report says so and compares nothing."""
     samples = Samples(families)
     by_name = {model["name"]: model for model in models}
     baseline = baseline or default_baseline(models)
@@ -121,12 +125,14 @@ def build_experiment(
         network_flops = by_name[chosen]["flops"]["full"]
         for report in variants:
             _compare(report, reference, network_flops)
+            report["always_valid"] = _always_valid(samples, report, reference, by_name, margin)
     return {
         "baseline": chosen,
         "requested_baseline": baseline,
         "note": None if chosen else f"no variant named {baseline!r}: no comparisons",
         "confidence": 0.95,
         "alpha": ALPHA,
+        "margin": margin,
         "rate_span_s": None if rates is None else round(rates.span_s, 3),
         "requests": {
             "routed": all_routed,
@@ -166,6 +172,7 @@ def _variant_report(samples: Samples, model: dict[str, Any], all_routed: float, 
         "block_executions": _executions(samples, name, model["blocks"], images),
         "shadow": _shadow(samples, name),
         "feedback": _feedback(samples, name),
+        "always_valid": None,
     }
 
 
@@ -240,7 +247,7 @@ def _feedback(samples: Samples, name: str) -> dict[str, Any]:
         "n": n,
         "accuracy": _ratio(right, n),
         "interval": _interval(right, n),
-        "vs_baseline": None,
+        "fixed_horizon": None,
     }
 
 
@@ -255,13 +262,50 @@ def _compare(report: dict[str, Any], reference: dict[str, Any], network_flops: i
     mine, theirs = report["feedback"], reference["feedback"]
     test = two_proportion_z_test(mine["right"], mine["n"], theirs["right"], theirs["n"])
     if test is not None:
-        mine["vs_baseline"] = {
+        mine["fixed_horizon"] = {
             "baseline": reference["name"],
             "difference": test.difference,
             "z": test.z,
             "p_value": test.p_value,
             "significant": test.p_value < ALPHA,
         }
+
+
+def _always_valid(
+    samples: Samples, report: dict[str, Any], reference: dict[str, Any], models: dict[str, Any], margin: float
+) -> dict[str, Any] | None:
+    """Always-valid intervals of the variant against the baseline at 1 - ALPHA (``service.sequential``): the
+    accuracy difference and its decision, the p99 latency ratio (each p99 at ALPHA / 2) and the mean FLOPs as a
+    fraction of the baseline's network. ``None`` for the baseline itself."""
+    if report["name"] == reference["name"]:
+        return None
+    mine, theirs = report["feedback"], reference["feedback"]
+    accuracy = sequential.proportion_difference(mine["right"], mine["n"], theirs["right"], theirs["n"], ALPHA)
+    histogram = "blockdrop_request_latency_seconds"
+    latency = sequential.ratio_bounds(
+        sequential.quantile_bounds(QUANTILES["p99"], samples.buckets(histogram, variant=report["name"]), ALPHA / 2),
+        sequential.quantile_bounds(QUANTILES["p99"], samples.buckets(histogram, variant=reference["name"]), ALPHA / 2),
+    )
+    flops, network = models[report["name"]]["flops"], models[reference["name"]]["flops"]["full"]
+    executed = samples.total("blockdrop_executed_flops_total", variant=report["name"])
+    mean = sequential.bounded_mean(executed, report["images"], flops["full"] + flops.get("policy", 0), ALPHA)
+    return {
+        "baseline": reference["name"],
+        "accuracy": {
+            **_bounds(accuracy),
+            "decision": sequential.decide(accuracy, margin, mine["n"], theirs["n"]),
+        },
+        "latency_p99_ratio": None if latency is None else _bounds(latency),
+        "flops_fraction_of_baseline": None
+        if mean is None or network <= 0
+        else _bounds(sequential.Bounds(mean.estimate / network, mean.low / network, mean.high / network)),
+    }
+
+
+def _bounds(bounds: sequential.Bounds | None) -> dict[str, float | None]:
+    if bounds is None:
+        return {"estimate": None, "low": None, "high": None}
+    return {"estimate": bounds.estimate, "low": bounds.low, "high": bounds.high}
 
 
 def _interval(successes: float, n: float) -> dict[str, float] | None:

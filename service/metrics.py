@@ -110,6 +110,18 @@ class ServiceMetrics:
             ["variant"],
             registry=r,
         )
+        self.rollout_decisions = Counter(
+            "blockdrop_rollout_decisions",
+            "Rollout decisions (start, advance, complete, rollback, pause, resume, abort)",
+            ["variant", "decision"],
+            registry=r,
+        )
+        self.rollout_share = Gauge(
+            "blockdrop_rollout_share",
+            "Traffic share a rollout gives the variant now, as a fraction (0 once rolled back or aborted)",
+            ["variant"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "blockdrop_model_info",
             "The model behind each variant (value 1)",

@@ -338,3 +338,25 @@ def test_ray_benchmark_compares_ray_serve_with_one_process(tmp_path):
     assert [row["setup"] for row in result["rows"]] == ["single process", "Ray Serve"]
     assert all(row["requests_per_second"] > 0 and row["non_2xx"] == 0 for row in result["rows"])
     assert set(result["ray_over_single"]) == {"2"}
+
+
+def test_ab_simulation_writes_false_positive_rates_per_test(tmp_path):
+    args = ["bench", "ab-simulation", "--experiments", "40", "--aa-feedback", "300", "--power-feedback", "400"]
+    assert blockdrop([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ab_simulation.json").read_text())
+    assert set(result["aa_false_positive_rate"]) == {"z_test_peeking", "always_valid", "rollout_accuracy_guardrail"}
+    assert all(0 <= rate <= 1 for rate in result["aa_false_positive_rate"].values())
+    assert result["aa"]["always_valid"]["of"] == 40 and "mc_error" in result["aa"]["z_test_peeking"]
+    assert set(result["power"]) == {"2_points", "5_points"}
+    assert "within_400" in result["bad_variant_at_5_percent"] and result["non_inferior_ramp"]["reached_100"]["of"] == 40
+    assert "false-positive rate" in (tmp_path / "ab_simulation.md").read_text()
+
+
+def test_the_simulations_vectorised_boundary_is_the_services():
+    import numpy as np
+
+    from bench.ab_simulation import half_width
+    from service.sequential import half_width as scalar
+
+    variances = np.array([1e-6, 1e-4, 0.01, 0.3])
+    assert half_width(variances) == pytest.approx([scalar(v) for v in variances])

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from service.api.deps import get_plane
 from service.api.experiment_schemas import ExperimentReport
 from service.dataplane import DataPlane
-from service.experiment import build_experiment, request_totals
+from service.experiment import DEFAULT_MARGIN, build_experiment, request_totals
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -25,8 +25,11 @@ async def experiment(
         description="the variant every accuracy is tested against (default: `full` if served, else the first "
         "variant that runs every block)",
     ),
+    margin: float = Query(
+        default=DEFAULT_MARGIN, ge=0, le=1, description="non-inferiority margin of the always-valid decisions"
+    ),
     plane: DataPlane = Depends(get_plane),
 ) -> dict:
     families = plane.metrics.collect()
     rates = request.app.state.request_rate.observe(request_totals(families))
-    return build_experiment(families, plane.models(), baseline, rates)
+    return build_experiment(families, plane.models(), baseline, rates, margin)

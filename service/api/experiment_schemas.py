@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from service.api.schemas import Compute
@@ -69,11 +71,36 @@ class Shadow(BaseModel):
 
 
 class Comparison(BaseModel):
+    """Valid for one look at a sample size fixed in advance only: watched continuously, it finds differences that
+    are not there (``blockdrop bench ab-simulation``); ``always_valid`` is the comparison to act on."""
+
     baseline: str
     difference: float = Field(description="accuracy minus the baseline's")
     z: float
-    p_value: float = Field(description="two-sided, pooled two-proportion z-test")
-    significant: bool = Field(description="p_value < alpha")
+    p_value: float = Field(description="FIXED-HORIZON: two-sided, pooled two-proportion z-test, one look only")
+    significant: bool = Field(description="p_value < alpha, at a fixed horizon")
+
+
+class Bounds(BaseModel):
+    estimate: float | None
+    low: float | None = Field(description="always-valid lower end; null: unbounded so far")
+    high: float | None = Field(description="always-valid upper end; null: unbounded so far")
+
+
+class AccuracyBounds(Bounds):
+    decision: Literal["collecting", "non-inferior", "better", "worse"] = Field(
+        description="better: low > 0; non-inferior: low > -margin; worse: high < -margin (worse by more than the "
+        "margin); collecting: none yet, or under 10 feedbacks on either"
+    )
+
+
+class AlwaysValid(BaseModel):
+    """Confidence sequences at the report's confidence: valid however often they are looked at."""
+
+    baseline: str
+    accuracy: AccuracyBounds = Field(description="accuracy minus the baseline's")
+    latency_p99_ratio: Bounds | None = Field(description="p99 latency / the baseline's (each p99 at alpha / 2)")
+    flops_fraction_of_baseline: Bounds | None = Field(description="mean FLOPs / the baseline's full network")
 
 
 class Feedback(BaseModel):
@@ -82,7 +109,9 @@ class Feedback(BaseModel):
     n: float
     accuracy: float | None
     interval: Interval | None = Field(description="95 % Wilson interval of the accuracy")
-    vs_baseline: Comparison | None = Field(description="null for the baseline itself or without feedback on either")
+    fixed_horizon: Comparison | None = Field(
+        description="fixed-horizon z-test; null for the baseline itself or without feedback on either"
+    )
 
 
 class VariantReport(BaseModel):
@@ -100,6 +129,7 @@ class VariantReport(BaseModel):
     block_executions: Executions
     shadow: list[Shadow] = Field(description="runs of a shadow variant on this variant's requests")
     feedback: Feedback
+    always_valid: AlwaysValid | None = Field(description="null for the baseline itself or without a baseline")
 
 
 class RequestTotals(BaseModel):
@@ -114,6 +144,7 @@ class ExperimentReport(BaseModel):
     note: str | None
     confidence: float
     alpha: float
+    margin: float = Field(description="non-inferiority margin of the always-valid accuracy decisions")
     rate_span_s: float | None = Field(description="seconds the requests/s figures are measured over")
     requests: RequestTotals
     variants: list[VariantReport]

@@ -76,9 +76,13 @@ def screenshot(tmp_path_factory) -> Callable[[object, str], Path]:
     folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
 
-    def take(page, name: str) -> Path:
+    def take(page, name: str, selector: str | None = None) -> Path:
+        """The whole page, or only the element ``selector`` picks."""
         path = folder / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        if selector is None:
+            page.screenshot(path=str(path), full_page=True)
+        else:
+            page.locator(selector).screenshot(path=str(path))
         return path
 
     return take

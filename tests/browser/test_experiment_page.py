@@ -120,11 +120,11 @@ def test_the_report_counts_exactly_the_traffic_sent(server, traffic):
         low, high = wilson_interval(right, len(sent))
         assert (feedback["interval"]["low"], feedback["interval"]["high"]) == pytest.approx((low, high))
         if name == "full":
-            assert feedback["vs_baseline"] is None
+            assert feedback["fixed_horizon"] is None
             assert variant["shadow"] == []
         else:
             test = two_proportion_z_test(right, len(sent), sum(correct["full"]), len(answers["full"]))
-            assert feedback["vs_baseline"]["p_value"] == pytest.approx(test.p_value)
+            assert feedback["fixed_horizon"]["p_value"] == pytest.approx(test.p_value)
             [shadow] = variant["shadow"]
             assert shadow["shadow"] == "full" and shadow["agree"] + shadow["disagree"] == len(sent)
 
@@ -163,8 +163,8 @@ STEADY = [
     "flops.saved_vs_baseline",
     "feedback.right",
     "feedback.accuracy",
-    "feedback.vs_baseline.difference",
-    "feedback.vs_baseline.p_value",
+    "feedback.fixed_horizon.difference",
+    "feedback.fixed_horizon.p_value",
 ]
 
 
@@ -189,9 +189,19 @@ def test_the_page_shows_what_the_report_says_and_refreshes(server, traffic, open
             f"{percent(variant['feedback']['accuracy'])} ({interval['low'] * 100:.1f}–{interval['high'] * 100:.1f})"
         )
         assert row["requests.per_second"][0] is not None  # a rate from the second refresh on
-        test = variant["feedback"]["vs_baseline"]
+        test = variant["feedback"]["fixed_horizon"]
         if test is not None and test["p_value"] >= 0.001:
-            assert row["feedback.vs_baseline.p_value"][1].startswith(f"{test['p_value']:.3f}")
+            assert row["feedback.fixed_horizon.p_value"][1].startswith(f"{test['p_value']:.3f}")
+        always_valid = variant["always_valid"]
+        if always_valid is None:
+            assert row["always_valid.accuracy.decision"] == (None, "—")
+        else:
+            accuracy = always_valid["accuracy"]
+            assert row["always_valid.accuracy.decision"] == (accuracy["decision"], accuracy["decision"])
+            assert row["always_valid.accuracy.estimate"][0] == pytest.approx(accuracy["estimate"])
+            sign = lambda x: "−" if x < 0 else "+"  # noqa: E731
+            low = f"{sign(accuracy['low'])}{abs(accuracy['low']) * 100:.1f} pt"
+            assert row["always_valid.accuracy.estimate"][1].split(" [")[1].startswith(low)
         heat = page.locator(f"#chart-heatmap rect[data-variant='{variant['name']}']")
         rates = [float(heat.nth(i).get_attribute("data-rate")) for i in range(heat.count())]
         assert rates == pytest.approx(variant["block_executions"]["rates"])
@@ -205,11 +215,11 @@ def test_the_baseline_can_be_changed_and_may_be_absent(server, traffic, open_pag
     page.wait_for_selector("#experiment[data-renders]")
     assert page.input_value("#baseline") == "blockdrop"
     shown = cells(page)
-    assert shown["blockdrop"]["feedback.vs_baseline.p_value"][0] is None
-    assert shown["full"]["feedback.vs_baseline.p_value"][0] == pytest.approx(
-        field(report_of(server, baseline="blockdrop")["variants"][1], "feedback.vs_baseline.p_value")
+    assert shown["blockdrop"]["feedback.fixed_horizon.p_value"][0] is None
+    assert shown["full"]["feedback.fixed_horizon.p_value"][0] == pytest.approx(
+        field(report_of(server, baseline="blockdrop")["variants"][1], "feedback.fixed_horizon.p_value")
     )
     page = open_page(f"{server.url}/?baseline=nothing#experiment")
     page.wait_for_selector("#experiment[data-renders]")
     assert "no variant named 'nothing'" in page.inner_text("#experiment-note")
-    assert all(row["feedback.vs_baseline.p_value"][0] is None for row in cells(page).values())
+    assert all(row["feedback.fixed_horizon.p_value"][0] is None for row in cells(page).values())

@@ -8,6 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.blockdrop import InferenceResult
+from service import sequential
 from service.app import create_app
 from service.experiment import RequestRate, build_experiment, request_totals
 from service.metrics import ServiceMetrics
@@ -109,12 +110,12 @@ def test_the_report_of_known_observations():
     assert (feedback["right"], feedback["wrong"], feedback["n"], feedback["accuracy"]) == (30, 10, 40, 0.75)
     assert feedback["interval"] == pytest.approx(wilson_interval(30, 40)._asdict())
     expected = two_proportion_z_test(30, 40, 45, 50)
-    assert feedback["vs_baseline"] == pytest.approx(
+    assert feedback["fixed_horizon"] == pytest.approx(
         {"baseline": "full", "difference": -0.15, "z": expected.z, "p_value": expected.p_value, "significant": False}
     )
     # pooled 75/90, standard error sqrt(5/6 * 1/6 * (1/40 + 1/50)) = 0.0791, z = -1.897: close, not significant
     assert (expected.z, expected.p_value) == pytest.approx((-1.8974, 0.0578), abs=1e-4)
-    assert full["feedback"]["vs_baseline"] is None and full["shadow"] == []
+    assert full["feedback"]["fixed_horizon"] is None and full["shadow"] == []
 
 
 def test_without_the_baseline_the_report_compares_nothing():
@@ -122,7 +123,7 @@ def test_without_the_baseline_the_report_compares_nothing():
     assert report["baseline"] is None and report["requested_baseline"] == "resnet110"
     assert "no variant named 'resnet110'" in report["note"]
     for variant in report["variants"]:
-        assert variant["feedback"]["vs_baseline"] is None
+        assert variant["feedback"]["fixed_horizon"] is None
         assert variant["flops"]["fraction_of_baseline"] is None and variant["flops"]["saved_vs_baseline"] is None
     assert report["variants"][0]["feedback"]["accuracy"] == 0.75  # everything else is still there
 
@@ -224,3 +225,29 @@ def test_the_experiment_route_takes_a_baseline_and_is_documented(app_client):
     answer = schema["paths"]["/v1/experiment"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/ExperimentReport"}
     assert "feedback" in schema["components"]["schemas"]["VariantReport"]["properties"]
+
+
+def test_the_report_has_always_valid_intervals_and_a_decision_per_variant():
+    report = build_experiment(known_metrics().collect(), MODELS, "full", margin=0.05)
+    dyn, full = report["variants"]
+    assert report["margin"] == 0.05 and full["always_valid"] is None
+    accuracy = dyn["always_valid"]["accuracy"]
+    expected = sequential.proportion_difference(30, 40, 45, 50)
+    assert (accuracy["estimate"], accuracy["low"], accuracy["high"]) == pytest.approx(tuple(expected))
+    # 0.75 against 0.90 on 40 and 50 feedbacks: the fixed-horizon test is close to p < 0.05, the CS is wide
+    assert accuracy["low"] < -0.15 < accuracy["high"] and accuracy["high"] > 0
+    assert accuracy["decision"] == "collecting"
+    flops = dyn["always_valid"]["flops_fraction_of_baseline"]
+    assert flops["estimate"] == pytest.approx(0.625) and flops["low"] <= 0.625 <= flops["high"]
+    assert dyn["always_valid"]["latency_p99_ratio"]["high"] is None  # 8 requests cannot bound a p99
+
+
+def test_the_decision_follows_the_evidence():
+    metrics = known_metrics()
+    metrics.feedback.labels("dyn", "right").inc(3000)
+    metrics.feedback.labels("full", "right").inc(3000)
+    metrics.feedback.labels("dyn", "wrong").inc(1000)
+    metrics.feedback.labels("full", "wrong").inc(200)
+    dyn = build_experiment(metrics.collect(), MODELS, "full")["variants"][0]
+    assert dyn["always_valid"]["accuracy"]["decision"] == "worse"
+    assert dyn["feedback"]["fixed_horizon"]["significant"]

@@ -48,12 +48,13 @@ export function accuracyChart(variants, baseline) {
   const reference = variants.find((v) => v.name === baseline)?.feedback.accuracy ?? null;
   const marks = variants.flatMap((v, i) => {
     const y = TOP + i * ROW + 8;
-    const { accuracy, interval, n, vs_baseline: test } = v.feedback;
+    const { accuracy, interval, n, fixed_horizon: test } = v.feedback;
     const row = [rowLabel(y - 2, v.name)];
     if (accuracy === null) return [...row, s("text", { x: LEFT + 4, y: y + 2, text: "no feedback yet" })];
     const tip = `${v.name}: ${format.percent(accuracy)} of ${format.count(n)}, 95 % CI ${format.interval(interval)}` +
-      (test ? `; vs ${test.baseline} ${format.points(test.difference)}, p = ${format.pValue(test.p_value)}` : "");
-    const note = test ? `p ${test.p_value < 0.001 ? "" : "= "}${format.pValue(test.p_value)}${test.significant ? " *" : ""}` : "";
+      (test ? `; vs ${test.baseline} ${format.points(test.difference)}, fixed-horizon p = ${format.pValue(test.p_value)}` : "");
+    // the always-valid decision, which holds however often the board is watched (the fixed-horizon p does not)
+    const note = v.always_valid ? v.always_valid.accuracy.decision : "";
     return [
       ...row,
       s("line", { class: "interval", x1: x(interval.low), x2: x(interval.high), y1: y, y2: y }, s("title", { text: tip })),

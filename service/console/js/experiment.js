@@ -5,6 +5,7 @@ import { getJSON, query } from "./api.js";
 import * as charts from "./charts.js";
 import { h } from "./dom.js";
 import * as format from "./format.js";
+import { renderRollouts } from "./rollouts.js";
 
 export const REFRESH_MS = 3000;
 
@@ -24,9 +25,23 @@ const COLUMNS = [
   { field: "flops.saved_vs_baseline", header: "Saved vs baseline", text: (x) => format.percent(x) },
   { field: "feedback.right", header: "Right / feedback", text: (x, v) => `${format.count(x)} / ${format.count(v.feedback.n)}` },
   { field: "feedback.accuracy", header: "Accuracy (95 % CI)", text: (x, v) => accuracyText(x, v.feedback.interval) },
-  { field: "feedback.vs_baseline.difference", header: "Δ vs baseline", text: format.points },
-  { field: "feedback.vs_baseline.p_value", header: "p-value", text: format.pValue },
+  { field: "always_valid.accuracy.decision", header: "Decision", text: (x) => x ?? format.DASH },
+  { field: "always_valid.accuracy.estimate", header: "Δ accuracy, always-valid", text: (x, v) => boundsText(x, v.always_valid?.accuracy, format.points) },
+  { field: "always_valid.latency_p99_ratio.estimate", header: "p99 ratio, always-valid", text: (x, v) => boundsText(x, v.always_valid?.latency_p99_ratio, ratio) },
+  { field: "always_valid.flops_fraction_of_baseline.estimate", header: "FLOPs / baseline, always-valid", text: (x, v) => boundsText(x, v.always_valid?.flops_fraction_of_baseline, (y) => format.percent(y)) },
+  { field: "feedback.fixed_horizon.difference", header: "Δ (fixed-horizon)", text: format.points },
+  { field: "feedback.fixed_horizon.p_value", header: "p (fixed-horizon, one look)", text: format.pValue },
 ];
+
+const ratio = (x) => format.decimal(x, 2);
+
+// "estimate [low, high]", an end that is not bounded yet shown as ∞ (or −∞)
+function boundsText(estimate, bounds, text) {
+  if (bounds === null || bounds === undefined || estimate === null) return format.DASH;
+  const low = bounds.low === null ? "−∞" : text(bounds.low);
+  const high = bounds.high === null ? "∞" : text(bounds.high);
+  return `${text(estimate)} [${low}, ${high}]`;
+}
 
 function accuracyText(accuracy, interval) {
   if (interval === null) return format.percent(accuracy);
@@ -49,11 +64,12 @@ function renderTable(report) {
   const rows = report.variants.map((variant) => {
     const cells = COLUMNS.map((column) => {
       const value = at(variant, column.field);
-      const significant = column.field.endsWith("p_value") && at(variant, "feedback.vs_baseline.significant");
+      const significant = column.field.endsWith("p_value") && at(variant, "feedback.fixed_horizon.significant");
+      const decision = column.field.endsWith("decision") && value ? `decision decision-${value}` : null;
       return h("td", {
         "data-field": column.field,
         "data-value": JSON.stringify(value),
-        class: significant ? "significant" : null,
+        class: significant ? "significant" : decision,
         text: column.text(value, variant) + (significant ? " *" : ""),
       });
     });
@@ -99,8 +115,9 @@ export function initExperiment(models) {
   async function refresh() {
     clearTimeout(timer);
     const mine = (generation += 1);
-    const answer = await getJSON(query("/v1/experiment", { baseline: chosen }));
+    const [answer, rollouts] = await Promise.all([getJSON(query("/v1/experiment", { baseline: chosen })), getJSON("/v1/rollouts")]);
     if (mine !== generation) return; // a newer refresh started meanwhile
+    if (rollouts.ok) renderRollouts(byId("rollouts"), rollouts.body);
     if (answer.ok) {
       if (chosen === null) baseline.value = answer.body.baseline;
       render(answer.body);

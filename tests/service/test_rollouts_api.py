@@ -1,0 +1,149 @@
+"""``/v1/rollouts`` in an app: the admin token on every change, starting, pausing, resuming and aborting, the
+controller's ticks on real feedback, and the state surviving a restart of the app."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import make_settings, png_bytes
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PLAN = {
+    "steps": [10, 50, 100],
+    "min_feedback": 20,
+    "accuracy_margin": 0.3,
+    "max_latency_ratio": None,
+    "max_error_rate": 0.3,
+}
+CHANGES = [
+    ("put", "/v1/rollouts/blockdrop"),
+    ("post", "/v1/rollouts/blockdrop/pause"),
+    ("post", "/v1/rollouts/blockdrop/resume"),
+    ("post", "/v1/rollouts/blockdrop/abort"),
+]
+
+
+@pytest.fixture
+def rollout_settings(artifacts, tmp_path):
+    # a controller that never ticks on its own after the first look: the tests tick it
+    return make_settings(artifacts, admin_token=TOKEN, state_dir=tmp_path / "state", rollout_interval_s=3600)
+
+
+@pytest.fixture
+def client(rollout_settings):
+    with TestClient(create_app(rollout_settings)) as test_client:
+        yield test_client
+
+
+def tick(client: TestClient) -> dict:
+    client.portal.call(client.app.state.rollouts.tick)
+    return client.get("/v1/rollouts/blockdrop").json()
+
+
+def share(client: TestClient, variant: str) -> float:
+    return client.get(f"/v1/variants/{variant}").json()["traffic_share"]
+
+
+def serve_with_feedback(client: TestClient, variant: str, rounds: int, right: bool = True) -> None:
+    for seed in range(rounds):
+        served = client.post(
+            "/v1/classify", content=png_bytes(seed=seed), headers={"X-Variant": variant, "Content-Type": "image/png"}
+        ).json()
+        predicted = served["prediction"]["class_id"]
+        label = predicted if right else (predicted + 1) % 10
+        assert client.post("/v1/feedback", json={"request_id": served["request_id"], "label": label}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), CHANGES)
+def test_every_change_needs_the_admin_token(client, method, path):
+    body = {"json": PLAN} if method == "put" else {}
+    missing = getattr(client, method)(path, **body)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = getattr(client, method)(path, headers={"Authorization": "Bearer nope"}, **body)
+    assert wrong.status_code == 401
+    assert client.get("/v1/rollouts").json() == []  # nothing started or changed
+    assert share(client, "blockdrop") == 0.5
+
+
+@pytest.mark.parametrize(("method", "path"), CHANGES)
+def test_without_an_admin_token_set_the_change_routes_do_not_exist(artifacts, tmp_path, method, path):
+    settings = make_settings(artifacts, state_dir=tmp_path / "state")
+    with TestClient(create_app(settings)) as client:
+        answer = getattr(client, method)(path, headers=AUTH, **({"json": PLAN} if method == "put" else {}))
+        assert answer.status_code == 404
+
+
+def test_start_sets_the_first_step_and_refuses_a_second_start(client):
+    started = client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH)
+    assert started.status_code == 200, started.text
+    rollout = started.json()
+    assert (rollout["status"], rollout["share"], rollout["baseline"]) == ("running", 10, "full")
+    assert share(client, "blockdrop") == pytest.approx(0.1) and share(client, "full") == pytest.approx(0.9)
+    assert client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH).status_code == 409
+    assert client.get("/v1/rollouts").json()[0]["variant"] == "blockdrop"
+    assert 'blockdrop_rollout_decisions_total{decision="start",variant="blockdrop"} 1.0' in client.get("/metrics").text
+
+
+def test_start_refusals(client):
+    assert client.put("/v1/rollouts/nope", json=PLAN, headers=AUTH).status_code == 404
+    against_itself = client.put("/v1/rollouts/full", json=PLAN | {"baseline": "full"}, headers=AUTH)
+    assert against_itself.status_code == 422
+    assert client.put("/v1/rollouts/blockdrop", json=PLAN | {"steps": [50, 10]}, headers=AUTH).status_code == 422
+    assert client.get("/v1/rollouts/blockdrop").status_code == 404
+    assert client.post("/v1/rollouts/blockdrop/pause", headers=AUTH).status_code == 404
+
+
+def test_pause_resume_and_abort(client):
+    client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH)
+    assert client.post("/v1/rollouts/blockdrop/resume", headers=AUTH).status_code == 409  # not paused
+    assert client.post("/v1/rollouts/blockdrop/pause", headers=AUTH).json()["status"] == "paused"
+    serve_with_feedback(client, "blockdrop", 25)
+    serve_with_feedback(client, "full", 25)
+    assert tick(client)["share"] == 10  # paused: no step, whatever the evidence
+    assert client.post("/v1/rollouts/blockdrop/resume", headers=AUTH).json()["status"] == "running"
+    aborted = client.post("/v1/rollouts/blockdrop/abort", headers=AUTH).json()
+    assert (aborted["status"], aborted["share"]) == ("aborted", 0)
+    assert share(client, "blockdrop") == 0 and share(client, "full") == 1
+    assert [entry["action"] for entry in aborted["history"]] == ["start", "pause", "resume", "abort"]
+    assert client.post("/v1/rollouts/blockdrop/abort", headers=AUTH).status_code == 409
+    # a finished rollout may be started again
+    assert client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH).json()["history"][0]["action"] == "start"
+
+
+def test_the_controller_advances_on_good_feedback_and_rolls_back_on_bad(client):
+    client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH)
+    rollout = tick(client)
+    assert rollout["share"] == 10 and rollout["reasons"] == ["0 of 20 feedback in this step"]
+    serve_with_feedback(client, "blockdrop", 40)
+    serve_with_feedback(client, "full", 40)
+    rollout = tick(client)
+    assert rollout["share"] == 50, rollout["reasons"]
+    assert share(client, "blockdrop") == pytest.approx(0.5)
+    serve_with_feedback(client, "blockdrop", 120, right=False)
+    rollout = tick(client)
+    assert (rollout["status"], rollout["share"]) == ("rolled_back", 0), rollout["checks"]
+    assert rollout["history"][-1]["reasons"] == ["accuracy violated"]
+    assert share(client, "blockdrop") == 0 and share(client, "full") == 1
+    metrics = client.get("/metrics").text
+    assert 'blockdrop_rollout_decisions_total{decision="rollback",variant="blockdrop"} 1.0' in metrics
+    assert 'blockdrop_rollout_share{variant="blockdrop"} 0.0' in metrics
+
+
+def test_a_rollout_survives_a_restart(rollout_settings):
+    with TestClient(create_app(rollout_settings)) as client:
+        client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH)
+        serve_with_feedback(client, "blockdrop", 40)
+        serve_with_feedback(client, "full", 40)
+        before = tick(client)
+        assert before["share"] == 50
+    with TestClient(create_app(rollout_settings)) as client:
+        after = tick(client)
+        assert (after["status"], after["share"]) == ("running", 50)
+        assert after["evidence"]["variant"]["feedback"] == before["evidence"]["variant"]["feedback"] == 40
+        assert [entry["action"] for entry in after["history"]] == ["start", "advance"]
+        assert share(client, "blockdrop") == pytest.approx(0.5)  # the new process follows the stored step
+        serve_with_feedback(client, "blockdrop", 10)
+        assert tick(client)["evidence"]["variant"]["feedback"] == 50  # new counts add to the stored ones
