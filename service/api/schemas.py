@@ -82,10 +82,12 @@ ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         400: "the image is corrupt or the request malformed",
+        408: "the request's headers did not arrive in time (header_timeout_s)",
         404: "unknown variant, model or request id",
         413: "body, image or batch too large",
         415: "not a supported image type",
         422: "invalid parameters",
+        431: "the request's headers are too large (max_header_bytes)",
         503: "overloaded or shutting down; see Retry-After",
         504: "no answer before the request deadline",
     }.items()

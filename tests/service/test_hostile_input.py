@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.service.conftest import png_bytes
 
@@ -98,3 +100,58 @@ def test_a_json_tensor_of_the_right_size_still_runs(client):
     response = client.post("/v2/models/blockdrop/infer", content=json.dumps(body))
     assert response.status_code == 200
     assert response.json()["outputs"][0]["shape"] == [2, 10]
+
+
+# ---- property-based: every member of each class, not just the examples above ----------------------------------
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROUTES = ["/v1/classify", "/v1/feedback", "/v2/models/blockdrop/infer", "/v2/models/default/infer", "/v1/explain"]
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(ROUTES),
+    depth=st.integers(min_value=1, max_value=200_000),
+    opener=st.sampled_from([b"[", b'{"a":', b'{"images":[']),
+)
+def test_fuzz_any_nesting_on_any_json_route_is_a_client_error(client, route, depth, opener):
+    body = opener * depth
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, (route, depth, response.text[:200])
+
+
+@FUZZ
+@given(
+    digits=st.integers(min_value=1, max_value=20_000),
+    where=st.sampled_from(["top_k", "content-length", "header-length", "budget"]),
+)
+def test_fuzz_a_number_of_any_length_is_never_a_server_error(client, digits, where):
+    number = "9" * digits
+    path, headers, body = "/v1/classify", {"content-type": "image/png"}, png_bytes()
+    if where == "top_k":
+        path += f"?top_k={number}"
+    elif where == "content-length":
+        headers["content-length"] = number
+    elif where == "budget":
+        headers["x-compute-budget"] = "0." + number
+    else:
+        path, body = "/v2/models/blockdrop/infer", b"{}"
+        headers = {"inference-header-content-length": number}
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code < 500, (where, digits, response.text[:200])
+
+
+@FUZZ
+@given(
+    values=st.integers(min_value=64 * 3 * 32 * 32 + 2048, max_value=3_000_000),
+    name=st.sampled_from(["images", "pixels"]),
+)
+def test_fuzz_a_json_tensor_larger_than_any_request_is_refused_unparsed(client, values, name):
+    body = (
+        b'{"inputs": [{"name": "'
+        + name.encode()
+        + b'", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": ['
+        + b",".join([b"1"] * values)
+        + b"]}]}"
+    )
+    response = client.post("/v2/models/blockdrop/infer", content=body)
+    assert response.status_code == 413, response.text[:200]
