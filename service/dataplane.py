@@ -6,6 +6,7 @@ The v1 JSON routes and the Open Inference Protocol v2 routes are thin layers ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from service.errors import (
 )
 from service.feedback import PredictionStore, ServedPrediction
 from service.imaging import ImagePreprocessor
+from service.loop_lag import LoopLag
 from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
@@ -142,6 +144,7 @@ class DataPlane:
         self.store: Store = store or PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
         # called after an operator's change, with the variant and what changed (a cluster shares it)
         self.on_update: Callable[[str, dict[str, float]], None] | None = None
+        self.loop_lag = LoopLag()
         self.warmed_up = False
         self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
         self.draining = False
@@ -216,8 +219,11 @@ class DataPlane:
 
     # lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start every variant's batcher, and (in the running event loop) the loop-lag measure admission reads."""
         for batcher in self.batchers.values():
             batcher.start()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing waits for one
+            self.loop_lag.start()
 
     def start_workers(self) -> None:
         """Start every variant's worker process, all loading at once, and wait for each (they warm themselves up)."""
@@ -249,6 +255,7 @@ class DataPlane:
         self.begin_shutdown()
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.request_timeout_s)
+        await self.loop_lag.stop()
         for batcher in self.batchers.values():
             await to_thread.run_sync(batcher.stop, self.settings.request_timeout_s)
         for replicas in self.workers.values():
@@ -512,14 +519,22 @@ class DataPlane:
     # internals -----------------------------------------------------------------------------------------------
     def _admit(self, variant: Variant, batcher: Executor) -> None:
         """Refuse at once (503, Retry-After) what would not be served in time: a variant whose workers do not
-        answer, or whose queue would keep an image past the queue-wait budget (``MicroBatcher.expected_wait``)."""
+        answer; any request while the event loop runs later than half the queue-wait budget (requests wait that
+        long before they are read: service/loop_lag.py); a request whose variant's queue would keep an image past
+        the budget (``MicroBatcher.expected_wait``)."""
         if not self.available(variant.name):
             raise Unavailable(
                 f"variant {variant.name!r} has no inference worker answering; it is being restarted, retry shortly",
                 self.settings.retry_after_s,
             )
-        expected = getattr(batcher, "expected_wait", None)
         budget_s = self.settings.queue_wait_budget_ms / 1000
+        if self.loop_lag.seconds > budget_s / 2:
+            raise Overloaded(
+                f"the service is overloaded: requests wait about {self.loop_lag.seconds * 1000:.0f} ms to be read, "
+                f"over half the {budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                self.settings.retry_after_s,
+            )
+        expected = getattr(batcher, "expected_wait", None)
         if expected is not None and (wait := expected()) > budget_s:
             raise Overloaded(
                 f"variant {variant.name!r} is overloaded: about {wait * 1000:.0f} ms of batches are queued ahead, "

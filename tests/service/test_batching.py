@@ -201,3 +201,26 @@ def test_a_request_of_many_images_may_wait_for_its_own_batches():
     results = asyncio.run(scenario())
     batcher.stop()
     assert len(results) == 32 and max(r.queue_seconds for r in results) > 0.1
+
+
+def test_the_loop_lag_counts_a_loop_that_is_late_every_time_not_once():
+    from service.loop_lag import LoopLag
+
+    async def scenario() -> tuple[float, float, float]:
+        lag = LoopLag(period_s=0.01)
+        lag.start()
+        await asyncio.sleep(0.1)
+        idle = lag.seconds
+        time.sleep(0.3)  # one stall: a collection, another thread holding the GIL
+        await asyncio.sleep(0.05)
+        after_one_stall = lag.seconds
+        for _ in range(30):  # saturated: every turn of the loop runs long
+            time.sleep(0.05)
+            await asyncio.sleep(0)
+        saturated = lag.seconds
+        await lag.stop()
+        return idle, after_one_stall, saturated
+
+    idle, after_one_stall, saturated = asyncio.run(scenario())
+    assert idle < 0.02 and after_one_stall < 0.02
+    assert saturated > 0.03
