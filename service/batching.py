@@ -116,14 +116,9 @@ class MicroBatcher:
         the later ones may wait for the batches of the earlier ones as well as the budget."""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
+        if position == 0:
+            self.refuse_if_overloaded()
         own_batches_s = (position // self.max_batch_size) * self.batch_seconds / len(self._replicas)
-        expected = self.expected_wait()
-        if position == 0 and expected > self.wait_budget_s:
-            raise Overloaded(
-                f"variant {self.name!r} is overloaded: about {expected * 1000:.0f} ms of batches are queued ahead, "
-                f"over the {self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
-                self.retry_after_s,
-            )
         loop = asyncio.get_running_loop()
         item = _Item(
             tensor,
@@ -148,6 +143,16 @@ class MicroBatcher:
         batch time (0 until a batch has run)."""
         batches_ahead = self._queue.qsize() // self.max_batch_size
         return batches_ahead * self.batch_seconds / len(self._replicas)
+
+    def refuse_if_overloaded(self) -> None:
+        """Refuse a new request (503, Retry-After) whose first image would wait past the queue-wait budget."""
+        expected = self.expected_wait()
+        if expected > self.wait_budget_s:
+            raise Overloaded(
+                f"variant {self.name!r} is overloaded: about {expected * 1000:.0f} ms of batches are queued ahead, "
+                f"over the {self.wait_budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
+                self.retry_after_s,
+            )
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new images, finish the queued ones, end the thread."""

@@ -534,13 +534,9 @@ class DataPlane:
                 f"over half the {budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
                 self.settings.retry_after_s,
             )
-        expected = getattr(batcher, "expected_wait", None)
-        if expected is not None and (wait := expected()) > budget_s:
-            raise Overloaded(
-                f"variant {variant.name!r} is overloaded: about {wait * 1000:.0f} ms of batches are queued ahead, "
-                f"over the {budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
-                self.settings.retry_after_s,
-            )
+        refuse_if_overloaded = getattr(batcher, "refuse_if_overloaded", None)  # a local queue; a remote one: its own
+        if refuse_if_overloaded is not None:
+            refuse_if_overloaded()
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
