@@ -209,7 +209,7 @@ class BucketedEngine:
 
     # ---- the host's part: one wait for the mask, then queue every piece ------------------------------------------
 
-    def plan(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor, list[int | None | bool]]:
+    def plan(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor, list[int | bool | None]]:
         """For a host mask [n, K] padded to ``b`` rows: the index table [K, b], its valid flags, and per block
         ``False`` (skip), ``None`` (every row) or the kept-row bucket."""
         n = keep_mask.shape[0]
@@ -218,7 +218,7 @@ class BucketedEngine:
         rows = torch.argsort((~columns).to(torch.int8), dim=1, stable=True)  # keepers first, each part in order
         counts = columns.sum(1)
         valid = torch.arange(b).unsqueeze(0) < counts.unsqueeze(1)
-        kinds: list[int | None | bool] = []
+        kinds: list[int | bool | None] = []
         for count in counts.tolist():
             if count == 0:
                 kinds.append(False)
@@ -276,7 +276,7 @@ class BucketedEngine:
         flops = self.flops_table.per_image(mask, include_policy=keep_mask is None)
         return InferenceResult(buf.logits[:n].clone(), mask, flops)
 
-    def _backbone(self, buf: _Buffers, b: int, kinds: list[int | None | bool]) -> None:
+    def _backbone(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
         self._run(("stem", b), lambda: self._stem(buf))
         k = 0
         for stage, blocks in enumerate(self.backbone.blocks):

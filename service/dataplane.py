@@ -28,7 +28,7 @@ from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
 from service.tensors import InputTensor, OutputTensor, image_shapes, images_from, outputs_from, requested_outputs
-from service.variants import Variant
+from service.variants import ExecutionOptions, Variant
 from service.worker import InferenceWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class DataPlane:
             input_shape=(3, variant.manifest.input.height, variant.manifest.input.width),
             num_classes=len(variant.manifest.classes),
             num_blocks=variant.num_blocks,
+            execution=ExecutionOptions.from_settings(self.settings),
         )
         restarts = self.metrics.worker_restarts.labels(variant.name)
         worker = InferenceWorker(spec, self.settings.request_timeout_s, on_restart=restarts.inc)
