@@ -14,6 +14,7 @@ already on the device; times are medians of whole calls, the device synchronised
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -206,6 +207,16 @@ def run(args: argparse.Namespace) -> dict:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     images, labels = _images(args.data_root, args.images)
     rows, agreements = [], {}
+    result = {
+        "gpu": _device_name(device),
+        "device": str(device),
+        "torch": torch.__version__,
+        "images": len(images),
+        "precisions": precisions,
+        "cuda_graphs": device.type == "cuda" and not args.no_graphs,
+        "rows": rows,
+        "agreement": {},
+    }
     for pair in pairs:
         manifest = load_artifact(pair.full).manifest
         normalize = Normalizer(manifest.input.mean, manifest.input.std)
@@ -241,18 +252,21 @@ def run(args: argparse.Namespace) -> dict:
                 f"({full_config}); BlockDrop eager {_fmt(eager)}, engine {_fmt(engine)} ({engine_config})",
                 flush=True,
             )
-    return {
-        "gpu": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"none: a CPU smoke run ({machine_description()})",
-        "device": str(device),
-        "torch": torch.__version__,
-        "images": len(images),
-        "precisions": precisions,
-        "cuda_graphs": device.type == "cuda" and not args.no_graphs,
-        "rows": rows,
-        "agreement": _agreement_summary(agreements, precisions),
-    }
+        result["agreement"] = _agreement_summary(agreements, precisions)
+        _write(Path(args.out), result)  # what is done so far survives a run cut short
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"none: a CPU smoke run ({machine_description()})"
+
+
+def _write(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "gpu.md").write_text(to_markdown(result))
 
 
 def _agreement_summary(agreements: dict[str, dict], precisions: list[str]) -> dict[str, dict]:

@@ -60,3 +60,21 @@ def test_a_plain_biglittle_stays_fp32(artifacts):
     settings = VariantSettings(name="v", artifact=artifacts["tiny-biglittle"], mode="full")
     variant = load_variant(settings, "cpu", execution=ExecutionOptions(precision="bf16", executor="bucketed"))
     assert variant.precision == "fp32" and variant.engine is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name, mode", [("tiny-blockdrop", "blockdrop"), ("tiny-resnet", "full")])
+def test_on_the_gpu_a_variant_runs_captured_graphs_through_pinned_buffers(artifacts, name, mode):
+    settings = VariantSettings(name="v", artifact=artifacts[name], mode=mode)
+    reference = load_variant(settings, "cpu")
+    graphed = load_variant(settings, "cuda", execution=ExecutionOptions(cuda_graphs=True, max_batch_size=8))
+    summary = graphed.summary()
+    assert summary["cuda_graphs"] is True and summary["executor"] == "bucketed" and graphed.engine.graphs_in_use
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
+    assert graphed.staging is not None and graphed.staging.images.is_pinned()
+    for n in (1, 3, 8, 9):  # 9: past the largest bucket, the plain executor on the GPU answers
+        batch = torch.randn(n, 3, 32, 32)
+        want, got = reference.infer(batch), graphed.infer(batch)
+        assert got.logits.device.type == "cpu" and got.logits.dtype == torch.float32
+        assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
+        assert (got.logits - want.logits).abs().max() < 0.1
