@@ -72,6 +72,23 @@ class _Buffers:
     logits: Tensor  # [B, classes], fp32
 
 
+class _HostTables:
+    """Page-locked host copies of one bucket's index table, valid flags and thresholds (on CUDA): a copy from
+    them neither waits for the GPU's queue nor goes through a staging buffer of the driver's. The event marks
+    when the GPU has read them, so the next batch does not overwrite them under a copy still queued."""
+
+    def __init__(self, k: int, b: int):
+        self.rows = torch.zeros(k, b, dtype=torch.int64).pin_memory()
+        self.valid = torch.zeros(k, b, dtype=torch.bool).pin_memory()
+        self.thresholds = torch.zeros(b, 1).pin_memory()
+        self.read = torch.cuda.Event()
+        self.read.record()
+
+    def send(self, source: Tensor, host: Tensor, device: Tensor) -> None:
+        host.copy_(source)
+        device.copy_(host, non_blocking=True)
+
+
 @dataclass
 class CaptureReport:
     graphs: int = 0
@@ -107,6 +124,7 @@ class BucketedEngine:
         self.num_blocks = model.num_blocks
         self.input_size: tuple[int, int] = tuple(getattr(model, "input_size", None) or model.manifest.input.size)
         self._buffers: dict[int, _Buffers] = {}
+        self._host: dict[int, _HostTables] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self.capture_report = CaptureReport()
@@ -228,13 +246,35 @@ class BucketedEngine:
                 kinds.append(bucket_for(count, self.buckets) if count < b else b)
         return rows, valid, kinds
 
-    def _fill(self, buf: _Buffers, x: Tensor, threshold: float | Tensor) -> None:
+    def _host_tables(self, b: int) -> _HostTables | None:
+        """The bucket's pinned host tables on CUDA (None on a CPU), once the GPU has read the last batch's."""
+        if self.device.type != "cuda":
+            return None
+        if b not in self._host:
+            self._host[b] = _HostTables(self.num_blocks, b)
+        host = self._host[b]
+        host.read.synchronize()  # at once in practice: the batch before waited for its mask or its logits
+        return host
+
+    def _fill(self, buf: _Buffers, host: _HostTables | None, x: Tensor, threshold: float | Tensor) -> None:
         n = x.shape[0]
         buf.images[:n].copy_(x, non_blocking=True)
-        if isinstance(threshold, Tensor):
-            buf.thresholds[:n].copy_(threshold.view(-1, 1), non_blocking=True)
-        else:
+        if not isinstance(threshold, Tensor):
             buf.thresholds.fill_(threshold)
+        elif host is None:
+            buf.thresholds[:n].copy_(threshold.view(-1, 1))
+        else:
+            host.send(threshold.view(-1, 1), host.thresholds[:n], buf.thresholds[:n])
+            host.read.record()
+
+    def _send_plan(self, buf: _Buffers, host: _HostTables | None, rows: Tensor, valid: Tensor) -> None:
+        if host is None:
+            buf.rows.copy_(rows)
+            buf.valid.copy_(valid)
+        else:
+            host.send(rows, host.rows, buf.rows)
+            host.send(valid, host.valid, buf.valid)
+            host.read.record()
 
     @torch.inference_mode()
     def infer(
@@ -250,7 +290,8 @@ class BucketedEngine:
         b = bucket_for(n, self.buckets)
         buf = self.buffers(b)
         mode = Mode(mode) if mode is not None else (Mode.POLICY if getattr(self.model, "policy", None) else Mode.FULL)
-        self._fill(buf, x, threshold)
+        host = self._host_tables(b)
+        self._fill(buf, host, x, threshold)
         if keep_mask is None and mode is Mode.FULL:
             self._run(("full", b), lambda: self._full(buf))
             mask = torch.ones(n, self.num_blocks, dtype=torch.bool)
@@ -268,10 +309,7 @@ class BucketedEngine:
             mask = keep_mask.cpu()
             buf.mask[:n].copy_(mask, non_blocking=True)
         rows, valid, kinds = self.plan(mask, b)
-        if self.device.type == "cuda":
-            rows, valid = rows.pin_memory(), valid.pin_memory()
-        buf.rows.copy_(rows, non_blocking=True)
-        buf.valid.copy_(valid, non_blocking=True)
+        self._send_plan(buf, host, rows, valid)
         self._backbone(buf, b, kinds)
         flops = self.flops_table.per_image(mask, include_policy=keep_mask is None)
         return InferenceResult(buf.logits[:n].clone(), mask, flops)
@@ -300,7 +338,7 @@ class BucketedEngine:
         if self.model.policy is not None:
             pieces.append((("policy", b), lambda: self._policy(buf)))
         pieces.append((("stem", b), lambda: self._stem(buf)))
-        kept_buckets = [None, *(p for p in self.buckets if p <= b)]
+        kept_buckets = [None, *(p for p in self.buckets if p <= b)] if b > 1 else [None]
         k = 0
         for stage, blocks in enumerate(self.backbone.blocks):
             if not isinstance(self.backbone.ds[stage], nn.Identity):
