@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,7 +113,13 @@ class BucketedEngine:
     padded, mask-independent shapes. ``infer`` has ``BlockDropModel.infer``'s contract; the logits come back on
     the model's device, masks and FLOPs on the CPU."""
 
-    def __init__(self, model: nn.Module, max_batch: int, memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(
+        self,
+        model: nn.Module,
+        max_batch: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        signature_graphs: int = 0,
+    ):
         self.model = model
         self.blockdrop = isinstance(model, BlockDropModel)
         self.backbone = model.backbone if self.blockdrop else model
@@ -127,7 +134,13 @@ class BucketedEngine:
         self._host: dict[int, _HostTables] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
+        self._warmup_stream: torch.cuda.Stream | None = None
         self.capture_report = CaptureReport()
+        # whole-backbone graphs, one per signature (batch bucket, each block's kind): at most this many, the least
+        # recently used dropped; a signature is captured when it is seen the second time (CUDA only)
+        self.signature_graphs = signature_graphs
+        self._signatures: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()
+        self._sightings: dict[tuple, int] = {}
 
     @property
     def max_batch(self) -> int:
@@ -135,7 +148,7 @@ class BucketedEngine:
 
     @property
     def graphs_in_use(self) -> bool:
-        return bool(self._graphs)
+        return bool(self._graphs or self._signatures)
 
     # ---- buffers -------------------------------------------------------------------------------------------------
 
@@ -310,22 +323,47 @@ class BucketedEngine:
             buf.mask[:n].copy_(mask, non_blocking=True)
         rows, valid, kinds = self.plan(mask, b)
         self._send_plan(buf, host, rows, valid)
-        self._backbone(buf, b, kinds)
+        if self.signature_graphs and self.device.type == "cuda":
+            self._backbone_by_signature(buf, b, kinds)
+        else:
+            self._backbone(buf, b, kinds)
         flops = self.flops_table.per_image(mask, include_policy=keep_mask is None)
         return InferenceResult(buf.logits[:n].clone(), mask, flops)
 
-    def _backbone(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
-        self._run(("stem", b), lambda: self._stem(buf))
+    def _backbone_by_signature(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
+        """The backbone as one graph for this signature if there is one; else by pieces, and on the signature's
+        second sighting captured whole (after answering: the capture records without running)."""
+        key = (b, tuple(kinds))
+        graph = self._signatures.get(key)
+        if graph is not None:
+            self._signatures.move_to_end(key)
+            graph.replay()
+            return
+        self._backbone(buf, b, kinds)
+        if len(self._sightings) > 100 * self.signature_graphs:
+            self._sightings.clear()  # bounded: old sightings are forgotten
+        self._sightings[key] = self._sightings.get(key, 0) + 1
+        if self._sightings[key] >= 2:
+            started = time.perf_counter()
+            self._signatures[key] = self._capture_one(lambda: self._backbone(buf, b, kinds, eager=True), warm=False)
+            if len(self._signatures) > self.signature_graphs:
+                self._signatures.popitem(last=False)
+            log.debug("captured the backbone for a signature in %.1f ms", (time.perf_counter() - started) * 1e3)
+
+    def _backbone(self, buf: _Buffers, b: int, kinds: list[int | bool | None], eager: bool = False) -> None:
+        """Every piece of the backbone for these kinds (``eager``: never a piece's graph, as inside a capture)."""
+        run = (lambda key, piece: piece()) if eager else self._run
+        run(("stem", b), lambda: self._stem(buf))
         k = 0
         for stage, blocks in enumerate(self.backbone.blocks):
             if not isinstance(self.backbone.ds[stage], nn.Identity):
-                self._run(("entry", b, stage), lambda s=stage: self._entry(buf, s))
+                run(("entry", b, stage), lambda s=stage: self._entry(buf, s))
             for i in range(len(blocks)):
                 kind = kinds[k]
                 if kind is not False:
-                    self._run(("block", b, k, kind), lambda s=stage, i=i, k=k, p=kind: self._block(buf, s, i, k, p))
+                    run(("block", b, k, kind), lambda s=stage, i=i, k=k, p=kind: self._block(buf, s, i, k, p))
                 k += 1
-        self._run(("head", b), lambda: self._head(buf))
+        run(("head", b), lambda: self._head(buf))
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------------------
 
@@ -385,14 +423,16 @@ class BucketedEngine:
         )
         return report
 
-    def _capture_one(self, piece: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    def _capture_one(self, piece: Callable[[], None], warm: bool = True) -> torch.cuda.CUDAGraph:
         # warm up on a side stream first (cuDNN picks its algorithms outside the capture); every graph shares one
         # memory pool: pieces run one after another and keep nothing but the static buffers between them
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            piece()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if warm:
+            if self._warmup_stream is None:
+                self._warmup_stream = torch.cuda.Stream(self.device)
+            self._warmup_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._warmup_stream):
+                piece()
+            torch.cuda.current_stream(self.device).wait_stream(self._warmup_stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             piece()
@@ -401,4 +441,6 @@ class BucketedEngine:
 
     def release_graphs(self) -> None:
         self._graphs.clear()
+        self._signatures.clear()
+        self._sightings.clear()
         self._pool = None

@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     cuda_graph_capture_s: float = Field(
         default=60.0, gt=0, description="time budget per variant for capturing CUDA graphs; the rest runs eagerly"
     )
+    cuda_signature_graphs: int = Field(
+        default=0,
+        ge=0,
+        description="with cuda_graphs: also keep up to this many whole-backbone graphs, one per signature (batch "
+        "bucket and each block's kept-row bucket), each captured when first seen twice; 0 turns them off",
+    )
 
     max_batch_size: int = Field(default=32, ge=1)
     max_batch_wait_ms: float = Field(default=2.0, ge=0.0)

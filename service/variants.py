@@ -30,6 +30,7 @@ class ExecutionOptions:
     cuda_graphs: bool = False  # on CUDA: the bucketed executor with its pieces captured in CUDA graphs
     capture_budget_s: float = 60.0
     max_batch_size: int = 32
+    signature_graphs: int = 0  # with cuda_graphs: whole-backbone graphs kept per signature (0: off)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExecutionOptions:
@@ -39,6 +40,7 @@ class ExecutionOptions:
             settings.cuda_graphs,
             settings.cuda_graph_capture_s,
             settings.max_batch_size,
+            settings.cuda_signature_graphs,
         )
 
 
@@ -200,8 +202,9 @@ def load_variant(
     variant = Variant(settings.name, model, settings.mode, threshold, device, memory_format, precision)
     on_cuda = torch.device(device).type == "cuda"
     if isinstance(model, BlockDropModel) and (execution.executor == "bucketed" or (on_cuda and execution.cuda_graphs)):
-        variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format)
         variant.cuda_graphs = on_cuda and execution.cuda_graphs
+        signatures = execution.signature_graphs if variant.cuda_graphs else 0
+        variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format, signatures)
         if variant.cuda_graphs and capture:
             report = variant.engine.capture(budget_s=execution.capture_budget_s)
             log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())

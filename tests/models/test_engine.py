@@ -164,3 +164,30 @@ def test_captured_graphs_replay_the_eager_pieces_on_the_gpu(precision):
         want, got = eager.infer(x, keep_mask=mask), graphed.infer(x, keep_mask=mask)
         assert (got.logits - want.logits).abs().max() <= tolerance
         assert (graphed.infer(x, mode="full").logits - eager.infer(x, mode="full").logits).abs().max() <= tolerance
+
+
+@torch.inference_mode()
+def test_signature_graphs_are_a_cuda_matter_and_change_nothing_on_a_cpu():
+    model = _tiny_blockdrop(8)
+    plain, with_signatures = BucketedEngine(model, 8), BucketedEngine(model, 8, signature_graphs=4)
+    x = torch.randn(5, 3, 32, 32)
+    for _ in range(3):
+        assert torch.equal(with_signatures.infer(x).logits, plain.infer(x).logits)
+    assert not with_signatures.graphs_in_use
+
+
+@needs_cuda
+@torch.inference_mode()
+def test_a_signature_seen_twice_replays_as_one_graph_with_the_same_answers():
+    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet110-blockdrop", device="cuda")
+    fold_batchnorm(model)
+    eager = BucketedEngine(model, max_batch=8)
+    graphed = BucketedEngine(model, max_batch=8, signature_graphs=2)
+    graphed.capture([1, 8], budget_s=120)
+    inputs = [torch.randn(n, 3, 32, 32, device="cuda") for n in (1, 8, 3)]
+    for _ in range(3):  # the second sighting captures, the third replays
+        for x in inputs:
+            want, got = eager.infer(x), graphed.infer(x)
+            assert torch.equal(got.keep_mask, want.keep_mask)
+            assert (got.logits - want.logits).abs().max() <= 1e-4
+    assert len(graphed._signatures) == 2  # three signatures seen, the least recently used dropped
