@@ -367,11 +367,15 @@ class BucketedEngine:
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------------------
 
-    def pieces(self, b: int) -> list[tuple[tuple, Callable[[], None]]]:
-        """Every piece of batch bucket ``b``, keyed as ``infer`` looks them up."""
+    def pieces(self, b: int, mode: Mode | str | None = None) -> list[tuple[tuple, Callable[[], None]]]:
+        """The pieces of batch bucket ``b`` that ``mode`` runs (``full``: the whole network; ``policy``: the policy
+        and the backbone's pieces; None: both), keyed as ``infer`` looks them up."""
         buf = self.buffers(b)
-        pieces: list[tuple[tuple, Callable[[], None]]] = [(("full", b), lambda: self._full(buf))]
-        if not self.blockdrop:
+        mode = Mode(mode) if mode is not None else None
+        pieces: list[tuple[tuple, Callable[[], None]]] = []
+        if mode in (None, Mode.FULL):
+            pieces.append((("full", b), lambda: self._full(buf)))
+        if not self.blockdrop or mode is Mode.FULL:
             return pieces
         if self.model.policy is not None:
             pieces.append((("policy", b), lambda: self._policy(buf)))
@@ -389,9 +393,12 @@ class BucketedEngine:
         pieces.append((("head", b), lambda: self._head(buf)))
         return pieces
 
-    def capture(self, batch_sizes: list[int] | None = None, budget_s: float = 60.0) -> CaptureReport:
-        """Record the pieces of the buckets holding ``batch_sizes`` (default: every bucket) in CUDA graphs, smallest
-        bucket first, until ``budget_s`` runs out; the pieces left over run eagerly. Needs a CUDA model."""
+    def capture(
+        self, batch_sizes: list[int] | None = None, budget_s: float = 60.0, mode: Mode | str | None = None
+    ) -> CaptureReport:
+        """Record the pieces ``mode`` runs (``pieces``) of the buckets holding ``batch_sizes`` (default: every
+        bucket) in CUDA graphs, smallest bucket first, until ``budget_s`` runs out; the pieces left over run
+        eagerly. Needs a CUDA model."""
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
         wanted = sorted({bucket_for(n, self.buckets) for n in batch_sizes} if batch_sizes else set(self.buckets))
@@ -400,7 +407,7 @@ class BucketedEngine:
         reserved = torch.cuda.memory_reserved(self.device)
         with torch.inference_mode():
             for b in wanted:
-                for key, piece in self.pieces(b):
+                for key, piece in self.pieces(b, mode):
                     if key in self._graphs:
                         continue
                     if time.perf_counter() - started > budget_s:

@@ -206,7 +206,8 @@ def load_variant(
         signatures = execution.signature_graphs if variant.cuda_graphs else 0
         variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format, signatures)
         if variant.cuda_graphs and capture:
-            report = variant.engine.capture(budget_s=execution.capture_budget_s)
+            mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
+            report = variant.engine.capture(budget_s=execution.capture_budget_s, mode=mode)
             log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())
     if on_cuda:
         input_shape = (3, model.manifest.input.height, model.manifest.input.width)

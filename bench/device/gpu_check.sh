@@ -4,7 +4,8 @@
 #   bash bench/device/gpu_check.sh
 # It runs the CUDA tests, then `blockdrop bench gpu` on the 2,000-image test subset, and (with GPU_CHECK_EFFICIENCY=1
 # and time left) `bench efficiency` served on the GPU with CUDA graphs on. Everything lands under $OUT (default
-# ./gpu-check-out): versions.txt, cuda-tests.{txt,xml}, bench/gpu.{json,md}, efficiency/. It stays under 8 minutes:
+# ./gpu-check-out): versions.txt, cuda-tests.{txt,xml}, bench/gpu.{json,md}, artifacts/*/manifest.json (eval per
+# precision), efficiency/. It stays under 8 minutes:
 # each stage has a timeout, and a stage that runs out is reported, not waited for.
 set -uo pipefail
 out="${OUT:-$PWD/gpu-check-out}"
@@ -35,10 +36,23 @@ stage cuda-tests 150 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$o
 tail -15 "$out/cuda-tests.txt"
 
 # 2. bench gpu: every pair, batch 1..2048, fp32/bf16/fp16, graphs on; agreement over the 2,000 test images
-stage bench-gpu 270 python3 -m cli.main bench gpu --device cuda --data-root "${BLOCKDROP_DATA_ROOT:-}" \
+stage bench-gpu 240 python3 -m cli.main bench gpu --device cuda --data-root "${BLOCKDROP_DATA_ROOT:-}" \
   --out "$out/bench" 2>&1 | tee "$out/bench-gpu.log" | tail -30
 
-# 3. optional: the service on the GPU (graphs on), ResNet-110 pair at c=1, 32, 256, if time is left
+# 3. accuracy per precision on the GPU, recorded in copies of the BlockDrop artifacts' manifests (metrics.precision);
+#    measured on the 2,000-image subset: read them, do not copy them over the shipped manifests
+for name in cifar10-resnet32-blockdrop cifar10-resnet110-blockdrop; do
+  mkdir -p "$out/artifacts" && cp -r "models/checkpoints/$name" "$out/artifacts/"
+  for precision in fp32 bf16 fp16; do
+    left=$((limit - SECONDS - 15))
+    [ "$left" -lt 20 ] && { echo "== eval-$name-$precision: not run (${left}s left)" | tee -a "$out/stages.txt"; continue; }
+    stage "eval-$name-$precision" $((left < 60 ? left : 60)) python3 -m cli.main eval "$out/artifacts/$name" --data-root "${BLOCKDROP_DATA_ROOT:-}" \
+      --split test --sweep "" --device cuda --precision "$precision" --record >> "$out/eval.log" 2>&1
+  done
+  rm -f "$out/artifacts/$name/model.safetensors"  # only the manifest needs to come back
+done
+
+# 4. optional: the service on the GPU (graphs on), ResNet-110 pair at c=1, 32, 256, if time is left
 left=$((limit - SECONDS))
 if [ "${GPU_CHECK_EFFICIENCY:-0}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
   ck=models/checkpoints

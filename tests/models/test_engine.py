@@ -191,3 +191,13 @@ def test_a_signature_seen_twice_replays_as_one_graph_with_the_same_answers():
             assert torch.equal(got.keep_mask, want.keep_mask)
             assert (got.logits - want.logits).abs().max() <= 1e-4
     assert len(graphed._signatures) == 2  # three signatures seen, the least recently used dropped
+
+
+def test_a_mode_captures_only_the_pieces_it_runs():
+    engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8)  # 3 blocks, one stage entry with a shortcut
+    assert [key for key, _ in engine.pieces(8, "full")] == [("full", 8)]
+    policy_keys = [key for key, _ in engine.pieces(8, "policy")]
+    assert ("full", 8) not in policy_keys and policy_keys[:2] == [("policy", 8), ("stem", 8)]
+    assert {key[3] for key in policy_keys if key[0] == "block"} == {None, 1, 2, 4, 8}  # every kept-row bucket
+    assert len(engine.pieces(8)) == len(policy_keys) + 1
+    assert {key[3] for key, _ in engine.pieces(1, "policy") if key[0] == "block"} == {None}  # one row: all or none
