@@ -345,7 +345,14 @@ class BucketedEngine:
         self._sightings[key] = self._sightings.get(key, 0) + 1
         if self._sightings[key] >= 2:
             started = time.perf_counter()
-            self._signatures[key] = self._capture_one(lambda: self._backbone(buf, b, kinds, eager=True), warm=False)
+            try:
+                # thread_local: CUDA work of other threads (an explanation's policy run) does not break the capture
+                graph = self._capture_one(lambda: self._backbone(buf, b, kinds, eager=True), False, "thread_local")
+            except RuntimeError:  # the batch is answered already; from here on, pieces only
+                log.exception("capturing a signature's backbone failed; signature graphs are off from here on")
+                self.signature_graphs = 0
+                return
+            self._signatures[key] = graph
             if len(self._signatures) > self.signature_graphs:
                 self._signatures.popitem(last=False)
             log.debug("captured the backbone for a signature in %.1f ms", (time.perf_counter() - started) * 1e3)
@@ -430,7 +437,9 @@ class BucketedEngine:
         )
         return report
 
-    def _capture_one(self, piece: Callable[[], None], warm: bool = True) -> torch.cuda.CUDAGraph:
+    def _capture_one(
+        self, piece: Callable[[], None], warm: bool = True, error_mode: str = "global"
+    ) -> torch.cuda.CUDAGraph:
         # warm up on a side stream first (cuDNN picks its algorithms outside the capture); every graph shares one
         # memory pool: pieces run one after another and keep nothing but the static buffers between them
         if warm:
@@ -441,7 +450,7 @@ class BucketedEngine:
                 piece()
             torch.cuda.current_stream(self.device).wait_stream(self._warmup_stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=error_mode):
             piece()
         self._pool = graph.pool()
         return graph
