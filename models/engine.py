@@ -95,7 +95,7 @@ class CaptureReport:
     graphs: int = 0
     seconds: float = 0.0
     bytes: int = 0  # GPU memory the captures reserved
-    skipped: int = 0  # pieces left eager because the time budget ran out
+    skipped: int = 0  # pieces left eager because the time or memory budget ran out
     batch_buckets: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -401,11 +401,15 @@ class BucketedEngine:
         return pieces
 
     def capture(
-        self, batch_sizes: list[int] | None = None, budget_s: float = 60.0, mode: Mode | str | None = None
+        self,
+        batch_sizes: list[int] | None = None,
+        budget_s: float = 60.0,
+        mode: Mode | str | None = None,
+        budget_bytes: int | None = None,
     ) -> CaptureReport:
         """Record the pieces ``mode`` runs (``pieces``) of the buckets holding ``batch_sizes`` (default: every
-        bucket) in CUDA graphs, smallest bucket first, until ``budget_s`` runs out; the pieces left over run
-        eagerly. Needs a CUDA model."""
+        bucket) in CUDA graphs, smallest bucket first, until ``budget_s`` runs out or the GPU memory reserved since
+        the start passes ``budget_bytes``; the pieces left over run eagerly. Needs a CUDA model."""
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
         wanted = sorted({bucket_for(n, self.buckets) for n in batch_sizes} if batch_sizes else set(self.buckets))
@@ -417,7 +421,10 @@ class BucketedEngine:
                 for key, piece in self.pieces(b, mode):
                     if key in self._graphs:
                         continue
-                    if time.perf_counter() - started > budget_s:
+                    over_memory = (
+                        budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
+                    )
+                    if over_memory or time.perf_counter() - started > budget_s:
                         report.skipped += 1
                         continue
                     self._graphs[key] = self._capture_one(piece)
@@ -428,7 +435,7 @@ class BucketedEngine:
         report.seconds += time.perf_counter() - started
         report.bytes += torch.cuda.memory_reserved(self.device) - reserved
         log.info(
-            "captured %d CUDA graphs for batch buckets %s in %.1f s, %.1f MiB (%d pieces left eager: time budget)",
+            "captured %d CUDA graphs for batch buckets %s in %.1f s, %.1f MiB (%d pieces left eager: over budget)",
             report.graphs,
             report.batch_buckets,
             report.seconds,

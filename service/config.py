@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     cuda_graph_capture_s: float = Field(
         default=60.0, gt=0, description="time budget per variant for capturing CUDA graphs; the rest runs eagerly"
     )
+    cuda_graph_capture_mb: int = Field(
+        default=4096, ge=1, description="GPU memory budget per variant for CUDA graphs; the rest runs eagerly"
+    )
     cuda_signature_graphs: int = Field(
         default=0,
         ge=0,

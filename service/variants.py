@@ -31,6 +31,7 @@ class ExecutionOptions:
     capture_budget_s: float = 60.0
     max_batch_size: int = 32
     signature_graphs: int = 0  # with cuda_graphs: whole-backbone graphs kept per signature (0: off)
+    capture_budget_mb: int = 4096
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExecutionOptions:
@@ -41,6 +42,7 @@ class ExecutionOptions:
             settings.cuda_graph_capture_s,
             settings.max_batch_size,
             settings.cuda_signature_graphs,
+            settings.cuda_graph_capture_mb,
         )
 
 
@@ -207,7 +209,8 @@ def load_variant(
         variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format, signatures)
         if variant.cuda_graphs and capture:
             mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
-            report = variant.engine.capture(budget_s=execution.capture_budget_s, mode=mode)
+            budget_bytes = execution.capture_budget_mb * 2**20
+            report = variant.engine.capture(None, execution.capture_budget_s, mode, budget_bytes)
             log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())
     if on_cuda:
         input_shape = (3, model.manifest.input.height, model.manifest.input.width)
