@@ -67,6 +67,9 @@ def test_a_plain_biglittle_stays_fp32(artifacts):
 def test_on_the_gpu_a_variant_runs_captured_graphs_through_pinned_buffers(artifacts, name, mode):
     settings = VariantSettings(name="v", artifact=artifacts[name], mode=mode)
     reference = load_variant(settings, "cpu")
+    # masks against the plain executor on the same GPU: cuDNN's TF32 convolutions may move a probability that sits
+    # at the threshold against the CPU's
+    plain = load_variant(settings, "cuda", execution=ExecutionOptions(precision="fp32"))
     graphed = load_variant(settings, "cuda", execution=ExecutionOptions(cuda_graphs=True, max_batch_size=8))
     summary = graphed.summary()
     assert summary["cuda_graphs"] is True and summary["executor"] == "bucketed" and graphed.engine.graphs_in_use
@@ -74,7 +77,8 @@ def test_on_the_gpu_a_variant_runs_captured_graphs_through_pinned_buffers(artifa
     assert graphed.staging is not None and graphed.staging.images.is_pinned()
     for n in (1, 3, 8, 9):  # 9: past the largest bucket, the plain executor on the GPU answers
         batch = torch.randn(n, 3, 32, 32)
-        want, got = reference.infer(batch), graphed.infer(batch)
+        want, got = plain.infer(batch), graphed.infer(batch)
         assert got.logits.device.type == "cpu" and got.logits.dtype == torch.float32
         assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
-        assert (got.logits - want.logits).abs().max() < 0.1
+        cpu = reference.infer(batch).logits
+        assert (got.logits - cpu).abs().max() <= 0.02 * cpu.abs().max() + 0.05  # bf16 where the GPU has it
