@@ -360,3 +360,18 @@ def test_engine_benchmark_compares_the_two_executors(tmp_path):
     result = json.loads((tmp_path / "engine-cpu.json").read_text())
     assert [r["batch"] for r in result["rows"]] == [1, 3]
     assert all(r["plain_ms"] > 0 and r["bucketed_ms"] > 0 and r["bucketed_over_plain"] > 0 for r in result["rows"])
+
+
+def test_the_prepared_gpu_check_is_valid_bash_and_names_what_exists():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "device" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    for test_file in re.findall(r"tests/\S+\.py", text):
+        assert (script.parent.parent.parent / test_file).is_file(), test_file
+    for checkpoint in re.findall(r"cifar10-[\w-]+", text):
+        assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
+    assert "bench gpu --device cuda" in text and "source .device/on-device.sh" in text
