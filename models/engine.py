@@ -14,8 +14,9 @@ call has a shape of its own; nothing of it can be captured. Here:
 So a block call has one of a few static shapes: (B, block, P). The host waits once per batch, for the policy's
 mask (the table is built from it on the host and sent in one copy); everything else is queued. On CPU the pieces
 run eagerly (that is how the tests check them against the plain executor); on CUDA, ``capture`` records each
-piece in a CUDA graph within a time budget, and a shape not captured runs eagerly. Plain networks (and BlockDrop
-in ``full`` mode) run as one piece per batch bucket.
+piece in a CUDA graph within a time and memory budget, and a shape not captured runs eagerly. Plain networks (and
+BlockDrop in ``full`` mode) run as one piece per batch bucket. Optionally (``signature_graphs``) the whole backbone
+is also captured once per *signature* (batch bucket and each block's kind) that repeats, and replayed as one graph.
 
 Bucket sizes follow vLLM's (1, 2, 4, then multiples of 8), with the step doubling every octave above 32 so that
 a batch of 2048 needs 31 buckets rather than 256 while no batch is padded by more than 7 rows or a quarter,
@@ -166,7 +167,6 @@ class BucketedEngine:
         k = self.num_blocks
         images = self._zeros(b, 3, *self.input_size, dtype=torch.float32, layout=True)
         stem, stages = None, []
-        num_classes = 1
         if self.blockdrop:
             x = self.backbone.stem(images[:1].to(self.dtype))
             stem = self._zeros(b, *x.shape[1:], layout=True)
