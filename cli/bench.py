@@ -10,6 +10,8 @@ from cli.help_format import DefaultsInHelp
 
 BENCHMARKS = {
     "executor": "bench.executor",
+    "engine": "bench.engine",
+    "gpu": "bench.gpu",
     "variants": "bench.variants",
     "load": "bench.load",
     "soak": "bench.soak",

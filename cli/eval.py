@@ -3,7 +3,8 @@
 Rows: the full ResNet, FirstK and RandomK with K = BlockDrop's mean blocks (rounded), and BlockDrop;
 ``--random-k`` adds RandomK at chosen K, also for a plain ResNet (how well it tolerates dropped blocks). ``--split``
 chooses the validation split (for tuning) or the test set (report once); ``--record`` stores the figures in
-the artifact's manifest.
+the artifact's manifest. ``--device`` and ``--precision`` run the backbone as the service would there (the policy
+stays fp32); each precision's accuracy is recorded apart, under ``metrics.precision``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         metavar="K,K,...",
         help="also RandomK at these K (each image keeps K blocks chosen at random); ResNet and BlockDrop artifacts",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="the backbone's precision (the policy stays fp32); auto: bf16 on a GPU that has it, else fp32",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (smoke tests)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -72,10 +80,22 @@ def _handle(args: argparse.Namespace) -> int:
     from models import load_artifact
     from models.artifacts import write_manifest
     from models.blockdrop import BlockDropModel
+    from models.device import resolve_device
+    from models.precision import apply_precision, resolve_precision
     from training.data import load_cifar, train_val_split
-    from training.evaluate import evaluate_table, format_table
+    from training.evaluate import evaluate_table, format_table, precision_summary
 
-    model = load_artifact(args.artifact)
+    device = resolve_device(args.device)
+    model = load_artifact(args.artifact, device=device)
+    precision = resolve_precision(args.precision, device)
+    if precision != "fp32":
+        if not isinstance(model, BlockDropModel):
+            raise ValueError(
+                f"--precision {precision} needs a ResNet or BlockDrop artifact; {args.artifact} is a "
+                f"{model.manifest.kind}"
+            )
+        apply_precision(model, precision)
+        model.to(memory_format=torch.channels_last)
     if args.random_k and not isinstance(model, BlockDropModel):
         raise ValueError(f"--random-k needs a ResNet or BlockDrop artifact; {args.artifact} is a {model.manifest.kind}")
     if any(k > model.num_blocks for k in args.random_k):
@@ -88,10 +108,14 @@ def _handle(args: argparse.Namespace) -> int:
         data = data.subset(torch.arange(min(args.limit, len(data))))
     threshold = args.threshold if args.threshold is not None else model.manifest.defaults.get("threshold", 0.5)
     sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
-    result = evaluate_table(model, data, threshold, sweep, args.seed, args.random_k)
+    result = evaluate_table(model, data, threshold, sweep, args.seed, args.random_k, device)
+    result |= {"device": device.type, "precision": precision}
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:
-        model.manifest.metrics[args.split] = result
+        if precision == "fp32":  # the reference table; other precisions only add their accuracy beside it
+            model.manifest.metrics[args.split] = result
+        by_precision = model.manifest.metrics.setdefault("precision", {}).setdefault(precision, {})
+        by_precision[args.split] = precision_summary(result)
         if args.threshold is not None and getattr(model, "policy", None) is not None:
             model.manifest.defaults["threshold"] = args.threshold
         write_manifest(args.artifact, model.manifest)

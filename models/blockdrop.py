@@ -158,6 +158,10 @@ class BlockDropModel(nn.Module):
         """Residual blocks per stage, in mask order."""
         return self.backbone.config.stage_blocks
 
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        return self.backbone.fc.weight.dtype
+
     def default_mode(self) -> Mode:
         return Mode.POLICY if self.policy is not None else Mode.FULL
 
@@ -196,10 +200,11 @@ class BlockDropModel(nn.Module):
         k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> InferenceResult:
-        """Logits, keep mask and FLOPs per image for a normalised batch ``x`` [N, 3, H, W]."""
+        """Logits (fp32), keep mask and FLOPs per image for a normalised batch ``x`` [N, 3, H, W]. The policy sees
+        ``x`` as given; the backbone sees it in its own precision (``models.precision``)."""
         mode = Mode(mode) if mode is not None else self.default_mode()
         keep_mask = self.decide(x, mode, threshold, k, generator)
-        logits = run_backbone(self.backbone, x, keep_mask)
+        logits = run_backbone(self.backbone, x.to(self.backbone_dtype), keep_mask).float()
         flops = self.flops_table.per_image(keep_mask, include_policy=mode is Mode.POLICY)
         return InferenceResult(logits=logits, keep_mask=keep_mask, flops=flops)
 

@@ -26,7 +26,7 @@ from service.experiment import RequestRate
 from service.metrics import ServiceMetrics
 from service.rollout_driver import RolloutDriver
 from service.rollout_store import RolloutStore
-from service.variants import Variant, load_variant
+from service.variants import ExecutionOptions, Variant, load_variant
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,13 @@ def load_dataplane(settings: Settings, metrics: ServiceMetrics, backend: Backend
     threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    variants = {v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm) for v in settings.variants}
+    execution = ExecutionOptions.from_settings(settings)
+    # with worker processes (or a backend) this process only describes the variants: no CUDA graphs here
+    capture = backend is None and settings.inference_workers == "thread"
+    variants = {
+        v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm, execution=execution, capture=capture)
+        for v in settings.variants
+    }
     if backend is None:
         return DataPlane(settings, variants, metrics)
     return DataPlane(settings, variants, metrics, backend.executors(variants), backend.store)

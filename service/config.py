@@ -173,6 +173,33 @@ class Settings(BaseSettings):
     fold_batchnorm: bool = Field(
         default=True, description="merge each BatchNorm into its convolution at load (same logits, fewer operators)"
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="the backbones' precision (channels-last below fp32); policies stay fp32. auto: bf16 on a CUDA "
+        "GPU that computes it natively, else fp32",
+    )
+    executor: Literal["plain", "bucketed"] = Field(
+        default="plain",
+        description="plain: gather exactly the rows that keep each block; bucketed: batch and kept rows padded to "
+        "a few static shapes (models/engine.py), what CUDA graphs capture",
+    )
+    cuda_graphs: bool = Field(
+        default=False,
+        description="on CUDA: the bucketed executor with its pieces captured in CUDA graphs at start-up (off until "
+        "a GPU run has verified them; shapes not captured run eagerly)",
+    )
+    cuda_graph_capture_s: float = Field(
+        default=60.0, gt=0, description="time budget per variant for capturing CUDA graphs; the rest runs eagerly"
+    )
+    cuda_graph_capture_mb: int = Field(
+        default=4096, ge=1, description="GPU memory budget per variant for CUDA graphs; the rest runs eagerly"
+    )
+    cuda_signature_graphs: int = Field(
+        default=0,
+        ge=0,
+        description="with cuda_graphs: also keep up to this many whole-backbone graphs, one per signature (batch "
+        "bucket and each block's kept-row bucket), each captured when first seen twice; 0 turns them off",
+    )
 
     max_batch_size: int = Field(default=32, ge=1)
     max_batch_wait_ms: float = Field(default=2.0, ge=0.0)

@@ -50,7 +50,7 @@ from service.tensors import (
     requested_outputs,
     value_count,
 )
-from service.variants import Variant
+from service.variants import ExecutionOptions, Variant
 from service.worker import InferenceWorker, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class DataPlane:
             input_shape=(3, variant.manifest.input.height, variant.manifest.input.width),
             num_classes=len(variant.manifest.classes),
             num_blocks=variant.num_blocks,
+            execution=ExecutionOptions.from_settings(self.settings),
         )
         restarts = self.metrics.worker_restarts.labels(variant.name)
         worker = InferenceWorker(

@@ -3,17 +3,71 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from models import load_artifact
 from models.artifacts import ArtifactError, Manifest
-from models.blockdrop import InferenceResult, Mode
+from models.blockdrop import BlockDropModel, InferenceResult, Mode
+from models.engine import BucketedEngine
 from models.folding import fold_batchnorm as fold_batchnorm_into_convs
-from service.config import VariantSettings
+from models.precision import apply_precision, resolve_precision
+from service.config import Settings, VariantSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a variant's model runs (the service's ``precision``, ``executor`` and ``cuda_graphs`` settings)."""
+
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the backbone's; the policy stays fp32
+    executor: Literal["plain", "bucketed"] = "plain"
+    cuda_graphs: bool = False  # on CUDA: the bucketed executor with its pieces captured in CUDA graphs
+    capture_budget_s: float = 60.0
+    max_batch_size: int = 32
+    signature_graphs: int = 0  # with cuda_graphs: whole-backbone graphs kept per signature (0: off)
+    capture_budget_mb: int = 4096
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExecutionOptions:
+        return cls(
+            settings.precision,
+            settings.executor,
+            settings.cuda_graphs,
+            settings.cuda_graph_capture_s,
+            settings.max_batch_size,
+            settings.cuda_signature_graphs,
+            settings.cuda_graph_capture_mb,
+        )
+
+
+class _PinnedStaging:
+    """Page-locked host buffers for one batch in and one out: a copy from them runs without the driver staging it
+    through a buffer of its own, and without waiting for the GPU's queue."""
+
+    def __init__(self, max_batch: int, input_shape: tuple[int, ...], num_classes: int):
+        self.images = torch.empty((max_batch, *input_shape), pin_memory=True)
+        self.logits = torch.empty((max_batch, num_classes), pin_memory=True)
+
+    def upload(self, batch: Tensor) -> Tensor:
+        """``batch`` in pinned memory (the caller sends it on with ``non_blocking=True``)."""
+        if len(batch) > len(self.images):
+            return batch
+        staged = self.images[: len(batch)]
+        staged.copy_(batch)
+        return staged
+
+    def download(self, logits: Tensor) -> Tensor:
+        if len(logits) > len(self.logits):
+            return logits.float().cpu()
+        out = self.logits[: len(logits)]
+        out.copy_(logits)  # waits for the GPU: the batch's answer
+        return out.clone()
 
 
 @dataclass
@@ -24,6 +78,10 @@ class Variant:
     threshold: float
     device: str
     memory_format: torch.memory_format = torch.contiguous_format
+    precision: str = "fp32"
+    engine: BucketedEngine | None = None  # the bucketed executor, when it is chosen
+    cuda_graphs: bool = False  # whether the engine's pieces are captured (in the process that runs the model)
+    staging: _PinnedStaging | None = field(default=None, repr=False)  # on CUDA
 
     @property
     def manifest(self) -> Manifest:
@@ -52,12 +110,18 @@ class Variant:
         """Logits, masks and FLOPs for ``batch``; ``thresholds`` (one per row, NaN for the default) override the
         variant's policy threshold row by row; a plain network ignores them."""
         mode = Mode.POLICY if self.mode == "blockdrop" else Mode.FULL
-        batch = batch.to(self.device, memory_format=self.memory_format)
         threshold: float | Tensor = self.threshold
         if thresholds is not None and mode is Mode.POLICY:
             threshold = torch.where(thresholds.isnan(), self.threshold, thresholds)
-        result = self.model.infer(batch, threshold=threshold, mode=mode)
-        return InferenceResult(result.logits.float().cpu(), result.keep_mask.cpu(), result.flops.cpu())
+        if self.staging is not None:  # on CUDA: one copy in, one out
+            batch = self.staging.upload(batch)
+        if self.engine is not None and len(batch) <= self.engine.max_batch:
+            result = self.engine.infer(batch, threshold=threshold, mode=mode)
+        else:
+            batch = batch.to(self.device, memory_format=self.memory_format, non_blocking=True)
+            result = self.model.infer(batch, threshold=threshold, mode=mode)
+        logits = self.staging.download(result.logits) if self.staging is not None else result.logits.float().cpu()
+        return InferenceResult(logits, result.keep_mask.cpu(), result.flops.cpu())
 
     @torch.inference_mode()
     def policy_decision(self, image: Tensor, threshold: float) -> tuple[list[float], list[bool]]:
@@ -79,6 +143,9 @@ class Variant:
             "mode": self.mode,
             "threshold": self.threshold if self.mode == "blockdrop" else None,
             "device": self.device,
+            "precision": self.precision,
+            "executor": "bucketed" if self.engine is not None else "plain",
+            "cuda_graphs": self.cuda_graphs,
             "architecture": manifest.architecture,
             "classes": len(manifest.classes),
             "input": {"height": manifest.input.height, "width": manifest.input.width},
@@ -102,11 +169,19 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_variant(
-    settings: VariantSettings, device: str, channels_last: bool | None = None, fold_batchnorm: bool = True
+    settings: VariantSettings,
+    device: str,
+    channels_last: bool | None = None,
+    fold_batchnorm: bool = True,
+    execution: ExecutionOptions | None = None,
+    capture: bool = True,
 ) -> Variant:
-    """Load the variant's artifact onto ``device``. ``channels_last`` (default: on CPU) sets the memory layout the
-    model runs in: oneDNN's CPU convolutions are faster in it (bench/results/variants.md compares both).
-    ``fold_batchnorm`` merges every BatchNorm into its convolution (``models/folding.py``)."""
+    """Load the variant's artifact onto ``device``. ``channels_last`` (default: on CPU, and on CUDA below fp32) sets
+    the memory layout the model runs in: oneDNN's CPU convolutions are faster in it (bench/results/variants.md
+    compares both), as are a GPU's bf16 / fp16 tensor cores. ``fold_batchnorm`` merges every BatchNorm into its
+    convolution (``models/folding.py``). ``execution`` chooses precision and executor; ``capture`` False leaves
+    CUDA graphs to the process that will run the model (this one only describes it)."""
+    execution = execution or ExecutionOptions()
     try:
         model = load_artifact(settings.artifact, device=device)
     except ArtifactError as error:
@@ -116,11 +191,28 @@ def load_variant(
     threshold = settings.threshold
     if threshold is None:
         threshold = float(model.manifest.defaults.get("threshold", 0.5))
+    # precision applies to BlockDrop models and plain ResNets; other families (Big-Little) stay fp32
+    precision = resolve_precision(execution.precision, device) if isinstance(model, BlockDropModel) else "fp32"
     if channels_last is None:
-        channels_last = device == "cpu"
+        channels_last = device == "cpu" or precision != "fp32"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.eval()
     if fold_batchnorm:
         fold_batchnorm_into_convs(model)
+    apply_precision(model, precision)
     model.to(memory_format=memory_format)
-    return Variant(settings.name, model, settings.mode, threshold, device, memory_format)
+    variant = Variant(settings.name, model, settings.mode, threshold, device, memory_format, precision)
+    on_cuda = torch.device(device).type == "cuda"
+    if isinstance(model, BlockDropModel) and (execution.executor == "bucketed" or (on_cuda and execution.cuda_graphs)):
+        variant.cuda_graphs = on_cuda and execution.cuda_graphs
+        signatures = execution.signature_graphs if variant.cuda_graphs else 0
+        variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format, signatures)
+        if variant.cuda_graphs and capture:
+            mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
+            budget_bytes = execution.capture_budget_mb * 2**20
+            report = variant.engine.capture(None, execution.capture_budget_s, mode, budget_bytes)
+            log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())
+    if on_cuda:
+        input_shape = (3, model.manifest.input.height, model.manifest.input.width)
+        variant.staging = _PinnedStaging(execution.max_batch_size, input_shape, len(model.manifest.classes))
+    return variant

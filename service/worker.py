@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.multiprocessing as mp
@@ -33,6 +33,7 @@ from torch import Tensor
 from models.blockdrop import InferenceResult
 from service.config import VariantSettings
 from service.errors import ServiceError
+from service.variants import ExecutionOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class WorkerSpec:
     input_shape: tuple[int, int, int]  # C, H, W
     num_classes: int
     num_blocks: int
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _serve_batches(
     torch.set_num_threads(spec.torch_threads)
     from service.variants import load_variant
 
-    variant = load_variant(spec.settings, spec.device, fold_batchnorm=spec.fold_batchnorm)
+    variant = load_variant(spec.settings, spec.device, fold_batchnorm=spec.fold_batchnorm, execution=spec.execution)
     for n in sorted({1, spec.max_batch_size}):
         variant.infer(buffers.images[:n])
     gc.collect()

@@ -360,3 +360,55 @@ def test_the_simulations_vectorised_boundary_is_the_services():
 
     variances = np.array([1e-6, 1e-4, 0.01, 0.3])
     assert half_width(variances) == pytest.approx([scalar(v) for v in variances])
+
+
+def test_gpu_benchmark_smoke_run_on_the_cpu_writes_the_issues_schema(tmp_path):
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=24)
+    pairs = ["--pair", f"tiny={artifacts['tiny-resnet']},{artifacts['tiny-blockdrop']}"]
+    pairs += ["--pair", f"bl={artifacts['tiny-biglittle']}"]
+    options = ["--batch-sizes", "1,5", "--precisions", "fp32,bf16", "--agreement-batch", "8", "--min-run-time", "0"]
+    args = ["bench", "gpu", "--device", "cpu", "--data-root", str(data), *pairs, *options, "--out", str(tmp_path)]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["gpu"].startswith("none: a CPU smoke run") and result["images"] == 24
+    assert [(r["pair"], r["batch"]) for r in result["rows"]] == [("tiny", 1), ("tiny", 5), ("bl", 1), ("bl", 5)]
+    for row in result["rows"]:
+        assert {"full_tuned_ms", "blockdrop_engine_ms", "flops_ideal", "full_eager_fp32_ms"} <= row.keys()
+        assert row["full_tuned_ms"] <= row["full_eager_fp32_ms"]
+    tiny = result["rows"][0]
+    assert tiny["blockdrop_engine_ms"] > 0 and tiny["blockdrop_eager_ms"] > 0 and tiny["flops_ideal"] > 0
+    assert result["rows"][2]["blockdrop_engine_ms"] is None  # a static network has no BlockDrop
+    for precision in ("fp32", "bf16"):
+        assert 0 <= result["agreement"][precision]["mask"] <= 1 and 0 <= result["agreement"][precision]["top1"] <= 1
+    assert result["agreement"]["fp32"]["mask"] == result["agreement"]["fp32"]["top1"] == 1.0  # fp32 on the CPU itself
+    assert "| pair | batch |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
+    from tests.cli_refusal import refusal
+
+    assert "give --out" in refusal(["bench", "gpu", "--device", "cpu"])
+
+
+def test_engine_benchmark_compares_the_two_executors(tmp_path):
+    args = ["bench", "engine", "--batch-sizes", "1,3", "--rounds", "1", "--min-run-time", "0", "--threads", "1"]
+    assert blockdrop([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "engine-cpu.json").read_text())
+    assert [r["batch"] for r in result["rows"]] == [1, 3]
+    assert all(r["plain_ms"] > 0 and r["bucketed_ms"] > 0 and r["bucketed_over_plain"] > 0 for r in result["rows"])
+
+
+def test_the_prepared_gpu_check_is_valid_bash_and_names_what_exists():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "device" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    for test_file in re.findall(r"tests/\S+\.py", text):
+        assert (script.parent.parent.parent / test_file).is_file(), test_file
+    for checkpoint in re.findall(r"cifar10-[\w-]+", text):
+        assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
+    assert "bench gpu --device cuda" in text and "source .device/on-device.sh" in text

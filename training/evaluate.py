@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,27 +49,41 @@ def evaluate_blockdrop(
 
 
 def evaluate_table(
-    model, data, threshold: float, sweep: list[float], seed: int, random_k: Sequence[int] = ()
+    model,
+    data,
+    threshold: float,
+    sweep: list[float],
+    seed: int,
+    random_k: Sequence[int] = (),
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
-    rows = {"full": evaluate_blockdrop(model, data, normalize, mode="full")}
+    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std).to(device)
+    evaluate = functools.partial(evaluate_blockdrop, device=device)
+    rows = {"full": evaluate(model, data, normalize, mode="full")}
     result: dict[str, Any] = {"images": len(data), "full_network_flops": model.flops_table.full, "rows": rows}
     if random_k:
         result["random_k_sweep"] = [
-            {"k": k} | evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed) for k in random_k
+            {"k": k} | evaluate(model, data, normalize, mode="random_k", k=k, seed=seed) for k in random_k
         ]
     if getattr(model, "policy", None) is None:
         return result
-    blockdrop = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
+    blockdrop = evaluate(model, data, normalize, mode="policy", threshold=threshold)
     k = round(blockdrop["blocks_mean"])
-    rows["first_k"] = evaluate_blockdrop(model, data, normalize, mode="first_k", k=k)
-    rows["random_k"] = evaluate_blockdrop(model, data, normalize, mode="random_k", k=k, seed=seed)
+    rows["first_k"] = evaluate(model, data, normalize, mode="first_k", k=k)
+    rows["random_k"] = evaluate(model, data, normalize, mode="random_k", k=k, seed=seed)
     rows["blockdrop"] = blockdrop
     result |= {"k": k, "threshold": threshold}
-    result["sweep"] = [
-        {"threshold": t} | evaluate_blockdrop(model, data, normalize, mode="policy", threshold=t) for t in sweep
-    ]
+    result["sweep"] = [{"threshold": t} | evaluate(model, data, normalize, mode="policy", threshold=t) for t in sweep]
     return result
+
+
+def precision_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What ``eval --record`` keeps per precision: where it ran, on how many images, each row's accuracy and
+    mean blocks."""
+    rows = {
+        name: {"accuracy": row["accuracy"], "blocks_mean": row["blocks_mean"]} for name, row in result["rows"].items()
+    }
+    return {"device": result.get("device", "cpu"), "images": result["images"], "rows": rows}
 
 
 def format_table(name: str, split: str, result: dict[str, Any]) -> str:

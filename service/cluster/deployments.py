@@ -36,7 +36,7 @@ from service.config import Settings
 from service.dataplane import DataPlane, Executor
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
-from service.variants import Variant, load_variant
+from service.variants import ExecutionOptions, Variant, load_variant
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,12 @@ class VariantModel:
         variant_settings = next(v for v in settings.variants if v.name == name)
         set_threads(variant_settings.ray.torch_threads)
         device = str(resolve_device(settings.device))
-        self.variant = load_variant(variant_settings, device, fold_batchnorm=settings.fold_batchnorm)
+        self.variant = load_variant(
+            variant_settings,
+            device,
+            fold_batchnorm=settings.fold_batchnorm,
+            execution=ExecutionOptions.from_settings(settings),
+        )
         spec = self.variant.manifest.input
         for n in sorted({1, settings.max_batch_size}):  # warm: the first requests are not slow
             self.variant.infer(torch.zeros(n, 3, spec.height, spec.width))

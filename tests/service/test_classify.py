@@ -3,6 +3,7 @@ import base64
 import pytest
 
 from models.classes import CIFAR10_CLASSES
+from models.precision import resolve_precision
 from tests.service.conftest import png_bytes
 
 
@@ -148,6 +149,9 @@ def test_models_listing(client):
     assert models[0]["blocks"] == 3 and models[0]["mode"] == "blockdrop" and models[0]["threshold"] == 0.5
     assert models[1]["threshold"] is None and models[0]["traffic_share"] == 0.5
     assert models[0]["flops"]["full"] > 0 and models[0]["flops"]["policy"] > 0
+    # the defaults: precision auto (fp32 on a CPU, bf16 on a GPU that has it), the plain executor, no CUDA graphs
+    assert all(m["precision"] == resolve_precision("auto", m["device"]) for m in models)
+    assert all(m["executor"] == "plain" and m["cuda_graphs"] is False for m in models)
 
 
 def test_health(client):

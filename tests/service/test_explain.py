@@ -36,8 +36,9 @@ def test_the_probabilities_are_the_policys_own(client):
     plane = client.app.state.plane
     variant = plane.variants["blockdrop"]
     image = plane.preprocessors["blockdrop"](png_bytes(seed=7))
+    batch = image.unsqueeze(0).to(variant.device, memory_format=variant.memory_format)  # a GPU, where there is one
     with torch.inference_mode():
-        expected = variant.model.policy(image.unsqueeze(0))[0].tolist()
+        expected = variant.model.policy(batch)[0].cpu().tolist()
     probabilities = explain(client, "blockdrop", png_bytes(seed=7)).json()["keep_probabilities"]
     assert probabilities == pytest.approx(expected, abs=1e-6)
     assert probabilities[0] > 0.5 > probabilities[2]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from service.config import VariantSettings
-from service.variants import load_variant
+from service.variants import ExecutionOptions, load_variant
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,62 @@ def test_cpu_variants_run_channels_last_with_the_same_answers(artifacts, name, m
     a, b = served.infer(batch), plain.infer(batch)
     assert torch.allclose(a.logits, b.logits, atol=1e-5, rtol=0)
     assert torch.equal(a.keep_mask, b.keep_mask) and torch.equal(a.flops, b.flops)
+
+
+@pytest.mark.parametrize("name, mode", [("tiny-blockdrop", "blockdrop"), ("tiny-resnet", "full")])
+def test_the_bucketed_executor_serves_the_plain_executors_answers(artifacts, name, mode):
+    settings = VariantSettings(name="v", artifact=artifacts[name], mode=mode)
+    plain = load_variant(settings, "cpu")
+    bucketed = load_variant(settings, "cpu", execution=ExecutionOptions(executor="bucketed", max_batch_size=8))
+    assert plain.engine is None and bucketed.engine is not None
+    assert bucketed.summary()["executor"] == "bucketed" and plain.summary()["executor"] == "plain"
+    for n in (1, 3, 8, 9):  # 9: past the largest bucket, the plain executor answers
+        batch = torch.randn(n, 3, 32, 32)
+        thresholds = torch.full((n,), float("nan"))
+        thresholds[0] = 0.0  # row 0 keeps every block
+        a, b = plain.infer(batch, thresholds), bucketed.infer(batch, thresholds)
+        assert torch.equal(a.keep_mask, b.keep_mask) and torch.equal(a.flops, b.flops)
+        assert (a.logits - b.logits).abs().max() <= 1e-5
+
+
+def test_precision_changes_the_backbone_and_never_the_policy(artifacts):
+    settings = VariantSettings(name="v", artifact=artifacts["tiny-blockdrop"], mode="blockdrop")
+    fp32 = load_variant(settings, "cpu")
+    assert fp32.precision == "fp32" and fp32.summary()["precision"] == "fp32"  # auto on a CPU
+    assert fp32.summary()["cuda_graphs"] is False
+    for executor in ("plain", "bucketed"):
+        bf16 = load_variant(settings, "cpu", execution=ExecutionOptions(precision="bf16", executor=executor))
+        assert bf16.precision == "bf16" and bf16.model.backbone.fc.weight.dtype == torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in bf16.model.policy.parameters())
+        batch = torch.randn(6, 3, 32, 32)
+        a, b = fp32.infer(batch), bf16.infer(batch)
+        assert torch.equal(a.keep_mask, b.keep_mask)  # the fp32 policy draws the same masks
+        assert b.logits.dtype == torch.float32 and (a.logits - b.logits).abs().max() < 0.1
+
+
+def test_a_plain_biglittle_stays_fp32(artifacts):
+    settings = VariantSettings(name="v", artifact=artifacts["tiny-biglittle"], mode="full")
+    variant = load_variant(settings, "cpu", execution=ExecutionOptions(precision="bf16", executor="bucketed"))
+    assert variant.precision == "fp32" and variant.engine is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name, mode", [("tiny-blockdrop", "blockdrop"), ("tiny-resnet", "full")])
+def test_on_the_gpu_a_variant_runs_captured_graphs_through_pinned_buffers(artifacts, name, mode):
+    settings = VariantSettings(name="v", artifact=artifacts[name], mode=mode)
+    reference = load_variant(settings, "cpu")
+    # masks against the plain executor on the same GPU: cuDNN's TF32 convolutions may move a probability that sits
+    # at the threshold against the CPU's
+    plain = load_variant(settings, "cuda", execution=ExecutionOptions(precision="fp32"))
+    graphed = load_variant(settings, "cuda", execution=ExecutionOptions(cuda_graphs=True, max_batch_size=8))
+    summary = graphed.summary()
+    assert summary["cuda_graphs"] is True and summary["executor"] == "bucketed" and graphed.engine.graphs_in_use
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
+    assert graphed.staging is not None and graphed.staging.images.is_pinned()
+    for n in (1, 3, 8, 9):  # 9: past the largest bucket, the plain executor on the GPU answers
+        batch = torch.randn(n, 3, 32, 32)
+        want, got = plain.infer(batch), graphed.infer(batch)
+        assert got.logits.device.type == "cpu" and got.logits.dtype == torch.float32
+        assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
+        cpu = reference.infer(batch).logits
+        assert (got.logits - cpu).abs().max() <= 0.02 * cpu.abs().max() + 0.05  # bf16 where the GPU has it

@@ -3,6 +3,7 @@ that gives clear 503s, shows in readiness and metrics, and ends in a new worker 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import VariantSettings
-from service.variants import load_variant
+from service.variants import ExecutionOptions, load_variant
 from service.worker import InferenceWorker, WorkerSpec, WorkerUnavailable
 from tests.service.conftest import make_settings, png_bytes
 
@@ -52,6 +53,28 @@ def test_a_worker_answers_exactly_as_the_model_in_process(artifacts, kind):
     assert not worker.alive
     with pytest.raises(WorkerUnavailable):
         worker.infer(torch.zeros(1, 3, 32, 32))
+
+
+def test_a_worker_runs_the_execution_options_it_is_given(artifacts):
+    """The bucketed executor in bf16 crosses into the worker: its answers are the in-process variant's, bit for bit."""
+    settings = VariantSettings(name="v", artifact=artifacts["tiny-blockdrop"], mode="blockdrop")
+    execution = ExecutionOptions(precision="bf16", executor="bucketed", max_batch_size=8)
+    variant = load_variant(settings, "cpu", execution=execution)
+    spec, _ = _spec(artifacts["tiny-blockdrop"], "blockdrop")
+    spec = dataclasses.replace(spec, execution=execution)
+    fp32 = load_variant(settings, "cpu")
+    worker = InferenceWorker(spec, answer_timeout_s=30)
+    worker.start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+        mine, theirs = worker.infer(batch), variant.infer(batch)
+        assert torch.equal(mine.logits, theirs.logits) and torch.equal(mine.keep_mask, theirs.keep_mask)
+        assert not torch.equal(mine.logits, fp32.infer(batch).logits)  # bf16 really ran in the worker
+    finally:
+        torch.set_num_threads(threads)
+        worker.stop()
 
 
 def _wait(condition, timeout: float = 60.0) -> bool:

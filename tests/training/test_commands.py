@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -180,6 +181,28 @@ def test_eval_json_schema(trained, cifar_root, capsys):
     capsys.readouterr()
     assert _eval(trained / "ft-artifact", cifar_root, "--val-size", "40") == 0
     assert "BlockDrop" in capsys.readouterr().out
+
+
+def test_eval_records_the_accuracy_of_each_precision_apart(trained, cifar_root, tmp_path, capsys):
+    artifact = tmp_path / "ft"
+    shutil.copytree(trained / "ft-artifact", artifact)
+    fp32_table = load_artifact(artifact).manifest.metrics.get("test")
+    assert _eval(artifact, cifar_root, "--split", "test", "--sweep", "", "--precision", "bf16", "--record") == 0
+    metrics = load_artifact(artifact).manifest.metrics
+    assert metrics.get("test") == fp32_table  # the fp32 reference table is left alone
+    bf16 = metrics["precision"]["bf16"]["test"]
+    assert bf16["device"] == "cpu" and bf16["images"] == 40
+    assert set(bf16["rows"]) == {"full", "first_k", "random_k", "blockdrop"}
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in bf16["rows"].values())
+    capsys.readouterr()
+    assert _eval(artifact, cifar_root, "--split", "test", "--sweep", "", "--json", "--record") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["precision"] == "fp32" and result["device"] == "cpu"  # auto on a CPU
+    metrics = load_artifact(artifact).manifest.metrics
+    assert set(metrics["precision"]) == {"bf16", "fp32"}
+    assert (
+        metrics["precision"]["fp32"]["test"]["rows"]["blockdrop"]["accuracy"] == result["rows"]["blockdrop"]["accuracy"]
+    )
 
 
 def test_eval_random_k_rows_for_a_plain_resnet(trained, cifar_root, capsys):

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check of issue 35, as one command on a lent GPU machine (H100/H200), from the project root, with .device/
+# carried along (prepared here by ../shared/device/prepare.sh):
+#   bash bench/device/gpu_check.sh
+# It runs the CUDA tests, then `blockdrop bench gpu` on the 2,000-image test subset, and (with GPU_CHECK_EFFICIENCY=1
+# and time left) `bench efficiency` served on the GPU with CUDA graphs on. Everything lands under $OUT (default
+# ./gpu-check-out): versions.txt, cuda-tests.{txt,xml}, bench/gpu.{json,md}, artifacts/*/manifest.json (eval per
+# precision), efficiency/. It stays under 8 minutes:
+# each stage has a timeout, and a stage that runs out is reported, not waited for.
+set -uo pipefail
+out="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$out/bench"
+[ -f .device/on-device.sh ] && source .device/on-device.sh
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+limit=${GPU_CHECK_SECONDS:-470}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
+  git log -1 --format='commit %H %s' 2>/dev/null || true
+} > "$out/versions.txt" 2>&1
+cat "$out/versions.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: run with a timeout, note how it ended
+  local name=$1 seconds=$2; shift 2
+  local started=$SECONDS
+  echo "== $name (at most ${seconds}s)"
+  timeout --kill-after=10 "$seconds" "$@"
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - started))s" | tee -a "$out/stages.txt"
+}
+
+# 1. the CUDA tests (and the CPU equivalence tests beside them), skips listed
+stage cuda-tests 150 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$out/cuda-tests.xml" \
+  tests/models/test_engine.py tests/models/test_blockdrop.py tests/training/test_device.py \
+  tests/service/test_explain.py tests/service/test_variants.py > "$out/cuda-tests.txt" 2>&1
+tail -15 "$out/cuda-tests.txt"
+
+# 2. bench gpu: every pair, batch 1..2048, fp32/bf16/fp16, graphs on; agreement over the 2,000 test images
+stage bench-gpu 240 python3 -m cli.main bench gpu --device cuda --data-root "${BLOCKDROP_DATA_ROOT:-}" --min-run-time 0.2 \
+  --out "$out/bench" 2>&1 | tee "$out/bench-gpu.log" | tail -30
+
+# 3. accuracy per precision on the GPU, recorded in copies of the BlockDrop artifacts' manifests (metrics.precision);
+#    measured on the 2,000-image subset: read them, do not copy them over the shipped manifests
+for name in cifar10-resnet32-blockdrop cifar10-resnet110-blockdrop; do
+  mkdir -p "$out/artifacts" && cp -r "models/checkpoints/$name" "$out/artifacts/"
+  for precision in fp32 bf16 fp16; do
+    left=$((limit - SECONDS - 15))
+    [ "$left" -lt 20 ] && { echo "== eval-$name-$precision: not run (${left}s left)" | tee -a "$out/stages.txt"; continue; }
+    stage "eval-$name-$precision" $((left < 60 ? left : 60)) python3 -m cli.main eval "$out/artifacts/$name" --data-root "${BLOCKDROP_DATA_ROOT:-}" \
+      --split test --sweep "" --device cuda --precision "$precision" --record >> "$out/eval.log" 2>&1
+  done
+  rm -f "$out/artifacts/$name/model.safetensors"  # only the manifest needs to come back
+done
+
+# 4. optional: the service on the GPU (graphs on), ResNet-110 pair at c=1, 32, 256, if time is left
+left=$((limit - SECONDS))
+if [ "${GPU_CHECK_EFFICIENCY:-0}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
+  ck=models/checkpoints
+  stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true python3 -m cli.main bench efficiency \
+    --data-root "${BLOCKDROP_DATA_ROOT:-}" --concurrency 1,32,256 --seconds 4 --repeats 1 --model-seconds 0.5 \
+    --warmup-seconds 1 --overhead-requests 100 --reference full110 \
+    --variant "blockdrop110=$ck/cifar10-resnet110-blockdrop:blockdrop" --variant "full110=$ck/cifar10-resnet110:full" \
+    --out "$out/efficiency" > "$out/efficiency.log" 2>&1
+else
+  echo "== efficiency: not run (GPU_CHECK_EFFICIENCY=${GPU_CHECK_EFFICIENCY:-0}, ${left}s left)" | tee -a "$out/stages.txt"
+fi
+echo "done in ${SECONDS}s; results under $out"
