@@ -220,13 +220,17 @@ class Ingress:
         return app
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: dict[str, Any], ingress_environment: dict[str, str] | None = None) -> Application:
+    """The application for ``args``; ``ingress_environment`` goes into the ingress replicas' runtime_env."""
     settings = settings_from(args)
     variants = {
         v.name: serve.deployment(VariantModel).options(**variant_deployment(v, settings)).bind(args, v.name)
         for v in settings.variants
     }
-    return serve.deployment(Ingress).options(**ingress_deployment(settings)).bind(args, variants)
+    ingress = ingress_deployment(settings)
+    if ingress_environment:
+        ingress["ray_actor_options"]["runtime_env"] = {"env_vars": ingress_environment}
+    return serve.deployment(Ingress).options(**ingress).bind(args, variants)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
