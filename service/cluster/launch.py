@@ -150,12 +150,17 @@ def serve_on_ray(settings: Settings, address: str | None = None) -> None:
     _on_stop_signals(_raise_stop)
     if local:
         processes.become_subreaper()
-    directory = None
-    cluster: set[int] = set()
     try:
         directory = start_cluster(settings, address)
-        _on_stop_signals(_raise_stop)  # ray.init installs its own SIGTERM handler (sys.exit)
-        cluster = processes.children(os.getpid())  # the GCS, the raylet, the dashboard, … (not Ray's workers)
+    except preflight.StartRefused:
+        raise  # nothing started
+    except BaseException:
+        if local:
+            processes.stop_descendants()
+        raise
+    _on_stop_signals(_raise_stop)  # ray.init installs its own SIGTERM handler (sys.exit)
+    cluster = processes.children(os.getpid())  # the GCS, the raylet, the dashboard, … (not Ray's workers)
+    try:
         deploy(settings, token_in_runtime_env=not local)
         where = ray.get_runtime_context().gcs_address
         print(f"serving on http://{settings.host}:{settings.port} through Ray Serve (cluster {where})", flush=True)
