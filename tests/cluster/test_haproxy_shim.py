@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
-from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig  # noqa: E402
-from ray.serve.config import HTTPOptions  # noqa: E402
+from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+from ray.serve.config import HTTPOptions
 
-from service.cluster import haproxy_shim  # noqa: E402
+from service.cluster import haproxy_shim
 
 BIND = re.compile(r"^\s*bind (\S+)", re.MULTILINE)
 
