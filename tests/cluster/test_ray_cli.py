@@ -74,7 +74,7 @@ def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_lea
         started = processes.descendants(process.pid)
         bound = {(lst.host, lst.port) for lst in processes.listeners(started)}
         assert ("127.0.0.1", dashboard) in bound
-        haproxy = {pid for pid in started if Path(processes.command_line(pid)[0]).name == "haproxy"}
+        haproxy = {pid for pid in started if Path((processes.command_line(pid) or [""])[0]).name == "haproxy"}
         assert haproxy
         words = processes.command_line(min(haproxy))
         private = Path(words[words.index("-f") + 1]).parent.parent  # /tmp/bdhap-…/NODE_ID/haproxy.cfg
