@@ -83,6 +83,17 @@ def test_the_application_the_config_builds_has_the_configs_deployments():
     }
 
 
+def test_on_a_joined_cluster_the_token_goes_to_the_ingress_environment_not_its_arguments():
+    settings = Settings(admin_token="s3cret")
+    application = build_app(app_args(settings, portable=False), {"BLOCKDROP_ADMIN_TOKEN": "s3cret"})
+    ingress = application._bound_deployment
+    assert ingress.ray_actor_options["runtime_env"] == {"env_vars": {"BLOCKDROP_ADMIN_TOKEN": "s3cret"}}
+    assert "s3cret" not in repr(ingress.init_args)
+    for variant in ingress.init_args[1].values():
+        assert "s3cret" not in repr(variant._bound_deployment.init_args)
+        assert "BLOCKDROP_ADMIN_TOKEN" not in repr(variant._bound_deployment.ray_actor_options)
+
+
 def test_rayservice_manifest_follows_kuberays_crd_and_embeds_the_serve_config():
     manifest = yaml.safe_load(RAYSERVICE.read_text())
     jsonschema.validate(manifest, rayservice_schema())
