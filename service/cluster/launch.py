@@ -154,9 +154,11 @@ def serve_on_ray(settings: Settings, address: str | None = None) -> None:
         directory = start_cluster(settings, address)
     except preflight.StartRefused:
         raise  # nothing started
-    except BaseException:
+    except BaseException as error:  # a stop signal or a failure while Ray started: stop what it had started
         if local:
             processes.stop_descendants()
+        if isinstance(error, _Stop):
+            return
         raise
     _on_stop_signals(_raise_stop)  # ray.init installs its own SIGTERM handler (sys.exit)
     cluster = processes.children(os.getpid())  # the GCS, the raylet, the dashboard, … (not Ray's workers)

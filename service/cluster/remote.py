@@ -107,6 +107,8 @@ class RemoteVariant:
             async with asyncio.timeout(timeout_s):
                 await self.handle.ping.remote()
             self.alive = True
+            if self.running_replicas == 0:  # a replica answered: the controller's count is behind, not zero
+                self.running_replicas = None
         except Exception:  # any failure to answer: not ready
             self.alive = False
         return self.alive
