@@ -19,9 +19,23 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
 from bench.load import Process, free_port, run_wrk
+from service.cluster import processes
 from service.config import CHECKPOINTS, Settings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "service" / "samples"
+RAY = "Ray Serve"
+NO_HAPROXY = "Ray Serve, straight to the ingress replica"  # --hops: the path without HAProxy
+
+
+def ingress_url(server: Process) -> str:
+    """The ingress replica's own HTTP port (what HAProxy forwards to), to measure the Ray path without HAProxy."""
+    for pid in processes.descendants(server.process.pid):
+        words = processes.command_line(pid)
+        if words and words[0].startswith("ray::ServeReplica:") and ":ingress" in words[0]:
+            for listener in processes.listeners({pid}):
+                if listener.host == "127.0.0.1":
+                    return f"http://127.0.0.1:{listener.port}"
+    raise RuntimeError("no ingress replica listening on 127.0.0.1 below the Ray service")
 
 
 def start(ray: bool, artifact: str, mode: str) -> Process:
@@ -49,8 +63,10 @@ def run(args: argparse.Namespace) -> dict:
             (Path(folder) / f"image_{i}.png").write_bytes(image.read_bytes())
         servers = {"single process": start(False, args.artifact, args.mode)}
         try:
-            servers["Ray Serve"] = start(True, args.artifact, args.mode)
+            servers[RAY] = start(True, args.artifact, args.mode)
             urls = {name: f"{server.url}/v1/classify" for name, server in servers.items()}
+            if args.hops:
+                urls[NO_HAPROXY] = f"{ingress_url(servers[RAY])}/v1/classify"
             for url in urls.values():
                 run_wrk(url, 8, args.warmup_seconds, Path(folder), len(images))
             rows = []
@@ -74,6 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "rows": rows,
         "ray_over_single": ratios(rows),
+        **({"no_haproxy_over_single": ratios(rows, NO_HAPROXY)} if args.hops else {}),
     }
 
 
@@ -91,12 +108,12 @@ def summarise(setup: str, concurrency: int, runs: list[dict]) -> dict:
     }
 
 
-def ratios(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Ray's figure over the single process's, per concurrency, as the median of the runs' paired ratios."""
+def ratios(rows: list[dict], chosen: str = RAY) -> dict[str, dict[str, float]]:
+    """``chosen``'s figure over the single process's, per concurrency, as the median of the runs' paired ratios."""
     by = {(r["setup"], r["concurrency"]): r for r in rows}
     out = {}
     for (setup, concurrency), ray in by.items():
-        if setup != "Ray Serve":
+        if setup != chosen:
             continue
         single = by[("single process", concurrency)]
         out[str(concurrency)] = {
@@ -131,7 +148,13 @@ def to_markdown(result: dict) -> str:
     ]
     for concurrency, ratio in result["ray_over_single"].items():
         lines.append(f"| {concurrency} | {ratio['requests_per_second']:.2f}x | {ratio['p99']:.2f}x |")
-    lines += ["", "Reproduce: `blockdrop bench ray` (needs the extra `.[ray]` and wrk).", ""]
+    if "no_haproxy_over_single" in result:
+        lines += ["", f"{NO_HAPROXY} (HAProxy left out), over one process:", ""]
+        lines += ["| connections | requests/s | p99 |", "|---|---|---|"]
+        for concurrency, ratio in result["no_haproxy_over_single"].items():
+            lines.append(f"| {concurrency} | {ratio['requests_per_second']:.2f}x | {ratio['p99']:.2f}x |")
+    command = result.get("command", "blockdrop bench ray")
+    lines += ["", f"Reproduce: `{command}` (needs the extra `.[ray]` and wrk).", ""]
     return "\n".join(lines)
 
 
@@ -143,9 +166,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--warmup-seconds", type=positive_int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--hops", action="store_true", help="also straight to Ray's ingress replica, HAProxy left out (hop by hop)"
+    )
 
 
 def execute(args: argparse.Namespace) -> int:
     result = run(args)
+    result["command"] = getattr(args, "command_line", "blockdrop bench ray")
     write_results(args.out, "ray", result, to_markdown(result))
     return 0

@@ -21,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     ray.add_argument("--ray", action="store_true", help="serve on a Ray cluster: one deployment per variant")
     ray.add_argument("--ray-address", help="join this cluster (default: the ray.address setting, else start one here)")
     ray.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's dashboard on --host (port: the ray.dashboard_port setting), for `serve status`",
+    )
+    ray.add_argument(
         "--print-config",
         choices=["serve", "kuberay"],
         help="print the Ray Serve config (for `serve deploy`) or a KubeRay RayService manifest, and exit",
@@ -35,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[SETTINGS_FILE_ENV] = args.settings
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = Settings(**overrides)
+    if args.ray_dashboard:
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"dashboard": True})})
     if args.print_config:
         from service.cluster.serve_config import rayservice_manifest, serve_config, to_yaml
 

@@ -93,6 +93,13 @@ class RaySettings(BaseModel):
         le=100,
         description="extra replicas a redeploy starts before stopping old ones (0: replace in place, with a gap)",
     )
+    haproxy_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="HAProxy's Prometheus exporter on HOST:this port; 0: off"
+    )
+    dashboard: bool = Field(
+        default=False, description="Ray's dashboard on HOST:dashboard_port (what `serve status` talks to)"
+    )
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
 
 
 class VariantSettings(BaseModel):

@@ -182,12 +182,25 @@ class RayBackend:
         while True:
             try:
                 await asyncio.gather(*(remote.ping(PING_TIMEOUT_S) for remote in self.remotes.values()))
+                await self._count_replicas()
                 await self._sync(plane, interval)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the state actor restarting: try again next time
                 log.exception("sharing state with the other ingress replicas failed")
             await asyncio.sleep(interval)
+
+    async def _count_replicas(self) -> None:
+        """How many replicas of each variant Ray's controller reports running (a blocking call: in a thread)."""
+        status = await to_thread.run_sync(serve.status)
+        application = status.applications.get(self.settings.ray.app_name)
+        for name, remote in self.remotes.items():
+            deployment = application.deployments.get(f"variant-{name}") if application else None
+            if deployment is None:  # being deployed or removed: not known
+                remote.running_replicas = None
+                continue
+            states = deployment.replica_states.items()
+            remote.running_replicas = sum(count for state, count in states if str(state).endswith("RUNNING"))
 
     async def _sync(self, plane: DataPlane, interval: float) -> None:
         live, quiet, version, changes = await self.state.sync.remote(
@@ -225,13 +238,17 @@ class Ingress:
         return app
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: dict[str, Any], ingress_environment: dict[str, str] | None = None) -> Application:
+    """The application for ``args``; ``ingress_environment`` goes into the ingress replicas' runtime_env."""
     settings = settings_from(args)
     variants = {
         v.name: serve.deployment(VariantModel).options(**variant_deployment(v, settings)).bind(args, v.name)
         for v in settings.variants
     }
-    return serve.deployment(Ingress).options(**ingress_deployment(settings)).bind(args, variants)
+    ingress = ingress_deployment(settings)
+    if ingress_environment:
+        ingress["ray_actor_options"]["runtime_env"] = {"env_vars": ingress_environment}
+    return serve.deployment(Ingress).options(**ingress).bind(args, variants)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

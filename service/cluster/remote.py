@@ -3,8 +3,9 @@
 The images submitted in one turn of the event loop go to the deployment in one call, and the deployment batches
 what it receives (``deployments.VariantModel``).
 Ray's errors become the service's: a full queue in front of the deployment is 503 with Retry-After, a replica
-that died is asked once more (Ray routes to another or to its replacement) and otherwise 503; the caller's
-deadline (504) cancels the call. The compute figures of each answer go into this replica's metrics.
+that died is asked once more (Ray routes to another or to its replacement) and otherwise 503, a deployment with no
+running replica (as the ingress last heard from Ray's controller) 503 at once; the caller's deadline (504) cancels
+the call. The compute figures of each answer go into this replica's metrics.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class RemoteVariant:
         self.full_flops = full_flops
         self.retry_after_s = retry_after_s
         self.alive = False  # until the deployment first answers a ping
+        # replicas Ray reports running (None: not known yet); none, and a call would wait for a replacement
+        self.running_replicas: int | None = None
         self._in_flight = 0
         self._accepting = False
 
@@ -90,6 +93,10 @@ class RemoteVariant:
         local batcher's; the deployment's replicas queue by count.)"""
         if not self._accepting:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
+        if self.running_replicas == 0:  # Ray would hold the call until a replacement runs: answer now instead
+            raise Unavailable(
+                f"variant {self.name!r} has no running replica (Ray is starting one); retry shortly", self.retry_after_s
+            )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append(_Pending(tensor.numpy(), deadline, threshold, future))
@@ -103,6 +110,8 @@ class RemoteVariant:
             async with asyncio.timeout(timeout_s):
                 await self.handle.ping.remote()
             self.alive = True
+            if self.running_replicas == 0:  # a replica answered: the controller's count is behind, not zero
+                self.running_replicas = None
         except Exception:  # any failure to answer: not ready
             self.alive = False
         return self.alive

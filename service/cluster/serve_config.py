@@ -17,25 +17,33 @@ from service.config import Settings, VariantSettings
 IMPORT_PATH = "service.cluster.deployments:app_builder"
 RAY_VERSION = "2.60.0"
 SECRETS = {"admin_token"}
+# the HAProxy shim (service/cluster/haproxy_shim.py) as the package's console script installs it in the image
+IMAGE_HAPROXY_SHIM = "/usr/local/bin/blockdrop-ray-haproxy"
 
 
 def app_args(settings: Settings, portable: bool = True) -> dict[str, Any]:
     """The settings as a Serve application's ``args``: only what differs from the defaults when ``portable``
-    (for a config file), all of it (secrets included) when the service starts its own cluster."""
-    if portable:
-        return settings.model_dump(mode="json", exclude=SECRETS, exclude_defaults=True)
-    return settings.model_dump(mode="json")
+    (for a config file), all of it when the service starts its own cluster; never a secret (those reach the
+    replicas through their environment: ``BLOCKDROP_ADMIN_TOKEN``)."""
+    return settings.model_dump(mode="json", exclude=SECRETS, exclude_defaults=portable)
 
 
-def cluster_environment(settings: Settings) -> dict[str, str]:
-    """What Ray Serve reads from the environment of the cluster's processes, from the settings."""
+def cluster_environment(settings: Settings, haproxy_shim: str = IMAGE_HAPROXY_SHIM) -> dict[str, str]:
+    """What Ray Serve (and the HAProxy shim it runs) reads from the environment of the cluster's processes."""
     if not settings.ray.haproxy:
         return {}
-    return {
+    environment = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         # how long a stopping ingress replica keeps answering while HAProxy learns to route around it
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.ray.ingress_drain_s:g}",
+        # Ray's HAProxy config binds its stats and metrics on every interface and leaves its admin socket
+        # world-writable; the shim it runs as the binary fixes that (haproxy_shim.py)
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_shim,
+        "BLOCKDROP_HAPROXY_RETRY_AFTER_S": str(settings.retry_after_s),
     }
+    if settings.ray.haproxy_metrics_port:
+        environment["BLOCKDROP_HAPROXY_METRICS_BIND"] = f"{settings.host}:{settings.ray.haproxy_metrics_port}"
+    return environment
 
 
 def variant_deployment(variant: VariantSettings, settings: Settings) -> dict[str, Any]:
@@ -85,7 +93,7 @@ def serve_config(settings: Settings) -> dict[str, Any]:
     """A Ray Serve config (``serve deploy FILE``) for the service with ``settings``."""
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": settings.port},
+        "http_options": {"host": settings.host, "port": settings.port},
         "applications": [
             {
                 "name": settings.ray.app_name,

@@ -1,5 +1,6 @@
-"""``blockdrop serve --ray`` as a user runs it: it starts a local cluster, answers, and on SIGTERM removes the
-application and stops the cluster it started."""
+"""``blockdrop serve --ray`` as a user runs it: it starts a local cluster with Ray's dashboard on the host asked
+for, answers, and when a SIGTERM reaches its whole process group (a terminal closing, a process manager) it stops
+every process it started, HAProxy included, and frees its ports."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.cluster import processes
 from tests.service.live_server import free_port
 
 pytest.importorskip("ray")
@@ -22,8 +24,21 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serve_ray_starts_a_cluster_serves_and_stops_it_on_sigterm():
-    port = free_port()
+def wait_ready(process: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(f"{url}/healthz/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.5)
+
+
+def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_leaves_nothing():
+    port, dashboard = free_port(), free_port()
     variant = {
         "name": "blockdrop",
         "artifact": str(ROOT / "models" / "checkpoints" / "cifar10-resnet32-blockdrop"),
@@ -31,36 +46,56 @@ def test_serve_ray_starts_a_cluster_serves_and_stops_it_on_sigterm():
         "ray": {"min_replicas": 1, "max_replicas": 1},
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKDROP_")}
-    env |= {"BLOCKDROP_PORT": str(port), "BLOCKDROP_VARIANTS": json.dumps([variant]), "PYTHONPATH": str(ROOT)}
+    env |= {
+        "BLOCKDROP_PORT": str(port),
+        "BLOCKDROP_VARIANTS": json.dumps([variant]),
+        "BLOCKDROP_RAY": json.dumps({"dashboard_port": dashboard}),
+        "PYTHONPATH": str(ROOT),
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--ray", "--log-level", "warning"],
+        [sys.executable, "-m", "cli.main", "serve", "--ray", "--ray-dashboard", "--log-level", "warning"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a command
     )
     url = f"http://127.0.0.1:{port}"
+    started: set[int] = set()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{url}/healthz/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "never ready"
-            time.sleep(0.5)
+        wait_ready(process, url)
         body = (ROOT / "service" / "samples" / "cat.png").read_bytes()
         answer = httpx.post(f"{url}/v1/classify", content=body, headers={"content-type": "image/png"}, timeout=30)
         assert answer.status_code == 200
         assert answer.json()["prediction"]["label"] == "cat"
         assert answer.headers["x-served-by"]
+
+        started = processes.descendants(process.pid)
+        bound = {(lst.host, lst.port) for lst in processes.listeners(started)}
+        assert ("127.0.0.1", dashboard) in bound
+        haproxy = {pid for pid in started if Path((processes.command_line(pid) or [""])[0]).name == "haproxy"}
+        assert haproxy
+        words = processes.command_line(min(haproxy))
+        private = Path(words[words.index("-f") + 1]).parent.parent  # /tmp/bdhap-…/NODE_ID/haproxy.cfg
+        assert {(lst.host, lst.port) for lst in processes.listeners(haproxy)} == {("127.0.0.1", port)}
+        # Ray's own command line reaches the cluster through the dashboard (with Ray's token authentication)
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "serve"), "status", "-a", f"http://127.0.0.1:{dashboard}"],
+            env=env | {"RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "variant-blockdrop" in status.stdout and "RUNNING: 1" in status.stdout
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=90)
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert f"serving on http://127.0.0.1:{port} through Ray Serve" in output
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{url}/healthz/live", timeout=2)
+    left = [processes.describe(pid) for pid in started if processes.alive(pid)]
+    assert left == []
+    assert not [lst for lst in processes.listeners() if lst.port in (port, dashboard)]
+    assert private.name.startswith("bdhap-")
+    assert not private.exists()  # its HAProxy files removed

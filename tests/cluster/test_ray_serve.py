@@ -8,7 +8,10 @@ order and each leaves the deployment as it found it (but the last, a redeploy). 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import stat
 import threading
 import time
 from collections import Counter
@@ -23,6 +26,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.cluster import processes
 from service.config import Settings
 from service.routing import Router
 from tests.service.live_server import free_port
@@ -78,10 +82,12 @@ def cluster() -> Iterator[None]:
     # replicas report their load often, so that autoscaling reacts within the test's patience
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
-    start_cluster(settings(0), num_cpus=2)  # as blockdrop serve --ray starts one (HAProxy in front, by default)
+    # as blockdrop serve --ray starts one (HAProxy in front, by default)
+    haproxy_files = start_cluster(settings(0), num_cpus=2)
     yield
     serve.shutdown()
     ray.shutdown()
+    shutil.rmtree(haproxy_files)
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +287,21 @@ def test_a_variant_scales_up_under_load_and_back_down_when_idle(service):
     wait_until(lambda: running("blockdrop") == 1 and sum(replica_states("blockdrop").values()) == 1, 60, "scale down")
 
 
+def served_again_by_every_ingress(url: str, variant: str) -> None:
+    """Each ingress replica hears of a replacement replica on its own (within a sync interval or so): until it
+    does, it may still answer 503 for the variant. Wait until both answer 200."""
+    body = SAMPLES[0].read_bytes()
+    seen = set()
+
+    def both() -> bool:
+        response = classify(url, body, **{"X-Variant": variant})
+        if response.status_code == 200:
+            seen.add(response.headers["x-served-by"])
+        return len(seen) == 2
+
+    wait_until(both, 30, f"both ingress replicas serving {variant} again")
+
+
 def replica_actor(deployment: str) -> ray.actor.ActorHandle:
     """The one replica actor of ``deployment``."""
     named = ray.util.list_named_actors(all_namespaces=True)
@@ -302,7 +323,7 @@ def test_a_killed_replica_loses_no_request_silently_and_is_replaced(service):
     assert statuses[200] > 0
     wait_until(lambda: running("full") == 1, 60, "a replacement replica")
     wait_until(lambda: httpx.get(f"{url}/healthz/ready", timeout=2).status_code == 200, 30, "readiness again")
-    assert classify(url, SAMPLES[0].read_bytes(), **{"X-Variant": "full"}).status_code == 200
+    served_again_by_every_ingress(url, "full")
 
 
 def test_a_full_queue_is_503_with_retry_after(service):
@@ -336,6 +357,141 @@ def test_a_full_queue_is_503_with_retry_after(service):
     refusals = [r for r in responses if r.status_code == 503]
     assert all(r.headers["retry-after"] == "1" for r in refusals)
     assert all("overloaded" in r.json()["error"] for r in refusals), refusals[0].text
+
+
+# Ray's own processes: their listeners are Ray's design (every interface, Ray's token authentication), not ours
+RAY_CORE = (
+    "/gcs_server",
+    "/raylet",
+    "ray/autoscaler/_private/monitor.py",
+    "ray/dashboard/dashboard.py",
+    "ray/_private/log_monitor.py",
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+    "ray::IDLE",
+)
+
+
+def ray_worker_ports() -> set[tuple[int, int]]:
+    """(pid, port) of what Ray opens in every worker it runs, on every interface by its design: each actor's
+    core-worker gRPC server, and in each Serve replica Serve's inter-deployment gRPC server (bound to [::]:0)."""
+    owned = {
+        (actor["Pid"], actor["Address"]["Port"])
+        for actor in ray._private.state.actors().values()
+        if actor["State"] == "ALIVE"
+    }
+    for named in ray.util.list_named_actors(all_namespaces=True):
+        if named["name"].startswith("SERVE_REPLICA::"):
+            replica = ray.get_actor(named["name"], namespace=named["namespace"])
+            owned.add(
+                ray.get(replica.__ray_call__.remote(lambda r: (os.getpid(), r._replica_impl._internal_grpc_port)))
+            )
+    return owned
+
+
+def haproxies() -> list[tuple[int, Path]]:
+    """(pid, config) of the HAProxy processes below this one (the driver of the test cluster)."""
+    found = []
+    for pid in processes.descendants(os.getpid()):
+        words = processes.command_line(pid)
+        if words and Path(words[0]).name == "haproxy" and "-f" in words:
+            found.append((pid, Path(words[words.index("-f") + 1])))
+    return found
+
+
+def test_nothing_the_service_adds_listens_on_every_interface(service):
+    _, chosen = service
+    cluster = processes.descendants(os.getpid())
+    ray_core = {pid for pid in cluster if any(m in " ".join(processes.command_line(pid)) for m in RAY_CORE)}
+    ray_ports = ray_worker_ports()
+    everything = processes.listeners(cluster)
+    exposed = [
+        (listener, processes.describe(listener.pid))
+        for listener in everything
+        if listener.every_interface and listener.pid not in ray_core and (listener.pid, listener.port) not in ray_ports
+    ]
+    assert exposed == []
+    # and the service's own port is there, on the host asked for, held by HAProxy
+    (front,) = [listener for listener in everything if listener.port == chosen.port]
+    assert front.host == "127.0.0.1"
+    assert front.pid in {pid for pid, _ in haproxies()}
+
+
+def test_the_haproxy_admin_socket_is_private(service):
+    running = haproxies()
+    assert running
+    for _, config in running:
+        socket_path = config.parent / "admin.sock"
+        assert stat.S_ISSOCK(socket_path.stat().st_mode)
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+        private = config.parent.parent  # Ray puts each node's files in a folder named after it
+        assert private.name.startswith("bdhap-")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+def test_the_admin_token_is_in_no_deployments_arguments(service):
+    """The controller's record of each deployment (its arguments, options and runtime_env, as Ray stores them)
+    never holds the token; the replicas have it all the same (the operator-change test uses it)."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    for name in ("ingress", "variant-blockdrop", "variant-full"):
+        record = ray.get(controller.get_deployment_info.remote(name, APP))
+        assert b"blockdrop-test" in record  # it is the record of this application
+        assert TOKEN.encode() not in record, name
+    url, _ = service
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{url}/v1/variants/full", headers=auth, timeout=10).status_code == 200
+
+
+def admin(config: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(str(config.parent / "admin.sock"))
+        connection.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: connection.recv(65536), b"")).decode()
+
+
+def test_a_proxy_with_no_replica_to_send_to_answers_503_with_retry_after(service):
+    """Every server of the application's HAProxy backend set to maintenance, as when no ingress replica is left."""
+    url, _ = service
+    ((_, config),) = haproxies()
+    rows = [line.split(",") for line in admin(config, "show stat").splitlines() if line and line[0] != "#"]
+    servers = [f"{row[0]}/{row[1]}" for row in rows if row[0].startswith("http-") and row[1] != "BACKEND"]
+    assert servers
+    try:
+        for server in servers:
+            admin(config, f"set server {server} state maint")
+        response = httpx.get(f"{url}/healthz/live", timeout=10)
+    finally:
+        for server in servers:
+            admin(config, f"set server {server} state ready")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "retry shortly" in response.json()["error"]
+    wait_until(lambda: httpx.get(f"{url}/healthz/live", timeout=2).status_code == 200, 30, "served again")
+
+
+def test_a_variant_with_no_replica_left_answers_503_with_retry_after(service):
+    """Its one replica killed: once the ingress hears of it from Ray's controller (within a health-check period
+    and a sync interval; a request sent before that waits for the replacement, up to its deadline: 504), requests
+    for it are refused at once until Ray's replacement runs. Ray alone would hold every one of them."""
+    url, _ = service
+    body = SAMPLES[0].read_bytes()
+    ray.kill(replica_actor("full"), no_restart=True)
+    refusals = []
+
+    def refused() -> bool:
+        response = classify(url, body, **{"X-Variant": "full"})
+        assert response.status_code in (200, 503, 504), response.text
+        if response.status_code == 503:
+            refusals.append(response)
+        return bool(refusals)
+
+    wait_until(refused, 60, "a refusal while the variant has no replica")
+    assert refusals[0].headers["retry-after"] == "1"
+    assert "has no running replica" in refusals[0].json()["error"]
+    wait_until(lambda: running("full") == 1, 60, "a replacement replica")
+    served_again_by_every_ingress(url, "full")
 
 
 def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_stickiness(service):

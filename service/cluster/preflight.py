@@ -1,0 +1,78 @@
+"""What ``blockdrop serve --ray`` checks before it starts a cluster here: that the ports it will listen on are free
+and that no HAProxy of an earlier run is left behind, saying plainly what is in the way and how to clear it
+(instead of Ray's traceback from deep inside its proxy actor, naming ports the user never chose)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from service.cluster.processes import command_line, describe, listeners, parent, pids
+from service.config import Settings
+
+HAPROXY_PREFIX = "bdhap-"  # the private directory of the HAProxy files of a cluster launch.py starts
+HAPROXY_DIRECTORIES = (f"/tmp/{HAPROXY_PREFIX}", "/tmp/haproxy-serve/")  # ours, Ray's default
+
+
+class StartRefused(ValueError):
+    """Something on this machine stands in the way of a new cluster: the message says what and how to clear it."""
+
+
+def ports(settings: Settings) -> list[tuple[str, int, str]]:
+    """(host, port, what it is for) for each listener the service itself adds to the cluster it starts."""
+    chosen = [(settings.host, settings.port, "the service's port, --port")]
+    if settings.ray.dashboard:
+        chosen.append((settings.host, settings.ray.dashboard_port, "Ray's dashboard, ray.dashboard_port"))
+    if settings.ray.haproxy and settings.ray.haproxy_metrics_port:
+        chosen.append((settings.host, settings.ray.haproxy_metrics_port, "HAProxy's metrics, ray.haproxy_metrics_port"))
+    return [entry for entry in chosen if entry[1]]
+
+
+def port_taken(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no clash
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise StartRefused(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return False
+
+
+def stale_haproxies() -> list[int]:
+    """HAProxy processes of a Ray Serve run whose manager (the Ray actor that started them) is gone."""
+    stale = []
+    for pid in pids():
+        words = command_line(pid)
+        if not words or os.path.basename(words[0]) != "haproxy":
+            continue
+        config = words[words.index("-f") + 1] if "-f" in words[:-1] else ""
+        if not any(marker in config for marker in HAPROXY_DIRECTORIES):
+            continue
+        manager = parent(pid)
+        if manager is None or not command_line(manager)[:1] or not command_line(manager)[0].startswith("ray::"):
+            stale.append(pid)
+    return stale
+
+
+def check(settings: Settings) -> None:
+    """Raise ``StartRefused`` naming everything in the way of a cluster with ``settings``."""
+    problems = []
+    stale = stale_haproxies()
+    if stale:
+        bound = {pid: [f"{lst.host}:{lst.port}" for lst in listeners(set(stale)) if lst.pid == pid] for pid in stale}
+        for pid in stale:
+            problems.append(
+                f"an HAProxy left behind by an earlier `blockdrop serve --ray` is still running: {describe(pid)}, "
+                f"listening on {', '.join(bound[pid]) or 'nothing'}; stop it with `kill {pid}`"
+            )
+    for host, port, what in ports(settings):
+        if port_taken(host, port):
+            owners = sorted({lst.pid for lst in listeners() if lst.port == port})
+            by = ", ".join(describe(pid) for pid in owners) or "a process this user cannot see"
+            problems.append(f"port {port} on {host} ({what}) is taken by {by}; stop it or choose another port")
+    if problems:
+        raise StartRefused("cannot start the Ray cluster: " + "; ".join(problems))
