@@ -279,12 +279,11 @@ class DataPlane:
         return self.variants[self.router.choose(override, client_key, unavailable)]
 
     def available(self, name: str) -> bool:
-        """Whether variant ``name`` takes images now: one of its workers answers (or it runs in this process), or
-        its remote deployment has a replica that does."""
+        """Whether variant ``name`` takes images now: one of its worker processes answers, or it runs in this
+        process. (A remote deployment answers for itself: Ray holds a call while it replaces a replica, and the
+        executor refuses at once when it has none running: service/cluster/remote.py.)"""
         replicas = self.workers.get(name)
-        if replicas:
-            return any(worker.alive for worker in replicas)
-        return getattr(self.batchers[name], "alive", True)
+        return any(worker.alive for worker in replicas) if replicas else True
 
     def live_threshold(self, variant: Variant) -> float:
         """The default threshold now: the operator's, or above it while the load controller degrades."""

@@ -4,6 +4,7 @@ that gives clear 503s, shows in readiness and metrics, and ends in a new worker 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -270,7 +271,7 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_slowly(artifacts, t
         time.sleep(6)
         # 1 s, then 2 s, then 4 s between tries (plus each failed load): not a try every check (0.2 s)
         assert 1 <= len(launches) <= 3, launches
-        gaps = [b - a for a, b in zip(launches, launches[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(launches)]
         assert all(gap >= 1 for gap in gaps)
     finally:
         worker.stop()
