@@ -243,7 +243,12 @@ class Settings(BaseSettings):
     decode_memory_mb: int = Field(
         default=256, ge=1, description="memory for images being decoded at once; past it requests wait, then get 503"
     )
-    decode_threads: int | None = Field(default=None, ge=1, description="threads decoding large images; default: cores")
+    decode_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads decoding large images; default: all cores but one, so large images never take every "
+        "core from the small requests beside them",
+    )
     max_images_per_request: int = Field(default=64, ge=1)
     max_top_k: int = Field(default=10, ge=1)
     admin_token: str | None = Field(

@@ -126,7 +126,7 @@ class DataPlane:
         }
         self.decoder = Decoder(
             settings.decode_memory_mb * 2**20,
-            settings.decode_threads or len(os.sched_getaffinity(0)),
+            settings.decode_threads or max(1, len(os.sched_getaffinity(0)) - 1),
             settings.queue_wait_budget_ms / 1000,
             settings.retry_after_s,
         )
