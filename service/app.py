@@ -98,9 +98,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             grpc_server = await start_grpc(plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes)
         background = asyncio.create_task(backend.run(plane)) if backend is not None else None
         app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
-        # on a Ray cluster each ingress sees every replica's metrics: one controller per replica would count them
-        # over again, so rollouts are driven only by the single-process service for now
-        controller = asyncio.create_task(app.state.rollouts.run()) if backend is None else None
+        # every process (each ingress replica on Ray) drives the rollouts in the shared store with its own counts
+        controller = asyncio.create_task(app.state.rollouts.run())
         freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield

@@ -135,6 +135,11 @@ class ServiceMetrics:
         replica together (service/cluster/deployments.py)."""
         return list(self.registry.collect())
 
+    def own(self) -> list[Metric]:
+        """The families this process counted itself, never another replica's: what a rollout adds to its shared
+        evidence under this process's own key (``service/rollout_driver.py``), so that nothing counts twice."""
+        return list(self.registry.collect())
+
     def observe_batch(self, variant: str, result: InferenceResult, seconds: float, full_flops: int) -> None:
         """Per-batch and per-image figures of one executed batch."""
         self.observe_batch_timing(variant, len(result.flops), seconds)

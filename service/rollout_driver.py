@@ -2,9 +2,11 @@
 rollout's evidence, lets ``service.rollouts.decide`` judge it, stores the outcome, and makes the router's weights
 follow the rollout's step. Starting, pausing, resuming and aborting (``/v1/rollouts``) go through here too.
 
-Several API server processes may share one store: each adds only what it counted itself (keyed by host and pid),
-the store serialises their updates, and each process sets its own router's weights from the stored step; whichever
-process ticks first after the evidence suffices makes the decision.
+Several API server processes may share one store: each adds only what it counted itself (keyed by host and pid;
+``ServiceMetrics.own``, not the families a Ray ingress merges from every replica), the store serialises their
+updates, and each process sets its own router's weights from the stored step; whichever process ticks first after
+the evidence suffices makes the decision. The ingress replicas of a Ray cluster are such processes, when they share
+``state_dir`` (one machine, or a shared volume).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class RolloutDriver:
             raise Unprocessable(f"variant {variant!r} cannot be rolled out against itself")
         weights = self.plane.router.weights
         now = self._clock()
-        samples = Samples(self.plane.metrics.collect())
+        samples = Samples(self.plane.metrics.own())
         seen = {"variant": arm_counts(samples, variant).as_dict(), "baseline": arm_counts(samples, baseline).as_dict()}
 
         def begin(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -137,7 +139,7 @@ class RolloutDriver:
 
     async def tick(self) -> None:
         """One look at every rollout: new evidence and a decision for the active ones, weights for all."""
-        samples = Samples(self.plane.metrics.collect())
+        samples = Samples(self.plane.metrics.own())
         for rollout in await self.all():
             if rollout["status"] in ACTIVE and self._serves(rollout):
                 decided: list[str] = []

@@ -56,7 +56,7 @@ done
 left=$((limit - SECONDS))
 if [ "${GPU_CHECK_EFFICIENCY:-0}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
   ck=models/checkpoints
-  stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true python3 -m cli.main bench efficiency \
+  stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true BLOCKDROP_PRECISION=auto python3 -m cli.main bench efficiency \
     --data-root "${BLOCKDROP_DATA_ROOT:-}" --concurrency 1,32,256 --seconds 4 --repeats 1 --model-seconds 0.5 \
     --warmup-seconds 1 --overhead-requests 100 --reference full110 \
     --variant "blockdrop110=$ck/cifar10-resnet110-blockdrop:blockdrop" --variant "full110=$ck/cifar10-resnet110:full" \

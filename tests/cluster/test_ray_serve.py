@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "models" / "checkpoints"
 SAMPLES = sorted((ROOT / "service" / "samples").glob("*.png"))
 TOKEN = "cluster-test-token"
+STATE_DIR = Path(tempfile.mkdtemp(prefix="blockdrop-ray-state-"))  # the rollouts' store, shared by the replicas
 APP = "blockdrop-test"
 PNG = {"content-type": "image/png"}
 
@@ -73,6 +75,8 @@ def settings(port: int, threshold: float | None = None, full_weight: float = 1.0
         grpc_port=0,
         admin_token=TOKEN,
         request_timeout_s=5.0,
+        state_dir=STATE_DIR,
+        rollout_interval_s=0.5,
         ray={"app_name": APP, "ingress_replicas": 2, "ingress_cpus": 0.25, "sync_interval_s": 0.5},
     )
 
@@ -88,6 +92,7 @@ def cluster() -> Iterator[None]:
     serve.shutdown()
     ray.shutdown()
     shutil.rmtree(haproxy_files)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -492,6 +497,38 @@ def test_a_variant_with_no_replica_left_answers_503_with_retry_after(service):
     assert "has no running replica" in refusals[0].json()["error"]
     wait_until(lambda: running("full") == 1, 60, "a replacement replica")
     served_again_by_every_ingress(url, "full")
+
+
+def test_a_rollout_runs_on_the_cluster_and_counts_each_feedback_once(service):
+    """Both ingress replicas drive the rollout from the shared store, each adding only its own counts: the evidence
+    is the feedback sent, not twice it (each replica's /metrics holds every replica's families)."""
+    url, _ = service
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    plan = {"steps": [50, 100], "min_feedback": 12, "accuracy_margin": 0.5, "max_latency_ratio": None}
+    plan |= {"max_error_rate": 0.5}
+    started = httpx.put(f"{url}/v1/rollouts/blockdrop", json=plan, headers=auth, timeout=30)
+    assert started.status_code == 200, started.text
+    sent = 0
+    try:
+        for round_ in range(200):
+            for variant in ("blockdrop", "full"):
+                served = classify(url, SAMPLES[round_ % len(SAMPLES)].read_bytes(), **{"X-Variant": variant}).json()
+                label = served["prediction"]["class_id"]  # right every time: both arms at 100 %
+                feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": served["request_id"], "label": label})
+                assert feedback.status_code == 200, feedback.text
+                sent += variant == "blockdrop"
+            rollout = httpx.get(f"{url}/v1/rollouts/blockdrop", timeout=30).json()
+            if rollout["status"] != "running":
+                break
+        assert rollout["status"] == "completed", rollout
+        assert [(e["action"], e["share"]) for e in rollout["history"]] == [("start", 50), ("complete", 100)]
+        assert 12 <= rollout["evidence"]["variant"]["feedback"] <= sent
+        wait_until(
+            lambda: all(httpx.get(f"{url}/v1/variants/full").json()["weight"] == 0 for _ in range(6)), 10, "weights"
+        )
+    finally:  # as the other tests found it: the operator's weights back
+        for name in ("blockdrop", "full"):
+            httpx.put(f"{url}/v1/variants/{name}", json={"weight": 1.0}, headers=auth, timeout=30)
 
 
 def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_stickiness(service):

@@ -3,7 +3,6 @@ import base64
 import pytest
 
 from models.classes import CIFAR10_CLASSES
-from models.precision import resolve_precision
 from tests.service.conftest import png_bytes
 
 
@@ -149,8 +148,8 @@ def test_models_listing(client):
     assert models[0]["blocks"] == 3 and models[0]["mode"] == "blockdrop" and models[0]["threshold"] == 0.5
     assert models[1]["threshold"] is None and models[0]["traffic_share"] == 0.5
     assert models[0]["flops"]["full"] > 0 and models[0]["flops"]["policy"] > 0
-    # the defaults: precision auto (fp32 on a CPU, bf16 on a GPU that has it), the plain executor, no CUDA graphs
-    assert all(m["precision"] == resolve_precision("auto", m["device"]) for m in models)
+    # the defaults: fp32 (auto, bf16 on a GPU that has it, waits for a GPU run), the plain executor, no CUDA graphs
+    assert all(m["precision"] == "fp32" for m in models)
     assert all(m["executor"] == "plain" and m["cuda_graphs"] is False for m in models)
 
 
