@@ -526,9 +526,12 @@ def test_a_rollout_runs_on_the_cluster_and_counts_each_feedback_once(service):
         wait_until(
             lambda: all(httpx.get(f"{url}/v1/variants/full").json()["weight"] == 0 for _ in range(6)), 10, "weights"
         )
-    finally:  # as the other tests found it: the operator's weights back
+    finally:  # as the other tests found it: the operator's weights back, on every ingress replica
         for name in ("blockdrop", "full"):
             httpx.put(f"{url}/v1/variants/{name}", json={"weight": 1.0}, headers=auth, timeout=30)
+        wait_until(
+            lambda: all(httpx.get(f"{url}/v1/variants/full").json()["weight"] == 1.0 for _ in range(8)), 20, "weights"
+        )
 
 
 def test_redeploying_with_a_new_threshold_or_weight_fails_no_request_and_keeps_stickiness(service):
