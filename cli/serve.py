@@ -15,6 +15,13 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     parser.add_argument("--port", type=int, help="port (default: BLOCKDROP_PORT or 8000)")
     parser.add_argument("--settings", help="TOML or JSON settings file (same as BLOCKDROP_SETTINGS_FILE)")
     parser.add_argument(
+        "--api-servers",
+        type=int,
+        metavar="N",
+        help="API server processes on the one port, before one model server per variant (default: "
+        "BLOCKDROP_API_SERVERS, else one per four cores; 1: a single process)",
+    )
+    parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: BLOCKDROP_LOG_LEVEL or info"
     )
     ray = parser.add_argument_group("Ray Serve")
@@ -34,11 +41,12 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.config import SETTINGS_FILE_ENV, Settings
+    from service.config import SETTINGS_FILE_ENV, Settings, default_api_servers
 
     if args.settings:
         os.environ[SETTINGS_FILE_ENV] = args.settings
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    given = {"host": args.host, "port": args.port, "api_servers": args.api_servers}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     if args.ray_dashboard:
         settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"dashboard": True})})
@@ -50,6 +58,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     if args.ray or args.ray_address:
         return _serve_on_ray(settings, args.ray_address, args.log_level)
+    api_servers = settings.api_servers or default_api_servers(len(os.sched_getaffinity(0)))
+    if api_servers > 1:
+        from service.multiprocess.supervisor import serve_api_servers
+
+        return serve_api_servers(settings, api_servers, args.log_level)
     from service.server import serve
 
     serve(settings, args.log_level)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -203,18 +204,9 @@ class MicroBatcher:
         now = time.monotonic()
         live = []
         for item in batch:
-            if item.deadline <= now:
-                _resolve(item, error=DeadlineExceeded("the request's deadline passed while it waited in the queue"))
-            elif now - item.enqueued > item.patience:
-                waited = (now - item.enqueued) * 1000
-                _resolve(
-                    item,
-                    error=Overloaded(
-                        f"variant {self.name!r} is overloaded: the image waited {waited:.0f} ms for a batch, over its "
-                        f"{item.patience * 1000:.0f} ms queue-wait budget; retry shortly",
-                        self.retry_after_s,
-                    ),
-                )
+            refusal = too_late(self.name, now, item.enqueued, item.deadline, item.patience, self.retry_after_s)
+            if refusal is not None:
+                _resolve(item, error=refusal)
             elif not item.future.cancelled():
                 live.append(item)
         if not live:
@@ -224,12 +216,8 @@ class MicroBatcher:
         started = time.monotonic()
         try:
             batch = torch.stack([item.tensor for item in live])
-            if any(item.threshold is not None for item in live):
-                nan = float("nan")  # the variant's own threshold
-                thresholds = torch.tensor([nan if i.threshold is None else i.threshold for i in live])
-                result = infer(batch, thresholds)
-            else:
-                result = infer(batch)
+            thresholds = thresholds_of([item.threshold for item in live])
+            result = infer(batch) if thresholds is None else infer(batch, thresholds)
         except ServiceError as error:  # said plainly already (a worker restarting): these requests get it as it is
             log.warning("batch of %d refused on variant %s: %s", len(live), self.name, error.message)
             for item in live:
@@ -243,8 +231,7 @@ class MicroBatcher:
         # the model's own time where the worker measured it, else the call's
         seconds = getattr(result, "model_seconds", None) or time.monotonic() - started
         elapsed = time.monotonic() - started  # what the queue waits for: the hand-over included
-        average = self.batch_seconds
-        self.batch_seconds = elapsed if average == 0 else average + BATCH_TIME_SMOOTHING * (elapsed - average)
+        self.batch_seconds = smoothed(self.batch_seconds, elapsed)
         if self._on_batch is not None:
             self._on_batch(result, seconds)
         flops = result.flops.tolist()
@@ -260,6 +247,36 @@ class MicroBatcher:
                     batch_size=len(live),
                 ),
             )
+
+
+def too_late(
+    name: str, now: float, enqueued: float, deadline: float, patience: float, retry_after_s: int
+) -> ServiceError | None:
+    """Why an image taken for a batch at ``now`` must not run: its request's deadline passed (504), or it waited
+    longer than its ``patience`` (503: under overload a served image waited at most about the budget); else None."""
+    if deadline <= now:
+        return DeadlineExceeded("the request's deadline passed while it waited in the queue")
+    if now - enqueued > patience:
+        return Overloaded(
+            f"variant {name!r} is overloaded: the image waited {(now - enqueued) * 1000:.0f} ms for a batch, over "
+            f"its {patience * 1000:.0f} ms queue-wait budget; retry shortly",
+            retry_after_s,
+        )
+    return None
+
+
+def smoothed(average: float, seconds: float) -> float:
+    """The moving average of batch time with the newest batch's ``seconds`` in (the first batch sets it)."""
+    return seconds if average == 0 else average + BATCH_TIME_SMOOTHING * (seconds - average)
+
+
+def thresholds_of(thresholds: list[float | None]) -> Tensor | None:
+    """Per-row policy thresholds for a batch (NaN: the variant's own), or None when every row uses its own."""
+    if all(threshold is None for threshold in thresholds):
+        return None
+    import torch
+
+    return torch.tensor([math.nan if threshold is None else threshold for threshold in thresholds])
 
 
 def _resolve(item: _Item, value: ImageResult | None = None, error: Exception | None = None) -> None:

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         description="a worker process whose heartbeat (every 0.1 s) is older than this is killed and started again; "
         "its variant is not ready from that moment",
     )
+    api_servers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="API server processes accepting on the one port (HTTP and gRPC), in front of one model server "
+        "per variant replica; 1: a single process; default: one per four cores (1 below 8 cores)",
+    )
     worker_replicas: int = Field(
         default=1, ge=1, le=16, description="worker processes per variant (inference_workers=process), batches spread"
     )
@@ -325,3 +332,8 @@ class Settings(BaseSettings):
             else:
                 sources += (JsonConfigSettingsSource(settings_cls, json_file=path),)
         return sources
+
+
+def default_api_servers(cores: int) -> int:
+    """One API server per four cores: on CPU the model servers need the rest (docs/operations.md, sizing)."""
+    return max(1, cores // 4)

@@ -280,10 +280,13 @@ class DataPlane:
 
     def available(self, name: str) -> bool:
         """Whether variant ``name`` takes images now: one of its worker processes answers, or it runs in this
-        process. (A remote deployment answers for itself: Ray holds a call while it replaces a replica, and the
-        executor refuses at once when it has none running: service/cluster/remote.py.)"""
+        process, or its executor says it answers (model servers: service/multiprocess). (A Ray deployment answers
+        for itself: Ray holds a call while it replaces a replica, and the executor refuses at once when it has none
+        running: service/cluster/remote.py.)"""
         replicas = self.workers.get(name)
-        return any(worker.alive for worker in replicas) if replicas else True
+        if replicas:
+            return any(worker.alive for worker in replicas)
+        return getattr(self.batchers[name], "answering", True)
 
     def live_threshold(self, variant: Variant) -> float:
         """The default threshold now: the operator's, or above it while the load controller degrades."""

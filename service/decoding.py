@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +20,7 @@ from torch import Tensor
 
 from service.errors import Overloaded, PayloadTooLarge
 from service.imaging import ImagePreprocessor
+from service.libc import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -99,24 +98,5 @@ def _decode_all(preprocess: ImagePreprocessor, images: list[bytes], cost: int) -
             release_free_memory()
 
 
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``): large decodes are freed into the
-    heap of the thread that ran them, where glibc would otherwise keep them for good."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.0f}"
-
-
-_LIBC = _load_libc()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import multiprocessing.connection
@@ -33,6 +32,7 @@ from torch import Tensor
 from models.blockdrop import InferenceResult
 from service.config import VariantSettings
 from service.errors import ServiceError
+from service.libc import name_process
 from service.variants import ExecutionOptions
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # loading and warming a model, at worst
 HEARTBEAT_EVERY_S = 0.1
 RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S = 1.0, 60.0  # after a failed start: 1, 2, 4 … 60 s
-PR_SET_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -102,15 +101,6 @@ def _beat(heartbeat: ctypes.c_double, parent: int) -> None:
         time.sleep(HEARTBEAT_EVERY_S)
 
 
-def _name_process(name: str) -> None:
-    """Show the worker's variant in ``ps -o comm``, ``top`` and /proc/PID/comm (Linux; 15 characters at most)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(libc_name).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
 def _serve_batches(
     connection: multiprocessing.connection.Connection,
     spec: WorkerSpec,
@@ -119,7 +109,7 @@ def _serve_batches(
     parent: int,
 ) -> None:
     """The worker process: load the variant, warm it up, then run each batch it is told about until told to stop."""
-    _name_process(f"bd:{spec.settings.name}")
+    name_process(f"bd:{spec.settings.name}")
     threading.Thread(target=_beat, args=(heartbeat, parent), name="heartbeat", daemon=True).start()
     torch.set_num_threads(spec.torch_threads)
     from service.variants import load_variant

@@ -1,0 +1,63 @@
+"""An API server: the service's HTTP (and gRPC) front on the socket its supervisor bound, with a data plane whose
+executors are the model servers' clients. It tells its supervisor when it serves; it exits if the supervisor
+goes away."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from service.config import Settings
+from service.libc import name_process
+from service.multiprocess.runtime import RuntimeLayout
+
+WATCH_EVERY_S = 0.2
+NAME_ENV = "BLOCKDROP_API_SERVER_NAME"
+
+
+@dataclass(frozen=True)
+class ApiServerSpec:
+    settings: Settings
+    index: int
+    layout: RuntimeLayout
+    supervisor: int
+    log_level: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"api-{self.index}"
+
+
+def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> None:
+    """The process's entry point (spawned by the supervisor)."""
+    os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
+    name_process(f"bd-{spec.name}")
+    os.environ[NAME_ENV] = spec.name  # X-Served-By
+    from service.app import create_app
+    from service.multiprocess.backend import SharedBackend
+    from service.request_log import configure_logging
+    from service.server import DrainingServer, uvicorn_config
+
+    settings = spec.settings
+    configure_logging(settings.log_format, spec.log_level or settings.log_level)
+    backend = SharedBackend(settings, spec.layout, spec.index)
+    app = create_app(settings, backend=backend)
+    server = DrainingServer(uvicorn_config(app, settings, spec.log_level), settings.prestop_s)
+    threading.Thread(target=_watch, args=(server, ready, spec.supervisor), name="watch", daemon=True).start()
+    server.run(sockets=[listener])
+
+
+def _watch(server, ready: Connection, supervisor: int) -> None:
+    """Say "ready" once uvicorn serves; end the process if the supervisor died without stopping it."""
+    told = False
+    while True:
+        if not told and server.started:
+            ready.send("ready")
+            told = True
+        if os.getppid() != supervisor:
+            os._exit(0)
+        time.sleep(0.05 if not told else WATCH_EVERY_S)

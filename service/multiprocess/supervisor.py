@@ -1,0 +1,301 @@
+"""The supervisor of ``blockdrop serve --api-servers N``: it binds the HTTP port once, starts one model server per
+variant replica and N API servers on that port, watches them, and replaces one that dies or hangs; on SIGTERM it
+tells every API server to drain, then stops the model servers, and leaves nothing behind (processes or files).
+
+Model servers are watched by their heartbeat: one silent for ``worker_heartbeat_timeout_s`` is killed and started
+again, once, here (API servers only reconnect). A process that fails before it ever served is started again
+ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from types import FrameType
+
+import torch.multiprocessing as mp
+
+from service.config import Settings
+from service.multiprocess import api_server, frames, model_server, shared_state
+from service.multiprocess.api_server import ApiServerSpec
+from service.multiprocess.model_server import ModelServerSpec
+from service.multiprocess.runtime import RuntimeLayout
+from service.multiprocess.shared_memory import make_runtime_dir, remove_runtime_dir
+from service.worker import RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S, START_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+WATCH_EVERY_S = 0.1
+STOP_GRACE_S = 10.0
+LISTEN_BACKLOG = 2048
+
+
+class StartupError(ValueError):
+    """A process of the service could not start: the service does not either."""
+
+
+@dataclass
+class Child:
+    """One supervised process and how to start it again."""
+
+    kind: str  # "model server" | "API server"
+    label: str
+    process: mp.Process | None = None
+    ready_pipe: Connection | None = None
+    ready: bool = False
+    failed_starts: int = 0
+    not_before: float = 0.0  # no new start before this (backoff)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, api_servers: int, log_level: str | None = None):
+        self.settings = settings
+        self.api_server_count = api_servers
+        self.log_level = log_level
+        self.context = mp.get_context("spawn")
+        self.layout = RuntimeLayout(make_runtime_dir())
+        self.listener: socket.socket | None = None
+        self.models: dict[tuple[int, int], Child] = {}
+        self.apis: dict[int, Child] = {}
+        self.statuses = {}
+        self.incoming = []
+        self._signal: int | None = None
+        self._signals_forwarded = 0
+
+    # the whole life ------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        try:
+            self._prepare()
+            self._start_all()
+            host, port = self.listener.getsockname()[:2]
+            log.info(
+                "serving on http://%s:%d with %d API servers and %d model servers",
+                host,
+                port,
+                len(self.apis),
+                len(self.models),
+            )
+            self._watch()
+            return 0
+        finally:
+            self._stop_all()
+            if self.listener is not None:
+                self.listener.close()
+            remove_runtime_dir(self.layout.root)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if self._signal is None:
+            self._signal = sig
+            return
+        self._forward(sig)  # a second signal: the API servers skip their pre-stop period
+
+    def _prepare(self) -> None:
+        s = self.settings
+        self.layout.metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.layout.metrics_dir)  # every child inherits it
+        shared_state.create(self.layout.state_db)
+        self.listener = bind(s.host, s.port)
+        if s.grpc_port:
+            check_free(s.host, s.grpc_port, "gRPC")
+        for index in range(len(s.variants)):
+            self.incoming.append(frames.incoming_block(self.layout.incoming(index), create=True).numpy())
+            for replica in range(s.worker_replicas):
+                status = frames.status_block(self.layout.status(index, replica), create=True).numpy()
+                self.statuses[index, replica] = status
+                self.models[index, replica] = Child("model server", f"{s.variants[index].name}/{replica}")
+        for index in range(self.api_server_count):
+            self.apis[index] = Child("API server", f"api-{index}")
+
+    def _start_all(self) -> None:
+        """Every model server (loading in parallel), then every API server; any failure stops the service."""
+        for key, child in self.models.items():
+            self._start_model(key, child)
+        self._wait_until_ready(self.models.values(), lambda c: self._model_ready(c))
+        for index, child in self.apis.items():
+            self._start_api(index, child)
+        self._wait_until_ready(self.apis.values(), self._api_ready)
+
+    def _wait_until_ready(self, children, is_ready) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        waiting = list(children)
+        while waiting:
+            if self._signal is not None:
+                raise SystemExit(0)
+            for child in list(waiting):
+                if is_ready(child):
+                    child.ready = True
+                    waiting.remove(child)
+                elif not child.process.is_alive():
+                    raise StartupError(
+                        f"the {child.kind} {child.label} exited while starting (exit code {child.process.exitcode}); "
+                        "its log above says why"
+                    )
+            if time.monotonic() > deadline:
+                raise StartupError(f"{', '.join(c.label for c in waiting)} did not start in {START_TIMEOUT_S:g} s")
+            time.sleep(WATCH_EVERY_S)
+
+    # starting ------------------------------------------------------------------------------------------------
+    def _start_model(self, key: tuple[int, int], child: Child, restarted: bool = False) -> None:
+        status = self.statuses[key]
+        status[:] = 0.0
+        status[frames.HEARTBEAT] = time.monotonic()  # loading counts as alive until its own heartbeat takes over
+        threads = self.settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+        spec = ModelServerSpec(self.settings, key[0], key[1], self.layout, threads, os.getpid(), restarted=restarted)
+        child.process = self.context.Process(target=model_server.main, args=(spec,), name=f"bd:{child.label}")
+        child.process.daemon = True
+        child.process.start()
+        child.ready = False
+
+    def _model_ready(self, child: Child) -> bool:
+        key = next(k for k, c in self.models.items() if c is child)
+        return self.statuses[key][frames.READY] == 1.0
+
+    def _start_api(self, index: int, child: Child) -> None:
+        for block in self.incoming:
+            block[index] = 0  # a lost predecessor's images are not coming
+        spec = ApiServerSpec(self.settings, index, self.layout, os.getpid(), self.log_level)
+        receiving, sending = self.context.Pipe(duplex=False)
+        child.process = self.context.Process(
+            target=api_server.main, args=(spec, self.listener, sending), name=f"bd-{child.label}"
+        )
+        child.process.daemon = True
+        child.process.start()
+        sending.close()
+        child.ready_pipe = receiving
+        child.ready = False
+
+    @staticmethod
+    def _api_ready(child: Child) -> bool:
+        pipe = child.ready_pipe
+        try:
+            return pipe is not None and pipe.poll() and pipe.recv() == "ready"
+        except (EOFError, OSError):
+            return False
+
+    # watching ------------------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while self._signal is None:
+            for key, child in self.models.items():
+                self._check_model(key, child)
+            for index, child in self.apis.items():
+                self._check_api(index, child)
+            time.sleep(WATCH_EVERY_S)
+
+    def _check_model(self, key: tuple[int, int], child: Child) -> None:
+        process = child.process
+        if process is None:  # waiting out a backoff
+            if time.monotonic() >= child.not_before:
+                self._start_model(key, child, restarted=True)
+            return
+        status = self.statuses[key]
+        if not child.ready and status[frames.READY] == 1.0:
+            child.ready, child.failed_starts = True, 0
+            log.warning("model server %s is serving again", child.label)
+        silent = time.monotonic() - status[frames.HEARTBEAT]
+        if process.is_alive() and silent <= self.settings.worker_heartbeat_timeout_s:
+            return
+        if process.is_alive():
+            log.error(
+                "model server %s (pid %s) sent no heartbeat for %.1f s; killing it", child.label, process.pid, silent
+            )
+            process.kill()
+        else:
+            log.error("model server %s (pid %s) exited (code %s)", child.label, process.pid, process.exitcode)
+        process.join(5)
+        self.statuses[key][frames.READY] = 0.0  # not ready from this moment, in every API server
+        self._replace(child, lambda: self._start_model(key, child, restarted=True))
+
+    def _check_api(self, index: int, child: Child) -> None:
+        process = child.process
+        if process is None:
+            if time.monotonic() >= child.not_before:
+                self._start_api(index, child)
+            return
+        if not child.ready and self._api_ready(child):
+            child.ready, child.failed_starts = True, 0
+            log.warning("API server %s is serving again", child.label)
+        if process.is_alive():
+            return
+        log.error(
+            "API server %s (pid %s) exited (code %s); starting another", child.label, process.pid, process.exitcode
+        )
+        process.join(5)
+        self._replace(child, lambda: self._start_api(index, child))
+
+    def _replace(self, child: Child, start) -> None:
+        """Start a lost process again at once if it had served, else after a growing backoff."""
+        if child.ready:
+            start()
+            return
+        child.failed_starts += 1
+        backoff = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (child.failed_starts - 1))
+        log.error("%s %s failed before it served; next try in %.0f s", child.kind, child.label, backoff)
+        child.process, child.not_before = None, time.monotonic() + backoff
+
+    # stopping ------------------------------------------------------------------------------------------------
+    def _forward(self, sig: int) -> None:
+        for child in self.apis.values():
+            if child.process is not None and child.process.is_alive():
+                os.kill(child.process.pid, sig)
+
+    def _stop_all(self) -> None:
+        """API servers first (each drains: SIGTERM gives its pre-stop period), then the model servers."""
+        sig = signal.SIGINT if self._signal == signal.SIGINT else signal.SIGTERM
+        self._forward(sig)
+        grace = self.settings.prestop_s + self.settings.request_timeout_s + STOP_GRACE_S
+        _join_all([c.process for c in self.apis.values()], grace)
+        models = [c.process for c in self.models.values()]
+        for process in models:
+            if process is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        _join_all(models, STOP_GRACE_S)
+
+
+def _join_all(processes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        if process is None:
+            continue
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("%s did not stop in time; killing it", process.name)
+            process.kill()
+            process.join(5)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The HTTP socket every API server accepts on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    except OSError as error:
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def check_free(host: str, port: int, what: str) -> None:
+    """Refuse a port another program holds (the API servers bind it together, with SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as error:
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {error.strerror}") from None
+
+
+def serve_api_servers(settings: Settings, api_servers: int, log_level: str | None = None) -> int:
+    """Serve ``settings`` with ``api_servers`` API server processes until a shutdown signal."""
+    from service.request_log import configure_logging
+
+    configure_logging(settings.log_format, log_level or settings.log_level)
+    return Supervisor(settings, api_servers, log_level).run()
+
+
+__all__ = ["StartupError", "Supervisor", "serve_api_servers"]
