@@ -124,9 +124,12 @@ def baseline_service(checkout: Path, variants: dict[str, VariantSettings], **set
 def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folder: Path, count: int) -> dict:
     """wrk at every concurrency against every variant (in turns), plus the HTTP overhead at concurrency 1."""
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    server = service(variants, queue_limit=1024)
+    first, *more = api_server_counts(args.api_servers)
+    server = service(variants, queue_limit=1024, **({"api_servers": first} if first else {}))
     servers = {"service": server}
     try:
+        for count in more:  # the same service with other API server counts, on the reference variant
+            servers[f"api-servers={count}"] = service(variants, queue_limit=1024, api_servers=count)
         if args.baseline_checkout:
             servers["baseline"] = baseline_service(Path(args.baseline_checkout), variants, queue_limit=1024)
         urls = {
@@ -148,7 +151,8 @@ def served(args: argparse.Namespace, variants: dict[str, VariantSettings], folde
             samples: dict[tuple[str, str], list[dict]] = {key: [] for key in urls}
             for _ in range(args.repeats):
                 for key, url in urls.items():
-                    samples[key].append(run_wrk(url, concurrency, args.seconds, folder, count))
+                    pid = servers[key[0]].process.pid
+                    samples[key].append(run_wrk(url, concurrency, args.seconds, folder, count, None, pid))
             for (label, name), runs in samples.items():
                 rows.append({"server": label, "variant": name} | summarise(runs))
                 print(json.dumps(rows[-1]), flush=True)
@@ -189,6 +193,13 @@ def summary(result: dict) -> dict:
         single = at.get(("service", name, 1))
         if single:
             out["variants"][name]["overhead_c1_wrk_ms"] = single["p50_ms"] - overhead["inference_p50_ms"]
+    for label in {r["server"] for r in runs if r["server"].startswith("api-servers=")}:
+        for concurrency in concurrencies:
+            mine, theirs = at.get((label, reference, concurrency)), at.get(("service", reference, concurrency))
+            if mine and theirs:
+                out.setdefault("api_servers_over_first", {}).setdefault(label, {})[str(concurrency)] = (
+                    paired_median_ratio(mine["requests_per_second_each"], theirs["requests_per_second_each"])
+                )
     new, old = at.get(("service", reference, 32)), at.get(("baseline", reference, 32))
     if new and old:
         out["full_c32_over_baseline"] = paired_median_ratio(
@@ -215,11 +226,22 @@ def run(args: argparse.Namespace) -> dict:
             "baseline_checkout": args.baseline_checkout,
             "baseline_commit": _commit(args.baseline_checkout) if args.baseline_checkout else None,
             "reference": args.reference,
+            "api_servers": api_server_counts(args.api_servers),
             "model_alone": model_alone(variants, bodies, args.model_seconds, args.repeats),
         }
         result["served"] = served(args, variants, folder, len(bodies))
     result["summary"] = summary(result)
     return result
+
+
+def api_server_counts(text: str | None) -> list[int | None]:
+    """``--api-servers 1,2``: the counts to serve with, the first one for every variant; None: the default."""
+    if not text:
+        return [None]
+    counts = [int(part) for part in text.split(",")]
+    if any(count < 1 for count in counts) or len(set(counts)) != len(counts):
+        raise ValueError(f"--api-servers takes distinct counts of at least 1, got {text!r}")
+    return counts
 
 
 def _commit(checkout: str) -> str | None:
@@ -296,6 +318,7 @@ def to_markdown(result: dict) -> str:
             f"- {name}: {by_wrk}{o['overhead_p50_ms']:.2f} ms with httpx (an empty GET: "
             f"{o['empty_get_p50_ms']:.2f} ms), over {o['inference_p50_ms']:.2f} ms of inference"
         )
+    lines += api_server_table(result, concurrencies, at)
     memory = result["served"]["memory_kib"]["service"]
     lines += [
         "",
@@ -313,6 +336,39 @@ def to_markdown(result: dict) -> str:
             f"{old:.0f} req/s, {result['summary']['full_c32_over_baseline']:.2f}x.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def api_server_table(result: dict, concurrencies: list[int], at: dict) -> list[str]:
+    """The reference variant served with each API server count: req/s, latency and CPU per request by kind."""
+    reference, counts = result.get("reference", "full"), result.get("api_servers") or [None]
+    labels = ["service", *(f"api-servers={count}" for count in counts[1:])]
+    ratios = result["summary"].get("api_servers_over_first", {})
+    lines = [
+        "",
+        f"`{reference}` by API server count (`--api-servers {','.join(str(c) for c in counts if c)}`; "
+        "the first count also serves every row above). CPU per request: CPU time of the service's processes of "
+        "each kind during the run over the requests answered (API servers: HTTP, decoding, routing, answering; "
+        "model workers: the model, and with several API servers the batching; supervisor: with several only):",
+        "",
+        "| API servers | concurrency | req/s | over the first | p50 / p99 | CPU ms/request: API servers | model "
+        "workers | supervisor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, count in zip(labels, counts):
+        for concurrency in concurrencies:
+            row = at.get((label, reference, concurrency))
+            if row is None:
+                continue
+            cpu = row.get("cpu_ms_per_request", {})
+            ratio = ratios.get(label, {}).get(str(concurrency))
+            lines.append(
+                f"| {count or 'default'} | {concurrency} | {row['requests_per_second']:.0f} | "
+                + (f"{ratio:.2f}x | " if ratio else "1 | " if label == "service" else " | ")
+                + f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | "
+                + " | ".join(f"{cpu[k]:.2f}" if k in cpu else "" for k in ("api_server", "model_worker", "supervisor"))
+                + " |"
+            )
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -335,6 +391,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--baseline-checkout", metavar="DIR", help="another checkout whose service is measured beside this one"
+    )
+    parser.add_argument(
+        "--api-servers",
+        metavar="N[,N...]",
+        help="API server processes to serve with (default: the service's own default); with several counts, the "
+        "reference variant is served with each in turn, and the ratios to the first count are reported",
     )
     parser.add_argument("--out", default=str(RESULTS), help="folder for efficiency.json and efficiency.md")
 

@@ -28,6 +28,7 @@ import httpx
 from PIL import Image
 
 from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
+from bench.process_cpu import cpu_by_kind, per_request
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
 
@@ -96,16 +97,26 @@ def write_bodies(data_root: str | None, count: int, folder: Path) -> list[bytes]
 
 
 def run_wrk(
-    url: str, concurrency: int, seconds: float, bodies: Path, count: int, extra_env: dict[str, str] | None = None
+    url: str,
+    concurrency: int,
+    seconds: float,
+    bodies: Path,
+    count: int,
+    extra_env: dict[str, str] | None = None,
+    server_pid: int | None = None,
 ) -> dict:
+    """One wrk run; with ``server_pid``, also the CPU the service's processes spent per request, by kind."""
     threads = min(2, concurrency)
     command = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
     env = os.environ | {"WRK_BODY_DIR": str(bodies), "WRK_BODY_COUNT": str(count)} | (extra_env or {})
+    before = cpu_by_kind(server_pid) if server_pid else None
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    after = cpu_by_kind(server_pid) if server_pid else None
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
     statuses = {int(k): v for k, v in raw["statuses"].items()}
-    return {
+    cpu = {"cpu_ms_per_request": per_request(before, after, raw["requests"])} if before and after else {}
+    return cpu | {
         "concurrency": concurrency,
         "requests_per_second": raw["requests"] / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1e3,
@@ -149,7 +160,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("the baseline needs a variant named 'full' or --baseline ARTIFACT")
     baseline_artifact = args.baseline or str(variants["full"].artifact)
     names = tuple(variants)
+    api_servers = {"api_servers": args.api_servers} if args.api_servers else {}
     results: dict = {
+        "api_servers": args.api_servers,
         "machine": machine_description(),
         "seconds_per_run": args.seconds,
         "repeats": args.repeats,
@@ -162,13 +175,18 @@ def run(args: argparse.Namespace) -> dict:
         for label, start, paths in (
             (
                 "service, micro-batching on",
-                lambda: service(variants, max_batch_size=args.max_batch_size, queue_limit=512),
+                lambda: service(variants, max_batch_size=args.max_batch_size, queue_limit=512, **api_servers),
                 names,
             ),
-            ("service, micro-batching off", lambda: service(variants, max_batch_size=1, queue_limit=512), names),
+            (
+                "service, micro-batching off",
+                lambda: service(variants, max_batch_size=1, queue_limit=512, **api_servers),
+                names,
+            ),
             ("baseline: minimal FastAPI, full ResNet, no batching", lambda: baseline(baseline_artifact), (None,)),
         ):
             server = start()
+            pid = server.process.pid if label.startswith("service") else None
             try:
                 if label.endswith("on"):
                     results["overhead"] = {
@@ -189,7 +207,8 @@ def run(args: argparse.Namespace) -> dict:
                     runs: dict[str, list[dict]] = {variant: [] for variant in urls}
                     for _ in range(args.repeats):
                         for variant, url in urls.items():
-                            runs[variant].append(run_wrk(url, concurrency, args.seconds, Path(folder), args.images))
+                            run = run_wrk(url, concurrency, args.seconds, Path(folder), args.images, None, pid)
+                            runs[variant].append(run)
                     for variant, samples in runs.items():
                         results["runs"].append({"setup": label, "variant": variant} | summarise(samples))
                         print(json.dumps(results["runs"][-1]), flush=True)
@@ -209,7 +228,11 @@ def summarise(samples: list[dict]) -> dict:
     for sample in samples:
         for status, count in sample["statuses"].items():
             statuses[status] = statuses.get(status, 0) + count
-    return {
+    cpu = {}
+    if all("cpu_ms_per_request" in s for s in samples):
+        kinds = samples[0]["cpu_ms_per_request"]
+        cpu = {"cpu_ms_per_request": {k: statistics.median(s["cpu_ms_per_request"][k] for s in samples) for k in kinds}}
+    return cpu | {
         "concurrency": samples[0]["concurrency"],
         **median,
         "repeats": len(samples),
@@ -241,14 +264,21 @@ def to_markdown(result: dict) -> str:
         f"wrk against the service on loopback, {per_row}; {result['machine']}. "
         f"Each request posts one of {result['images']} CIFAR-10 test images (PNG) in turn.",
         "",
-        "| setup | variant | concurrency | requests/s | p50 | p95 | p99 | 5xx | socket errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"API servers: {result.get('api_servers') or 'the default for this machine'}. CPU per request: the CPU "
+        "time the service's processes of each kind spent during the run over the requests answered (API servers: "
+        "HTTP, decoding, routing, answering; model workers: the models, and with several API servers the "
+        "batching); the baseline's is not measured.",
+        "",
+        "| setup | variant | concurrency | requests/s | p50 | p95 | p99 | 5xx | socket errors | CPU ms/request: API "
+        "servers | model workers |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
+        cpu = r.get("cpu_ms_per_request")
         lines.append(
             f"| {r['setup']} | {r['variant']} | {r['concurrency']} | {r['requests_per_second']:.0f} | "
             f"{r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['errors_5xx']} | "
-            f"{r['socket_errors']} |"
+            f"{r['socket_errors']} | " + (f"{cpu['api_server']:.2f} | {cpu['model_worker']:.2f} |" if cpu else " | |")
         )
     if result.get("speedups"):
         concurrencies = sorted({int(c) for ratios in result["speedups"].values() for c in ratios})
@@ -297,6 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's batch size when batching")
     add_variant_option(parser, "serve and load this artifact (repeatable); default: the default variants")
     parser.add_argument("--baseline", help="artifact behind the minimal FastAPI baseline (default: variant 'full')")
+    parser.add_argument(
+        "--api-servers", type=positive_int, help="API server processes the service runs (default: its own default)"
+    )
     parser.add_argument("--warmup-seconds", type=int, default=2, help="untimed wrk run before each row")
     parser.add_argument(
         "--overhead-requests", type=int, default=300, help="sequential requests for the HTTP-overhead figures"

@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 from service.config import Settings
 from service.libc import name_process
 from service.multiprocess.runtime import RuntimeLayout
+from service.multiprocess.shared_memory import remove_runtime_dir
 
 WATCH_EVERY_S = 0.2
 NAME_ENV = "BLOCKDROP_API_SERVER_NAME"
@@ -47,17 +48,19 @@ def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> Non
     backend = SharedBackend(settings, spec.layout, spec.index)
     app = create_app(settings, backend=backend)
     server = DrainingServer(uvicorn_config(app, settings, spec.log_level), settings.prestop_s)
-    threading.Thread(target=_watch, args=(server, ready, spec.supervisor), name="watch", daemon=True).start()
+    watch = (server, ready, spec.supervisor, spec.layout)
+    threading.Thread(target=_watch, args=watch, name="watch", daemon=True).start()
     server.run(sockets=[listener])
 
 
-def _watch(server, ready: Connection, supervisor: int) -> None:
-    """Say "ready" once uvicorn serves; end the process if the supervisor died without stopping it."""
+def _watch(server, ready: Connection, supervisor: int, layout: RuntimeLayout) -> None:
+    """Say "ready" once uvicorn serves; end the process (and the runtime folder) if the supervisor was killed."""
     told = False
     while True:
         if not told and server.started:
             ready.send("ready")
             told = True
         if os.getppid() != supervisor:
+            remove_runtime_dir(layout.root)
             os._exit(0)
         time.sleep(0.05 if not told else WATCH_EVERY_S)

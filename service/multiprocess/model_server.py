@@ -35,6 +35,7 @@ from service.libc import name_process
 from service.multiprocess import frames
 from service.multiprocess.frames import HELLO, REQUEST, Reply, SlotRegion, SlotShape
 from service.multiprocess.runtime import RuntimeLayout
+from service.multiprocess.shared_memory import remove_runtime_dir
 from service.variants import ExecutionOptions, load_variant
 from service.worker import HEARTBEAT_EVERY_S
 
@@ -66,7 +67,8 @@ def main(spec: ModelServerSpec) -> None:
     name_process(f"bd:{spec.name}")
     status = frames.status_block(spec.layout.status(spec.variant, spec.replica)).numpy()
     status[frames.PID] = os.getpid()
-    threading.Thread(target=_beat, args=(status, spec.supervisor), name="heartbeat", daemon=True).start()
+    beat = (status, spec.supervisor, spec.layout)
+    threading.Thread(target=_beat, args=beat, name="heartbeat", daemon=True).start()
     from service.request_log import configure_logging
 
     configure_logging(spec.settings.log_format, spec.settings.log_level)
@@ -75,10 +77,11 @@ def main(spec: ModelServerSpec) -> None:
     server.serve()
 
 
-def _beat(status, supervisor: int) -> None:
+def _beat(status, supervisor: int, layout: RuntimeLayout) -> None:
     while True:
         status[frames.HEARTBEAT] = time.monotonic()
-        if os.getppid() != supervisor:  # the supervisor died without stopping us
+        if os.getppid() != supervisor:  # the supervisor was killed: nobody else will clean up
+            remove_runtime_dir(layout.root)
             os._exit(0)
         time.sleep(HEARTBEAT_EVERY_S)
 

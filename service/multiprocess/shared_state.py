@@ -8,6 +8,7 @@ the service (the runtime folder goes with it), so nothing is synced to disk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -39,34 +40,64 @@ def create(path: Path) -> None:
 
 
 class SharedPredictionStore:
-    """``service.dataplane.Store`` over the shared file, bounded in count and age like ``PredictionStore``."""
+    """``service.dataplane.Store`` over the shared file, bounded in count and age like ``PredictionStore``.
 
-    def __init__(self, path: Path, capacity: int, ttl_s: float, clock=time.time):
+    Predictions are written behind, every ``flush_every_s`` from a batch kept here (one transaction instead of one
+    per request, which under load cost the event loop a lock shared with every other API server). So a claim that
+    finds nothing looks in this process's batch, then once more in the file after a flush interval: by then every
+    API server has written what it served before the claim arrived.
+    """
+
+    def __init__(self, path: Path, capacity: int, ttl_s: float, clock=time.time, flush_every_s: float = 0.05):
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self.flush_every_s = flush_every_s
         self._clock = clock
         self._connection = connect(path)
+        self._unwritten: list[tuple[str, str, int, float]] = []
         self._since_eviction = 0
+        self._flusher: asyncio.TimerHandle | None = None
 
     async def remember(self, entries: list[tuple[str, str, int]]) -> None:
         now = self._clock()
+        self._unwritten += [(*entry, now) for entry in entries]
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(self.flush_every_s, self.flush)
+
+    def flush(self) -> None:
+        """Write the predictions kept here (and now and then drop the expired and the oldest over capacity)."""
+        self._flusher = None
+        entries, self._unwritten = self._unwritten, []
+        if not entries:
+            return
         with self._connection as connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?)", [(*entry, now) for entry in entries]
-            )
+            connection.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?)", entries)
         self._since_eviction += len(entries)
         if self._since_eviction >= EVICT_EVERY:
             self._since_eviction = 0
             self._evict()
 
     async def claim(self, request_id: str) -> ServedPrediction | None:
-        cutoff = self._clock() - self.ttl_s
+        served = self._take_unwritten(request_id) or self._take_written(request_id)
+        if served is None:  # perhaps another API server has not written it yet
+            await asyncio.sleep(self.flush_every_s * 2)
+            served = self._take_written(request_id)
+        if served is None or served.served_at <= self._clock() - self.ttl_s:
+            return None
+        return served
+
+    def _take_unwritten(self, request_id: str) -> ServedPrediction | None:
+        for i, (kept_id, variant, class_id, served_at) in enumerate(self._unwritten):
+            if kept_id == request_id:
+                del self._unwritten[i]
+                return ServedPrediction(variant, class_id, served_at)
+        return None
+
+    def _take_written(self, request_id: str) -> ServedPrediction | None:
         row = self._connection.execute(
             "DELETE FROM predictions WHERE request_id = ? RETURNING variant, class_id, served_at", (request_id,)
         ).fetchone()
-        if row is None or row[2] <= cutoff:
-            return None
-        return ServedPrediction(*row)
+        return None if row is None else ServedPrediction(*row)
 
     def _evict(self) -> None:
         with self._connection as connection:

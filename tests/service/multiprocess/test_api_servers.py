@@ -1,0 +1,249 @@
+"""``blockdrop serve --api-servers 2``: one service, whichever API server answers; faults handled once.
+
+Each test reaches a chosen API server through a keep-alive connection that server accepted (the kernel hands new
+connections to whichever process accepts first, so ``client_on`` opens connections until one lands there)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import glob
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models import save_artifact
+from models.artifacts import InputSpec, Manifest
+from models.blockdrop import BlockDropModel
+from models.resnet import cifar_resnet
+from tests.service.conftest import MEAN, STD, png_bytes
+from tests.service.live_server import Server
+
+API_SERVERS = ("api-0", "api-1")
+PNG = {"content-type": "image/png"}
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def variants(artifacts, tmp_path_factory) -> list[dict]:
+    slow = tmp_path_factory.mktemp("slow") / "slow-resnet110"
+    manifest = Manifest(
+        name="slow-resnet110",
+        kind="resnet",
+        architecture={},
+        classes=[str(i) for i in range(10)],
+        input=InputSpec(32, 32, None, MEAN, STD),
+    )
+    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), slow, manifest)
+    return [
+        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
+        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
+        {"name": "slow", "artifact": str(slow), "mode": "full", "weight": 0},
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(variants):
+    running = Server(variants, api_servers=2, admin_token=TOKEN)
+    yield running
+    assert running.stop()
+
+
+def served_by(response: httpx.Response) -> tuple[str, int]:
+    name, pid = response.headers["x-served-by"].split("/")
+    return name, int(pid)
+
+
+def client_on(server: Server, name: str, tries: int = 300) -> httpx.Client:
+    """A client whose one keep-alive connection API server ``name`` accepted."""
+    for _ in range(tries):
+        client = httpx.Client(base_url=server.url, timeout=10, limits=httpx.Limits(max_connections=1))
+        try:
+            if served_by(client.get("/healthz/live"))[0] == name:
+                return client
+        except httpx.HTTPError:
+            pass
+        client.close()
+    pytest.fail(f"no connection reached {name} in {tries} tries")
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid``, with their names (``bd-api-N``, ``bd:VARIANT``)."""
+    found = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        if ppid == pid:
+            found[int(Path(stat).parent.name)] = name
+    return found
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` that carry ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_api_servers_and_one_model_server_per_variant(server):
+    names = sorted(children(server.process.pid).values())
+    assert names == ["bd-api-0", "bd-api-1", "bd:blockdrop", "bd:full", "bd:slow"]
+
+
+def test_one_scrape_counts_every_request_of_every_api_server(server):
+    before = httpx.get(f"{server.url}/metrics").text
+    seen = set()
+    for seed in range(40):  # a new connection each: both API servers answer some
+        response = httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG)
+        assert response.status_code == 200
+        seen.add(served_by(response)[0])
+    after = httpx.get(f"{server.url}/metrics").text
+    assert seen == set(API_SERVERS)
+    for name in ("blockdrop_requests_total", "blockdrop_images_total"):
+        assert metric(after, name) - metric(before, name) == 40, name
+    executed = metric(after, "blockdrop_batch_size_sum") - metric(before, "blockdrop_batch_size_sum")
+    assert executed == 40  # counted once, by the model servers
+
+
+def test_feedback_is_matched_by_another_api_server(server):
+    first, second = client_on(server, "api-0"), client_on(server, "api-1")
+    with first, second:
+        answer = first.post("/v1/classify", content=png_bytes(seed=5), headers=PNG).json()
+        feedback = second.post("/v1/feedback", json={"request_id": answer["request_id"], "label": 3})
+        assert feedback.status_code == 200
+        assert feedback.json()["predicted"] == answer["prediction"]["class_id"]
+        again = first.post("/v1/feedback", json={"request_id": answer["request_id"], "label": 3})
+        assert again.status_code == 404  # once, whichever server is asked
+
+
+def test_an_admin_change_reaches_every_api_server_within_a_second(server):
+    first, second = client_on(server, "api-0"), client_on(server, "api-1")
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with first, second:
+        assert first.put("/v1/variants/blockdrop", json={"threshold": 0.31}, headers=auth).status_code == 200
+        changed = time.monotonic()
+        while second.get("/v1/variants/blockdrop").json()["threshold"] != pytest.approx(0.31):
+            assert time.monotonic() - changed < 1.0
+            time.sleep(0.02)
+        answer = second.post("/v1/classify?variant=blockdrop", content=png_bytes(seed=1), headers=PNG).json()
+        assert answer["compute"]["threshold"] == pytest.approx(0.31)
+
+
+def test_a_sticky_key_lands_on_the_same_variant_from_every_api_server(server):
+    first, second = client_on(server, "api-0"), client_on(server, "api-1")
+    with first, second:
+        for key in ("alice", "bob", "carol", "dave"):
+            headers = PNG | {"x-client-id": key}
+            one = first.post("/v1/classify", content=png_bytes(), headers=headers).json()["variant"]
+            other = second.post("/v1/classify", content=png_bytes(), headers=headers).json()["variant"]
+            assert one == other
+
+
+def test_grpc_answers_on_the_shared_port(server):
+    import numpy as np
+    import tritonclient.grpc as triton
+    from PIL import Image
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.grpc_port}")
+    pixels = np.stack([np.asarray(Image.open(__import__("io").BytesIO(png_bytes(seed=s)))) for s in (1, 2)])
+    images = triton.InferInput("images", list(pixels.shape), "UINT8")
+    images.set_data_from_numpy(pixels)
+    for _ in range(5):
+        result = client.infer("full", [images])
+        assert result.as_numpy("logits").shape == (2, 10)
+
+
+def test_a_hung_model_server_is_refused_by_every_api_server_then_replaced_once(server):
+    (victim,) = [pid for pid, name in children(server.process.pid).items() if name == "bd:full"]
+    restarts = metric(httpx.get(f"{server.url}/metrics").text, "blockdrop_worker_restarts_total", variant="full")
+    clients = {name: client_on(server, name) for name in API_SERVERS}
+    refused = set()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while refused != set(API_SERVERS) and time.monotonic() < deadline:
+            for name, client in clients.items():
+                response = client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG)
+                assert response.status_code in (200, 503)
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+                    refused.add(name)
+        assert refused == set(API_SERVERS)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed by the supervisor, as it should be
+            os.kill(victim, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    for client in clients.values():
+        while client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        client.close()
+    replacements = [pid for pid, name in children(server.process.pid).items() if name == "bd:full"]
+    assert len(replacements) == 1 and replacements[0] != victim
+    after = metric(httpx.get(f"{server.url}/metrics").text, "blockdrop_worker_restarts_total", variant="full")
+    assert after - restarts == 1  # once, by the supervisor: not once per API server
+
+
+def test_a_killed_api_server_is_replaced_while_the_other_answers(server):
+    with client_on(server, "api-1") as victim:
+        _, pid = served_by(victim.get("/healthz/live"))
+    os.kill(pid, signal.SIGKILL)
+    for seed in range(20):  # new connections: the other API server takes them all meanwhile
+        assert httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG).status_code == 200
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with client_on(server, "api-1", tries=50) as replacement:
+                assert served_by(replacement.get("/healthz/ready"))[1] != pid
+                break
+        except pytest.fail.Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+
+
+def test_sigterm_drains_every_api_server_and_leaves_nothing(variants):
+    runtime_dirs = set(glob.glob("/dev/shm/blockdrop-*"))
+    running = Server(variants, api_servers=2)
+    processes = children(running.process.pid)
+    assert len(processes) == 5
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        calls = [
+            pool.submit(
+                httpx.post,
+                f"{running.url}/v1/classify?variant=slow",
+                content=png_bytes(seed=i),
+                headers=PNG,
+                timeout=30,
+            )
+            for i in range(8)
+        ]
+        time.sleep(0.3)  # in flight, on both API servers
+        running.process.send_signal(signal.SIGTERM)
+        assert [call.result().status_code for call in calls] == [200] * 8
+    assert running.exited_cleanly()
+    assert not [pid for pid in processes if Path(f"/proc/{pid}").exists()]
+    assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
+
+
+def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
+    runtime_dirs = set(glob.glob("/dev/shm/blockdrop-*"))
+    running = Server(variants, api_servers=2)
+    processes = children(running.process.pid)
+    running.process.kill()
+    running.process.wait()
+    deadline = time.monotonic() + 10
+    while [pid for pid in processes if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, "orphans left"
+        time.sleep(0.1)
+    assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
