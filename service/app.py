@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from models.device import resolve_device
 from service import __version__
+from service.accounting import served_by
 from service.api import admin, console, experiment, explain, health, rollouts, samples, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
@@ -130,10 +131,18 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.include_router(health.router)
     app.include_router(console.router)
     console.mount_console_assets(app)
+    # X-Served-By on every answer, read now, in the process that serves; on Ray the ingress adds its replica's
+    # name itself (service/cluster/headers.py), so it is left to that there
+    name = served_by() if backend is None else None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outside the size limit, so that a 413 is counted too
+    # outside the size limit, so that a 413 is counted too
+    app.add_middleware(RequestMetrics, metrics=metrics, served_by=name)
     if settings.fast_path:  # added last, so it sees each request first
         app.add_middleware(
-            FastClassify, plane=lambda: app.state.plane, metrics=metrics, max_body_bytes=settings.max_body_bytes
+            FastClassify,
+            plane=lambda: app.state.plane,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+            served_by=name,
         )
     return app

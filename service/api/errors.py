@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.accounting import ECHOED_HEADERS
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -44,4 +45,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; the service logged the details")
+        response = error_response(500, "internal error; the service logged the details")
+        # this answer is sent from outside the middleware (Starlette's outermost layer): add what it adds to others
+        response.raw_headers += request.scope.get("state", {}).get(ECHOED_HEADERS, [])
+        return response

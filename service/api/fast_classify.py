@@ -9,18 +9,18 @@ everything else: multipart and JSON bodies, and any query it does not parse as p
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.accounting import SERVED_BY_HEADER, RequestAccount
+from service.api.choice import RAW_HEADERS, choose_variant
 from service.api.errors import encode_json
 from service.dataplane import DataPlane
 from service.errors import PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
 from service.numbers import longer_than, whole_number
-from service.request_log import open_record, request_id_from, write_record
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,20 @@ def parse_query(query_string: bytes) -> dict[str, str] | None:
 
 
 class FastClassify:
-    def __init__(self, app: ASGIApp, plane: Callable[[], DataPlane], metrics: ServiceMetrics, max_body_bytes: int):
+    def __init__(
+        self,
+        app: ASGIApp,
+        plane: Callable[[], DataPlane],
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        served_by: str | None = None,
+    ):
+        """``served_by``: the ``X-Served-By`` every answer carries (none without it)."""
         self.app = app
         self.plane = plane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = self._claim(scope)
@@ -56,17 +65,12 @@ class FastClassify:
             await self.app(scope, receive, send)
             return
         query, headers = request
-        started = time.monotonic()
-        variant = "none"
-        request_id = request_id_from(headers.get(b"x-request-id"))
-        record = open_record(request_id, "http", PATH)
+        account = RequestAccount.open(self.metrics, headers.get(b"x-request-id"), "http", PATH)
         try:
             body = await self._read_body(headers, receive)
             plane = self.plane()
-            chosen = plane.route(query.get("variant") or headers.get(b"x-variant"), headers.get(b"x-client-id"))
-            variant = chosen.name
+            chosen, budget = choose_variant(plane, account, query.get, headers.get, names=RAW_HEADERS)
             top_k = int(query["top_k"]) if "top_k" in query else 1
-            budget = query.get("budget") or headers.get(b"x-compute-budget")
             results = await plane.classify(chosen, [body], top_k, budget)
             status, payload, extra = 200, encode_json(results[0]), {}
         except ServiceError as error:
@@ -76,11 +80,9 @@ class FastClassify:
             status, payload, extra = 500, encode_json({"error": "internal error; the service logged the details"}), {}
         if status == 413:
             extra = extra | {"connection": "close"}  # the unread rest of the body must not be taken as a request
-        await _respond(send, status, payload, extra | {"x-request-id": request_id})
-        self.metrics.requests.labels(variant, str(status)).inc()
-        if variant != "none":
-            self.metrics.latency.labels(variant).observe(time.monotonic() - started)
-        write_record(record, status)
+        await _respond(send, status, payload, extra | {"x-request-id": account.request_id}, self.fixed_headers)
+        account.status = status
+        account.finish()
 
     def _claim(self, scope: Scope) -> tuple[dict[str, str], dict[bytes, str]] | None:
         """The query and headers of a request this path answers, or None to hand it to FastAPI."""
@@ -88,7 +90,7 @@ class FastClassify:
             return None
         headers: dict[bytes, str] = {}
         for name, value in scope["headers"]:
-            if name in headers and name in (b"x-variant", b"x-client-id", b"x-compute-budget", b"content-type"):
+            if name in headers and (name in RAW_HEADERS or name == b"content-type"):
                 return None  # repeated: leave the choice of which one counts to FastAPI
             headers[name] = value.decode("latin-1")
         content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
@@ -115,8 +117,11 @@ class FastClassify:
                 return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, payload: bytes, extra: dict[str, str]) -> None:
+async def _respond(
+    send: Send, status: int, payload: bytes, extra: dict[str, str], fixed: list[tuple[bytes, bytes]]
+) -> None:
     headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+    headers += fixed
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

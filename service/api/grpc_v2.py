@@ -9,18 +9,20 @@ UNIMPLEMENTED. Domain errors map once each to a gRPC status.
 from __future__ import annotations
 
 import logging
-import time
+from functools import partial
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from service import __version__
+from service.accounting import SERVED_BY_HEADER, RequestAccount, served_by
+from service.api.choice import choose_variant
 from service.api.v2_binary import EXTENSION
 from service.dataplane import Compute, DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
-from service.request_log import REQUEST_ID_HEADER, open_record, request_id_from, write_record
+from service.request_log import REQUEST_ID_HEADER
 from service.tensors import InputTensor, OutputTensor
 
 log = logging.getLogger(__name__)
@@ -101,24 +103,33 @@ def response_for(
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Every answer names the process in metadata ``x-served-by``: ModelInfer's initial metadata (beside
+    ``x-request-id``), the other methods' trailing metadata."""
+
     def __init__(self, plane: DataPlane, metrics: ServiceMetrics):
         self.plane = plane
         self.metrics = metrics
+        self.served_by = (SERVED_BY_HEADER, served_by())  # when the server starts, in the process that serves
 
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+        context.set_trailing_metadata((self.served_by,))
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+        context.set_trailing_metadata((self.served_by,))
         return pb.ServerReadyResponse(ready=self.plane.ready)
 
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+        context.set_trailing_metadata((self.served_by,))
         await self._known(request.name, context)
         return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name))
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        context.set_trailing_metadata((self.served_by,))
         return pb.ServerMetadataResponse(name="blockdrop-serving", version=__version__, extensions=[EXTENSION])
 
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+        context.set_trailing_metadata((self.served_by,))
         await self._known(request.name, context)
         metadata = self.plane.model_metadata(request.name)
         response = pb.ModelMetadataResponse(name=request.name, versions=[MODEL_VERSION], platform="pytorch")
@@ -129,36 +140,28 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
-        started = time.monotonic()
-        variant, status = "none", 500
         metadata = dict(context.invocation_metadata() or ())
-        request_id = request_id_from(metadata.get(REQUEST_ID_HEADER))
-        record = open_record(request_id, "grpc", "ModelInfer")
-        await context.send_initial_metadata([(REQUEST_ID_HEADER, request_id)])
+        # counted as the HTTP routes count, by the HTTP status the same answer would have had
+        account = RequestAccount.open(self.metrics, metadata.get(REQUEST_ID_HEADER), "grpc", "ModelInfer")
+        await context.send_initial_metadata([(REQUEST_ID_HEADER, account.request_id), self.served_by])
         try:
-            override = _parameter(request, "variant") or metadata.get("x-variant")
-            client_key = _parameter(request, "client_id") or metadata.get("x-client-id")
-            chosen = self.plane.tensor_model(request.model_name, override, client_key)
-            variant = chosen.name
-            compute = self.plane.compute_for(chosen, _parameter(request, "budget") or metadata.get("x-compute-budget"))
+            asked = partial(_parameter, request)
+            chosen, budget = choose_variant(self.plane, account, asked, metadata.get, model=request.model_name)
+            compute = self.plane.compute_for(chosen, budget)
             wanted = [o.name for o in request.outputs] or None
             outputs = await self.plane.infer_tensors(
                 chosen, input_tensors(request, self.plane.max_tensor_values), wanted, compute
             )
-            status = 200
+            account.status = 200
             return response_for(request, chosen.name, outputs, compute)
         except ServiceError as error:
-            status = error.status_code
+            account.status = error.status_code
             await context.abort(status_of(error, self.plane.draining), error.message)
         except Exception:
             log.exception("unhandled error in gRPC ModelInfer")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")
         finally:
-            # counted as the HTTP routes count, by the HTTP status the same answer would have had
-            self.metrics.requests.labels(variant, str(status)).inc()
-            if variant != "none":
-                self.metrics.latency.labels(variant).observe(time.monotonic() - started)
-            write_record(record, status)
+            account.finish()
 
     async def _known(self, name: str, context) -> None:
         try:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.accounting import ACCOUNT, ECHOED_HEADERS, SERVED_BY_HEADER, RequestAccount
 from service.api.errors import encode_json
 from service.errors import PayloadTooLarge
 from service.metrics import ServiceMetrics
 from service.numbers import longer_than
-from service.request_log import open_record, request_id_from, write_record
+from service.request_log import request_id_from
 
 INFERENCE_PATHS = ("/v1/classify", "/v2/models/")
 
@@ -72,40 +71,44 @@ class BodySizeLimit:
 
 
 class RequestMetrics:
-    """Give every HTTP request an id (the client's ``X-Request-ID`` or a new one, echoed in the response), and for
-    inference requests: count them by variant and status, time them end to end, and write their log line."""
+    """Give every HTTP request an id (the client's ``X-Request-ID`` or a new one, echoed in the response) and the
+    ``X-Served-By`` header (when given ``served_by``); and give each inference request its account (in the scope's
+    state, for the route to note its variant on), finished once the answer has gone: counted by variant and
+    status, timed end to end, logged."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, served_by: str | None = None):
         self.app = app
         self.metrics = metrics
+        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(header(scope, b"x-request-id"))
+        offered_id = header(scope, b"x-request-id")
         path = scope.get("path", "")
-        inference = path.startswith(INFERENCE_PATHS) and scope.get("method") == "POST"
-        record = open_record(request_id, "http", path) if inference else None  # None too while lines are off
-        started = time.monotonic()
-        status = 500
+        state = scope.setdefault("state", {})
+        account = None
+        if path.startswith(INFERENCE_PATHS) and scope.get("method") == "POST":
+            account = state[ACCOUNT] = RequestAccount.open(self.metrics, offered_id, "http", path)
+            request_id = account.request_id
+        else:
+            request_id = request_id_from(offered_id)
+        # also for the 500 that Starlette's outermost layer sends on an unhandled error (service/api/errors.py)
+        echoed = state[ECHOED_HEADERS] = [(b"x-request-id", request_id.encode()), *self.fixed_headers]
 
         async def recording_send(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                if account is not None:
+                    account.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *echoed]}
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            if inference:
-                variant = scope.get("state", {}).get("variant", "none")
-                self.metrics.requests.labels(variant, str(status)).inc()
-                if variant != "none":
-                    self.metrics.latency.labels(variant).observe(time.monotonic() - started)
-                write_record(record, status)
+            if account is not None:
+                account.finish()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from service.accounting import account_in
+from service.api.choice import choose_variant
 from service.api.deps import get_plane
 from service.api.schemas import (
     ERROR_RESPONSES,
@@ -64,9 +66,10 @@ async def classify(
     plane: DataPlane = Depends(get_plane),
 ) -> JSONResponse:
     images, batch_top_k, is_batch = await _read_images(request, plane.settings.max_images_per_request)
-    chosen = plane.route(variant or x_variant, x_client_id)
-    request.state.variant = chosen.name
-    results = await plane.classify(chosen, images, top_k or batch_top_k or 1, budget or x_compute_budget)
+    headers = {"x-variant": x_variant, "x-client-id": x_client_id, "x-compute-budget": x_compute_budget}
+    asked = {"variant": variant, "budget": budget}
+    chosen, asked_budget = choose_variant(plane, account_in(request.scope), asked.get, headers.get)
+    results = await plane.classify(chosen, images, top_k or batch_top_k or 1, asked_budget)
     # a ready response: FastAPI would otherwise walk the plain dicts once more through jsonable_encoder
     return JSONResponse({"variant": chosen.name, "results": results} if is_batch else results[0])
 

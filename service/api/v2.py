@@ -9,13 +9,17 @@ Content-Type (tritonclient sends none).
 
 from __future__ import annotations
 
+from functools import partial
+
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import __version__
+from service.accounting import account_in
 from service.api import v2_binary as binary_extension
+from service.api.choice import choose_variant
 from service.api.deps import get_plane
 from service.api.schemas import ERROR_RESPONSES
 from service.api.v2_binary import binary_outputs, encode, input_tensors, split_body
@@ -96,11 +100,9 @@ async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plan
         else parse_request(json_part)
     )
     inputs = input_tensors(body, binary)
-    asked = body.parameters or {}
-    override = _text(asked, "variant") or request.headers.get("x-variant")
-    variant = plane.tensor_model(name, override, _text(asked, "client_id") or request.headers.get("x-client-id"))
-    request.state.variant = variant.name
-    compute = plane.compute_for(variant, _text(asked, "budget") or request.headers.get("x-compute-budget"))
+    asked = partial(_text, body.parameters or {})
+    variant, budget = choose_variant(plane, account_in(request.scope), asked, request.headers.get, model=name)
+    compute = plane.compute_for(variant, budget)
     wanted = [o.name for o in body.outputs] if body.outputs else None
     outputs = await plane.infer_tensors(variant, inputs, wanted, compute)
     as_binary = binary_outputs(body, [o.name for o in outputs])

@@ -24,11 +24,12 @@ from tests.service.live_server import Server
 from tests.service.test_server_e2e import variants  # noqa: F401 (the module's variants fixture)
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+SERVER_NAME = "api-grpc-test"  # the module's server's BLOCKDROP_API_SERVER_NAME (X-Served-By)
 
 
 @pytest.fixture(scope="module")
 def server(variants):  # noqa: F811
-    running = Server(variants)
+    running = Server(variants, api_server_name=SERVER_NAME)
     yield running
     assert running.stop()
 
@@ -210,3 +211,48 @@ def test_the_request_id_comes_back_as_metadata(stub):
     assert dict(call.initial_metadata())["x-request-id"] == "grpc-7"
     _, call = stub.ModelInfer.with_call(request)
     assert len(dict(call.initial_metadata())["x-request-id"]) == 32
+
+
+def test_every_answer_names_the_process_that_served_it(server, stub):
+    """``X-Served-By`` on HTTP (the fast path, FastAPI routes, refusals) and ``x-served-by`` as gRPC metadata: the
+    name the server process was started with, and its pid."""
+    served_by = f"{SERVER_NAME}/{server.process.pid}"
+    png, tensor = png_bytes(seed=1), {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3]}
+    answers = {
+        "fast path": httpx.post(f"{server.url}/v1/classify", content=png, headers={"content-type": "image/png"}),
+        "fast path, 404": httpx.post(
+            f"{server.url}/v1/classify?variant=nope", content=png, headers={"content-type": "image/png"}
+        ),
+        "GET /v1/models": httpx.get(f"{server.url}/v1/models"),
+        "v2 infer": httpx.post(f"{server.url}/v2/models/full/infer", json={"inputs": [tensor | {"data": [0] * 3072}]}),
+        "v2 infer, 400": httpx.post(f"{server.url}/v2/models/full/infer", json={"inputs": [tensor | {"data": [0]}]}),
+        "FastAPI validation, 422": httpx.post(
+            f"{server.url}/v1/classify?top_k=0", content=png, headers={"content-type": "image/png"}
+        ),
+    }
+    assert {what: answer.status_code for what, answer in answers.items()} == {
+        "fast path": 200,
+        "fast path, 404": 404,
+        "GET /v1/models": 200,
+        "v2 infer": 200,
+        "v2 infer, 400": 400,
+        "FastAPI validation, 422": 422,
+    }
+    assert {what: answer.headers.get_list("x-served-by") for what, answer in answers.items()} == {
+        what: [served_by] for what in answers
+    }
+
+    request = pb.ModelInferRequest(model_name="full")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    _, call = stub.ModelInfer.with_call(request)
+    assert dict(call.initial_metadata())["x-served-by"] == served_by
+    request.model_name = "nope"
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request)
+    assert dict(refused.value.initial_metadata())["x-served-by"] == served_by
+    _, call = stub.ServerLive.with_call(pb.ServerLiveRequest())
+    assert dict(call.trailing_metadata())["x-served-by"] == served_by
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelReady(pb.ModelReadyRequest(name="nope"))
+    assert dict(refused.value.trailing_metadata())["x-served-by"] == served_by

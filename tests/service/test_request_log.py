@@ -81,3 +81,38 @@ def test_json_lines_and_no_access_log_by_default():
     assert json.loads(JsonFormatter().format(plain))["message"] == "hello world"
     config = uvicorn_config(app=lambda scope, receive, send: None, settings=Settings())
     assert config.access_log is False and config.log_config is None
+
+
+def test_every_answer_says_which_process_served_it(artifacts, monkeypatch):
+    """``X-Served-By``: ``BLOCKDROP_API_SERVER_NAME`` (``api-0`` unset) as it is when the app is made, and the pid; on
+    the fast path, the FastAPI routes, their refusals, the body limit's 413 and the 500 of an unexpected error."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    monkeypatch.delenv("BLOCKDROP_API_SERVER_NAME", raising=False)
+    unnamed = create_app(make_settings(artifacts, max_body_bytes=50_000))
+    monkeypatch.setenv("BLOCKDROP_API_SERVER_NAME", "api-3")
+    named = create_app(make_settings(artifacts, max_body_bytes=50_000))
+    monkeypatch.delenv("BLOCKDROP_API_SERVER_NAME")
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+    for app, name in ((unnamed, "api-0"), (named, "api-3")):
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answers = [
+                client.post("/v1/classify", content=png_bytes(seed=1), headers=PNG),  # the fast path
+                client.post("/v1/classify?variant=nope", content=png_bytes(seed=1), headers=PNG),
+                client.get("/v1/models"),
+                client.post("/v2/models/full/infer", json={"inputs": [tensor]}),
+                client.post("/v2/models/nope/infer", json={"inputs": [tensor]}),
+                client.post("/v1/classify", json={"images": ["x" * 60_000]}),  # the body limit's 413
+            ]
+            with monkeypatch.context() as patch:
+                patch.setattr(app.state.plane, "models", lambda: 1 / 0)  # an unexpected error: a 500
+                answers.append(client.get("/v1/models"))
+        assert [answer.status_code for answer in answers] == [200, 404, 200, 200, 404, 413, 500]
+        assert {answer.headers["x-served-by"] for answer in answers} == {f"{name}/{os.getpid()}"}
+        assert all(len(answer.headers.get_list("x-served-by")) == 1 for answer in answers)
+        assert answers[-1].headers["x-request-id"]  # the 500 is sent outside the middleware: it gets the id too

@@ -1,0 +1,37 @@
+"""What a request asks to run on, read the same way by every protocol: the variant (an override, else the A/B
+split by sticky client key) and the compute budget, each from the protocol's own field (v1's query, v2's and
+gRPC's ``parameters``) before the header (HTTP) or metadata (gRPC) of the same meaning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from service.accounting import RequestAccount
+from service.dataplane import DataPlane
+from service.variants import Variant
+
+# the headers read after the protocol's own fields variant, client_id and budget
+HEADERS = ("x-variant", "x-client-id", "x-compute-budget")
+RAW_HEADERS = (b"x-variant", b"x-client-id", b"x-compute-budget")  # for a pure-ASGI layer's header dict
+
+
+def choose_variant(
+    plane: DataPlane,
+    account: RequestAccount | None,
+    asked: Callable[[str], str | None],
+    header: Callable[[Any], str | None],
+    model: str | None = None,
+    names: tuple[Any, Any, Any] = HEADERS,
+) -> tuple[Variant, str | None]:
+    """The variant the request runs on (for tensor protocols, the ``model`` named: a variant, or the virtual A/B
+    model), noted on its ``account`` (if it has one); and the budget it asks for. ``asked(field)`` reads the
+    protocol's own field (it may refuse a malformed one), ``header(name)`` the header or metadata ``names`` gives
+    for it. The budget is read after the variant is chosen, so that a request wrong in both is refused for its
+    variant."""
+    override = asked("variant") or header(names[0])
+    client_key = asked("client_id") or header(names[1])
+    chosen = plane.route(override, client_key) if model is None else plane.tensor_model(model, override, client_key)
+    if account is not None:
+        account.variant = chosen.name
+    return chosen, asked("budget") or header(names[2])
