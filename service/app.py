@@ -131,9 +131,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.include_router(health.router)
     app.include_router(console.router)
     console.mount_console_assets(app)
-    # X-Served-By on every answer, read now, in the process that serves; on Ray the ingress adds its replica's
-    # name itself (service/cluster/headers.py), so it is left to that there
-    name = served_by() if backend is None else None
+    # X-Served-By on every answer, read now, in the process that serves; a backend whose processes name themselves
+    # (a Ray ingress adds its replica's id: service/cluster/headers.py) leaves it to them
+    name = served_by() if backend is None or not getattr(backend, "names_its_servers", False) else None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # outside the size limit, so that a 413 is counted too
     app.add_middleware(RequestMetrics, metrics=metrics, served_by=name)

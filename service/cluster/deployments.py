@@ -155,6 +155,8 @@ class RayBackend:
     """The data plane's backend on Ray: remote executors, the shared store, and the background loop that shares
     metrics and operator changes between ingress replicas and pings the variants' deployments."""
 
+    names_its_servers = True  # the ingress adds X-Served-By with its replica's id
+
     def __init__(self, settings: Settings, args: dict[str, Any], handles: dict[str, DeploymentHandle], replica: str):
         self.settings = settings
         self.handles = handles

@@ -4,7 +4,9 @@ goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from service.config import Settings
-from service.libc import name_process
+from service.libc import name_process, signal_on_parent_death
 from service.multiprocess.runtime import RuntimeLayout
 from service.multiprocess.shared_memory import remove_runtime_dir
 
@@ -36,6 +38,7 @@ class ApiServerSpec:
 def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> None:
     """The process's entry point (spawned by the supervisor)."""
     os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
+    signal_on_parent_death(signal.SIGTERM)  # a killed supervisor: drain and go (the watch thread is the backstop)
     name_process(f"bd-{spec.name}")
     os.environ[NAME_ENV] = spec.name  # X-Served-By
     from service.app import create_app
@@ -51,6 +54,8 @@ def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> Non
     watch = (server, ready, spec.supervisor, spec.layout)
     threading.Thread(target=_watch, args=watch, name="watch", daemon=True).start()
     server.run(sockets=[listener])
+    if os.getppid() != spec.supervisor:  # drained after the supervisor was killed: nobody else will clean up
+        remove_runtime_dir(spec.layout.root)
 
 
 def _watch(server, ready: Connection, supervisor: int, layout: RuntimeLayout) -> None:
@@ -58,7 +63,8 @@ def _watch(server, ready: Connection, supervisor: int, layout: RuntimeLayout) ->
     told = False
     while True:
         if not told and server.started:
-            ready.send("ready")
+            with contextlib.suppress(OSError):  # the supervisor is gone: the next check ends this process
+                ready.send("ready")
             told = True
         if os.getppid() != supervisor:
             remove_runtime_dir(layout.root)

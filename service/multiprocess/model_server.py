@@ -31,7 +31,7 @@ from models.device import resolve_device
 from service.batching import smoothed, thresholds_of, too_late
 from service.config import Settings
 from service.errors import Overloaded, ServiceError
-from service.libc import name_process
+from service.libc import name_process, signal_on_parent_death
 from service.multiprocess import frames
 from service.multiprocess.frames import HELLO, REQUEST, Reply, SlotRegion, SlotShape
 from service.multiprocess.runtime import RuntimeLayout
@@ -64,6 +64,7 @@ def main(spec: ModelServerSpec) -> None:
     """The process's entry point (spawned by the supervisor)."""
     os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal_on_parent_death(signal.SIGKILL)  # a killed supervisor (the heartbeat thread also checks, and cleans up)
     name_process(f"bd:{spec.name}")
     status = frames.status_block(spec.layout.status(spec.variant, spec.replica)).numpy()
     status[frames.PID] = os.getpid()

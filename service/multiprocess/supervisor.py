@@ -35,6 +35,10 @@ STOP_GRACE_S = 10.0
 LISTEN_BACKLOG = 2048
 
 
+class _Stopped(Exception):
+    """A shutdown signal came while the service was starting."""
+
+
 class StartupError(ValueError):
     """A process of the service could not start: the service does not either."""
 
@@ -73,7 +77,10 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self._prepare()
-            self._start_all()
+            try:
+                self._start_all()
+            except _Stopped:
+                return 0
             host, port = self.listener.getsockname()[:2]
             log.info(
                 "serving on http://%s:%d with %d API servers and %d model servers",
@@ -127,7 +134,7 @@ class Supervisor:
         waiting = list(children)
         while waiting:
             if self._signal is not None:
-                raise SystemExit(0)
+                raise _Stopped
             for child in list(waiting):
                 if is_ready(child):
                     child.ready = True
@@ -199,7 +206,10 @@ class Supervisor:
             child.ready, child.failed_starts = True, 0
             log.warning("model server %s is serving again", child.label)
         silent = time.monotonic() - status[frames.HEARTBEAT]
-        if process.is_alive() and silent <= self.settings.worker_heartbeat_timeout_s:
+        # until its heartbeat thread runs (a new process imports torch first), it has the start-up timeout
+        beating = status[frames.PID] != 0
+        limit = self.settings.worker_heartbeat_timeout_s if beating else START_TIMEOUT_S
+        if process.is_alive() and silent <= limit:
             return
         if process.is_alive():
             log.error(

@@ -17,11 +17,16 @@ def test_a_prediction_takes_feedback_once_from_any_process(tmp_path):
     path = tmp_path / "shared.sqlite"
     create(path)
     one, other = SharedPredictionStore(path, 100, 60.0), SharedPredictionStore(path, 100, 60.0)
-    asyncio.run(one.remember([("a", "blockdrop", 3), ("b", "full", 5)]))
-    served = asyncio.run(other.claim("a"))
-    assert (served.variant, served.class_id) == ("blockdrop", 3)
-    assert asyncio.run(one.claim("a")) is None  # taken
-    assert asyncio.run(one.claim("unknown")) is None
+
+    async def scenario() -> None:
+        await one.remember([("a", "blockdrop", 3), ("b", "full", 5)])  # written within a flush interval
+        served = await other.claim("a")  # before that: it looks again once the interval has passed
+        assert (served.variant, served.class_id) == ("blockdrop", 3)
+        assert await one.claim("a") is None  # taken
+        assert await one.claim("unknown") is None
+        assert (await one.claim("b")).class_id == 5
+
+    asyncio.run(scenario())
 
 
 def test_predictions_expire_and_are_bounded_in_count(tmp_path, monkeypatch):
@@ -30,10 +35,12 @@ def test_predictions_expire_and_are_bounded_in_count(tmp_path, monkeypatch):
     now = [1000.0]
     store = SharedPredictionStore(path, capacity=10, ttl_s=5.0, clock=lambda: now[0])
     asyncio.run(store.remember([("old", "full", 1)]))
+    store.flush()
     now[0] += 6.0
     assert asyncio.run(store.claim("old")) is None  # past its TTL
     monkeypatch.setattr("service.multiprocess.shared_state.EVICT_EVERY", 5)
     asyncio.run(store.remember([(f"r{i}", "full", i) for i in range(30)]))
+    store.flush()
     count = store._connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
     assert count <= 10
     assert asyncio.run(store.claim("r29")) is not None  # the newest stay
