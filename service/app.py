@@ -96,7 +96,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         if settings.grpc_port:
             from service.api.grpc_v2 import start_grpc
 
-            grpc_server = await start_grpc(plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes)
+            share_port = getattr(backend, "shares_ports", False)  # API servers of one service (multiprocess)
+            grpc_server = await start_grpc(
+                plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, share_port
+            )
         background = asyncio.create_task(backend.run(plane)) if backend is not None else None
         app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
         # every process (each ingress replica on Ray) drives the rollouts in the shared store with its own counts

@@ -171,10 +171,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc(
-    plane: DataPlane, metrics: ServiceMetrics, host: str, port: int, max_bytes: int
+    plane: DataPlane, metrics: ServiceMetrics, host: str, port: int, max_bytes: int, share_port: bool = False
 ) -> grpc.aio.Server:
-    """Serve gRPC on ``host:port`` in the running event loop; the caller stops it."""
-    options = [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+    """Serve gRPC on ``host:port`` in the running event loop; the caller stops it. ``share_port``: several API
+    server processes of this service listen on the port together (SO_REUSEPORT); otherwise the port is this
+    process's alone, and a port another program holds is an error (gRPC would share it by default)."""
+    options = [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 1 if share_port else 0),
+    ]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:

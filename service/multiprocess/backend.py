@@ -22,6 +22,8 @@ CHANGES_POLL_S = 0.2  # an operator's change reaches every API server within thi
 
 
 class SharedBackend:
+    shares_ports = True  # every API server listens on the gRPC port too (SO_REUSEPORT)
+
     def __init__(self, settings: Settings, layout: RuntimeLayout, api_server: int):
         self.settings = settings
         self.layout = layout

@@ -251,3 +251,33 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
     running.process.wait()
     wait_until_gone(processes)
     assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
+
+
+def test_admission_on_one_api_server_sees_the_queue_another_filled(variants):
+    """Requests through api-1 are refused (503, "queued ahead") for a queue that only api-0's requests filled: the
+    queue, its depth and its batch time live at the model server, which every API server reads."""
+    running = Server(variants, api_servers=2, queue_wait_budget_ms=30, max_batch_size=4)
+    try:
+        loaders = [client_on(running, "api-0") for _ in range(12)]
+        observer = client_on(running, "api-1")
+        stop = time.monotonic() + 8
+
+        def load(client: httpx.Client) -> None:
+            while time.monotonic() < stop:
+                client.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
+
+        with concurrent.futures.ThreadPoolExecutor(len(loaders)) as pool:
+            for client in loaders:
+                pool.submit(load, client)
+            refused = None
+            while refused is None and time.monotonic() < stop:
+                response = observer.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
+                if response.status_code == 503 and "queued ahead" in response.json()["error"]:
+                    refused = response
+                time.sleep(0.05)
+        assert refused is not None and refused.headers["retry-after"] == "1"
+        assert served_by(refused)[0] == "api-1"
+    finally:
+        for client in [*loaders, observer]:
+            client.close()
+        assert running.stop()
