@@ -368,6 +368,38 @@ def api_server_table(result: dict, concurrencies: list[int], at: dict) -> list[s
                 + " | ".join(f"{cpu[k]:.2f}" if k in cpu else "" for k in ("api_server", "model_worker", "supervisor"))
                 + " |"
             )
+    return lines + scaling_prediction(result, concurrencies, at)
+
+
+def scaling_prediction(result: dict, concurrencies: list[int], at: dict) -> list[str]:
+    """What the CPU per request measured with the most API servers predicts for a machine with more cores: each API
+    server is one event loop (a core at most), each model server of the reference variant a core at its one torch
+    thread. Labelled as a prediction: nothing here was run on such a machine."""
+    reference, counts = result.get("reference", "full"), result.get("api_servers") or [None]
+    if len(counts) < 2:
+        return []
+    most = max(count for count in counts if count)
+    label = "service" if counts[0] == most else f"api-servers={most}"
+    row = at.get((label, reference, max(concurrencies)))
+    cpu = (row or {}).get("cpu_ms_per_request")
+    if not cpu or not cpu.get("api_server") or not cpu.get("model_worker"):
+        return []
+    # every request is answered by one API server: the API servers' CPU over all requests is one server's cost
+    api, model = 1000 / cpu["api_server"], 1000 / cpu["model_worker"]
+    replicas = (1, 2, 4, 8)
+    lines = [
+        "",
+        f"Prediction, not a measurement: at c={max(concurrencies)} with {most} API servers, a request cost its API "
+        f"server {cpu['api_server']:.2f} ms of CPU and the `{reference}` model server {cpu['model_worker']:.2f} ms. "
+        f"On a machine with a core for each process, N API servers and W model servers (`WORKER_REPLICAS`) would "
+        f"answer about min(N × {api:.0f}, W × {model:.0f}) req/s of `{reference}`, at the batch sizes seen here "
+        "(on a GPU the model servers' side is many times larger):",
+        "",
+        "| API servers | " + " | ".join(f"W={w}" for w in replicas) + " |",
+        "|---:|" + "---:|" * len(replicas),
+    ]
+    for n in (1, 2, 4, 8):
+        lines.append(f"| {n} | " + " | ".join(f"{min(n * api, w * model):.0f}" for w in replicas) + " |")
     return lines
 
 
