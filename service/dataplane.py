@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 import uuid
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from service.adaptive import ThresholdController
 from service.batching import ImageResult
-from service.budget import parse_budget, point_for
+from service.budget import budget_threshold
 from service.config import Settings
 from service.decoding import Decoder
 from service.errors import (
@@ -39,6 +38,7 @@ from service.loop_lag import LoopLag
 from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
+from service.runtime_settings import RuntimeSettings
 from service.tensors import (
     INLINE_TENSOR_VALUES,
     InputTensor,
@@ -50,8 +50,6 @@ from service.tensors import (
     value_count,
 )
 from service.variants import Variant
-
-log = logging.getLogger(__name__)
 
 # the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
 VIRTUAL_MODEL = "default"
@@ -124,6 +122,8 @@ class DataPlane:
         self.router = Router(
             {v.name: v.weight for v in settings.variants}, settings.shadow_variant, settings.shadow_fraction
         )
+        # the operator's settings: each variant's default threshold and A/B weight (service/runtime_settings.py)
+        self.runtime = RuntimeSettings(variants, self.router, metrics, settings.budget_levels)
         self.preprocessors = {
             name: ImagePreprocessor(v.manifest.input, settings.max_pixels, settings.max_image_scale)
             for name, v in variants.items()
@@ -142,8 +142,6 @@ class DataPlane:
         }
         self.executors: dict[str, Executor] = {name: self._describe(v, executors[name]) for name, v in variants.items()}
         self.store = store
-        # called after an operator's change, with the variant and what changed (a cluster shares it)
-        self.on_update: Callable[[str, dict[str, float]], None] | None = None
         self.loop_lag = LoopLag()
         self.warmed_up = False
         self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
@@ -200,9 +198,8 @@ class DataPlane:
 
     # operations ----------------------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
-        if name not in self.variants:
-            raise NotFound(f"unknown model {name!r}; known: {', '.join(self.variants)}")
-        return self.variants[name]
+        """The variant named ``name`` (404 for an unknown one)."""
+        return self.runtime.variant(name)
 
     def route(self, override: str | None, client_key: str | None) -> Variant:
         """The variant a request runs on; unkeyed requests avoid variants whose workers do not answer."""
@@ -233,15 +230,9 @@ class DataPlane:
             return Compute(None, None, note)
         if budget is None:
             return Compute(self.live_threshold(variant), None, None)
-        fraction = parse_budget(budget, self.settings.budget_levels)
-        points = variant.manifest.calibration.get("points")
-        if not points:
-            raise Unprocessable(
-                f"variant {variant.name!r} has no calibrated curve to map a budget to a threshold "
-                "(blockdrop calibrate ARTIFACT writes one)"
-            )
-        point = point_for(points, fraction, variant.name)
-        return Compute(point["threshold"], fraction, None)
+        levels, calibration = self.settings.budget_levels, variant.manifest.calibration
+        threshold, fraction = budget_threshold(budget, levels, calibration, variant.name)
+        return Compute(threshold, fraction, None)
 
     async def classify(
         self, variant: Variant, images: list[bytes], top_k: int, budget: str | None = None
@@ -384,7 +375,7 @@ class DataPlane:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        shares = self.traffic_shares()
+        shares = self.runtime.traffic_shares()
         return [
             variant.summary()
             | {
@@ -395,61 +386,19 @@ class DataPlane:
             for name, variant in self.variants.items()
         ]
 
-    def traffic_shares(self) -> dict[str, float]:
-        weights = self.router.weights
-        total = sum(weights.values())
-        return {name: weight / total for name, weight in weights.items()}
-
-    def variant_settings(self, name: str) -> dict[str, Any]:
-        """What an operator may change at runtime, as it is now."""
-        variant = self.variant(name)
-        return {
-            "name": name,
-            "mode": variant.mode,
-            "threshold": variant.threshold if variant.mode == "blockdrop" else None,
-            "weight": self.router.weights[name],
-            "traffic_share": self.traffic_shares()[name],
-        }
-
-    def update_variant(
-        self, name: str, threshold: float | None = None, budget: str | None = None, weight: float | None = None
-    ) -> dict[str, Any]:
-        """Change a variant's default threshold (directly, or through a budget on its calibrated curve) and its A/B
-        weight, at once and without a restart: requests already queued keep the threshold they were given."""
-        variant = self.variant(name)
-        if (threshold is not None or budget is not None) and variant.mode != "blockdrop":
-            raise Unprocessable(f"variant {name!r} runs every block: it has no threshold to set")
-        if threshold is not None and budget is not None:
-            raise Unprocessable("give a threshold or a budget, not both")
-        if budget is not None:
-            threshold = self.compute_for(variant, budget).threshold
-        if threshold is not None and not 0 < threshold < 1:
-            raise Unprocessable(f"threshold must be in (0, 1), got {threshold}")
-        if weight is not None:
-            try:
-                self.router.set_weights(self.router.weights | {name: weight})
-            except ValueError as error:
-                raise Unprocessable(str(error)) from None
-            self.metrics.admin_changes.labels(name, "weight").inc()
-        if threshold is not None:
-            variant.threshold = threshold
-            self.metrics.admin_changes.labels(name, "threshold").inc()
-        log.info("variant %s changed: threshold %s, weight %s", name, variant.threshold, self.router.weights[name])
-        change = {k: v for k, v in {"threshold": threshold, "weight": weight}.items() if v is not None}
-        if self.on_update is not None and change:
-            self.on_update(name, change)
-        return self.variant_settings(name)
-
     def apply_changes(self, changes: dict[str, dict[str, float]]) -> None:
-        """Take operator changes made on another replica of this service (already checked there)."""
-        weights = self.router.weights | {
-            name: change["weight"] for name, change in changes.items() if "weight" in change and name in self.variants
-        }
-        if weights != self.router.weights:
-            self.router.set_weights(weights)
-        for name, change in changes.items():
-            if "threshold" in change and name in self.variants:
-                self.variants[name].threshold = change["threshold"]
+        """Take operator changes made on another replica of this service (``RuntimeSettings.apply_changes``)."""
+        self.runtime.apply_changes(changes)
+
+    @property
+    def on_update(self) -> Callable[[str, dict[str, float]], None] | None:
+        """Called after an operator's change, with the variant and what changed (``RuntimeSettings.on_update``:
+        a backend shares it)."""
+        return self.runtime.on_update
+
+    @on_update.setter
+    def on_update(self, hook: Callable[[str, dict[str, float]], None] | None) -> None:
+        self.runtime.on_update = hook
 
     # internals -----------------------------------------------------------------------------------------------
     def _admit(self, variant: Variant, executor: Executor) -> None:
