@@ -24,6 +24,7 @@ from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
 from service.experiment import RequestRate
+from service.local_backend import LocalBackend
 from service.metrics import ServiceMetrics
 from service.rollout_driver import RolloutDriver
 from service.rollout_store import RolloutStore
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
-    """Where the models run when not in this process (a Ray cluster: service/cluster), and what the service's
-    replicas share: the metrics they report together, the predictions awaiting feedback."""
+    """Where the models run (on this machine: service/local_backend.py; in model servers behind several API
+    servers: service/multiprocess; on a Ray cluster: service/cluster), and what the service's replicas share: the
+    metrics they report together, the predictions awaiting feedback."""
 
     metrics: ServiceMetrics
     store: Store
@@ -59,39 +61,41 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def load_dataplane(settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None) -> DataPlane:
-    """Load every variant (fails fast, naming the variant, if an artifact is bad). With a ``backend``, the models
-    loaded here only describe the variants (manifests, shapes); the backend's executors run them."""
+def load_dataplane(settings: Settings, backend: Backend) -> DataPlane:
+    """Load every variant (fails fast, naming the variant, if an artifact is bad), and take the backend's executors
+    for them. Unless the backend runs them in this process, the models loaded here only describe the variants
+    (manifests, shapes)."""
     device = str(resolve_device(settings.device))
     threads = settings.torch_threads or (cpu_inference_threads() if device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
     execution = ExecutionOptions.from_settings(settings)
-    # with worker processes (or a backend) this process only describes the variants: no CUDA graphs here
-    capture = backend is None and settings.inference_workers == "thread"
+    # with worker processes (or model servers, or Ray) this process only describes the variants: no CUDA graphs here
+    capture = getattr(backend, "runs_models_here", False)
     variants = {
         v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm, execution=execution, capture=capture)
         for v in settings.variants
     }
-    if backend is None:
-        return DataPlane(settings, variants, metrics)
-    return DataPlane(settings, variants, metrics, backend.executors(variants), backend.store)
+    return DataPlane(settings, variants, backend.metrics, backend.executors(variants), backend.store)
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
+    """The service over ``backend`` (default: the models on this machine, ``LocalBackend``)."""
     settings = settings or Settings()
-    metrics = backend.metrics if backend is not None else ServiceMetrics()
+    backend = backend if backend is not None else LocalBackend(settings)
+    local = backend if isinstance(backend, LocalBackend) else None  # its worker processes start and stop here
+    metrics = backend.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        plane = await to_thread.run_sync(load_dataplane, settings, metrics, backend)
+        plane = await to_thread.run_sync(load_dataplane, settings, backend)
         app.state.plane = plane
-        await to_thread.run_sync(plane.start_workers)
+        if local is not None:
+            await to_thread.run_sync(local.start_workers)
         plane.start()
-        if settings.warmup:
-            await to_thread.run_sync(plane.warm_up)
-        else:
-            plane.warmed_up = True
+        if settings.warmup and local is not None:
+            await to_thread.run_sync(local.warm_up)
+        plane.warmed_up = True
         grpc_server = None
         if settings.grpc_port:
             from service.api.grpc_v2 import start_grpc
@@ -100,7 +104,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             grpc_server = await start_grpc(
                 plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, share_port
             )
-        background = asyncio.create_task(backend.run(plane)) if backend is not None else None
+        background = asyncio.create_task(backend.run(plane))
         app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
         # every process (each ingress replica on Ray) drives the rollouts in the shared store with its own counts
         controller = asyncio.create_task(app.state.rollouts.run())
@@ -108,12 +112,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
         for task in (background, controller):
-            if task is not None:
-                task.cancel()
+            task.cancel()
         plane.begin_shutdown()  # gRPC calls from here on are refused (UNAVAILABLE); those in flight finish
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.request_timeout_s)
         await plane.stop()
+        if local is not None:
+            await local.stop_workers()
 
     app = FastAPI(
         title="BlockDrop serving",
@@ -122,6 +127,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.backend = backend
     app.state.request_rate = RequestRate()  # the snapshots behind /v1/experiment's requests/s
     install_error_handlers(app)
     app.include_router(v1.router)
@@ -136,7 +142,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     console.mount_console_assets(app)
     # X-Served-By on every answer, read now, in the process that serves; a backend whose processes name themselves
     # (a Ray ingress adds its replica's id: service/cluster/headers.py) leaves it to them
-    name = served_by() if backend is None or not getattr(backend, "names_its_servers", False) else None
+    name = served_by() if not getattr(backend, "names_its_servers", False) else None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # outside the size limit, so that a 413 is counted too
     app.add_middleware(RequestMetrics, metrics=metrics, served_by=name)

@@ -36,3 +36,18 @@ def point_for(points: list[dict[str, Any]], budget: float, variant: str) -> dict
             f"[{cheapest:.3f}, 1]"
         )
     return max(fitting, key=lambda p: (p["accuracy"], -p["flops_fraction"]))
+
+
+def budget_threshold(
+    text: str, levels: dict[str, float], calibration: dict[str, Any], variant: str
+) -> tuple[float, float]:
+    """The policy threshold a compute budget (``parse_budget``'s text) maps to on ``variant``'s calibrated curve,
+    and the fraction of the full network's FLOPs the budget asked for."""
+    fraction = parse_budget(text, levels)
+    points = calibration.get("points")
+    if not points:
+        raise Unprocessable(
+            f"variant {variant!r} has no calibrated curve to map a budget to a threshold "
+            "(blockdrop calibrate ARTIFACT writes one)"
+        )
+    return point_for(points, fraction, variant)["threshold"], fraction

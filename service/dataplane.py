@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 import uuid
@@ -16,13 +15,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-import torch
 from anyio import to_thread
 from torch import Tensor
 
 from service.adaptive import ThresholdController
-from service.batching import ImageResult, MicroBatcher
-from service.budget import parse_budget, point_for
+from service.batching import ImageResult
+from service.budget import budget_threshold
 from service.config import Settings
 from service.decoding import Decoder
 from service.errors import (
@@ -34,12 +32,13 @@ from service.errors import (
     Unavailable,
     Unprocessable,
 )
-from service.feedback import PredictionStore, ServedPrediction
+from service.feedback import ServedPrediction
 from service.imaging import ImagePreprocessor
 from service.loop_lag import LoopLag
 from service.metrics import ServiceMetrics
 from service.request_log import current_record, detach_record, hashed
 from service.routing import Router
+from service.runtime_settings import RuntimeSettings
 from service.tensors import (
     INLINE_TENSOR_VALUES,
     InputTensor,
@@ -50,10 +49,7 @@ from service.tensors import (
     requested_outputs,
     value_count,
 )
-from service.variants import ExecutionOptions, Variant
-from service.worker import InferenceWorker, WorkerSpec
-
-log = logging.getLogger(__name__)
+from service.variants import Variant
 
 # the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
 VIRTUAL_MODEL = "default"
@@ -77,8 +73,14 @@ class Compute:
 
 
 class Executor(Protocol):
-    """What runs a variant's images: the in-process micro-batcher, or a client of the variant's deployment on a
-    Ray cluster (service/cluster). ``submit`` queues one image and returns a future of its ImageResult."""
+    """What runs a variant's images, from a backend: a micro-batcher in this process over worker processes or a
+    thread (service/local_backend.py), a client of the variant's model servers (service/multiprocess), or of its
+    deployment on a Ray cluster (service/cluster). ``submit`` queues one image and returns a future of its
+    ImageResult.
+
+    Optional, read with a default: ``alive`` (readiness; default True), ``answering`` (whether the variant takes
+    images now, for routing and admission; default True) and ``refuse_if_overloaded()`` (admission's queue check;
+    default: none here, the executor answers for itself)."""
 
     def submit(
         self, tensor: Tensor, deadline: float, threshold: float | None = None, position: int = 0
@@ -109,17 +111,19 @@ class DataPlane:
         settings: Settings,
         variants: dict[str, Variant],
         metrics: ServiceMetrics,
-        executors: dict[str, Executor] | None = None,
-        store: Store | None = None,
+        executors: dict[str, Executor],
+        store: Store,
     ):
-        """``executors`` (one per variant) run the models elsewhere; by default each variant gets a micro-batcher
-        here, over worker processes or a thread. ``store`` keeps predictions for feedback (default: here)."""
+        """``executors`` (one per variant, from a backend) run the models; ``store`` keeps predictions for
+        feedback."""
         self.settings = settings
         self.variants = variants
         self.metrics = metrics
         self.router = Router(
             {v.name: v.weight for v in settings.variants}, settings.shadow_variant, settings.shadow_fraction
         )
+        # the operator's settings: each variant's default threshold and A/B weight (service/runtime_settings.py)
+        self.runtime = RuntimeSettings(variants, self.router, metrics, settings.budget_levels)
         self.preprocessors = {
             name: ImagePreprocessor(v.manifest.input, settings.max_pixels, settings.max_image_scale)
             for name, v in variants.items()
@@ -130,20 +134,14 @@ class DataPlane:
             settings.queue_wait_budget_ms / 1000,
             settings.retry_after_s,
         )
-        in_workers = executors is None and settings.inference_workers == "process"
-        replicas = settings.worker_replicas if in_workers else 0
-        self.workers = {name: [self._worker(v, i) for i in range(replicas)] for name, v in variants.items()}
         adaptive = {v.name: v.adaptive for v in settings.variants if v.adaptive is not None}
         self.controllers = {
             name: ThresholdController(adaptive[name], (lambda v=variant: v.threshold), time.monotonic)
             for name, variant in variants.items()
             if name in adaptive and variant.mode == "blockdrop"
         }
-        self.remote = executors is not None
-        self.batchers: dict[str, Executor] = {name: self._batcher(v, executors) for name, v in variants.items()}
-        self.store: Store = store or PredictionStore(settings.feedback_capacity, settings.feedback_ttl_s)
-        # called after an operator's change, with the variant and what changed (a cluster shares it)
-        self.on_update: Callable[[str, dict[str, float]], None] | None = None
+        self.executors: dict[str, Executor] = {name: self._describe(v, executors[name]) for name, v in variants.items()}
+        self.store = store
         self.loop_lag = LoopLag()
         self.warmed_up = False
         self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
@@ -152,59 +150,13 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Every variant loaded and warm, every worker answering, and not shutting down."""
-        workers = (worker for replicas in self.workers.values() for worker in replicas)
-        executors = self.batchers.values()  # a remote deployment says whether it has a replica that answers
-        answering = all(worker.alive for worker in workers) and all(getattr(e, "alive", True) for e in executors)
+        """Every variant loaded and warm, every executor alive (every worker answering), and not shutting down."""
+        answering = all(getattr(executor, "alive", True) for executor in self.executors.values())
         return self.warmed_up and not self.stopping and not self.draining and answering
 
-    def _worker(self, variant: Variant, replica: int) -> InferenceWorker:
-        spec = WorkerSpec(
-            settings=next(v for v in self.settings.variants if v.name == variant.name),
-            device=variant.device,
-            torch_threads=self.settings.torch_threads or 1,
-            fold_batchnorm=self.settings.fold_batchnorm,
-            max_batch_size=self.settings.max_batch_size,
-            input_shape=(3, variant.manifest.input.height, variant.manifest.input.width),
-            num_classes=len(variant.manifest.classes),
-            num_blocks=variant.num_blocks,
-            execution=ExecutionOptions.from_settings(self.settings),
-        )
-        restarts = self.metrics.worker_restarts.labels(variant.name)
-        worker = InferenceWorker(
-            spec,
-            self.settings.request_timeout_s,
-            on_restart=restarts.inc,
-            heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s,
-        )
-        if replica == 0:  # the variant's series: how many of its replicas answer
-            replicas = self.workers_of(variant.name)
-            self.metrics.worker_up.labels(variant.name).set_function(lambda: float(sum(w.alive for w in replicas())))
-        return worker
-
-    def workers_of(self, name: str) -> Callable[[], list[InferenceWorker]]:
-        return lambda: self.workers.get(name, [])
-
-    def _batcher(self, variant: Variant, executors: dict[str, Executor] | None) -> Executor:
-        s = self.settings
-        replicas = self.workers[variant.name]
-        if executors is not None:
-            batcher = executors[variant.name]
-        else:
-            batcher = MicroBatcher(
-                variant.name,
-                [worker.infer for worker in replicas] if replicas else variant.infer,
-                s.max_batch_size,
-                s.max_batch_wait_ms / 1000,
-                s.queue_limit,
-                s.retry_after_s,
-                on_batch=lambda result, seconds: self.metrics.observe_batch(
-                    variant.name, result, seconds, variant.full_flops
-                ),
-                wait_budget_s=s.queue_wait_budget_ms / 1000,
-                replica_ready=[lambda w=worker: w.alive for worker in replicas] if replicas else None,
-            )
-        self.metrics.queue_depth.labels(variant.name).set_function(batcher.depth)
+    def _describe(self, variant: Variant, executor: Executor) -> Executor:
+        """The variant's series, created at zero (its queue's depth read from its executor)."""
+        self.metrics.queue_depth.labels(variant.name).set_function(executor.depth)
         self.metrics.init_variant(
             variant.name,
             variant.manifest.name,
@@ -216,33 +168,15 @@ class DataPlane:
         if variant.mode == "blockdrop":
             self.metrics.policy_threshold.labels(variant.name).set_function(lambda: self.live_threshold(variant))
             self.metrics.degraded_images.labels(variant.name)
-        return batcher
+        return executor
 
     # lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every variant's batcher, and (in the running event loop) the loop-lag measure admission reads."""
-        for batcher in self.batchers.values():
-            batcher.start()
+        """Start every variant's executor, and (in the running event loop) the loop-lag measure admission reads."""
+        for executor in self.executors.values():
+            executor.start()
         with contextlib.suppress(RuntimeError):  # no running loop: nothing waits for one
             self.loop_lag.start()
-
-    def start_workers(self) -> None:
-        """Start every variant's worker process, all loading at once, and wait for each (they warm themselves up)."""
-        workers = [worker for replicas in self.workers.values() for worker in replicas]
-        for worker in workers:
-            worker.launch()
-        for worker in workers:
-            worker.wait_ready()
-
-    def warm_up(self) -> None:
-        """Run every variant once per batch size it will see most, so the first requests are not slow (workers
-        have done so as they started)."""
-        if not self.remote and not any(self.workers.values()):
-            for variant in self.variants.values():
-                spec = variant.manifest.input
-                for n in sorted({1, self.settings.max_batch_size}):
-                    variant.infer(torch.zeros(n, 3, spec.height, spec.width))
-        self.warmed_up = True
 
     def stop_being_ready(self) -> None:
         """Readiness answers 503 from now on; requests are still served (the pre-stop period)."""
@@ -253,21 +187,19 @@ class DataPlane:
         self.draining = True
 
     async def stop(self) -> None:
+        """Stop taking requests, let shadow runs finish, and stop every executor (the backend stops what runs
+        behind them)."""
         self.begin_shutdown()
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.request_timeout_s)
         await self.loop_lag.stop()
-        for batcher in self.batchers.values():
-            await to_thread.run_sync(batcher.stop, self.settings.request_timeout_s)
-        for replicas in self.workers.values():
-            for worker in replicas:
-                await to_thread.run_sync(worker.stop)
+        for executor in self.executors.values():
+            await to_thread.run_sync(executor.stop, self.settings.request_timeout_s)
 
     # operations ----------------------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
-        if name not in self.variants:
-            raise NotFound(f"unknown model {name!r}; known: {', '.join(self.variants)}")
-        return self.variants[name]
+        """The variant named ``name`` (404 for an unknown one)."""
+        return self.runtime.variant(name)
 
     def route(self, override: str | None, client_key: str | None) -> Variant:
         """The variant a request runs on; unkeyed requests avoid variants whose workers do not answer."""
@@ -279,14 +211,11 @@ class DataPlane:
         return self.variants[self.router.choose(override, client_key, unavailable)]
 
     def available(self, name: str) -> bool:
-        """Whether variant ``name`` takes images now: one of its worker processes answers, or it runs in this
-        process, or its executor says it answers (model servers: service/multiprocess). (A Ray deployment answers
-        for itself: Ray holds a call while it replaces a replica, and the executor refuses at once when it has none
-        running: service/cluster/remote.py.)"""
-        replicas = self.workers.get(name)
-        if replicas:
-            return any(worker.alive for worker in replicas)
-        return getattr(self.batchers[name], "answering", True)
+        """Whether variant ``name`` takes images now, as its executor says: one of its worker processes or model
+        servers answers, or it runs in this process (service/local_backend.py, service/multiprocess). (A Ray
+        deployment answers for itself: Ray holds a call while it replaces a replica, and the executor refuses at
+        once when it has none running: service/cluster/remote.py.)"""
+        return getattr(self.executors[name], "answering", True)
 
     def live_threshold(self, variant: Variant) -> float:
         """The default threshold now: the operator's, or above it while the load controller degrades."""
@@ -301,15 +230,9 @@ class DataPlane:
             return Compute(None, None, note)
         if budget is None:
             return Compute(self.live_threshold(variant), None, None)
-        fraction = parse_budget(budget, self.settings.budget_levels)
-        points = variant.manifest.calibration.get("points")
-        if not points:
-            raise Unprocessable(
-                f"variant {variant.name!r} has no calibrated curve to map a budget to a threshold "
-                "(blockdrop calibrate ARTIFACT writes one)"
-            )
-        point = point_for(points, fraction, variant.name)
-        return Compute(point["threshold"], fraction, None)
+        levels, calibration = self.settings.budget_levels, variant.manifest.calibration
+        threshold, fraction = budget_threshold(budget, levels, calibration, variant.name)
+        return Compute(threshold, fraction, None)
 
     async def classify(
         self, variant: Variant, images: list[bytes], top_k: int, budget: str | None = None
@@ -320,14 +243,14 @@ class DataPlane:
             raise Unprocessable(f"top_k must be between 1 and {self.settings.max_top_k}")
         compute = self.compute_for(variant, budget)
         started = time.monotonic()
-        batcher = self.batchers[variant.name]
-        self._admit(variant, batcher)  # before decoding: a refusal under overload must cost next to nothing
+        executor = self.executors[variant.name]
+        self._admit(variant, executor)  # before decoding: a refusal under overload must cost next to nothing
         preprocess = self.preprocessors[variant.name]
-        batcher.expect(len(images))
+        executor.expect(len(images))
         try:
             tensors = await self.decoder.tensors(preprocess, images)
         finally:
-            batcher.expect(-len(images))
+            executor.expect(-len(images))
         # every image carries its threshold: worker processes hold a copy of the variant, not its live setting
         own = compute.threshold
         served = Served(variant, await self._run(variant, tensors, started, own), started)
@@ -452,7 +375,7 @@ class DataPlane:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        shares = self.traffic_shares()
+        shares = self.runtime.traffic_shares()
         return [
             variant.summary()
             | {
@@ -463,64 +386,22 @@ class DataPlane:
             for name, variant in self.variants.items()
         ]
 
-    def traffic_shares(self) -> dict[str, float]:
-        weights = self.router.weights
-        total = sum(weights.values())
-        return {name: weight / total for name, weight in weights.items()}
-
-    def variant_settings(self, name: str) -> dict[str, Any]:
-        """What an operator may change at runtime, as it is now."""
-        variant = self.variant(name)
-        return {
-            "name": name,
-            "mode": variant.mode,
-            "threshold": variant.threshold if variant.mode == "blockdrop" else None,
-            "weight": self.router.weights[name],
-            "traffic_share": self.traffic_shares()[name],
-        }
-
-    def update_variant(
-        self, name: str, threshold: float | None = None, budget: str | None = None, weight: float | None = None
-    ) -> dict[str, Any]:
-        """Change a variant's default threshold (directly, or through a budget on its calibrated curve) and its A/B
-        weight, at once and without a restart: requests already queued keep the threshold they were given."""
-        variant = self.variant(name)
-        if (threshold is not None or budget is not None) and variant.mode != "blockdrop":
-            raise Unprocessable(f"variant {name!r} runs every block: it has no threshold to set")
-        if threshold is not None and budget is not None:
-            raise Unprocessable("give a threshold or a budget, not both")
-        if budget is not None:
-            threshold = self.compute_for(variant, budget).threshold
-        if threshold is not None and not 0 < threshold < 1:
-            raise Unprocessable(f"threshold must be in (0, 1), got {threshold}")
-        if weight is not None:
-            try:
-                self.router.set_weights(self.router.weights | {name: weight})
-            except ValueError as error:
-                raise Unprocessable(str(error)) from None
-            self.metrics.admin_changes.labels(name, "weight").inc()
-        if threshold is not None:
-            variant.threshold = threshold
-            self.metrics.admin_changes.labels(name, "threshold").inc()
-        log.info("variant %s changed: threshold %s, weight %s", name, variant.threshold, self.router.weights[name])
-        change = {k: v for k, v in {"threshold": threshold, "weight": weight}.items() if v is not None}
-        if self.on_update is not None and change:
-            self.on_update(name, change)
-        return self.variant_settings(name)
-
     def apply_changes(self, changes: dict[str, dict[str, float]]) -> None:
-        """Take operator changes made on another replica of this service (already checked there)."""
-        weights = self.router.weights | {
-            name: change["weight"] for name, change in changes.items() if "weight" in change and name in self.variants
-        }
-        if weights != self.router.weights:
-            self.router.set_weights(weights)
-        for name, change in changes.items():
-            if "threshold" in change and name in self.variants:
-                self.variants[name].threshold = change["threshold"]
+        """Take operator changes made on another replica of this service (``RuntimeSettings.apply_changes``)."""
+        self.runtime.apply_changes(changes)
+
+    @property
+    def on_update(self) -> Callable[[str, dict[str, float]], None] | None:
+        """Called after an operator's change, with the variant and what changed (``RuntimeSettings.on_update``:
+        a backend shares it)."""
+        return self.runtime.on_update
+
+    @on_update.setter
+    def on_update(self, hook: Callable[[str, dict[str, float]], None] | None) -> None:
+        self.runtime.on_update = hook
 
     # internals -----------------------------------------------------------------------------------------------
-    def _admit(self, variant: Variant, batcher: Executor) -> None:
+    def _admit(self, variant: Variant, executor: Executor) -> None:
         """Refuse at once (503, Retry-After) what would not be served in time: a variant whose workers do not
         answer; any request while the event loop runs later than half the queue-wait budget (requests wait that
         long before they are read: service/loop_lag.py); a request whose variant's queue would keep an image past
@@ -537,7 +418,7 @@ class DataPlane:
                 f"over half the {budget_s * 1000:.0f} ms queue-wait budget; retry shortly",
                 self.settings.retry_after_s,
             )
-        refuse_if_overloaded = getattr(batcher, "refuse_if_overloaded", None)  # a local queue; a remote one: its own
+        refuse_if_overloaded = getattr(executor, "refuse_if_overloaded", None)  # a local queue; a remote one: its own
         if refuse_if_overloaded is not None:
             refuse_if_overloaded()
 
@@ -548,8 +429,8 @@ class DataPlane:
     async def _run(
         self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None
     ) -> list[ImageResult]:
-        batcher = self.batchers[variant.name]
-        self._admit(variant, batcher)
+        executor = self.executors[variant.name]
+        self._admit(variant, executor)
         if threshold is None and variant.mode == "blockdrop":
             # the live one: a worker process or a remote deployment holds a copy of the variant's setting
             threshold = self.live_threshold(variant)
@@ -557,7 +438,7 @@ class DataPlane:
         futures: list[asyncio.Future] = []
         try:
             for position, tensor in enumerate(tensors):
-                futures.append(batcher.submit(tensor, deadline, threshold, position))
+                futures.append(executor.submit(tensor, deadline, threshold, position))
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 results = await asyncio.gather(*futures)
         except TimeoutError:

@@ -203,5 +203,5 @@ class RolloutDriver:
         # raise before lowering, so that some variant keeps a positive weight at every moment
         for name, weight in sorted(weights.items(), key=lambda item: item[1] <= current.get(item[0], 0.0)):
             if name in self.plane.variants and abs(current.get(name, 0.0) - weight) > 1e-12:
-                self.plane.update_variant(name, weight=weight)
+                self.plane.runtime.update_variant(name, weight=weight)
         self._applied[variant] = key

@@ -46,7 +46,7 @@ def require_admin(request: Request, authorization: Annotated[str | None, Header(
 
 @router.get("/{name}", summary="A variant's runtime settings", responses=ERROR_RESPONSES)
 async def read_variant(name: str, plane: DataPlane = Depends(get_plane)) -> VariantSettingsView:
-    return VariantSettingsView(**plane.variant_settings(name))
+    return VariantSettingsView(**plane.runtime.variant_settings(name))
 
 
 @router.put(
@@ -58,5 +58,5 @@ async def read_variant(name: str, plane: DataPlane = Depends(get_plane)) -> Vari
 async def update_variant(
     name: str, update: VariantUpdate, plane: DataPlane = Depends(get_plane)
 ) -> VariantSettingsView:
-    changed = plane.update_variant(name, update.threshold, update.budget, update.weight)
+    changed = plane.runtime.update_variant(name, update.threshold, update.budget, update.weight)
     return VariantSettingsView(**changed)

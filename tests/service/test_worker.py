@@ -97,7 +97,7 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz/ready").status_code == 200
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=1), headers=PNG).status_code == 200
-        worker = client.app.state.plane.workers["full"][0]
+        worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGKILL)
         assert _wait(lambda: client.get("/healthz/ready").status_code == 503, timeout=10)
         answers = [client.post("/v1/classify?variant=full", content=png_bytes(seed=2), headers=PNG) for _ in range(3)]
@@ -111,7 +111,7 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
         assert _metric(client, 'blockdrop_worker_restarts_total{variant="full"}') == 1
         assert _metric(client, 'blockdrop_worker_restarts_total{variant="blockdrop"}') == 0
         assert _metric(client, 'blockdrop_worker_up{variant="full"}') == 1
-    assert all(not w.alive for replicas in client.app.state.plane.workers.values() for w in replicas)
+    assert all(not w.alive for replicas in client.app.state.backend.workers.values() for w in replicas)
 
 
 def test_a_worker_that_stops_answering_is_replaced(artifacts):
@@ -136,8 +136,8 @@ def test_a_worker_that_stops_answering_is_replaced(artifacts):
 def test_replicas_share_one_queue(artifacts):
     settings = make_settings(artifacts, inference_workers="process", worker_replicas=2)
     with TestClient(create_app(settings)) as client:
-        plane = client.app.state.plane
-        assert [len(replicas) for replicas in plane.workers.values()] == [2, 2]
+        backend = client.app.state.backend
+        assert [len(replicas) for replicas in backend.workers.values()] == [2, 2]
         for seed in range(4):
             response = client.post("/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
             assert response.status_code == 200
@@ -197,7 +197,7 @@ def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts
 def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once(artifacts):
     settings = make_settings(artifacts, inference_workers="process", request_timeout_s=60, worker_heartbeat_timeout_s=1)
     with TestClient(create_app(settings)) as client:
-        worker = client.app.state.plane.workers["full"][0]
+        worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGSTOP)
         try:
             assert _wait(lambda: _metric(client, 'blockdrop_worker_up{variant="full"}') == 0, timeout=2.5)
@@ -223,10 +223,10 @@ def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifa
     settings = make_settings(artifacts, inference_workers="process", worker_heartbeat_timeout_s=1)
     others = _children(os.getpid())  # e.g. multiprocessing's resource tracker, from earlier tests
     with TestClient(create_app(settings)) as client:
-        plane = client.app.state.plane
-        workers = {w.pid for replicas in plane.workers.values() for w in replicas}
+        backend = client.app.state.backend
+        workers = {w.pid for replicas in backend.workers.values() for w in replicas}
         assert workers <= _children(os.getpid())
-        os.kill(plane.workers["full"][0].pid, signal.SIGSTOP)
+        os.kill(backend.workers["full"][0].pid, signal.SIGSTOP)
         # a request in flight on the hung worker while the service shuts down
         answers = []
         pinned = threading.Thread(
@@ -238,7 +238,7 @@ def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifa
     assert [a.status_code for a in answers] == [503]
     # the context exit ran the service's shutdown: every worker is gone and none was started meanwhile
     assert _wait(lambda: not _children(os.getpid()) - others - _resource_trackers(), timeout=15)
-    assert all(not w.alive for replicas in plane.workers.values() for w in replicas)
+    assert all(not w.alive for replicas in backend.workers.values() for w in replicas)
 
 
 def _resource_trackers() -> set[int]:
