@@ -283,11 +283,16 @@ def _join_all(processes, timeout: float) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """The HTTP socket every API server accepts on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say
+    # they are TCP, and with it on, a response's headers and body written apart wait for a delayed ACK (~40 ms)
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(LISTEN_BACKLOG)
     except OSError as error:
+        listener.close()
         raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    listener.set_inheritable(True)
     return listener
 
 

@@ -32,6 +32,7 @@ class Server:
         env |= {"BLOCKDROP_PORT": str(self.port), "BLOCKDROP_GRPC_PORT": str(self.grpc_port)}
         # no pre-stop period in tests unless a test asks for one: SIGTERM drains at once
         env |= {"BLOCKDROP_TORCH_THREADS": "1", "BLOCKDROP_PRESTOP_S": "0", "PYTHONPATH": str(ROOT)}
+        env["BLOCKDROP_API_SERVERS"] = "1"  # one process, whatever the machine's cores, unless a test asks
         if variants is not None:
             env["BLOCKDROP_VARIANTS"] = json.dumps(variants)
         env |= {f"BLOCKDROP_{k.upper()}": str(v) for k, v in settings.items()}

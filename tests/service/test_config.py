@@ -47,3 +47,12 @@ def test_settings_file_then_environment(monkeypatch, tmp_path):
 def test_invalid_settings_are_refused_clearly(overrides, fragment):
     with pytest.raises(ValidationError, match=fragment):
         Settings(**overrides)
+
+
+def test_api_servers_default_to_one_per_four_cores_and_are_bounded():
+    from service.config import Settings, default_api_servers
+
+    assert [default_api_servers(cores) for cores in (1, 2, 7, 8, 16, 64)] == [1, 1, 1, 2, 4, 16]
+    assert Settings().api_servers is None  # chosen from the cores when serving
+    with pytest.raises(ValueError):
+        Settings(api_servers=0)
