@@ -326,6 +326,12 @@ def to_markdown(result: dict) -> str:
         f"workers, after warm-up: {memory['pss_kib'] / 1024:.0f} MiB PSS (shared pages split between the processes; "
         f"{memory['rss_kib'] / 1024:.0f} MiB RSS counting them once per process).",
     ]
+    for label, other in result["served"]["memory_kib"].items():
+        if label.startswith("api-servers="):
+            lines[-1] += (
+                f" With {label.removeprefix('api-servers=')} API servers (supervisor, API servers, model servers): "
+                f"{other['pss_kib'] / 1024:.0f} MiB PSS, {other['rss_kib'] / 1024:.0f} MiB RSS."
+            )
     if "full_c32_over_baseline" in result["summary"]:
         old = at[("baseline", reference, 32)]["requests_per_second"]
         new = at[("service", reference, 32)]["requests_per_second"]
@@ -336,6 +342,10 @@ def to_markdown(result: dict) -> str:
             f"{old:.0f} req/s, {result['summary']['full_c32_over_baseline']:.2f}x.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _non_2xx(row: dict) -> int:
+    return sum(n for status, n in row["statuses"].items() if not 200 <= int(status) < 300)
 
 
 def api_server_table(result: dict, concurrencies: list[int], at: dict) -> list[str]:
@@ -350,9 +360,9 @@ def api_server_table(result: dict, concurrencies: list[int], at: dict) -> list[s
         "each kind during the run over the requests answered (API servers: HTTP, decoding, routing, answering; "
         "model workers: the model, and with several API servers the batching; supervisor: with several only):",
         "",
-        "| API servers | concurrency | req/s | over the first | p50 / p99 | CPU ms/request: API servers | model "
-        "workers | supervisor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| API servers | concurrency | req/s | over the first | p50 / p99 | non-2xx | CPU ms/request: API servers | "
+        "model workers | supervisor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, count in zip(labels, counts):
         for concurrency in concurrencies:
@@ -364,7 +374,7 @@ def api_server_table(result: dict, concurrencies: list[int], at: dict) -> list[s
             lines.append(
                 f"| {count or 'default'} | {concurrency} | {row['requests_per_second']:.0f} | "
                 + (f"{ratio:.2f}x | " if ratio else "1 | " if label == "service" else " | ")
-                + f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | "
+                + f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | {_non_2xx(row)} | "
                 + " | ".join(f"{cpu[k]:.2f}" if k in cpu else "" for k in ("api_server", "model_worker", "supervisor"))
                 + " |"
             )
@@ -380,8 +390,13 @@ def scaling_prediction(result: dict, concurrencies: list[int], at: dict) -> list
         return []
     most = max(count for count in counts if count)
     label = "service" if counts[0] == most else f"api-servers={most}"
-    row = at.get((label, reference, max(concurrencies)))
-    cpu = (row or {}).get("cpu_ms_per_request")
+    # the busiest run in which every answer was a 200 (cheap 503s under overload would flatter the CPU per request)
+    clean = [c for c in concurrencies if (row := at.get((label, reference, c))) and not _non_2xx(row)]
+    if not clean:
+        return []
+    concurrency = max(clean)
+    row = at[(label, reference, concurrency)]
+    cpu = row.get("cpu_ms_per_request")
     if not cpu or not cpu.get("api_server") or not cpu.get("model_worker"):
         return []
     # every request is answered by one API server: the API servers' CPU over all requests is one server's cost
@@ -389,7 +404,7 @@ def scaling_prediction(result: dict, concurrencies: list[int], at: dict) -> list
     replicas = (1, 2, 4, 8)
     lines = [
         "",
-        f"Prediction, not a measurement: at c={max(concurrencies)} with {most} API servers, a request cost its API "
+        f"Prediction, not a measurement: at c={concurrency} with {most} API servers, a request cost its API "
         f"server {cpu['api_server']:.2f} ms of CPU and the `{reference}` model server {cpu['model_worker']:.2f} ms. "
         f"On a machine with a core for each process, N API servers and W model servers (`WORKER_REPLICAS`) would "
         f"answer about min(N × {api:.0f}, W × {model:.0f}) req/s of `{reference}`, at the batch sizes seen here "
