@@ -421,3 +421,16 @@ def test_the_prepared_gpu_check_is_valid_bash_and_names_what_exists():
     for checkpoint in re.findall(r"cifar10-[\w-]+", text):
         assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
     assert "bench gpu --device cuda" in text and "source .device/on-device.sh" in text
+
+
+def test_the_prepared_api_servers_check_is_valid_bash_and_names_what_exists():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "device" / "api_servers_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    for checkpoint in re.findall(r"cifar10-[\w-]+", text):
+        assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
+    assert "bench efficiency" in text and "--api-servers 1,4,8" in text and "source .device/on-device.sh" in text

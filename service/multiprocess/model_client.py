@@ -13,6 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from service.batching import ImageResult
+from service.config import Settings
 from service.errors import Overloaded, ServiceError, Unavailable
 from service.multiprocess import frames
 from service.multiprocess.frames import HELLO, REPLY, SlotRegion, SlotShape
@@ -219,8 +220,10 @@ def model_client(
     shape: SlotShape,
     replicas: int,
     api_server: int,
-    settings,
+    settings: Settings,
 ) -> ModelClient:
+    """API server ``api_server``'s executor for variant ``variant_index``: its slots at each of the variant's
+    ``replicas`` model servers (made here), their status blocks and the variant's incoming block (the supervisor's)."""
     links = []
     for replica in range(replicas):
         status = frames.status_block(layout.status(variant_index, replica)).numpy()
