@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import threading
 import time
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from service.config import Settings
-from service.libc import name_process, signal_on_parent_death
+from service.libc import name_process
 from service.multiprocess.runtime import RuntimeLayout
 from service.multiprocess.shared_memory import remove_runtime_dir
 
@@ -38,7 +37,6 @@ class ApiServerSpec:
 def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> None:
     """The process's entry point (spawned by the supervisor)."""
     os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
-    signal_on_parent_death(signal.SIGTERM)  # a killed supervisor: drain and go (the watch thread is the backstop)
     name_process(f"bd-{spec.name}")
     os.environ[NAME_ENV] = spec.name  # X-Served-By
     from service.app import create_app
@@ -59,7 +57,9 @@ def main(spec: ApiServerSpec, listener: socket.socket, ready: Connection) -> Non
 
 
 def _watch(server, ready: Connection, supervisor: int, layout: RuntimeLayout) -> None:
-    """Say "ready" once uvicorn serves; end the process (and the runtime folder) if the supervisor was killed."""
+    """Say "ready" once uvicorn serves; end the process (and the runtime folder) if the supervisor was killed. (Not
+    a parent-death signal: uvicorn re-raises the signal once it has drained, which would end the process before it
+    could remove the folder.)"""
     told = False
     while True:
         if not told and server.started:

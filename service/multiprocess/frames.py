@@ -27,8 +27,10 @@ from torch import Tensor
 
 from service.multiprocess.shared_memory import ArraySpec, carve, layout_size, map_file
 
-# a request: slot, the image's place in its request, its deadline (monotonic), its threshold (NaN: the variant's)
-REQUEST = struct.Struct("<IIdd")
+# a request: slot, the image's place in its request, its deadline, its threshold (NaN: the variant's), and when the
+# API server sent it (monotonic, the clock every process shares): its queue wait counts from then, so the time it
+# spent in the socket while the model server ran a batch counts too
+REQUEST = struct.Struct("<IIddd")
 # a reply: slot, HTTP status, Retry-After, batch size, queue seconds, model seconds, length of the error message
 REPLY = struct.Struct("<IHHIddI")
 # the first thing a client sends: its API server index, then the length of its slot file's path, then the path
@@ -39,13 +41,13 @@ HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID = range(5)
 STATUS_FIELDS = 8
 
 
-def encode_request(slot: int, position: int, deadline: float, threshold: float | None) -> bytes:
-    return REQUEST.pack(slot, position, deadline, math.nan if threshold is None else threshold)
+def encode_request(slot: int, position: int, deadline: float, threshold: float | None, sent: float) -> bytes:
+    return REQUEST.pack(slot, position, deadline, math.nan if threshold is None else threshold, sent)
 
 
-def decode_request(frame: bytes) -> tuple[int, int, float, float | None]:
-    slot, position, deadline, threshold = REQUEST.unpack(frame)
-    return slot, position, deadline, None if math.isnan(threshold) else threshold
+def decode_request(frame: bytes) -> tuple[int, int, float, float | None, float]:
+    slot, position, deadline, threshold, sent = REQUEST.unpack(frame)
+    return slot, position, deadline, None if math.isnan(threshold) else threshold, sent
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class ReplicaLink(asyncio.Protocol):
         self.slots.images[slot].copy_(tensor)
         future = asyncio.get_running_loop().create_future()
         self._pending[slot] = future
-        transport.write(frames.encode_request(slot, position, deadline, threshold))
+        transport.write(frames.encode_request(slot, position, deadline, threshold, time.monotonic()))
         return future
 
     async def _keep_connected(self) -> None:

@@ -198,12 +198,13 @@ class ModelServer:
             client.slots = SlotRegion(self._inside_runtime(bytes(buffer[HELLO.size : HELLO.size + length])), self.shape)
             offset = HELLO.size + length
         while len(buffer) - offset >= REQUEST.size:
-            slot, position, deadline, threshold = REQUEST.unpack_from(buffer, offset)
+            slot, position, deadline, threshold, sent = REQUEST.unpack_from(buffer, offset)
             offset += REQUEST.size
-            self._admit(client, slot, position, deadline, None if math.isnan(threshold) else threshold, now)
+            threshold = None if math.isnan(threshold) else threshold
+            self._admit(client, slot, position, deadline, threshold, min(sent, now))
         del buffer[:offset]
 
-    def _admit(self, client: _Client, slot: int, position: int, deadline: float, threshold, now: float) -> None:
+    def _admit(self, client: _Client, slot: int, position: int, deadline: float, threshold, sent: float) -> None:
         if not 0 <= slot < self.shape.slots:
             raise ConnectionError(f"slot {slot} out of range")
         s = self.settings
@@ -217,7 +218,7 @@ class ModelServer:
             return
         # a request's later images may also wait for the batches of its earlier ones
         patience = s.queue_wait_budget_ms / 1000 + (position // s.max_batch_size) * self.batch_seconds
-        self.queue.append(_Image(client, slot, now, deadline, threshold, patience))
+        self.queue.append(_Image(client, slot, sent, deadline, threshold, patience))
 
     def _gather(self) -> list[_Image]:
         """A batch from the queue: what is there, and more for up to the batch wait while API servers are still

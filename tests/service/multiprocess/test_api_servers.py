@@ -5,20 +5,24 @@ connections to whichever process accepts first, so ``client_on`` opens connectio
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import glob
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from models import save_artifact
 from models.artifacts import InputSpec, Manifest
 from models.blockdrop import BlockDropModel
+from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
 from tests.service.conftest import MEAN, STD, png_bytes
 from tests.service.live_server import Server
@@ -47,10 +51,57 @@ def variants(artifacts, tmp_path_factory) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(variants):
-    running = Server(variants, api_servers=2, admin_token=TOKEN)
+def slow_blockdrop(tmp_path_factory) -> dict:
+    """A BlockDrop variant slow enough to queue (ResNet-110, nearly every block kept), with a load controller whose
+    queue-wait SLO any queue breaks."""
+    torch.manual_seed(0)
+    policy = PolicyNet(PolicyConfig("cifar", 54))
+    with torch.no_grad():
+        policy.logit.bias.fill_(4.0)
+    manifest = Manifest(
+        name="slow-blockdrop",
+        kind="blockdrop",
+        architecture={},
+        classes=[str(i) for i in range(10)],
+        input=InputSpec(32, 32, None, MEAN, STD),
+        defaults={"threshold": 0.5},
+    )
+    path = tmp_path_factory.mktemp("slowbd") / "slow-blockdrop"
+    save_artifact(BlockDropModel(cifar_resnet(110), policy).eval(), path, manifest)
+    adaptive = {"slo_queue_wait_ms": 1, "max_threshold": 0.9, "step": 0.05, "period_s": 0.05, "window_s": 5}
+    return {"name": "slowbd", "artifact": str(path), "mode": "blockdrop", "weight": 0, "adaptive": adaptive}
+
+
+@pytest.fixture(scope="module")
+def server(variants, slow_blockdrop):
+    """Two API servers; a batch of 4 and a 30 ms queue-wait budget, so that a few batches of `slow` queued ahead
+    refuse a request (the tiny variants never queue a batch)."""
+    settings = {"admin_token": TOKEN, "queue_wait_budget_ms": 30, "max_batch_size": 4}
+    running = Server([*variants, slow_blockdrop], api_servers=2, **settings)
     yield running
     assert running.stop()
+
+
+@contextlib.contextmanager
+def flood(server: Server, through: str, variant: str, seconds: float, connections: int = 16):
+    """Keep ``connections`` requests for ``variant`` in flight through API server ``through``, for at most
+    ``seconds`` or until the block ends."""
+    clients = [client_on(server, through) for _ in range(connections)]
+    stop = time.monotonic() + seconds
+    done = threading.Event()
+
+    def load(client: httpx.Client) -> None:
+        with contextlib.closing(client):
+            while not done.is_set() and time.monotonic() < stop:
+                client.post(f"/v1/classify?variant={variant}", content=png_bytes(), headers=PNG)
+
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        for client in clients:
+            pool.submit(load, client)
+        try:
+            yield
+        finally:
+            done.set()
 
 
 def served_by(response: httpx.Response) -> tuple[str, int]:
@@ -105,7 +156,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def test_two_api_servers_and_one_model_server_per_variant(server):
     names = sorted(name for name in children(server.process.pid).values() if name.startswith("bd"))
-    assert names == ["bd-api-0", "bd-api-1", "bd:blockdrop", "bd:full", "bd:slow"]  # and multiprocessing's tracker
+    assert names == [
+        "bd-api-0",
+        "bd-api-1",
+        "bd:blockdrop",
+        "bd:full",
+        "bd:slow",
+        "bd:slowbd",
+    ]  # and multiprocessing's tracker
 
 
 def test_one_scrape_counts_every_request_of_every_api_server(server):
@@ -253,31 +311,43 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
     assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
 
 
-def test_admission_on_one_api_server_sees_the_queue_another_filled(variants):
-    """Requests through api-1 are refused (503, "queued ahead") for a queue that only api-0's requests filled: the
-    queue, its depth and its batch time live at the model server, which every API server reads."""
-    running = Server(variants, api_servers=2, queue_wait_budget_ms=30, max_batch_size=4)
-    try:
-        loaders = [client_on(running, "api-0") for _ in range(12)]
-        observer = client_on(running, "api-1")
-        stop = time.monotonic() + 8
-
-        def load(client: httpx.Client) -> None:
-            while time.monotonic() < stop:
-                client.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
-
-        with concurrent.futures.ThreadPoolExecutor(len(loaders)) as pool:
-            for client in loaders:
-                pool.submit(load, client)
-            refused = None
-            while refused is None and time.monotonic() < stop:
+def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
+    """While one request of 64 images through api-0 fills the `slow` variant's queue, a request through api-1 (which
+    has nothing queued of its own) is refused at once (503, "queued ahead"): the queue's depth and batch time live
+    at the model server, which every API server reads."""
+    batch = {"images": [base64.b64encode(png_bytes(seed=i)).decode() for i in range(64)]}
+    with (
+        contextlib.closing(client_on(server, "api-0")) as loader,
+        contextlib.closing(client_on(server, "api-1")) as observer,
+    ):
+        assert loader.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG).status_code == 200
+        refused = None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            big = pool.submit(loader.post, "/v1/classify?variant=slow", json=batch)
+            while refused is None and not big.done():
                 response = observer.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
                 if response.status_code == 503 and "queued ahead" in response.json()["error"]:
                     refused = response
-                time.sleep(0.05)
-        assert refused is not None and refused.headers["retry-after"] == "1"
-        assert served_by(refused)[0] == "api-1"
+                time.sleep(0.01)
+            big.result()  # 200, or 503 if some of its images waited past the budget: either way they queued
+    assert refused is not None and refused.headers["retry-after"] == "1"
+    assert served_by(refused)[0] == "api-1"
+
+
+def test_the_load_controller_of_a_quiet_api_server_sees_the_queue_others_fill(slow_blockdrop):
+    """A BlockDrop variant's load-adaptive threshold rises in an API server that sends only a trickle of requests
+    while another floods the variant: each image's queue wait is measured at the model server, over the whole queue
+    (from the moment its API server sent it). The default queue-wait budget, so that waiting images are served."""
+    running = Server([slow_blockdrop | {"weight": 1}], api_servers=2, max_batch_size=4)
+    try:
+        with contextlib.closing(client_on(running, "api-1")) as quiet:
+            before = metric(quiet.get("/metrics").text, "blockdrop_policy_threshold", variant="slowbd")
+            with flood(running, "api-0", "slowbd", 5, connections=6):
+                time.sleep(0.5)
+                for _ in range(20):  # the quiet server's own trickle, each image waiting behind the flood
+                    response = quiet.post("/v1/classify", content=png_bytes(), headers=PNG)
+                    assert response.status_code == 200
+            after = metric(quiet.get("/metrics").text, "blockdrop_policy_threshold", variant="slowbd")
+        assert before == pytest.approx(0.5) and after > before
     finally:
-        for client in [*loaders, observer]:
-            client.close()
         assert running.stop()

@@ -59,8 +59,8 @@ def test_changes_are_seen_in_order_by_every_process(tmp_path):
 
 
 def test_request_frames_carry_the_variants_own_threshold_as_none():
-    assert frames.decode_request(frames.encode_request(7, 2, 123.5, None)) == (7, 2, 123.5, None)
-    assert frames.decode_request(frames.encode_request(0, 0, 1.0, 0.25)) == (0, 0, 1.0, 0.25)
+    assert frames.decode_request(frames.encode_request(7, 2, 123.5, None, 100.0)) == (7, 2, 123.5, None, 100.0)
+    assert frames.decode_request(frames.encode_request(0, 0, 1.0, 0.25, 0.5)) == (0, 0, 1.0, 0.25, 0.5)
     reply = Reply(3, 503, 1, 0, 0.0, 0.0, "overloaded")
     head = frames.REPLY.unpack_from(reply.encode())
     assert head == (3, 503, 1, 0, 0.0, 0.0, len("overloaded"))
