@@ -92,3 +92,17 @@ def png_bytes(size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def save_slow_resnet110(folder: Path) -> Path:
+    """A full ResNet-110 artifact with random weights (``slow-resnet110``): slow enough for requests to be in flight."""
+    path = folder / "slow-resnet110"
+    manifest = Manifest(
+        name="slow-resnet110",
+        kind="resnet",
+        architecture={},
+        classes=[str(i) for i in range(10)],
+        input=InputSpec(32, 32, None, MEAN, STD),
+    )
+    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), path, manifest)
+    return path

@@ -12,25 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import save_artifact
-from models.artifacts import InputSpec, Manifest
-from models.blockdrop import BlockDropModel
-from models.resnet import cifar_resnet
-from tests.service.conftest import MEAN, STD, png_bytes
+from models.artifacts import InputSpec
+from tests.service.conftest import MEAN, STD, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
 
 
 @pytest.fixture(scope="module")
 def variants(artifacts, tmp_path_factory) -> list[dict]:
-    slow = tmp_path_factory.mktemp("slow") / "slow-resnet110"
-    manifest = Manifest(
-        name="slow-resnet110",
-        kind="resnet",
-        architecture={},
-        classes=[str(i) for i in range(10)],
-        input=InputSpec(32, 32, None, MEAN, STD),
-    )
-    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), slow, manifest)
+    slow = save_slow_resnet110(tmp_path_factory.mktemp("slow"))
     return [
         {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
         {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
@@ -79,7 +68,6 @@ def test_tritonclient_defaults_binary_tensors_both_ways(server, datatype):
     """What tritonclient sends by default: binary input tensors, every output asked for as binary."""
     import tritonclient.http as triton
 
-    from models.artifacts import InputSpec
     from service.imaging import ImagePreprocessor
 
     client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))

@@ -24,7 +24,7 @@ from models.artifacts import InputSpec, Manifest
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
-from tests.service.conftest import MEAN, STD, png_bytes
+from tests.service.conftest import MEAN, STD, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
 
 API_SERVERS = ("api-0", "api-1")
@@ -34,15 +34,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def variants(artifacts, tmp_path_factory) -> list[dict]:
-    slow = tmp_path_factory.mktemp("slow") / "slow-resnet110"
-    manifest = Manifest(
-        name="slow-resnet110",
-        kind="resnet",
-        architecture={},
-        classes=[str(i) for i in range(10)],
-        input=InputSpec(32, 32, None, MEAN, STD),
-    )
-    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), slow, manifest)
+    slow = save_slow_resnet110(tmp_path_factory.mktemp("slow"))
     return [
         {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
         {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
