@@ -4,7 +4,9 @@ file; command-line options win over both. ``--ray`` runs the same service on a R
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 
 from cli.help_format import DefaultsInHelp
 
@@ -77,5 +79,10 @@ def _serve_on_ray(settings, address: str | None, log_level: str | None) -> int:
     from service.request_log import configure_logging
 
     configure_logging(settings.log_format, log_level or settings.log_level)
-    serve_on_ray(settings, address)
+    if not serve_on_ray(settings, address):
+        # Everything it started is stopped; only Ray's driver state is broken, and its teardown can segfault.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -144,7 +144,11 @@ def _stop_gracefully(settings: Settings, local: bool, timeout_s: float, cluster:
     return not local or _in_thread(shut_down, timeout_s)
 
 
-def serve_on_ray(settings: Settings, address: str | None = None) -> None:
+def serve_on_ray(settings: Settings, address: str | None = None) -> bool:
+    """Serve until a stop signal; whether this process's Ray driver is still sound. When the cluster could not be
+    stopped in order (a signal to the whole process group killed its processes first) it is not: Ray's core worker
+    keeps retrying a cluster that is gone, and tearing it down (``ray.shutdown`` or the interpreter's exit) can
+    crash the process with a segfault, so the caller should end the process without that teardown."""
     address = address or settings.ray.address
     local = address is None
     _on_stop_signals(_raise_stop)
@@ -158,7 +162,7 @@ def serve_on_ray(settings: Settings, address: str | None = None) -> None:
         if local:
             processes.stop_descendants()
         if isinstance(error, _Stop):
-            return
+            return True
         raise
     _on_stop_signals(_raise_stop)  # ray.init installs its own SIGTERM handler (sys.exit)
     cluster = processes.children(os.getpid())  # the GCS, the raylet, the dashboard, … (not Ray's workers)
@@ -177,10 +181,9 @@ def serve_on_ray(settings: Settings, address: str | None = None) -> None:
             log.warning("the Ray cluster did not stop in order; stopping its processes")
         if local:
             processes.stop_descendants()
-            if not stopped:  # this process's side of the connection, now that nothing answers it
-                _in_thread(ray.shutdown, 10.0)
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
+    return stopped
 
 
 def _on_stop_signals(handler: object) -> None:

@@ -10,7 +10,8 @@ processes can reach the sockets (they live in the 0700 runtime folder).
 
 Each model server also has a *status* block its supervisor and every API server read: its heartbeat (the
 monotonic clock, which every process on the machine shares), whether its model is ready, its queue depth and its
-moving-average batch time (what admission estimates a new image's wait from). Each variant has an *incoming*
+moving-average batch time (what admission estimates a new image's wait from); each API server has one too (its
+event loop's heartbeat, and whether it serves), which its supervisor reads. Each variant has an *incoming*
 block: images each API server is decoding for it, so that the model server waits for more only while some are
 on their way.
 """
@@ -106,7 +107,8 @@ class SlotRegion:
 
 
 def status_block(path: Path, create: bool = False) -> Tensor:
-    """A model server's status: float64 [STATUS_FIELDS], indexed by HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID."""
+    """A process's status: float64 [STATUS_FIELDS], indexed by HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID (an API
+    server's uses HEARTBEAT, READY and PID)."""
     return map_file(path, STATUS_FIELDS * 8, create).view(torch.float64)
 
 

@@ -17,6 +17,9 @@ class RuntimeLayout:
     def status(self, variant: int, replica: int) -> Path:
         return self.root / f"model-{variant}-{replica}.status"
 
+    def api_status(self, api_server: int) -> Path:
+        return self.root / f"api-{api_server}.status"
+
     def incoming(self, variant: int) -> Path:
         return self.root / f"incoming-{variant}"
 

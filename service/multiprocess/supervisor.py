@@ -3,8 +3,11 @@ variant replica and N API servers on that port, watches them, and replaces one t
 tells every API server to drain, then stops the model servers, and leaves nothing behind (processes or files).
 
 Model servers are watched by their heartbeat: one silent for ``worker_heartbeat_timeout_s`` is killed and started
-again, once, here (API servers only reconnect). A process that fails before it ever served is started again
-ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason instead.
+again, once, here (API servers only reconnect). API servers are watched by a heartbeat their event loop writes: one
+whose loop has not run for ``API_SERVER_SILENCE_S`` (stopped, or stuck in a call that never returns) is killed and
+replaced; the connections it held are lost, the others' are not. A process that fails before it ever served is
+started again ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason
+instead.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from types import FrameType
 
 import torch.multiprocessing as mp
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 WATCH_EVERY_S = 0.1
 STOP_GRACE_S = 10.0
 LISTEN_BACKLOG = 2048
+# Longer than a model server's: an event loop under a burst on few cores can lag by a second without being stuck.
+API_SERVER_SILENCE_S = 3.0
 
 
 class _Stopped(Exception):
@@ -50,7 +54,6 @@ class Child:
     kind: str  # "model server" | "API server"
     label: str
     process: mp.Process | None = None
-    ready_pipe: Connection | None = None
     ready: bool = False
     failed_starts: int = 0
     not_before: float = 0.0  # no new start before this (backoff)
@@ -67,6 +70,7 @@ class Supervisor:
         self.models: dict[tuple[int, int], Child] = {}
         self.apis: dict[int, Child] = {}
         self.statuses = {}
+        self.api_statuses = {}
         self.incoming = []
         self._signal: int | None = None
         self._signals_forwarded = 0
@@ -118,6 +122,7 @@ class Supervisor:
                 self.statuses[index, replica] = status
                 self.models[index, replica] = Child("model server", f"{s.variants[index].name}/{replica}")
         for index in range(self.api_server_count):
+            self.api_statuses[index] = frames.status_block(self.layout.api_status(index), create=True).numpy()
             self.apis[index] = Child("API server", f"api-{index}")
 
     def _start_all(self) -> None:
@@ -167,24 +172,19 @@ class Supervisor:
     def _start_api(self, index: int, child: Child) -> None:
         for block in self.incoming:
             block[index] = 0  # a lost predecessor's images are not coming
+        self.api_statuses[index][:] = 0.0
+        self.api_statuses[index][frames.HEARTBEAT] = time.monotonic()
         spec = ApiServerSpec(self.settings, index, self.layout, os.getpid(), self.log_level)
-        receiving, sending = self.context.Pipe(duplex=False)
         child.process = self.context.Process(
-            target=api_server.main, args=(spec, self.listener, sending), name=f"bd-{child.label}"
+            target=api_server.main, args=(spec, self.listener), name=f"bd-{child.label}"
         )
         child.process.daemon = True
         child.process.start()
-        sending.close()
-        child.ready_pipe = receiving
         child.ready = False
 
-    @staticmethod
-    def _api_ready(child: Child) -> bool:
-        pipe = child.ready_pipe
-        try:
-            return pipe is not None and pipe.poll() and pipe.recv() == "ready"
-        except (EOFError, OSError):
-            return False
+    def _api_ready(self, child: Child) -> bool:
+        index = next(i for i, c in self.apis.items() if c is child)
+        return self.api_statuses[index][frames.READY] == 1.0
 
     # watching ------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -231,11 +231,22 @@ class Supervisor:
         if not child.ready and self._api_ready(child):
             child.ready, child.failed_starts = True, 0
             log.warning("API server %s is serving again", child.label)
-        if process.is_alive():
+        silent = time.monotonic() - self.api_statuses[index][frames.HEARTBEAT]
+        limit = API_SERVER_SILENCE_S if child.ready else START_TIMEOUT_S
+        if process.is_alive() and silent <= limit:
             return
-        log.error(
-            "API server %s (pid %s) exited (code %s); starting another", child.label, process.pid, process.exitcode
-        )
+        if process.is_alive():
+            log.error(
+                "API server %s (pid %s): its event loop has not run for %.1f s; killing it and starting another",
+                child.label,
+                process.pid,
+                silent,
+            )
+            process.kill()
+        else:
+            log.error(
+                "API server %s (pid %s) exited (code %s); starting another", child.label, process.pid, process.exitcode
+            )
         process.join(5)
         self._replace(child, lambda: self._start_api(index, child))
 

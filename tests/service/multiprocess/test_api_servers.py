@@ -24,6 +24,7 @@ from models.artifacts import InputSpec, Manifest
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
+from service.multiprocess.supervisor import API_SERVER_SILENCE_S
 from tests.service.conftest import MEAN, STD, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
 
@@ -112,6 +113,19 @@ def client_on(server: Server, name: str, tries: int = 300) -> httpx.Client:
             pass
         client.close()
     pytest.fail(f"no connection reached {name} in {tries} tries")
+
+
+def wait_for_replacement(server: Server, name: str, lost: int, seconds: float = 60.0) -> None:
+    """Until API server ``name`` answers again from a process other than ``lost``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with contextlib.closing(client_on(server, name, tries=50)) as replacement:
+                assert served_by(replacement.get("/healthz/ready"))[1] != lost
+                return
+        except pytest.fail.Exception:
+            assert time.monotonic() < deadline, f"{name} was not replaced in {seconds:g} s"
+            time.sleep(0.5)
 
 
 def children(pid: int) -> dict[int, str]:
@@ -258,15 +272,27 @@ def test_a_killed_api_server_is_replaced_while_the_other_answers(server):
     os.kill(pid, signal.SIGKILL)
     for seed in range(20):  # new connections: the other API server takes them all meanwhile
         assert httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG).status_code == 200
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with contextlib.closing(client_on(server, "api-1", tries=50)) as replacement:
-                assert served_by(replacement.get("/healthz/ready"))[1] != pid
-                break
-        except pytest.fail.Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+    wait_for_replacement(server, "api-1", pid)
+
+
+def test_a_stopped_api_server_is_killed_within_seconds_and_replaced(server):
+    victim = client_on(server, "api-0")
+    _, pid = served_by(victim.get("/healthz/live"))
+    os.kill(pid, signal.SIGSTOP)  # its event loop stops: every connection it holds would hang
+    stopped = time.monotonic()
+    try:
+        for seed in range(10):  # new connections: the other API server accepts them
+            response = httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG)
+            assert response.status_code == 200 and served_by(response)[0] == "api-1"
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() - stopped < API_SERVER_SILENCE_S + 5, "the stopped API server was never killed"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    with contextlib.closing(victim):  # its connection ended with it: the client's next request opens another
+        assert served_by(victim.get("/healthz/live", timeout=5))[1] != pid
+    wait_for_replacement(server, "api-0", pid)
 
 
 def test_sigterm_drains_every_api_server_and_leaves_nothing(variants):
