@@ -132,33 +132,38 @@ def run(args: argparse.Namespace) -> dict:
         folder = Path(name)
         load_bodies(args.data_root, args.images, folder)
         labels = labels_of(args.data_root, args.images)
-        fixed = start(artifact, None)
-        try:
-            url = f"{fixed.url}/v1/classify"
-            run_wrk(url, 64, 2, folder, len(labels))  # warm-up
-            capacity = run_wrk(url, 64, args.capacity_seconds, folder, len(labels))["requests_per_second"]
-        finally:
-            fixed.stop()
-        result["capacity_rps"] = capacity
         for label, settings in (("fixed", None), ("adaptive", adaptive)):
             server = start(artifact, settings)
-            watch = ThresholdWatch(server.url)
-            phases = []
             try:
-                for factor in factors:
-                    pause_ms = 1000 * args.connections / (factor * capacity)
-                    started = round(time.monotonic() - watch.started, 2)
+                if label == "fixed":  # capacity: the fixed threshold's closed-loop rate, on the same server
                     url = f"{server.url}/v1/classify"
-                    sample = paced(url, args.connections, args.seconds, pause_ms, folder, labels, args.slo_ms)
-                    phases.append({"factor": factor, "started_s": started} | sample)
-                    print(label, json.dumps(phases[-1]), flush=True)
-                time.sleep(args.tail_seconds)  # the threshold's way back, with no load
+                    run_wrk(url, 64, 2, folder, len(labels))  # warm-up
+                    capacity = run_wrk(url, 64, args.capacity_seconds, folder, len(labels))["requests_per_second"]
+                    result["capacity_rps"] = capacity
+                result[label] = _phases(label, server, factors, capacity, args, folder, labels)
             finally:
-                samples = watch.stop()
                 server.stop()
-            result[label] = {"phases": phases, "threshold_series": samples}
     result["summary"] = summary(result)
     return result
+
+
+def _phases(label: str, server, factors: list[float], capacity: float, args, folder: Path, labels: list[int]) -> dict:
+    """Paced load at each factor of ``capacity`` in turn, then an idle tail, watching the live threshold."""
+    watch = ThresholdWatch(server.url)
+    phases = []
+    try:
+        for factor in factors:
+            pause_ms = 1000 * args.connections / (factor * capacity)
+            started = round(time.monotonic() - watch.started, 2)
+            sample = paced(
+                f"{server.url}/v1/classify", args.connections, args.seconds, pause_ms, folder, labels, args.slo_ms
+            )
+            phases.append({"factor": factor, "started_s": started} | sample)
+            print(label, json.dumps(phases[-1]), flush=True)
+        time.sleep(args.tail_seconds)  # the threshold's way back, with no load
+    finally:
+        samples = watch.stop()
+    return {"phases": phases, "threshold_series": samples}
 
 
 def summary(result: dict) -> dict:
