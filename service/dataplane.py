@@ -207,7 +207,9 @@ class DataPlane:
         record = current_record()
         if record is not None and client_key is not None:
             record.client = hashed(client_key)
-        unavailable = [name for name in self.variants if not self.available(name)]
+        # only an unkeyed, unpinned request is steered around a variant that does not answer (service/routing.py)
+        steered = not override and not client_key
+        unavailable = [name for name in self.variants if not self.available(name)] if steered else ()
         return self.variants[self.router.choose(override, client_key, unavailable)]
 
     def available(self, name: str) -> bool:

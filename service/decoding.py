@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 from anyio import CapacityLimiter, to_thread
+from PIL import Image
 from torch import Tensor
 
 from service.errors import Overloaded, PayloadTooLarge
@@ -80,19 +81,20 @@ class Decoder:
     async def tensors(self, preprocess: ImagePreprocessor, images: list[bytes]) -> list[Tensor]:
         """One model input per image, or the first image's error (415, 413, 400) before anything is decoded."""
         if sum(len(data) for data in images) <= INLINE_BODY_BYTES:
-            costs = [preprocess.decode_cost(data) for data in images]
+            opened = [preprocess.open(data) for data in images]
         else:  # a large body's headers may take a while to walk: not on the loop
-            costs = await to_thread.run_sync(lambda: [preprocess.decode_cost(data) for data in images])
-        total = sum(costs)
+            opened = await to_thread.run_sync(lambda: [preprocess.open(data) for data in images])
+        total = sum(cost for _, cost in opened)
         if total <= INLINE_DECODE_BYTES:
-            return [preprocess(data) for data in images]
+            return [preprocess.decode(image) for image, _ in opened]
         async with self.budget.reserve(total, self.wait_s):
-            return await to_thread.run_sync(_decode_all, preprocess, images, total, limiter=self.threads)
+            pending = [image for image, _ in opened]
+            return await to_thread.run_sync(_decode_all, preprocess, pending, total, limiter=self.threads)
 
 
-def _decode_all(preprocess: ImagePreprocessor, images: list[bytes], cost: int) -> list[Tensor]:
+def _decode_all(preprocess: ImagePreprocessor, images: list[Image.Image], cost: int) -> list[Tensor]:
     try:
-        return [preprocess(data) for data in images]
+        return [preprocess.decode(image) for image in images]
     finally:
         if cost > TRIM_AFTER_BYTES:
             release_free_memory()

@@ -139,13 +139,17 @@ class ImagePreprocessor:
         self.max_decoded_pixels = max_pixels if max_image_scale is None else int((max_image_scale * side) ** 2)
         self.max_image_scale = max_image_scale
 
-    def decode_cost(self, data: bytes) -> int:
-        """The bytes decoding ``data`` will take at its peak, from the header alone; an image that is no image, is
-        corrupt at the header or too large for this model is refused here, before any decoding."""
+    def open(self, data: bytes) -> tuple[Image.Image, int]:
+        """The image, its header parsed and nothing decoded, and the bytes decoding it will take at its peak; an
+        image that is no image, is corrupt at the header or too large for this model is refused here."""
         image = open_checked(data, self.max_pixels)
         draft_for(image, self.spec)
         self._refuse_oversized(image)
-        return decode_bytes(image)
+        return image, decode_bytes(image)
+
+    def decode_cost(self, data: bytes) -> int:
+        """The bytes decoding ``data`` will take at its peak, from the header alone."""
+        return self.open(data)[1]
 
     def _refuse_oversized(self, image: Image.Image) -> None:
         if image.width * image.height <= self.max_decoded_pixels:
@@ -158,9 +162,10 @@ class ImagePreprocessor:
         )
 
     def __call__(self, data: bytes) -> Tensor:
-        image = open_checked(data, self.max_pixels)
-        draft_for(image, self.spec)
-        self._refuse_oversized(image)
+        return self.decode(self.open(data)[0])
+
+    def decode(self, image: Image.Image) -> Tensor:
+        """The model input from an image ``open`` returned (its header is parsed once, not again here)."""
         image = resize_and_crop(load_rgb(image), self.spec)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         return normalize(pixels, self.spec)
