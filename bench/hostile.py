@@ -263,9 +263,10 @@ def overload(url: str, folder: Path, images: int, seconds: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    server = service(parse_variants(args.variant), admin_token=TOKEN, header_timeout_s=args.header_timeout_s)
+    settings = {"admin_token": TOKEN, "header_timeout_s": args.header_timeout_s, "api_servers": args.api_servers}
+    server = service(parse_variants(args.variant), **settings)
     pid = server.process.pid
-    result: dict = {"machine": machine_description()}
+    result: dict = {"machine": machine_description(), "api_servers": args.api_servers}
     try:
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
@@ -294,8 +295,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    api_servers = result.get("api_servers", 1)
+    shape = "worker processes" if api_servers == 1 else f"{api_servers} API servers and a model server per variant"
     lines = [
-        f"`blockdrop serve` with its defaults (five variants, worker processes) on {result['machine']}. Idle: good "
+        f"`blockdrop serve` with its defaults (five variants, {shape}) on {result['machine']}. Idle: good "
         f"requests p99 {result['idle']['good_p99_ms']} ms (one client), service process tree "
         f"{result['idle']['rss_mib']} MiB RSS.",
         "",
@@ -349,6 +352,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overload-seconds", type=int, default=20, help="length of the c=512 run")
     parser.add_argument("--header-timeout-s", type=float, default=10, help="the service's header timeout")
     parser.add_argument("--hung-variant", default="full", help="the variant whose worker is stopped")
+    parser.add_argument(
+        "--api-servers", type=int, default=1, help="API server processes (1: the single process; N: the supervisor's)"
+    )
     add_variant_option(parser, "serve this artifact (repeatable, even traffic split); default: the default variants")
     parser.add_argument("--out", default=str(RESULTS), help="folder for hostile.json and hostile.md")
 

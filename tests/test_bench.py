@@ -238,10 +238,13 @@ def test_soak_short_version(tmp_path):
 
 
 def test_hostile_short_version(tmp_path):
+    """With two API servers: every repro, burst and the hung model server behave as in one process (whose
+    hostile-input behaviour tests/service/test_hostile_input.py covers)."""
     args = [*_wrk_bench(tmp_path, "hostile"), "--idle-seconds", "1", "--overload-seconds", "2"]
-    args += ["--header-timeout-s", "1"]
+    args += ["--header-timeout-s", "1", "--api-servers", "2"]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "hostile.json").read_text())
+    assert result["api_servers"] == 2
     assert all(row["as_expected"] for row in result["repros"]), result["repros"]
     assert {row["case"] for row in result["repros"]} >= {"one 128 MB header", "half a header, then silence"}
     hung = result["hung_worker"]
