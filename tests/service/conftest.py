@@ -43,15 +43,7 @@ def make_artifacts(root: Path) -> dict[str, Path]:
     }.items():
         policy_net = getattr(model, "policy", None)
         kind = "biglittle" if isinstance(model, BigLittleNet) else "resnet" if policy_net is None else "blockdrop"
-        manifest = Manifest(
-            name=name,
-            kind=kind,
-            architecture={},
-            classes=list(CIFAR10_CLASSES),
-            input=InputSpec(32, 32, None, MEAN, STD),
-            metrics={"val_accuracy": 0.1},
-            defaults={"threshold": 0.5},
-        )
+        manifest = cifar_manifest(name, kind, metrics={"val_accuracy": 0.1}, defaults={"threshold": 0.5})
         save_artifact(model.eval(), root / name, manifest)
         paths[name] = root / name
     return paths
@@ -97,12 +89,11 @@ def png_bytes(size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0
 def save_slow_resnet110(folder: Path) -> Path:
     """A full ResNet-110 artifact with random weights (``slow-resnet110``): slow enough for requests to be in flight."""
     path = folder / "slow-resnet110"
-    manifest = Manifest(
-        name="slow-resnet110",
-        kind="resnet",
-        architecture={},
-        classes=[str(i) for i in range(10)],
-        input=InputSpec(32, 32, None, MEAN, STD),
-    )
-    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), path, manifest)
+    save_artifact(BlockDropModel(cifar_resnet(110)).eval(), path, cifar_manifest("slow-resnet110", "resnet"))
     return path
+
+
+def cifar_manifest(name: str, kind: str, **fields) -> Manifest:
+    """The manifest of a test artifact for 32x32 CIFAR-10 images; ``fields``: metrics, defaults, …"""
+    spec = InputSpec(32, 32, None, MEAN, STD)
+    return Manifest(name=name, kind=kind, architecture={}, classes=list(CIFAR10_CLASSES), input=spec, **fields)

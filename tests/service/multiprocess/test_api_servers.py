@@ -20,12 +20,11 @@ import pytest
 import torch
 
 from models import save_artifact
-from models.artifacts import InputSpec, Manifest
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
 from service.multiprocess.supervisor import API_SERVER_SILENCE_S
-from tests.service.conftest import MEAN, STD, png_bytes, save_slow_resnet110
+from tests.service.conftest import cifar_manifest, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
 
 API_SERVERS = ("api-0", "api-1")
@@ -51,14 +50,7 @@ def slow_blockdrop(tmp_path_factory) -> dict:
     policy = PolicyNet(PolicyConfig("cifar", 54))
     with torch.no_grad():
         policy.logit.bias.fill_(4.0)
-    manifest = Manifest(
-        name="slow-blockdrop",
-        kind="blockdrop",
-        architecture={},
-        classes=[str(i) for i in range(10)],
-        input=InputSpec(32, 32, None, MEAN, STD),
-        defaults={"threshold": 0.5},
-    )
+    manifest = cifar_manifest("slow-blockdrop", "blockdrop", defaults={"threshold": 0.5})
     path = tmp_path_factory.mktemp("slowbd") / "slow-blockdrop"
     save_artifact(BlockDropModel(cifar_resnet(110), policy).eval(), path, manifest)
     adaptive = {"slo_queue_wait_ms": 1, "max_threshold": 0.9, "step": 0.05, "period_s": 0.05, "window_s": 5}
