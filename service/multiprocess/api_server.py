@@ -49,7 +49,6 @@ class BeatingServer(DrainingServer):
         self.status = status
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self.status[frames.PID] = os.getpid()
         beat = asyncio.create_task(self._beat())
         try:
             await super().serve(sockets)
@@ -58,8 +57,9 @@ class BeatingServer(DrainingServer):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:
+        if self.started:  # from now on the supervisor holds it to API_SERVER_SILENCE_S (it beats: its pid is set)
             self.status[frames.READY] = 1.0
+            self.status[frames.PID] = os.getpid()
 
     async def _beat(self) -> None:
         while True:

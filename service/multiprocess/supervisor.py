@@ -12,14 +12,17 @@ instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+import numpy as np
 import torch.multiprocessing as mp
 
 from service.config import Settings
@@ -49,14 +52,27 @@ class StartupError(ValueError):
 
 @dataclass
 class Child:
-    """One supervised process and how to start it again."""
+    """One supervised process, its status block (frames.status_block: heartbeat, ready, and its pid once it beats)
+    and how to start it again."""
 
     kind: str  # "model server" | "API server"
     label: str
+    status: np.ndarray
+    silence_s: float  # how long its heartbeat may be silent once it beats
+    restart: Callable[[], None] = lambda: None
     process: mp.Process | None = None
     ready: bool = False
     failed_starts: int = 0
     not_before: float = 0.0  # no new start before this (backoff)
+
+    @property
+    def serving(self) -> bool:
+        return self.status[frames.READY] == 1.0
+
+    def reset_status(self) -> None:
+        """A new process: not ready, no pid, and the start counting as its last heartbeat."""
+        self.status[:] = 0.0
+        self.status[frames.HEARTBEAT] = time.monotonic()
 
 
 class Supervisor:
@@ -69,8 +85,6 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.models: dict[tuple[int, int], Child] = {}
         self.apis: dict[int, Child] = {}
-        self.statuses = {}
-        self.api_statuses = {}
         self.incoming = []
         self._signal: int | None = None
         self._signals_forwarded = 0
@@ -119,29 +133,33 @@ class Supervisor:
             self.incoming.append(frames.incoming_block(self.layout.incoming(index), create=True).numpy())
             for replica in range(s.worker_replicas):
                 status = frames.status_block(self.layout.status(index, replica), create=True).numpy()
-                self.statuses[index, replica] = status
-                self.models[index, replica] = Child("model server", f"{s.variants[index].name}/{replica}")
+                label = f"{s.variants[index].name}/{replica}"
+                child = Child("model server", label, status, s.worker_heartbeat_timeout_s)
+                child.restart = functools.partial(self._start_model, (index, replica), child, restarted=True)
+                self.models[index, replica] = child
         for index in range(self.api_server_count):
-            self.api_statuses[index] = frames.status_block(self.layout.api_status(index), create=True).numpy()
-            self.apis[index] = Child("API server", f"api-{index}")
+            status = frames.status_block(self.layout.api_status(index), create=True).numpy()
+            child = Child("API server", f"api-{index}", status, API_SERVER_SILENCE_S)
+            child.restart = functools.partial(self._start_api, index, child)
+            self.apis[index] = child
 
     def _start_all(self) -> None:
         """Every model server (loading in parallel), then every API server; any failure stops the service."""
         for key, child in self.models.items():
             self._start_model(key, child)
-        self._wait_until_ready(self.models.values(), lambda c: self._model_ready(c))
+        self._wait_until_ready(self.models.values())
         for index, child in self.apis.items():
             self._start_api(index, child)
-        self._wait_until_ready(self.apis.values(), self._api_ready)
+        self._wait_until_ready(self.apis.values())
 
-    def _wait_until_ready(self, children, is_ready) -> None:
+    def _wait_until_ready(self, children) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = list(children)
         while waiting:
             if self._signal is not None:
                 raise _Stopped
             for child in list(waiting):
-                if is_ready(child):
+                if child.serving:
                     child.ready = True
                     waiting.remove(child)
                 elif not child.process.is_alive():
@@ -155,9 +173,7 @@ class Supervisor:
 
     # starting ------------------------------------------------------------------------------------------------
     def _start_model(self, key: tuple[int, int], child: Child, restarted: bool = False) -> None:
-        status = self.statuses[key]
-        status[:] = 0.0
-        status[frames.HEARTBEAT] = time.monotonic()  # loading counts as alive until its own heartbeat takes over
+        child.reset_status()  # loading counts as alive until its own heartbeat takes over
         threads = self.settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)
         spec = ModelServerSpec(self.settings, key[0], key[1], self.layout, threads, os.getpid(), restarted=restarted)
         child.process = self.context.Process(target=model_server.main, args=(spec,), name=f"bd:{child.label}")
@@ -165,15 +181,10 @@ class Supervisor:
         child.process.start()
         child.ready = False
 
-    def _model_ready(self, child: Child) -> bool:
-        key = next(k for k, c in self.models.items() if c is child)
-        return self.statuses[key][frames.READY] == 1.0
-
     def _start_api(self, index: int, child: Child) -> None:
         for block in self.incoming:
             block[index] = 0  # a lost predecessor's images are not coming
-        self.api_statuses[index][:] = 0.0
-        self.api_statuses[index][frames.HEARTBEAT] = time.monotonic()
+        child.reset_status()
         spec = ApiServerSpec(self.settings, index, self.layout, os.getpid(), self.log_level)
         child.process = self.context.Process(
             target=api_server.main, args=(spec, self.listener), name=f"bd-{child.label}"
@@ -182,78 +193,43 @@ class Supervisor:
         child.process.start()
         child.ready = False
 
-    def _api_ready(self, child: Child) -> bool:
-        index = next(i for i, c in self.apis.items() if c is child)
-        return self.api_statuses[index][frames.READY] == 1.0
-
     # watching ------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
         while self._signal is None:
-            for key, child in self.models.items():
-                self._check_model(key, child)
-            for index, child in self.apis.items():
-                self._check_api(index, child)
+            for child in [*self.models.values(), *self.apis.values()]:
+                self._check(child)
             time.sleep(WATCH_EVERY_S)
 
-    def _check_model(self, key: tuple[int, int], child: Child) -> None:
+    def _check(self, child: Child) -> None:
         process = child.process
         if process is None:  # waiting out a backoff
             if time.monotonic() >= child.not_before:
-                self._start_model(key, child, restarted=True)
+                child.restart()
             return
-        status = self.statuses[key]
-        if not child.ready and status[frames.READY] == 1.0:
+        if not child.ready and child.serving:
             child.ready, child.failed_starts = True, 0
-            log.warning("model server %s is serving again", child.label)
-        silent = time.monotonic() - status[frames.HEARTBEAT]
-        # until its heartbeat thread runs (a new process imports torch first), it has the start-up timeout
-        beating = status[frames.PID] != 0
-        limit = self.settings.worker_heartbeat_timeout_s if beating else START_TIMEOUT_S
+            log.warning("%s %s is serving again", child.kind, child.label)
+        silent = time.monotonic() - child.status[frames.HEARTBEAT]
+        # until it beats (a new process imports torch and loads first), it has the start-up timeout
+        beating = child.status[frames.PID] != 0
+        limit = child.silence_s if beating else START_TIMEOUT_S
         if process.is_alive() and silent <= limit:
             return
         if process.is_alive():
             log.error(
-                "model server %s (pid %s) sent no heartbeat for %.1f s; killing it", child.label, process.pid, silent
+                "%s %s (pid %s) sent no heartbeat for %.1f s; killing it", child.kind, child.label, process.pid, silent
             )
             process.kill()
         else:
-            log.error("model server %s (pid %s) exited (code %s)", child.label, process.pid, process.exitcode)
+            log.error("%s %s (pid %s) exited (code %s)", child.kind, child.label, process.pid, process.exitcode)
         process.join(5)
-        self.statuses[key][frames.READY] = 0.0  # not ready from this moment, in every API server
-        self._replace(child, lambda: self._start_model(key, child, restarted=True))
+        child.status[frames.READY] = 0.0  # not ready from this moment, in every API server
+        self._replace(child)
 
-    def _check_api(self, index: int, child: Child) -> None:
-        process = child.process
-        if process is None:
-            if time.monotonic() >= child.not_before:
-                self._start_api(index, child)
-            return
-        if not child.ready and self._api_ready(child):
-            child.ready, child.failed_starts = True, 0
-            log.warning("API server %s is serving again", child.label)
-        silent = time.monotonic() - self.api_statuses[index][frames.HEARTBEAT]
-        limit = API_SERVER_SILENCE_S if child.ready else START_TIMEOUT_S
-        if process.is_alive() and silent <= limit:
-            return
-        if process.is_alive():
-            log.error(
-                "API server %s (pid %s): its event loop has not run for %.1f s; killing it and starting another",
-                child.label,
-                process.pid,
-                silent,
-            )
-            process.kill()
-        else:
-            log.error(
-                "API server %s (pid %s) exited (code %s); starting another", child.label, process.pid, process.exitcode
-            )
-        process.join(5)
-        self._replace(child, lambda: self._start_api(index, child))
-
-    def _replace(self, child: Child, start) -> None:
+    def _replace(self, child: Child) -> None:
         """Start a lost process again at once if it had served, else after a growing backoff."""
         if child.ready:
-            start()
+            child.restart()
             return
         child.failed_starts += 1
         backoff = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (child.failed_starts - 1))
