@@ -4,8 +4,9 @@ follow the rollout's step. Starting, pausing, resuming and aborting (``/v1/rollo
 
 Several API server processes may share one store: each adds only what it counted itself (keyed by host and pid;
 ``ServiceMetrics.own``, not the families a Ray ingress merges from every replica), the store serialises their
-updates, and each process sets its own router's weights from the stored step; whichever process ticks first after
-the evidence suffices makes the decision. The ingress replicas of a Ray cluster are such processes, when they share
+updates, and each process sets its own router's weights from the stored step while the rollout runs; whichever
+process ticks first after the evidence suffices makes the decision, and the weights that end a rollout are set by
+that process alone and reach the others as an operator's change would. The ingress replicas of a Ray cluster are such processes, when they share
 ``state_dir`` (one machine, or a shared volume).
 """
 
@@ -183,25 +184,27 @@ class RolloutDriver:
         self._follow(rollout, force=True)
 
     def _follow(self, rollout: dict[str, Any], force: bool = False) -> None:
-        """Make this process's weights what the rollout's step says, once per change of the rollout: while it is
-        active (also after a restart), and at the change that ended it if this process saw it active; never again
-        after that, so that an operator's later changes stand."""
+        """Make this process's weights what the rollout's step says, once per change of the rollout, while it is
+        active (also after a restart) and when this process made the change (``force``). Never for a rollout that
+        another process ended: that one set the final weights and shared them with every process (``on_update``);
+        setting them here again, a tick later, would undo an operator's change made in between."""
         variant = rollout["variant"]
         if not self._serves(rollout):
             return
         key = (rollout["started_at"], rollout["version"])
         applied = self._applied.get(variant)
-        if applied == key and not force:
-            return
-        ended = rollout["status"] not in ACTIVE
-        if ended and not force and (applied is None or applied[0] != rollout["started_at"]):
-            return
-        share = rollout["share"] / 100 if rollout["status"] in (*ACTIVE, "completed") else None
+        active = rollout["status"] in ACTIVE
+        saw_it_run = applied is not None and applied[0] == key[0]
+        if not force and (applied == key or not (active or saw_it_run)):
+            return  # seen already, or ended before this process saw it run
+        self._applied[variant] = key
+        share = rollout["share"] / 100 if active or rollout["status"] == "completed" else None
         self.plane.metrics.rollout_share.labels(variant).set(share or 0.0)
+        if not (active or force):
+            return
         weights = target_weights(rollout["weights_at_start"], variant, rollout["baseline"], share)
         current = self.plane.router.weights
         # raise before lowering, so that some variant keeps a positive weight at every moment
         for name, weight in sorted(weights.items(), key=lambda item: item[1] <= current.get(item[0], 0.0)):
             if name in self.plane.variants and abs(current.get(name, 0.0) - weight) > 1e-12:
                 self.plane.runtime.update_variant(name, weight=weight)
-        self._applied[variant] = key

@@ -147,3 +147,24 @@ def test_a_rollout_survives_a_restart(rollout_settings):
         assert share(client, "blockdrop") == pytest.approx(0.5)  # the new process follows the stored step
         serve_with_feedback(client, "blockdrop", 10)
         assert tick(client)["evidence"]["variant"]["feedback"] == 50  # new counts add to the stored ones
+
+
+def test_an_operator_change_after_a_rollout_ends_stands_in_every_process(rollout_settings):
+    """Two processes sharing the rollout store and the operator's changes (as API servers or Ray ingress replicas
+    do): the one that ends the rollout sets the final weights and shares them; the other, ticking later, must not set
+    them again over a change the operator made in between (on Ray this left `full` at weight 0 for good)."""
+    with TestClient(create_app(rollout_settings)) as first, TestClient(create_app(rollout_settings)) as second:
+        second.app.state.rollouts.instance = "second"  # one pid here: as two processes, each adds its own counts
+        one, other = first.app.state.plane, second.app.state.plane
+        one.on_update = lambda name, change: other.apply_changes({name: change})
+        other.on_update = lambda name, change: one.apply_changes({name: change})
+        assert first.put("/v1/rollouts/blockdrop", json=PLAN | {"steps": [50, 100]}, headers=AUTH).status_code == 200
+        assert tick(second)["share"] == 50 and share(second, "blockdrop") == pytest.approx(0.5)
+        serve_with_feedback(first, "blockdrop", 40)
+        serve_with_feedback(first, "full", 40)
+        assert tick(first)["status"] == "completed"
+        assert share(second, "blockdrop") == 1  # shared by the process that ended it
+        assert second.put("/v1/variants/full", json={"weight": 1.0}, headers=AUTH).status_code == 200
+        tick(second)
+        tick(first)
+        assert [client.get("/v1/variants/full").json()["weight"] for client in (first, second)] == [1.0, 1.0]
