@@ -324,7 +324,8 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
 def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
     """While one request of 64 images through api-0 fills the `slow` variant's queue, a request through api-1 (which
     has nothing queued of its own) is refused at once (503, "queued ahead"): the queue's depth and batch time live
-    at the model server, which every API server reads."""
+    at the model server, which every API server reads. api-1 is asked only once its /metrics show the queue: a
+    request sent before would be let in and wait behind all 64 images (one CI run saw just that)."""
     batch = {"images": [base64.b64encode(png_bytes(seed=i)).decode() for i in range(64)]}
     with (
         contextlib.closing(client_on(server, "api-0")) as loader,
@@ -334,6 +335,10 @@ def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
         refused = None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             big = pool.submit(loader.post, "/v1/classify?variant=slow", json=batch)
+            while (
+                not big.done() and metric(observer.get("/metrics").text, "blockdrop_queue_depth", variant="slow") < 16
+            ):
+                time.sleep(0.005)
             while refused is None and not big.done():
                 response = observer.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
                 if response.status_code == 503 and "queued ahead" in response.json()["error"]:
