@@ -3,19 +3,25 @@
 httptools reads a request line and headers of any size (a 128 MB header is buffered and answered) and waits for
 them forever (a connection that sent half a header stays open). Here a request whose headers pass
 ``max_header_bytes`` gets a 431, and a connection that has not finished its headers ``header_timeout_s`` after
-it opened or after its request began gets a 408; either way the connection closes. Bodies are bounded elsewhere
-(``max_body_bytes``), idle keep-alive connections by uvicorn itself.
+it opened or after its request began gets a 408; either way the connection closes. A request httptools cannot
+parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before the client reads
+it). These answers carry a JSON error, a new ``X-Request-ID`` (also in the warning logged) and ``X-Served-By``, as
+the app's own do. Bodies are bounded elsewhere (``max_body_bytes``), idle keep-alive connections by uvicorn itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.accounting import SERVED_BY_HEADER, served_by
 from service.api.errors import encode_json
 
-STATUS_TEXT = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+log = logging.getLogger(__name__)
+STATUS_TEXT = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 LINGER_S = 1.0
 
 
@@ -52,8 +58,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"the request's headers are larger than the {self.max_header_bytes}-byte limit")
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:  # a parser error raised by our own refusal has been answered already
-            super().send_400_response(msg)
+        # (a parser error raised by our own refusal has been answered already: _refuse answers once)
+        self._refuse(400, "the request could not be parsed as HTTP/1.1")
 
     def on_url(self, url: bytes) -> None:
         self._count_parsed(len(url))
@@ -108,11 +114,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         if self.transport.is_closing() or self._refused:
             return
+        request_id = uuid.uuid4().hex
+        log.warning("answered %d before the app (request %s): %s", status, request_id, message)
         body = encode_json({"error": message})
         head = [
             b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status]),
+            *(b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id.encode(),
+            b"%s: %s\r\n" % (SERVED_BY_HEADER.encode(), served_by().encode()),
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)

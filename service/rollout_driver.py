@@ -6,8 +6,8 @@ Several API server processes may share one store: each adds only what it counted
 ``ServiceMetrics.own``, not the families a Ray ingress merges from every replica), the store serialises their
 updates, and each process sets its own router's weights from the stored step while the rollout runs; whichever
 process ticks first after the evidence suffices makes the decision, and the weights that end a rollout are set by
-that process alone and reach the others as an operator's change would. The ingress replicas of a Ray cluster are such processes, when they share
-``state_dir`` (one machine, or a shared volume).
+that process alone and reach the others as an operator's change would. The ingress replicas of a Ray cluster are
+such processes, when they share ``state_dir`` (one machine, or a shared volume).
 """
 
 from __future__ import annotations

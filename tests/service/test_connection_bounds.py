@@ -1,8 +1,11 @@
 """What the HTTP server bounds before the application sees a request: the size of the headers (431), the time to
-send them (408); and the pre-stop period after SIGTERM, in which readiness is 503 while requests are still served."""
+send them (408), requests it cannot parse (400), each answered like the app's errors (JSON, X-Request-ID,
+X-Served-By); and the pre-stop period after SIGTERM, in which readiness is 503 while requests are still served."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import time
@@ -46,11 +49,21 @@ def _exchange(port: int, payload: bytes, wait_s: float = 10) -> bytes:
         return received
 
 
+def _refusal(answer: bytes, status: int) -> str:
+    """The error message of an answer the server gave before the app, after checking it is one like the app's."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    headers = dict(line.split(": ", 1) for line in head.decode().lower().split("\r\n")[1:])
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+    assert re.fullmatch(r"api-0/\d+", headers["x-served-by"])
+    assert headers["connection"] == "close" and headers["content-type"] == "application/json"
+    return json.loads(body)["error"]
+
+
 def test_headers_over_the_limit_get_a_431_and_a_closed_connection(server):
     big = b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 200_000 + b"\r\n\r\n"
     answer = _exchange(server.port, big)
-    assert answer.startswith(b"HTTP/1.1 431 ")
-    assert b"16384-byte limit" in answer
+    assert "16384-byte limit" in _refusal(answer, 431)
     # many headers, each small, add up the same way
     many = b"GET /healthz/live HTTP/1.1\r\nHost: x\r\n" + b"".join(
         b"X-%d: %s\r\n" % (i, b"b" * 100) for i in range(400)
@@ -69,13 +82,20 @@ def test_headers_under_the_limit_and_a_large_body_are_served(server):
 def test_a_connection_that_does_not_finish_its_headers_is_closed_with_a_408(server):
     started = time.monotonic()
     answer = _exchange(server.port, b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait_s=15)
-    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert "did not arrive within 1 s" in _refusal(answer, 408)
     assert time.monotonic() - started < 10  # the 1 s header timeout, not the 15 s the client was ready to wait
     # a connection that never sends a byte is closed too, without an answer
     assert _exchange(server.port, b"", wait_s=15) == b""
     # and a kept-alive connection still serves several requests
     with httpx.Client(base_url=server.url) as client:
         assert [client.get("/healthz/live").status_code for _ in range(3)] == [200] * 3
+
+
+def test_a_request_that_is_not_http_gets_a_400_and_a_closed_connection(server):
+    assert "could not be parsed" in _refusal(_exchange(server.port, b"\x16\x03\x01 TLS hello?\r\n\r\n"), 400)
+    assert "could not be parsed" in _refusal(_exchange(server.port, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400)
+    with httpx.Client(base_url=server.url) as client:  # and the server serves on
+        assert client.get("/healthz/live").status_code == 200
 
 
 def test_sigterm_turns_readiness_off_for_the_pre_stop_period_while_requests_are_served(variants):
