@@ -411,29 +411,25 @@ def test_engine_benchmark_compares_the_two_executors(tmp_path):
     assert all(r["plain_ms"] > 0 and r["bucketed_ms"] > 0 and r["bucketed_over_plain"] > 0 for r in result["rows"])
 
 
-def test_the_prepared_gpu_check_is_valid_bash_and_names_what_exists():
+@pytest.mark.parametrize(
+    ("script", "runs"),
+    [
+        ("gpu_check.sh", ["bench gpu --device cuda"]),
+        ("api_servers_check.sh", ["bench efficiency", "--api-servers 1,4,8"]),
+    ],
+)
+def test_a_prepared_device_check_is_valid_bash_and_names_what_exists(script, runs):
     import re
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "bench" / "device" / "gpu_check.sh"
-    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
-    text = script.read_text()
+    root = Path(__file__).resolve().parent.parent
+    common, path = root / "bench" / "device" / "common.sh", root / "bench" / "device" / script
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+    text = path.read_text()
     for test_file in re.findall(r"tests/\S+\.py", text):
-        assert (script.parent.parent.parent / test_file).is_file(), test_file
+        assert (root / test_file).is_file(), test_file
     for checkpoint in re.findall(r"cifar10-[\w-]+", text):
-        assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
-    assert "bench gpu --device cuda" in text and "source .device/on-device.sh" in text
-
-
-def test_the_prepared_api_servers_check_is_valid_bash_and_names_what_exists():
-    import re
-    import subprocess
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "bench" / "device" / "api_servers_check.sh"
-    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
-    text = script.read_text()
-    for checkpoint in re.findall(r"cifar10-[\w-]+", text):
-        assert (script.parent.parent.parent / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
-    assert "bench efficiency" in text and "--api-servers 1,4,8" in text and "source .device/on-device.sh" in text
+        assert (root / "models" / "checkpoints" / checkpoint).is_dir(), checkpoint
+    assert all(run in text for run in runs)
+    assert 'source "$(dirname "$0")/common.sh"' in text and "source .device/on-device.sh" in common.read_text()

@@ -7,14 +7,9 @@
 # (default ./api-servers-out): efficiency/efficiency.{json,md}, gpu-busy.csv, stages.txt. Not yet run on such a
 # machine. It stays under 8 minutes: the stage has a timeout, and one that runs out is reported, not waited for.
 set -uo pipefail
-out="${OUT:-$PWD/api-servers-out}"
-mkdir -p "$out"
-[ -f .device/on-device.sh ] && source .device/on-device.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# shellcheck source=bench/device/common.sh
+source "$(dirname "$0")/common.sh" api-servers-out
 limit=${API_SERVERS_CHECK_SECONDS:-450}
-{ nproc; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null; git log -1 --format='commit %H' 2>/dev/null; } \
-  > "$out/versions.txt" 2>&1
-cat "$out/versions.txt"
 command -v wrk >/dev/null || { echo "wrk is missing (prepare.sh puts it in .device/)"; exit 2; }
 
 busy_pid=""
@@ -23,12 +18,10 @@ if command -v nvidia-smi >/dev/null; then
   busy_pid=$!
 fi
 ck=models/checkpoints
-started=$SECONDS
-timeout --kill-after=10 "$limit" python3 -m cli.main bench efficiency --data-root "${BLOCKDROP_DATA_ROOT:-}" \
+stage efficiency "$limit" python3 -m cli.main bench efficiency --data-root "${BLOCKDROP_DATA_ROOT:-}" \
   --api-servers 1,4,8 --concurrency 1,32,256 --seconds 5 --repeats 2 --model-seconds 0.5 --warmup-seconds 1 \
   --overhead-requests 50 --variant "full=$ck/cifar10-resnet32:full" \
   --variant "blockdrop=$ck/cifar10-resnet32-blockdrop:blockdrop" --out "$out/efficiency" > "$out/efficiency.log" 2>&1
-echo "== efficiency: exit $? after $((SECONDS - started))s" | tee -a "$out/stages.txt"
 [ -n "$busy_pid" ] && kill "$busy_pid" 2>/dev/null
 if [ -s "$out/gpu-busy.csv" ]; then  # the mean over the samples taken while the service was loaded
   awk -F', ' '$2 > 0 {s += $2; n++} END {if (n) printf "GPU busy: mean %.0f %% over %d non-idle samples\n", s / n, n}' \

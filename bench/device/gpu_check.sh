@@ -8,26 +8,10 @@
 # precision), efficiency/. It stays under 8 minutes:
 # each stage has a timeout, and a stage that runs out is reported, not waited for.
 set -uo pipefail
-out="${OUT:-$PWD/gpu-check-out}"
+# shellcheck source=bench/device/common.sh
+source "$(dirname "$0")/common.sh" gpu-check-out
 mkdir -p "$out/bench"
-[ -f .device/on-device.sh ] && source .device/on-device.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 limit=${GPU_CHECK_SECONDS:-470}
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
-  git log -1 --format='commit %H %s' 2>/dev/null || true
-} > "$out/versions.txt" 2>&1
-cat "$out/versions.txt"
-
-stage() {  # stage NAME SECONDS COMMAND...: run with a timeout, note how it ended
-  local name=$1 seconds=$2; shift 2
-  local started=$SECONDS
-  echo "== $name (at most ${seconds}s)"
-  timeout --kill-after=10 "$seconds" "$@"
-  local rc=$?
-  echo "== $name: exit $rc after $((SECONDS - started))s" | tee -a "$out/stages.txt"
-}
 
 # 1. the CUDA tests (and the CPU equivalence tests beside them), skips listed
 stage cuda-tests 150 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$out/cuda-tests.xml" \
