@@ -5,12 +5,14 @@ and a ramp of a non-inferior one. Writes ``ab_simulation.json`` and ``ab_simulat
     blockdrop bench ab-simulation
 
 Vectorised with numpy over experiments (in chunks) and feedback; the formulas are ``service.sequential``'s
-(``half_width`` below is its vector form, checked equal in tests/test_bench.py).
+(``half_width`` below is its vector form, checked equal in tests/test_bench.py). The board's questions (better or
+worse?) use two-sided intervals, a rollout's guardrail one-sided bounds, as the service does.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.common import RESULTS, positive_int, write_results
+from service import sequential
 from service.rollouts import RolloutPlan
 from service.sequential import ACCURACY_TAU, ALPHA, MIN_FEEDBACK
 from service.stats import Z_95
@@ -44,11 +47,25 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def half_width(variance: np.ndarray, alpha: float = ALPHA, tau: float = ACCURACY_TAU) -> np.ndarray:
-    """``service.sequential.half_width`` on arrays (0 where the variance is 0)."""
-    t2 = tau * tau
+def half_width(
+    variance: np.ndarray, alpha: float = ALPHA, tau: float = ACCURACY_TAU, one_sided: bool = False
+) -> np.ndarray:
+    """``service.sequential.half_width`` on arrays (0 where the variance is 0). The one-sided width (a bisection
+    there) is interpolated here from the service's own on a fine grid of variances: ``width / sqrt(variance)``
+    depends smoothly on ``log(variance)`` alone."""
     v = np.maximum(variance, 1e-300)
+    if one_sided:
+        log_grid, scaled = _one_sided_grid(alpha, tau)
+        return np.sqrt(v) * np.interp(np.log(v), log_grid, scaled)
+    t2 = tau * tau
     return np.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + np.log1p(t2 / v)))
+
+
+@functools.cache
+def _one_sided_grid(alpha: float, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.logspace(-14, 2, 6000)
+    scaled = [sequential.half_width(v, alpha, tau, one_sided=True) / math.sqrt(v) for v in grid]
+    return np.log(grid), np.array(scaled)
 
 
 def smoothed_variance(x: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -65,10 +82,11 @@ class Looks:
     x_baseline: np.ndarray
     n_baseline: np.ndarray
 
-    def difference_bounds(self, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    def difference_bounds(self, alpha: float = ALPHA, one_sided: bool = False) -> tuple[np.ndarray, np.ndarray]:
         nv, nb = np.maximum(self.n_variant, 1), np.maximum(self.n_baseline, 1)
         d = self.x_variant / nv - self.x_baseline / nb
-        h = half_width(smoothed_variance(self.x_variant, nv) / nv + smoothed_variance(self.x_baseline, nb) / nb, alpha)
+        variance = smoothed_variance(self.x_variant, nv) / nv + smoothed_variance(self.x_baseline, nb) / nb
+        h = half_width(variance, alpha, one_sided=one_sided)
         return d - h, d + h
 
     def z_rejects(self) -> np.ndarray:
@@ -120,7 +138,8 @@ def aa(rng: np.random.Generator, experiments: int, feedback: int, p: float, marg
         enough = looks.enough()
         z_hits += int((looks.z_rejects() & enough).any(axis=1).sum())
         seq_hits += int((((low > 0) | (high < 0)) & enough).any(axis=1).sum())
-        rollback_hits += int(((high < -margin) & enough).any(axis=1).sum())
+        _, upper = looks.difference_bounds(one_sided=True)
+        rollback_hits += int(((upper < -margin) & enough).any(axis=1).sum())
     return {
         "z_test_peeking": rate(z_hits, experiments),
         "always_valid": rate(seq_hits, experiments),
@@ -143,15 +162,22 @@ def per_variant_feedback(
 
 
 def detection(
-    rng: np.random.Generator, experiments: int, feedback: int, share: float, p_v: float, p_b: float, margin: float
+    rng: np.random.Generator,
+    experiments: int,
+    feedback: int,
+    share: float,
+    p_v: float,
+    p_b: float,
+    margin: float,
+    one_sided: bool = False,
 ) -> dict:
-    """How often, and after how much feedback on the variant, the CS says it is worse than the baseline by more
-    than ``margin`` within ``feedback`` feedbacks on the variant (looked at after each); with the fixed-horizon
-    z-test's power at the last look for comparison."""
+    """How often, and after how much feedback on the variant, the CS (``one_sided``: the rollout's upper bound) says
+    it is worse than the baseline by more than ``margin`` within ``feedback`` feedbacks on the variant (looked at
+    after each); with the fixed-horizon z-test's power at the last look for comparison."""
     on_variant, z_final, detected = [], 0, 0
     for size in chunks(experiments, feedback):
         looks = per_variant_feedback(rng, size, feedback, share, p_v, p_b)
-        _, high = looks.difference_bounds()
+        _, high = looks.difference_bounds(one_sided=one_sided)
         first = first_look((high < -margin) & looks.enough())
         found = first >= 0
         detected += int(found.sum())
@@ -198,7 +224,7 @@ def ramp(rng: np.random.Generator, experiments: int, p: float, plan: RolloutPlan
         n_v += tick * running
         x_b += rng.binomial(between, p)
         n_b += between
-        low, high = Looks(x_v, n_v, x_b, n_b).difference_bounds(alpha)
+        low, high = Looks(x_v, n_v, x_b, n_b).difference_bounds(alpha, one_sided=True)
         enough = np.minimum(n_v, n_b) >= MIN_FEEDBACK
         worse = running & enough & (high < -plan.accuracy_margin)
         state[worse] = 2
@@ -233,7 +259,9 @@ def simulate(experiments: int, aa_feedback: int, power_feedback: int, p: float, 
         f"{points}_points": detection(rng, experiments, power_feedback // 2, 0.5, p - points / 100, p, 0.0)
         for points in (2, 5)
     }
-    bad = detection(rng, experiments, 1000, 0.05, p - 0.10, p, plan.accuracy_margin)
+    bad = detection(rng, experiments, 1000, 0.05, p - 0.10, p, plan.accuracy_margin, one_sided=True)
+    # the same with the two-sided interval the rollouts used before, for comparison in one run
+    bad_two_sided = detection(rng, experiments, 1000, 0.05, p - 0.10, p, plan.accuracy_margin)
     return {
         "experiments": experiments,
         "seed": seed,
@@ -246,6 +274,7 @@ def simulate(experiments: int, aa_feedback: int, power_feedback: int, p: float, 
         "aa": aa_rates,
         "power": power,
         "bad_variant_at_5_percent": bad,
+        "bad_variant_at_5_percent_two_sided": bad_two_sided,
         "non_inferior_ramp": ramp(rng, experiments, p, plan),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -258,7 +287,7 @@ def markdown(r: dict) -> str:
     aa_rows = {
         "z_test_peeking": "today's z-test (p < 0.05), fixed-horizon, looked at after every feedback",
         "always_valid": "always-valid CS excludes 0 (board: better or worse)",
-        "rollout_accuracy_guardrail": "always-valid CS below −margin (a rollout's rollback)",
+        "rollout_accuracy_guardrail": "always-valid one-sided upper bound below −margin (a rollout's rollback)",
     }
     lines = [
         "# A/B statistics under continuous monitoring (simulation)",
@@ -286,18 +315,26 @@ def markdown(r: dict) -> str:
             f"| {pct(p['fixed_horizon_z_power'])} "
             f"| {needed['median']:.0f} / {needed['p90']:.0f} |"
         )
-    bad, ramp_ = r["bad_variant_at_5_percent"], r["non_inferior_ramp"]
-    needed = bad["feedback_on_variant"]
+    bad, two_sided, ramp_ = (
+        r["bad_variant_at_5_percent"],
+        r["bad_variant_at_5_percent_two_sided"],
+        r["non_inferior_ramp"],
+    )
+    needed, needed_two = bad["feedback_on_variant"], two_sided["feedback_on_variant"]
     lines += [
         "",
         "## Rollouts",
         "",
-        f"A variant 10 points less accurate ({bad['variant_accuracy']:.2f}) at a 5 % share, rolled back when the CS "
-        f"is below −{bad['margin']} (looked at after every feedback on it): {pct(bad['within_400'])} rolled back "
-        f"within 400 feedbacks on it, {pct(bad['power'])} within {bad['feedback_on_variant_max']}; feedback on it "
-        f"until then: median {needed['median']:.0f}, p90 {needed['p90']:.0f}, max {needed['max']:.0f}.",
+        f"A variant 10 points less accurate ({bad['variant_accuracy']:.2f}) at a 5 % share, rolled back when the "
+        f"one-sided upper bound is below −{bad['margin']} (looked at after every feedback on it): "
+        f"{pct(bad['within_400'])} rolled back within 400 feedbacks on it, {pct(bad['power'])} within "
+        f"{bad['feedback_on_variant_max']}; feedback on it until then: median {needed['median']:.0f}, "
+        f"p90 {needed['p90']:.0f}, max {needed['max']:.0f}. With the two-sided interval instead (the same scenario, "
+        f"other draws): {pct(two_sided['within_400'])} within 400, median {needed_two['median']:.0f}, "
+        f"p90 {needed_two['p90']:.0f}.",
         "",
-        f"A variant as accurate as its baseline, plan steps {ramp_['steps']} %, {ramp_['min_feedback']} feedbacks "
+        f"A variant as accurate as its baseline (one-sided bounds), plan steps {ramp_['steps']} %, "
+        f"{ramp_['min_feedback']} feedbacks "
         f"on it per step, margin {ramp_['margin']}, confidence {ramp_['confidence']}, checked every "
         f"{ramp_['tick_feedback_on_variant']} feedbacks on the variant: "
         f"{pct(ramp_['reached_100'])} reached 100 %, {pct(ramp_['rolled_back'])} rolled back; median feedback "

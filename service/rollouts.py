@@ -3,9 +3,11 @@ roll it back at once when one is violated. Pure decision logic on counts (no clo
 can be tested on scripted evidence; ``service/rollout_driver.py`` feeds it the service's metrics on a timer and
 ``service/rollout_store.py`` keeps its state.
 
-A guardrail is judged with an always-valid interval (``service.sequential``) at the plan's confidence, each
-guardrail on its own: it *holds* when the whole interval is on the allowed side of its limit, is *violated* when
-the whole interval is on the other side, and is *unknown* otherwise. A step advances once the variant has the
+A guardrail is judged with always-valid bounds (``service.sequential``), each guardrail on its own: it *holds* when
+the whole interval is on the allowed side of its limit, is *violated* when the whole interval is on the other side,
+and is *unknown* otherwise. Each end is a one-sided bound at the plan's confidence, since each decision asks one
+side: a wrong rollback (a guardrail that in truth holds, called violated) and a wrong advance each have a chance of
+at most 1 - confidence, however often the controller looks. A step advances once the variant has the
 plan's feedback in that step and every guardrail holds; a violated guardrail rolls back, whatever the step (also
 while paused). Evidence counts from the rollout's start, over all its steps: confidence sequences stay valid
 however often they are checked, so the controller may check after every tick.
@@ -44,7 +46,9 @@ class RolloutPlan(BaseModel):
         description="traffic shares in percent of unpinned traffic, increasing; reaching the last completes it",
     )
     min_feedback: int = Field(default=200, ge=1, description="feedback on the variant needed in each step")
-    confidence: float = Field(default=0.95, ge=0.5, lt=1, description="of each guardrail's always-valid interval")
+    confidence: float = Field(
+        default=0.95, ge=0.5, lt=1, description="of each end of each guardrail's always-valid bounds (one-sided)"
+    )
     accuracy_margin: float = Field(
         default=0.02, ge=0, le=1, description="non-inferiority margin: accuracy may be at most this much lower"
     )
@@ -214,7 +218,7 @@ def _state(low: float | None, high: float | None, limit: float, higher_is_better
 
 
 def _accuracy(plan: RolloutPlan, v: ArmCounts, b: ArmCounts, alpha: float) -> Check:
-    bounds = sequential.proportion_difference(v.right, v.feedback, b.right, b.feedback, alpha)
+    bounds = sequential.proportion_difference(v.right, v.feedback, b.right, b.feedback, alpha, one_sided=True)
     limit = -plan.accuracy_margin
     if bounds is None or min(v.feedback, b.feedback) < sequential.MIN_FEEDBACK:
         note = f"needs {sequential.MIN_FEEDBACK} feedback on each arm"
@@ -225,8 +229,8 @@ def _accuracy(plan: RolloutPlan, v: ArmCounts, b: ArmCounts, alpha: float) -> Ch
 
 def _latency(plan: RolloutPlan, evidence: Evidence, alpha: float) -> Check:
     q, limit = plan.latency_quantile, float(plan.max_latency_ratio or math.inf)
-    mine = sequential.quantile_bounds(q, _buckets(evidence, evidence.variant), alpha / 2)
-    theirs = sequential.quantile_bounds(q, _buckets(evidence, evidence.baseline), alpha / 2)
+    mine = sequential.quantile_bounds(q, _buckets(evidence, evidence.variant), alpha / 2, one_sided=True)
+    theirs = sequential.quantile_bounds(q, _buckets(evidence, evidence.baseline), alpha / 2, one_sided=True)
     ratio = sequential.ratio_bounds(mine, theirs)
     note = f"p{q * 100:g} variant / baseline"
     if ratio is None:
@@ -237,7 +241,7 @@ def _latency(plan: RolloutPlan, evidence: Evidence, alpha: float) -> Check:
 
 
 def _errors(limit: float, v: ArmCounts, alpha: float) -> Check:
-    bounds = sequential.proportion(v.errors, v.requests, alpha)
+    bounds = sequential.proportion(v.errors, v.requests, alpha, one_sided=True)
     if bounds is None:
         return Check("errors", "unknown", limit, note="5xx / requests")
     return Check("errors", _state(bounds.low, bounds.high, limit, False), limit, *bounds, "5xx / requests")
@@ -245,7 +249,7 @@ def _errors(limit: float, v: ArmCounts, alpha: float) -> Check:
 
 def _flops(limit: float, evidence: Evidence, alpha: float) -> Check:
     v, network = evidence.variant, evidence.baseline_network_flops
-    bounds = sequential.bounded_mean(v.flops, v.images, max(evidence.variant_max_flops, 1.0), alpha)
+    bounds = sequential.bounded_mean(v.flops, v.images, max(evidence.variant_max_flops, 1.0), alpha, one_sided=True)
     if bounds is None or network <= 0:
         return Check("flops", "unknown", limit, note="1 - variant FLOPs / baseline network")
     saving = sequential.Bounds(1 - bounds.estimate / network, 1 - bounds.high / network, 1 - bounds.low / network)

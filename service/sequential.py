@@ -31,6 +31,16 @@ it under continuous monitoring.
 the guarantee. With two arms of unequal size (a variant at a 5 % share against its baseline), ``s_n^2`` is the
 variance of the difference, ``v_1 / n_1 + v_2 / n_2``, as in Johari et al.'s treatment of unequal allocation.
 
+A rollout's guardrail asks one side at a time: roll back only if the variant is worse than the limit, advance only
+if it is better. Each end is then a **one-sided** bound at level alpha (``one_sided=True``), from the half-normal
+mixture over theta' > theta only (mixing weight 2 phi_tau), whose closed form is
+
+    Lambda+_n(theta) = 2 Lambda_n(theta) Phi(tau (d_n - theta) / (s_n sqrt(s_n^2 + tau^2))),
+
+again a nonnegative martingale with mean 1: P(the upper bound ever falls below theta) <= alpha, and the same for
+the lower bound. It is narrower than the two-sided end (about the two-sided one at 2 alpha, since Phi is near 1
+there), and a wrong rollback and a wrong advance each keep their chance at most alpha, as before.
+
 Quantiles (p99 latency) use the construction of Howard & Ramdas, "Sequential estimation of quantiles with
 applications to A/B-testing and best-arm identification", Bernoulli 28(3), 2022, section 2: the fraction of
 observations at or below the true q-quantile is a mean of Bernoulli(q) indicators, so a CS ``q +- u_n`` for that
@@ -61,10 +71,13 @@ class Bounds(NamedTuple):
     high: float | None
 
 
-def half_width(variance: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU) -> float:
+def half_width(variance: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU, one_sided: bool = False) -> float:
     """The normal-mixture CS half-width for an estimate of variance ``variance`` (``s_n^2`` above):
     ``sqrt(s^2 (s^2 + tau^2) / tau^2 * (2 log(1/alpha) + log(1 + tau^2 / s^2)))``; 0 for a zero variance (an exact
-    estimate), infinite for an infinite one. Grows with the variance (less evidence, wider interval)."""
+    estimate), infinite for an infinite one. Grows with the variance (less evidence, wider interval).
+    ``one_sided``: the distance at which the half-normal mixture ``Lambda+`` reaches ``1 / alpha`` instead."""
+    if one_sided:
+        return _one_sided_half_width(variance, alpha, tau)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if tau <= 0:
@@ -77,6 +90,41 @@ def half_width(variance: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU)
         return math.inf
     t2 = tau * tau
     return math.sqrt(variance * (variance + t2) / t2 * (2 * math.log(1 / alpha) + math.log1p(t2 / variance)))
+
+
+def _one_sided_half_width(variance: float, alpha: float, tau: float) -> float:
+    """Where ``one_sided_ratio`` reaches ``1 / alpha``, by bisection: it grows with the distance, is below
+    ``1 / alpha`` at the two-sided half-width for ``2 alpha`` (Phi <= 1) and at or above it at the one for ``alpha``
+    (Phi >= 1/2 above the estimate)."""
+    low, high = half_width(variance, min(2 * alpha, 0.999999), tau), half_width(variance, alpha, tau)
+    if high in (0.0, math.inf):
+        return high
+    target = math.log(1 / alpha)
+    for _ in range(100):
+        middle = (low + high) / 2
+        if _log_one_sided_ratio(middle, variance, tau) >= target:
+            high = middle
+        else:
+            low = middle
+        if high - low <= 1e-12 * high:
+            break
+    return high
+
+
+def _log_one_sided_ratio(distance: float, variance: float, tau: float) -> float:
+    t2 = tau * tau
+    total = variance + t2
+    z = tau * distance / math.sqrt(variance * total)
+    log_phi = math.log(0.5 * math.erfc(-z / math.sqrt(2)))
+    return math.log(2) + 0.5 * math.log(variance / total) + t2 * distance**2 / (2 * variance * total) + log_phi
+
+
+def one_sided_ratio(estimate: float, null: float, variance: float, tau: float = ACCURACY_TAU) -> float:
+    """The half-normal mixture ``Lambda+_n`` of ``null`` against values above it (for values below, swap the
+    signs): the evidence that ``theta > null``, a nonnegative martingale with mean 1 under ``theta = null``."""
+    if variance <= 0:
+        return math.inf if estimate > null else 0.0
+    return math.exp(_log_one_sided_ratio(estimate - null, variance, tau))
 
 
 def mixture_ratio(estimate: float, null: float, variance: float, tau: float = ACCURACY_TAU) -> float:
@@ -98,44 +146,56 @@ def smoothed_variance(successes: float, n: float) -> float:
 
 
 def proportion_difference(
-    x1: float, n1: float, x2: float, n2: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU
+    x1: float,
+    n1: float,
+    x2: float,
+    n2: float,
+    alpha: float = ALPHA,
+    tau: float = ACCURACY_TAU,
+    one_sided: bool = False,
 ) -> Bounds | None:
     """Always-valid interval of ``p1 - p2`` from ``x1`` successes in ``n1`` and ``x2`` in ``n2`` (a variant's
     feedback against its baseline's): the mixture CS with ``s^2 = v1 / n1 + v2 / n2``. ``None`` if an arm is empty.
-    The ends are clipped to [-1, 1]."""
+    The ends are clipped to [-1, 1]; with ``one_sided`` each is a one-sided bound at level ``alpha``."""
     for x, n in ((x1, n1), (x2, n2)):
         if not 0 <= x <= n:
             raise ValueError(f"successes must be between 0 and n, got {x} of {n}")
     if n1 == 0 or n2 == 0:
         return None
     d = x1 / n1 - x2 / n2
-    h = half_width(smoothed_variance(x1, n1) / n1 + smoothed_variance(x2, n2) / n2, alpha, tau)
+    h = half_width(smoothed_variance(x1, n1) / n1 + smoothed_variance(x2, n2) / n2, alpha, tau, one_sided)
     return Bounds(d, max(-1.0, d - h), min(1.0, d + h))
 
 
-def proportion(x: float, n: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU) -> Bounds | None:
-    """Always-valid interval of one proportion (an error rate), clipped to [0, 1]; ``None`` for n = 0."""
+def proportion(
+    x: float, n: float, alpha: float = ALPHA, tau: float = ACCURACY_TAU, one_sided: bool = False
+) -> Bounds | None:
+    """Always-valid interval of one proportion (an error rate), clipped to [0, 1]; ``None`` for n = 0. With
+    ``one_sided`` each end is a one-sided bound at level ``alpha``."""
     if not 0 <= x <= n:
         raise ValueError(f"successes must be between 0 and n, got {x} of {n}")
     if n == 0:
         return None
     p = x / n
-    h = half_width(smoothed_variance(x, n) / n, alpha, tau)
+    h = half_width(smoothed_variance(x, n) / n, alpha, tau, one_sided)
     return Bounds(p, max(0.0, p - h), min(1.0, p + h))
 
 
-def bounded_mean(total: float, n: float, upper: float, alpha: float = ALPHA, tau: float = RATIO_TAU) -> Bounds | None:
+def bounded_mean(
+    total: float, n: float, upper: float, alpha: float = ALPHA, tau: float = RATIO_TAU, one_sided: bool = False
+) -> Bounds | None:
     """Always-valid interval of the mean of observations in [0, ``upper``] from their sum and count only (FLOPs per
     image, known to lie between 0 and the network's): the variance is bounded by Bhatia-Davis,
     ``v <= mean (upper - mean)``, so no second moment is needed, and a constant (the full network's FLOPs) gets a
-    zero-width interval. The mixture is tuned in units of ``upper``. ``None`` for n = 0."""
+    zero-width interval. The mixture is tuned in units of ``upper``. ``None`` for n = 0. With ``one_sided`` each end
+    is a one-sided bound at level ``alpha``."""
     if n == 0:
         return None
     if upper <= 0:
         raise ValueError(f"upper must be positive, got {upper}")
     mean = min(max(total / n, 0.0), upper)
     f = mean / upper
-    h = half_width(f * (1 - f) / n, alpha, tau) * upper
+    h = half_width(f * (1 - f) / n, alpha, tau, one_sided) * upper
     return Bounds(mean, max(0.0, mean - h), min(upper, mean + h))
 
 
@@ -158,7 +218,11 @@ def decide(bounds: Bounds | None, margin: float, n1: float, n2: float, min_n: fl
 
 
 def quantile_bounds(
-    q: float, buckets: Sequence[tuple[float, float]], alpha: float = ALPHA, tau: float = RATIO_TAU
+    q: float,
+    buckets: Sequence[tuple[float, float]],
+    alpha: float = ALPHA,
+    tau: float = RATIO_TAU,
+    one_sided: bool = False,
 ) -> Bounds | None:
     """Always-valid interval of the ``q``-quantile of observations kept in a cumulative histogram ((upper bound,
     cumulative count) pairs, +Inf last, as Prometheus keeps them), after Howard & Ramdas (2022): the empirical
@@ -166,14 +230,14 @@ def quantile_bounds(
     read off the buckets as PromQL's ``histogram_quantile`` interpolates them (so the bucket layout limits the
     resolution). The upper end is ``None`` (unbounded) while ``q + u_n`` reaches 1 or its rank falls in the +Inf
     bucket; the lower end is 0 while ``q - u_n`` is not positive. The estimate is the quantile at ``q``. ``None``
-    without observations."""
+    without observations. With ``one_sided`` each end is a one-sided bound at level ``alpha``."""
     if not 0 < q < 1:
         raise ValueError(f"q must be in (0, 1), got {q}")
     ordered = sorted(buckets)
     if len(ordered) < 2 or not math.isinf(ordered[-1][0]) or ordered[-1][1] <= 0:
         return None
     n = ordered[-1][1]
-    u = half_width(q * (1 - q) / n, alpha, tau)
+    u = half_width(q * (1 - q) / n, alpha, tau, one_sided)
     estimate = histogram_quantile(q, ordered)
     low = histogram_quantile(q - u, ordered) if q - u > 0 else 0.0
     finite = max(count for bound, count in ordered if not math.isinf(bound))

@@ -361,6 +361,7 @@ def test_ab_simulation_writes_false_positive_rates_per_test(tmp_path):
     assert result["aa"]["always_valid"]["of"] == 40 and "mc_error" in result["aa"]["z_test_peeking"]
     assert set(result["power"]) == {"2_points", "5_points"}
     assert "within_400" in result["bad_variant_at_5_percent"] and result["non_inferior_ramp"]["reached_100"]["of"] == 40
+    assert "within_400" in result["bad_variant_at_5_percent_two_sided"]
     assert "false-positive rate" in (tmp_path / "ab_simulation.md").read_text()
 
 
@@ -370,8 +371,11 @@ def test_the_simulations_vectorised_boundary_is_the_services():
     from bench.ab_simulation import half_width
     from service.sequential import half_width as scalar
 
-    variances = np.array([1e-6, 1e-4, 0.01, 0.3])
+    variances = np.array([1e-6, 1e-4, 7.3e-4, 0.01, 0.3])
     assert half_width(variances) == pytest.approx([scalar(v) for v in variances])
+    # the one-sided width, interpolated between grid points, within 1e-5 of the service's bisection
+    odd = np.array([3.3e-7, 2.2e-5, 7.3e-4, 0.0123, 0.31])
+    assert half_width(odd, 0.05, 0.05, True) == pytest.approx([scalar(v, 0.05, 0.05, True) for v in odd], rel=1e-5)
 
 
 def test_gpu_benchmark_smoke_run_on_the_cpu_writes_the_issues_schema(tmp_path):

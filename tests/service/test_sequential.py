@@ -29,6 +29,21 @@ def test_the_interval_is_where_the_msprt_does_not_reject():
     assert sequential.mixture_ratio(estimate, estimate - 1.1 * h, variance, tau) > 1 / alpha
 
 
+@pytest.mark.parametrize("variance", [1e-6, 7e-4, 0.01, 0.5])
+def test_a_one_sided_bound_is_where_the_half_normal_mixture_rejects(variance):
+    """The one-sided end lies where Lambda+ reaches 1/alpha: between the two-sided ends at 2 alpha and at alpha
+    (narrower than the two-sided one, the point of asking one side)."""
+    tau, alpha = 0.05, 0.05
+    h = sequential.half_width(variance, alpha, tau, one_sided=True)
+    assert sequential.one_sided_ratio(h, 0.0, variance, tau) == pytest.approx(1 / alpha)
+    assert sequential.one_sided_ratio(0.99 * h, 0.0, variance, tau) < 1 / alpha
+    assert sequential.half_width(variance, 2 * alpha, tau) <= h < sequential.half_width(variance, alpha, tau)
+    assert (
+        sequential.half_width(0.0, one_sided=True) == 0.0
+        and sequential.half_width(math.inf, one_sided=True) == math.inf
+    )
+
+
 def test_intervals_shrink_with_evidence_and_widen_with_confidence():
     widths = [sequential.half_width(0.2 / n) for n in (10, 100, 1000, 10_000)]
     assert widths == sorted(widths, reverse=True) and widths[-1] < 0.02
@@ -108,3 +123,21 @@ def test_coverage_under_continuous_monitoring():
         ever_missed_fixed |= np.abs(d - (p1 - p2)) > 1.96 * se
     assert ever_missed.mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / streams)
     assert ever_missed_fixed.mean() > 0.2
+
+
+def test_one_sided_coverage_under_continuous_monitoring():
+    """The rollout's bounds: 300 seeded streams as above, every 13th look; the upper one-sided bound ever below the
+    true difference (a wrong rollback) in at most alpha of them, and likewise the lower one above it."""
+    rng = np.random.default_rng(11)
+    streams, looks, p1, p2 = 300, 2000, 0.85, 0.9
+    x1 = np.cumsum(rng.random((streams, looks)) < p1, axis=1)
+    x2 = np.cumsum(rng.random((streams, looks)) < p2, axis=1)
+    n = np.arange(1, looks + 1)
+    below, above = np.zeros(streams, dtype=bool), np.zeros(streams, dtype=bool)
+    for i in range(sequential.MIN_FEEDBACK - 1, looks, 13):
+        for s in range(streams):
+            b = sequential.proportion_difference(x1[s, i], n[i], x2[s, i], n[i], one_sided=True)
+            below[s] |= b.high < p1 - p2
+            above[s] |= b.low > p1 - p2
+    slack = 2 * math.sqrt(0.05 * 0.95 / streams)
+    assert below.mean() <= 0.05 + slack and above.mean() <= 0.05 + slack

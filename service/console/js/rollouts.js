@@ -53,7 +53,7 @@ function card(rollout) {
       `${format.count(b.right)} / ${format.count(b.feedback)} on ${rollout.baseline}.` +
       (rollout.reasons.length ? ` Last look: ${rollout.reasons.join("; ")}.` : "") }),
     h("table", { class: "checks" },
-      h("caption", { text: `Guardrails at ${(rollout.plan.confidence * 100).toFixed(0)} % confidence (always-valid intervals)` }),
+      h("caption", { text: `Guardrails: always-valid bounds, each end one-sided at ${(rollout.plan.confidence * 100).toFixed(0)} % confidence` }),
       h("thead", {}, h("tr", {}, ["Guardrail", "State", "Estimate", "Interval", "Limit", ""].map((text) => h("th", { scope: "col", text })))),
       h("tbody", {}, rollout.checks.map(checkRow))),
     h("details", { open: true }, h("summary", { text: `History (${rollout.history.length})` }), history(rollout)));
