@@ -15,15 +15,17 @@ import argparse
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from bench.common import RESULTS, positive_int, write_results
 from service import sequential
+from service.metrics import LATENCY_BUCKETS, REQUEST_LATENCY_BUCKETS
 from service.rollouts import RolloutPlan
 from service.sequential import ACCURACY_TAU, ALPHA, MIN_FEEDBACK
-from service.stats import Z_95
+from service.stats import Z_95, histogram_quantile
 
 CHUNK_CELLS = 4_000_000  # experiments x feedback simulated at once (about 32 MB per float array)
 
@@ -250,6 +252,80 @@ def ramp(rng: np.random.Generator, experiments: int, p: float, plan: RolloutPlan
     }
 
 
+LATENCY_FACTORS = (1.0, 1.3, 1.46, 1.5, 2.5)  # the variant's latencies: the baseline's times this
+LATENCY_LOOKS, LATENCY_EVERY = 20_000, 250  # requests on each arm, and a look every this many
+
+
+def latency_guardrail(rng: np.random.Generator, experiments: int, plan: RolloutPlan) -> dict:
+    """The latency guardrail (p99 ratio, variant over baseline, at most ``plan.max_latency_ratio``): baseline
+    latencies log-normal (median 6 ms, sigma 0.3), the variant's the same times a factor, both arms looked at every
+    250 requests. How often it was ever called violated, and how often it held at the end; a factor at or under the
+    limit may be violated in at most 1 - confidence of experiments. Beside it, the rule before: the service's old,
+    coarser buckets with the bounds interpolated inside them (PromQL-style), which is no bound."""
+    alpha, q, limit = 1 - plan.confidence, plan.latency_quantile, float(plan.max_latency_ratio or 1.5)
+    layouts = {"now": np.array([*REQUEST_LATENCY_BUCKETS, math.inf]), "before": np.array([*LATENCY_BUCKETS, math.inf])}
+    rows = {}
+    for factor in LATENCY_FACTORS:
+        violated = held = violated_before = 0
+        for _ in range(experiments):
+            arms = [rng.lognormal(math.log(0.006), 0.3, LATENCY_LOOKS) * f for f in (factor, 1.0)]
+            where = {name: [np.searchsorted(edges, a) for a in arms] for name, edges in layouts.items()}
+            ever = ever_before = holds = False
+            for n in range(LATENCY_EVERY, LATENCY_LOOKS + 1, LATENCY_EVERY):
+                now, before = (
+                    [
+                        list(zip(layouts[name], np.cumsum(np.bincount(w[:n], minlength=len(layouts[name])))))
+                        for w in where[name]
+                    ]
+                    for name in ("now", "before")
+                )
+                ratio = sequential.ratio_bounds(
+                    *(sequential.quantile_bounds(q, h, alpha / 2, one_sided=True) for h in now)
+                )
+                if ratio is not None:
+                    ever |= ratio.low is not None and ratio.low > limit
+                    holds = ratio.high is not None and ratio.high <= limit
+                old = sequential.ratio_bounds(*(_interpolated_bounds(q, h, alpha / 2) for h in before))
+                ever_before |= old is not None and old.low is not None and old.low > limit
+            violated, held, violated_before = (
+                violated + bool(ever),
+                held + bool(holds),
+                violated_before + bool(ever_before),
+            )
+        rows[str(factor)] = {
+            "factor": factor,
+            "violated": rate(violated, experiments),
+            "holds_at_the_end": rate(held, experiments),
+            "violated_before": rate(violated_before, experiments),
+        }
+    return {"limit": limit, "quantile": q, "confidence": plan.confidence, "requests": LATENCY_LOOKS, "rows": rows}
+
+
+def _interpolated_bounds(q: float, buckets: list[tuple[float, float]], alpha: float) -> sequential.Bounds | None:
+    """``sequential.quantile_bounds`` as it was: its ends interpolated inside the buckets (and two-sided)."""
+    n = buckets[-1][1]
+    if n <= 0:
+        return None
+    u = sequential.half_width(q * (1 - q) / n, alpha, sequential.RATIO_TAU)
+    finite = buckets[-2][1]
+    low = histogram_quantile(q - u, buckets) if q - u > 0 else 0.0
+    high = histogram_quantile(q + u, buckets) if q + u < 1 and (q + u) * n <= finite else None
+    return sequential.Bounds(histogram_quantile(q, buckets) or 0.0, low, high)
+
+
+def error_guardrail(rng: np.random.Generator, experiments: int, plan: RolloutPlan, requests: int = 20_000) -> dict:
+    """The error-rate guardrail with the variant's true 5xx rate exactly at ``plan.max_error_rate``, looked at after
+    every request: how often it was ever called violated (at most 1 - confidence)."""
+    limit, alpha = float(plan.max_error_rate or 0.01), 1 - plan.confidence
+    wrong = 0
+    for size in chunks(experiments, requests):
+        errors = np.cumsum(rng.random((size, requests)) < limit, axis=1, dtype=np.float64)
+        n = np.arange(1, requests + 1, dtype=np.float64)
+        low = errors / n - half_width(smoothed_variance(errors, n) / n, alpha, one_sided=True)
+        wrong += int((low > limit).any(axis=1).sum())
+    return {"limit": limit, "requests": requests, "violated": rate(wrong, experiments)}
+
+
 def simulate(experiments: int, aa_feedback: int, power_feedback: int, p: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     plan = RolloutPlan()
@@ -276,6 +352,8 @@ def simulate(experiments: int, aa_feedback: int, power_feedback: int, p: float, 
         "bad_variant_at_5_percent": bad,
         "bad_variant_at_5_percent_two_sided": bad_two_sided,
         "non_inferior_ramp": ramp(rng, experiments, p, plan),
+        "error_guardrail_at_its_limit": error_guardrail(rng, experiments, plan),
+        "latency_guardrail": latency_guardrail(rng, max(1, experiments // 10), plan),  # slow: every look in Python
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -341,7 +419,31 @@ def markdown(r: dict) -> str:
         f"to 100 %: {ramp_['feedback_to_100']['median_total']:.0f} in all, "
         f"{ramp_['feedback_to_100']['median_on_variant']:.0f} on the variant.",
         "",
+        *guardrail_lines(r["error_guardrail_at_its_limit"], r["latency_guardrail"], pct),
         f"Simulated in {r['seconds']} s.",
         "",
     ]
     return "\n".join(lines)
+
+
+def guardrail_lines(errors: dict, latency: dict, pct: Callable[[dict], str]) -> list[str]:
+    rows = latency["rows"].values()
+    experiments = next(iter(rows))["violated"]["of"]
+    return [
+        "## The other guardrails",
+        "",
+        f"Error rate exactly at its limit ({errors['limit']}), looked at after every one of {errors['requests']} "
+        f"requests: called violated in {pct(errors['violated'])} of experiments.",
+        "",
+        f"Latency: p{latency['quantile'] * 100:g} of the variant over the baseline's, limit {latency['limit']}x, "
+        f"{experiments} experiments of {latency['requests']} requests on each arm (baseline log-normal, median 6 ms, "
+        "σ 0.3; the variant's the same times a factor), looked at every 250 requests; bounds at bucket edges of "
+        "`REQUEST_LATENCY_BUCKETS`, against the rule before (the old, coarser buckets, bounds interpolated inside "
+        "them):",
+        "",
+        "| variant's latency | violated | held at the end | violated, the rule before |",
+        "|---|---|---|---|",
+        *(f"| {row['factor']:g}x | {pct(row['violated'])} | {pct(row['holds_at_the_end'])} "
+          f"| {pct(row['violated_before'])} |" for row in rows),
+        "",
+    ]  # fmt: skip

@@ -25,7 +25,7 @@ from anyio import to_thread
 from service.dataplane import DataPlane
 from service.errors import Conflict, NotFound, Unprocessable
 from service.experiment import Samples, default_baseline
-from service.metrics import LATENCY_BUCKETS
+from service.metrics import REQUEST_LATENCY_BUCKETS
 from service.rollout_store import RolloutStore
 from service.rollouts import (
     ACTIVE,
@@ -42,7 +42,7 @@ from service.rollouts import (
 )
 
 log = logging.getLogger(__name__)
-LATENCY_BOUNDS = (*LATENCY_BUCKETS, float("inf"))
+LATENCY_BOUNDS = (*REQUEST_LATENCY_BUCKETS, float("inf"))
 OPERATOR_ACTIONS: dict[str, tuple[tuple[str, ...], Action]] = {
     "pause": (("running",), "pause"),
     "resume": (("paused",), "resume"),

@@ -106,6 +106,8 @@ class ArmCounts:
     def plus(self, other: ArmCounts) -> ArmCounts:
         mine = self.latency_buckets or tuple(0.0 for _ in other.latency_buckets)
         theirs = other.latency_buckets or tuple(0.0 for _ in mine)
+        if len(mine) != len(theirs):  # stored under another bucket layout (an upgrade mid-rollout): start afresh
+            mine = tuple(0.0 for _ in theirs)
         return ArmCounts(
             self.right + other.right,
             self.wrong + other.wrong,

@@ -226,11 +226,13 @@ def quantile_bounds(
 ) -> Bounds | None:
     """Always-valid interval of the ``q``-quantile of observations kept in a cumulative histogram ((upper bound,
     cumulative count) pairs, +Inf last, as Prometheus keeps them), after Howard & Ramdas (2022): the empirical
-    quantiles at ``q -+ u_n``, with ``u_n`` the CS half-width of a Bernoulli(q) mean (variance ``q (1 - q)``),
-    read off the buckets as PromQL's ``histogram_quantile`` interpolates them (so the bucket layout limits the
-    resolution). The upper end is ``None`` (unbounded) while ``q + u_n`` reaches 1 or its rank falls in the +Inf
-    bucket; the lower end is 0 while ``q - u_n`` is not positive. The estimate is the quantile at ``q``. ``None``
-    without observations. With ``one_sided`` each end is a one-sided bound at level ``alpha``."""
+    quantiles at ``q -+ u_n``, with ``u_n`` the CS half-width of a Bernoulli(q) mean (variance ``q (1 - q)``):
+    each bound is an edge of the bucket its quantile falls in, so the bucket layout limits the resolution (an
+    interpolation inside the bucket is no bound: ``blockdrop bench ab-simulation`` shows it rolling back variants
+    within a latency limit). The upper end is ``None`` (unbounded) while ``q + u_n`` reaches 1 or its rank falls in
+    the +Inf bucket; the lower end is 0 while ``q - u_n`` is not positive. The estimate is the quantile at ``q``,
+    interpolated. ``None`` without observations. With ``one_sided`` each end is a one-sided bound at level
+    ``alpha``."""
     if not 0 < q < 1:
         raise ValueError(f"q must be in (0, 1), got {q}")
     ordered = sorted(buckets)
@@ -239,10 +241,22 @@ def quantile_bounds(
     n = ordered[-1][1]
     u = half_width(q * (1 - q) / n, alpha, tau, one_sided)
     estimate = histogram_quantile(q, ordered)
-    low = histogram_quantile(q - u, ordered) if q - u > 0 else 0.0
+    low = _bucket_edge(q - u, ordered, upper=False) if q - u > 0 else 0.0
     finite = max(count for bound, count in ordered if not math.isinf(bound))
-    high = histogram_quantile(q + u, ordered) if q + u < 1 and (q + u) * n <= finite else None
+    high = _bucket_edge(q + u, ordered, upper=True) if q + u < 1 and (q + u) * n <= finite else None
     return Bounds(0.0 if estimate is None else estimate, low, high)
+
+
+def _bucket_edge(fraction: float, ordered: Sequence[tuple[float, float]], upper: bool) -> float:
+    """An edge of the bucket that holds the empirical ``fraction``-quantile: its upper edge for an upper bound, its
+    lower one (0 for the first bucket) for a lower bound. Where in the bucket the quantile lies is not known, so an
+    edge, not an interpolation (which ``histogram_quantile`` gives for the estimate), is what surely bounds it."""
+    rank, running = fraction * ordered[-1][1], 0.0
+    for index, (bound, count) in enumerate(ordered):
+        running = max(running, count)  # counts forced monotonic, as Prometheus does
+        if running >= rank:
+            return bound if upper else (ordered[index - 1][0] if index > 0 else 0.0)
+    return ordered[-1][0]
 
 
 def ratio_bounds(numerator: Bounds | None, denominator: Bounds | None) -> Bounds | None:

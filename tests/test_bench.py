@@ -362,6 +362,9 @@ def test_ab_simulation_writes_false_positive_rates_per_test(tmp_path):
     assert set(result["power"]) == {"2_points", "5_points"}
     assert "within_400" in result["bad_variant_at_5_percent"] and result["non_inferior_ramp"]["reached_100"]["of"] == 40
     assert "within_400" in result["bad_variant_at_5_percent_two_sided"]
+    assert result["error_guardrail_at_its_limit"]["violated"]["of"] == 40
+    assert set(result["latency_guardrail"]["rows"]) == {"1.0", "1.3", "1.46", "1.5", "2.5"}
+    assert "The other guardrails" in (tmp_path / "ab_simulation.md").read_text()
     assert "false-positive rate" in (tmp_path / "ab_simulation.md").read_text()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.metrics import LATENCY_BUCKETS
+from service.metrics import REQUEST_LATENCY_BUCKETS
 from service.rollouts import (
     ArmCounts,
     Evidence,
@@ -19,7 +19,7 @@ from service.rollouts import (
     target_weights,
 )
 
-BOUNDS = (*LATENCY_BUCKETS, float("inf"))
+BOUNDS = (*REQUEST_LATENCY_BUCKETS, float("inf"))
 
 
 def latency(requests: float, seconds: float) -> tuple[float, ...]:
@@ -169,3 +169,13 @@ def test_evidence_from_several_processes_adds_up_and_survives_a_counter_reset():
     assert rollout["evidence"]["variant"]["right"] == 15 and rollout["evidence"]["baseline"]["right"] == 30
     rollout = take_evidence(rollout, "a", arm(3, 0), arm(0, 0))  # a restarted: its counters began again at 0
     assert rollout["evidence"]["variant"]["right"] == 18 and rollout["evidence"]["variant"]["wrong"] == 1
+
+
+def test_evidence_stored_under_another_latency_bucket_layout_starts_its_histogram_afresh():
+    """A rollout running across an upgrade that changed the latency buckets keeps its other evidence; its latency
+    histogram starts again under the new layout instead of adding counts of unrelated buckets together."""
+    old_layout = ArmCounts(right=5, requests=10, latency_buckets=(4.0, 10.0, 10.0))
+    new = arm(3, 0)
+    added = old_layout.plus(new)
+    assert added.right == 8 and added.requests == 10 + new.requests
+    assert added.latency_buckets == new.latency_buckets and len(added.latency_buckets) == len(BOUNDS)

@@ -92,6 +92,10 @@ def test_quantile_bounds_from_histogram_buckets():
     p99 = sequential.quantile_bounds(0.99, buckets)
     assert p99.low < p99.estimate < p99.high <= 0.1
     assert p99.estimate == pytest.approx(0.01 + 0.04 * 900 / 950)
+    # the bounds are bucket edges: where inside its bucket a quantile lies is not known, so only an edge bounds it
+    assert (p99.low, p99.high) == (0.01, 0.05)
+    one_sided = sequential.quantile_bounds(0.99, buckets, one_sided=True)
+    assert one_sided.low in (0.01, 0.05) and one_sided.high in (0.05, 0.1)
     few = [(0.01, 90.0), (0.05, 99.0), (0.1, 100.0), (math.inf, 100.0)]
     assert sequential.quantile_bounds(0.99, few).high is None  # 100 observations cannot bound a p99 from above
     assert sequential.quantile_bounds(0.99, [(0.01, 0.0), (math.inf, 0.0)]) is None
