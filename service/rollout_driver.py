@@ -81,6 +81,9 @@ class RolloutDriver:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._clock = clock
         self._applied: dict[str, tuple[float, int]] = {}  # variant -> (started_at, version) this process applied
+        # held from a decision's store update until this process's weights follow it, and by readers: whoever reads
+        # a decision from this process finds its weights already set here
+        self._deciding = asyncio.Lock()
 
     # operator actions ----------------------------------------------------------------------------------------
     async def start(self, variant: str, plan: RolloutPlan) -> dict[str, Any]:
@@ -101,8 +104,9 @@ class RolloutDriver:
             rollout = new_rollout(variant, baseline, plan.model_copy(update={"baseline": baseline}), weights, now)
             return rollout | {"seen": {self.instance: seen}}
 
-        rollout = await to_thread.run_sync(self.store.update, variant, begin)
-        self._after(rollout, "start")
+        async with self._deciding:
+            rollout = await to_thread.run_sync(self.store.update, variant, begin)
+            self._after(rollout, "start")
         return rollout
 
     async def act(self, variant: str, action: str) -> dict[str, Any]:
@@ -116,18 +120,21 @@ class RolloutDriver:
                 raise Conflict(f"cannot {action} a rollout that is {current['status']}")
             return record(current, decision, [f"operator: {action}"], now)
 
-        rollout = await to_thread.run_sync(self.store.update, variant, change)
-        self._after(rollout, decision)
+        async with self._deciding:
+            rollout = await to_thread.run_sync(self.store.update, variant, change)
+            self._after(rollout, decision)
         return rollout
 
     async def get(self, variant: str) -> dict[str, Any]:
-        rollout = await to_thread.run_sync(self.store.get, variant)
+        async with self._deciding:
+            rollout = await to_thread.run_sync(self.store.get, variant)
         if rollout is None:
             raise NotFound(f"no rollout of variant {variant!r}")
         return rollout
 
     async def all(self) -> list[dict[str, Any]]:
-        return await to_thread.run_sync(self.store.all)
+        async with self._deciding:
+            return await to_thread.run_sync(self.store.all)
 
     # the loop ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -141,14 +148,16 @@ class RolloutDriver:
     async def tick(self) -> None:
         """One look at every rollout: new evidence and a decision for the active ones, weights for all."""
         samples = Samples(self.plane.metrics.own())
-        for rollout in await self.all():
-            if rollout["status"] in ACTIVE and self._serves(rollout):
-                decided: list[str] = []
-                judged = await to_thread.run_sync(self.store.update, rollout["variant"], self._judge(samples, decided))
-                rollout = judged or rollout
-                if decided:
-                    self._after(rollout, decided[0])
-            self._follow(rollout)
+        async with self._deciding:
+            for rollout in await to_thread.run_sync(self.store.all):
+                if rollout["status"] in ACTIVE and self._serves(rollout):
+                    decided: list[str] = []
+                    judge = self._judge(samples, decided)
+                    judged = await to_thread.run_sync(self.store.update, rollout["variant"], judge)
+                    rollout = judged or rollout
+                    if decided:
+                        self._after(rollout, decided[0])
+                self._follow(rollout)
 
     def _judge(self, samples: Samples, decided: list[str]) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
         """The store update of one tick; appends to ``decided`` the decision it made, if any."""

@@ -3,6 +3,9 @@ controller's ticks on real feedback, and the state surviving a restart of the ap
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -168,3 +171,30 @@ def test_an_operator_change_after_a_rollout_ends_stands_in_every_process(rollout
         tick(second)
         tick(first)
         assert [client.get("/v1/variants/full").json()["weight"] for client in (first, second)] == [1.0, 1.0]
+
+
+def test_a_decision_read_from_a_process_finds_that_process_weights_already_set(client):
+    """The store holds a decision a moment before the deciding process has set its weights; a reader of that
+    process waits for them, so a client that reads "advanced to 50 %" from it also finds the 50 % there."""
+    assert client.put("/v1/rollouts/blockdrop", json=PLAN, headers=AUTH).status_code == 200
+    serve_with_feedback(client, "blockdrop", 40)
+    serve_with_feedback(client, "full", 40)
+    driver = client.app.state.rollouts
+    committed, release = threading.Event(), threading.Event()
+    update = driver.store.update
+
+    def update_then_pause(variant, change):  # the tick's thread, held after its commit
+        stored = update(variant, change)
+        committed.set()
+        release.wait(10)
+        return stored
+
+    driver.store.update = update_then_pause
+    ticking = client.portal.start_task_soon(driver.tick)
+    assert committed.wait(10)
+    reading = client.portal.start_task_soon(driver.get, "blockdrop")
+    time.sleep(0.3)
+    assert not reading.done()  # the decision is stored, but this process has not followed it yet
+    release.set()
+    assert reading.result(10)["share"] == 50 and share(client, "blockdrop") == pytest.approx(0.5)
+    ticking.result(10)
