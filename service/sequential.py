@@ -53,7 +53,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
-from service.stats import histogram_quantile
+from service.stats import histogram_bucket, histogram_quantile
 
 Decision = Literal["collecting", "non-inferior", "better", "worse"]
 
@@ -241,22 +241,11 @@ def quantile_bounds(
     n = ordered[-1][1]
     u = half_width(q * (1 - q) / n, alpha, tau, one_sided)
     estimate = histogram_quantile(q, ordered)
-    low = _bucket_edge(q - u, ordered, upper=False) if q - u > 0 else 0.0
+    # where inside its bucket a quantile lies is not known: only the bucket's edges surely bound it
+    low = histogram_bucket(q - u, ordered)[0] if q - u > 0 else 0.0
     finite = max(count for bound, count in ordered if not math.isinf(bound))
-    high = _bucket_edge(q + u, ordered, upper=True) if q + u < 1 and (q + u) * n <= finite else None
+    high = histogram_bucket(q + u, ordered)[1] if q + u < 1 and (q + u) * n <= finite else None
     return Bounds(0.0 if estimate is None else estimate, low, high)
-
-
-def _bucket_edge(fraction: float, ordered: Sequence[tuple[float, float]], upper: bool) -> float:
-    """An edge of the bucket that holds the empirical ``fraction``-quantile: its upper edge for an upper bound, its
-    lower one (0 for the first bucket) for a lower bound. Where in the bucket the quantile lies is not known, so an
-    edge, not an interpolation (which ``histogram_quantile`` gives for the estimate), is what surely bounds it."""
-    rank, running = fraction * ordered[-1][1], 0.0
-    for index, (bound, count) in enumerate(ordered):
-        running = max(running, count)  # counts forced monotonic, as Prometheus does
-        if running >= rank:
-            return bound if upper else (ordered[index - 1][0] if index > 0 else 0.0)
-    return ordered[-1][0]
 
 
 def ratio_bounds(numerator: Bounds | None, denominator: Bounds | None) -> Bounds | None:

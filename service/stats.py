@@ -64,6 +64,36 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     inside it (the first bucket starts at 0 when its bound is positive); a rank in the +Inf bucket gives the
     highest finite bound. Counts are forced monotonic first, as Prometheus does. ``None`` without observations or
     without a +Inf bucket (Prometheus: NaN)."""
+    located = _locate(q, buckets)
+    if located is None:
+        return None
+    bounds, counts, b = located
+    if b == len(counts) - 1:
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = bounds[b - 1] if b > 0 else 0.0
+    below = counts[b - 1] if b > 0 else 0.0
+    in_bucket = counts[b] - below
+    if in_bucket == 0:  # only for q = 0 with empty leading buckets (PromQL gives NaN for 0/0)
+        return start
+    return start + (bounds[b] - start) * (q * counts[-1] - below) / in_bucket
+
+
+def histogram_bucket(q: float, buckets: Iterable[tuple[float, float]]) -> tuple[float, float] | None:
+    """The edges (lower, upper) of the bucket the ``q``-quantile's rank falls in, found as ``histogram_quantile``
+    finds it (the first bucket's lower edge is 0; the +Inf bucket's lower edge is the highest finite bound). ``None``
+    as there."""
+    located = _locate(q, buckets)
+    if located is None:
+        return None
+    bounds, _, b = located
+    return (bounds[b - 1] if b > 0 else 0.0), bounds[b]
+
+
+def _locate(q: float, buckets: Iterable[tuple[float, float]]) -> tuple[list[float], list[float], int] | None:
+    """The sorted bounds, the counts forced monotonic, and the index of the first bucket whose count reaches the
+    rank ``q * total`` (the +Inf bucket if no finite one does)."""
     if not 0 <= q <= 1:
         raise ValueError(f"q must be in [0, 1], got {q}")
     ordered = sorted(buckets)
@@ -74,18 +104,8 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     for _, count in ordered:
         running = max(running, count)
         counts.append(running)
-    total = counts[-1]
-    if total == 0:
+    if counts[-1] == 0:
         return None
-    rank = q * total
+    rank = q * counts[-1]
     b = next((i for i, count in enumerate(counts[:-1]) if count >= rank), len(counts) - 1)
-    if b == len(counts) - 1:
-        return bounds[-2]
-    if b == 0 and bounds[0] <= 0:
-        return bounds[0]
-    start = bounds[b - 1] if b > 0 else 0.0
-    below = counts[b - 1] if b > 0 else 0.0
-    in_bucket = counts[b] - below
-    if in_bucket == 0:  # only for q = 0 with empty leading buckets (PromQL gives NaN for 0/0)
-        return start
-    return start + (bounds[b] - start) * (rank - below) / in_bucket
+    return bounds, counts, b
