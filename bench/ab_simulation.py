@@ -23,7 +23,7 @@ import numpy as np
 from bench.common import RESULTS, positive_int, write_results
 from service import sequential
 from service.metrics import LATENCY_BUCKETS, REQUEST_LATENCY_BUCKETS
-from service.rollouts import RolloutPlan
+from service.rollouts import ArmCounts, Evidence, RolloutPlan, judge
 from service.sequential import ACCURACY_TAU, ALPHA, MIN_FEEDBACK
 from service.stats import Z_95, histogram_quantile
 
@@ -257,41 +257,29 @@ LATENCY_LOOKS, LATENCY_EVERY = 20_000, 250  # requests on each arm, and a look e
 
 
 def latency_guardrail(rng: np.random.Generator, experiments: int, plan: RolloutPlan) -> dict:
-    """The latency guardrail (p99 ratio, variant over baseline, at most ``plan.max_latency_ratio``): baseline
-    latencies log-normal (median 6 ms, sigma 0.3), the variant's the same times a factor, both arms looked at every
-    250 requests. How often it was ever called violated, and how often it held at the end; a factor at or under the
-    limit may be violated in at most 1 - confidence of experiments. Beside it, the rule before: the service's old,
-    coarser buckets with the bounds interpolated inside them (PromQL-style), which is no bound."""
+    """The latency guardrail (p99 ratio, variant over baseline, at most ``plan.max_latency_ratio``) as the service
+    judges it (``service.rollouts.judge``): baseline latencies log-normal (median 6 ms, sigma 0.3), the variant's the
+    same times a factor, both arms looked at every 250 requests. How often it was ever called violated, and how often
+    it held at the end; a factor at or under the limit may be violated in at most 1 - confidence of experiments.
+    Beside it, the rule before: the service's old, coarser buckets with the bounds interpolated inside them
+    (PromQL-style), which is no bound."""
     alpha, q, limit = 1 - plan.confidence, plan.latency_quantile, float(plan.max_latency_ratio or 1.5)
-    layouts = {"now": np.array([*REQUEST_LATENCY_BUCKETS, math.inf]), "before": np.array([*LATENCY_BUCKETS, math.inf])}
+    now_edges, before_edges = np.array([*REQUEST_LATENCY_BUCKETS, math.inf]), np.array([*LATENCY_BUCKETS, math.inf])
     rows = {}
     for factor in LATENCY_FACTORS:
         violated = held = violated_before = 0
         for _ in range(experiments):
             arms = [rng.lognormal(math.log(0.006), 0.3, LATENCY_LOOKS) * f for f in (factor, 1.0)]
-            where = {name: [np.searchsorted(edges, a) for a in arms] for name, edges in layouts.items()}
-            ever = ever_before = holds = False
+            now = [np.searchsorted(now_edges, latencies) for latencies in arms]
+            before = [np.searchsorted(before_edges, latencies) for latencies in arms]
+            state, ever, ever_before = "unknown", False, False
             for n in range(LATENCY_EVERY, LATENCY_LOOKS + 1, LATENCY_EVERY):
-                now, before = (
-                    [
-                        list(zip(layouts[name], np.cumsum(np.bincount(w[:n], minlength=len(layouts[name])))))
-                        for w in where[name]
-                    ]
-                    for name in ("now", "before")
-                )
-                ratio = sequential.ratio_bounds(
-                    *(sequential.quantile_bounds(q, h, alpha / 2, one_sided=True) for h in now)
-                )
-                if ratio is not None:
-                    ever |= ratio.low is not None and ratio.low > limit
-                    holds = ratio.high is not None and ratio.high <= limit
-                old = sequential.ratio_bounds(*(_interpolated_bounds(q, h, alpha / 2) for h in before))
-                ever_before |= old is not None and old.low is not None and old.low > limit
-            violated, held, violated_before = (
-                violated + bool(ever),
-                held + bool(holds),
-                violated_before + bool(ever_before),
-            )
+                state = _latency_state(plan, [_histogram(now_edges, where[:n]) for where in now])
+                ever |= state == "violated"
+                old = [_histogram(before_edges, where[:n]) for where in before]
+                old_ratio = sequential.ratio_bounds(*(_interpolated_bounds(q, h, alpha / 2) for h in old))
+                ever_before |= old_ratio is not None and old_ratio.low is not None and old_ratio.low > limit
+            violated, held, violated_before = violated + ever, held + (state == "holds"), violated_before + ever_before
         rows[str(factor)] = {
             "factor": factor,
             "violated": rate(violated, experiments),
@@ -299,6 +287,18 @@ def latency_guardrail(rng: np.random.Generator, experiments: int, plan: RolloutP
             "violated_before": rate(violated_before, experiments),
         }
     return {"limit": limit, "quantile": q, "confidence": plan.confidence, "requests": LATENCY_LOOKS, "rows": rows}
+
+
+def _histogram(edges: np.ndarray, where: np.ndarray) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of observations already placed in buckets (``where``)."""
+    return list(zip(edges.tolist(), np.cumsum(np.bincount(where, minlength=len(edges))).tolist()))
+
+
+def _latency_state(plan: RolloutPlan, histograms: list[list[tuple[float, float]]]) -> str:
+    """The service's latency check on these two histograms (variant's, baseline's)."""
+    variant, baseline = (ArmCounts(latency_buckets=tuple(count for _, count in h)) for h in histograms)
+    evidence = Evidence(variant, baseline, tuple(edge for edge, _ in histograms[0]), 1.0, 1.0)
+    return next(check.state for check in judge(plan, evidence) if check.name == "latency")
 
 
 def _interpolated_bounds(q: float, buckets: list[tuple[float, float]], alpha: float) -> sequential.Bounds | None:

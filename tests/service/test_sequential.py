@@ -107,41 +107,45 @@ def test_ratio_bounds():
     assert sequential.ratio_bounds(Bounds(2.0, 1.0, None), Bounds(1.0, 0.0, 2.0)).high is None
 
 
+STREAMS, LOOKS, P1, P2 = 300, 2000, 0.85, 0.9
+SLACK = 2 * math.sqrt(0.05 * 0.95 / STREAMS)  # Monte-Carlo slack on a 5 % rate over STREAMS streams
+
+
+def streams(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded A/A-style streams of LOOKS feedbacks on each of two arms with true accuracies P1 and P2: the running
+    successes of each arm, and the feedback count at each look."""
+    rng = np.random.default_rng(seed)
+    x1 = np.cumsum(rng.random((STREAMS, LOOKS)) < P1, axis=1)
+    x2 = np.cumsum(rng.random((STREAMS, LOOKS)) < P2, axis=1)
+    return x1, x2, np.arange(1, LOOKS + 1)
+
+
 def test_coverage_under_continuous_monitoring():
-    """300 seeded A/A-style streams of 2,000 feedbacks on each of two arms with different true accuracies, every
-    look checked: the share of streams whose interval ever misses the true difference stays at most alpha (plus
-    Monte-Carlo slack), where the fixed-horizon z interval looked at the same way misses far more often."""
-    rng = np.random.default_rng(7)
-    streams, looks, p1, p2 = 300, 2000, 0.85, 0.9
-    x1 = np.cumsum(rng.random((streams, looks)) < p1, axis=1)
-    x2 = np.cumsum(rng.random((streams, looks)) < p2, axis=1)
-    n = np.arange(1, looks + 1)
-    ever_missed = np.zeros(streams, dtype=bool)
-    ever_missed_fixed = np.zeros(streams, dtype=bool)
-    for i in range(sequential.MIN_FEEDBACK - 1, looks, 7):  # every 7th look keeps the test quick
-        for s in range(streams):
+    """300 seeded streams of 2,000 feedbacks on each arm, every look checked: the share of streams whose interval
+    ever misses the true difference stays at most alpha (plus Monte-Carlo slack), where the fixed-horizon z interval
+    looked at the same way misses far more often."""
+    x1, x2, n = streams(7)
+    ever_missed = np.zeros(STREAMS, dtype=bool)
+    ever_missed_fixed = np.zeros(STREAMS, dtype=bool)
+    for i in range(sequential.MIN_FEEDBACK - 1, LOOKS, 7):  # every 7th look keeps the test quick
+        for s in range(STREAMS):
             b = sequential.proportion_difference(x1[s, i], n[i], x2[s, i], n[i])
-            ever_missed[s] |= not b.low <= p1 - p2 <= b.high
+            ever_missed[s] |= not b.low <= P1 - P2 <= b.high
         d = x1[:, i] / n[i] - x2[:, i] / n[i]
         se = np.sqrt(sequential.smoothed_variance(x1[:, i], n[i]) / n[i] * 2)
-        ever_missed_fixed |= np.abs(d - (p1 - p2)) > 1.96 * se
-    assert ever_missed.mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / streams)
+        ever_missed_fixed |= np.abs(d - (P1 - P2)) > 1.96 * se
+    assert ever_missed.mean() <= 0.05 + SLACK
     assert ever_missed_fixed.mean() > 0.2
 
 
 def test_one_sided_coverage_under_continuous_monitoring():
-    """The rollout's bounds: 300 seeded streams as above, every 13th look; the upper one-sided bound ever below the
-    true difference (a wrong rollback) in at most alpha of them, and likewise the lower one above it."""
-    rng = np.random.default_rng(11)
-    streams, looks, p1, p2 = 300, 2000, 0.85, 0.9
-    x1 = np.cumsum(rng.random((streams, looks)) < p1, axis=1)
-    x2 = np.cumsum(rng.random((streams, looks)) < p2, axis=1)
-    n = np.arange(1, looks + 1)
-    below, above = np.zeros(streams, dtype=bool), np.zeros(streams, dtype=bool)
-    for i in range(sequential.MIN_FEEDBACK - 1, looks, 13):
-        for s in range(streams):
+    """The rollout's bounds: streams as above, every 13th look; the upper one-sided bound ever below the true
+    difference (a wrong rollback) in at most alpha of them, and likewise the lower one above it."""
+    x1, x2, n = streams(11)
+    below, above = np.zeros(STREAMS, dtype=bool), np.zeros(STREAMS, dtype=bool)
+    for i in range(sequential.MIN_FEEDBACK - 1, LOOKS, 13):
+        for s in range(STREAMS):
             b = sequential.proportion_difference(x1[s, i], n[i], x2[s, i], n[i], one_sided=True)
-            below[s] |= b.high < p1 - p2
-            above[s] |= b.low > p1 - p2
-    slack = 2 * math.sqrt(0.05 * 0.95 / streams)
-    assert below.mean() <= 0.05 + slack and above.mean() <= 0.05 + slack
+            below[s] |= b.high < P1 - P2
+            above[s] |= b.low > P1 - P2
+    assert below.mean() <= 0.05 + SLACK and above.mean() <= 0.05 + SLACK
