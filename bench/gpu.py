@@ -3,8 +3,11 @@ eager / CUDA graph x precision), BlockDrop eager (the plain executor, fp32), Blo
 executor with CUDA graphs, per piece or one per signature, best precision), the FLOPs-ideal speed-up, and the
 agreement of every precision's masks and top-1 with fp32 on the CPU over the test images.
 
-Models run as the service loads them (BatchNorm folded; channels-last below fp32; the policy in fp32), on inputs
-already on the device; times are medians of whole calls, the device synchronised after each. Results go to
+Models run as the service loads them (BatchNorm folded; channels-last below fp32; the policy in fp32; BlockDrop at its
+artifact's threshold), on inputs already on the device; times are medians of whole calls, the device synchronised
+after each, over the test images in order, a batch of them per call: a BlockDrop engine meets the masks of real
+images, not one batch's signature over and over (its signature cache is judged by its hit rate on that stream).
+Graphs are captured for the pieces that the stream's first batches run. Results go to
 ``bench/results/gpu.{json,md}``. On a CPU it runs as a smoke test only (eager, no graphs) and must be given
 ``--out``: CPU figures are not GPU figures.
 
@@ -78,16 +81,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, min_run_time: float, max_calls: int = 500) -> float:
-    """Median wall-clock of whole calls (after two untimed ones), each waited for on the device."""
-    for _ in range(2):
-        fn()
+def median_ms(
+    fn: Callable[[Tensor], object], batches: list[Tensor], min_run_time: float, max_calls: int = 500
+) -> float:
+    """Median wall-clock of whole calls of ``fn`` on ``batches`` in turn (after two untimed calls), each waited for
+    on the device."""
+    device = batches[0].device
+    for i in range(2):
+        fn(batches[i % len(batches)])
     synchronize(device)
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < 5 or (time.perf_counter() - started < min_run_time and len(times) < max_calls):
+        batch = batches[(len(times) + 2) % len(batches)]
         t0 = time.perf_counter()
-        fn()
+        fn(batch)
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
@@ -112,6 +120,18 @@ def batch_of(images: Tensor, n: int) -> Tensor:
     return images.repeat(repeats, 1, 1, 1)[:n]
 
 
+def stream_of(images: Tensor, n: int) -> list[Tensor]:
+    """The images in order as consecutive batches of ``n`` (one batch, the set repeated, if it holds fewer)."""
+    if n >= len(images):
+        return [batch_of(images, n)]
+    return list(images[: len(images) // n * n].split(n))
+
+
+def threshold_of(path: Path) -> float:
+    """The threshold the service draws this BlockDrop artifact's masks with (its manifest's default)."""
+    return float(load_artifact(path).manifest.defaults.get("threshold", 0.5))
+
+
 @torch.inference_mode()
 def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor, device, precisions, batch) -> dict:
     """Per precision on ``device``: the share of images whose mask and top-1 equal fp32's on the CPU, and accuracy."""
@@ -120,10 +140,11 @@ def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor,
     for role, path in (("full", pair.full), ("blockdrop", pair.blockdrop)):
         if path is None:
             continue
+        threshold = threshold_of(path) if role == "blockdrop" else 0.5
         reference = served_model(path, cpu, "fp32")
         ref_top1, ref_masks = [], []
         for start in range(0, len(images), 500):
-            result = reference.infer(normalize(images[start : start + 500]))
+            result = reference.infer(normalize(images[start : start + 500]), threshold=threshold)
             ref_top1.append(result.logits.argmax(1))
             ref_masks.append(result.keep_mask)
         ref_top1, ref_mask = torch.cat(ref_top1), torch.cat(ref_masks)
@@ -135,7 +156,7 @@ def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor,
             top1, masks = [], []
             on_device = normalize.to(device)
             for start in range(0, len(images), batch):
-                result = engine.infer(on_device(images[start : start + batch].to(device)))
+                result = engine.infer(on_device(images[start : start + batch].to(device)), threshold=threshold)
                 top1.append(result.logits.argmax(1).cpu())
                 masks.append(result.keep_mask)
             top1, mask = torch.cat(top1), torch.cat(masks)
@@ -151,40 +172,56 @@ def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor,
     return out
 
 
-def _timings(pair: Pair, x: Tensor, device: torch.device, precisions: list[str], args) -> dict[str, float]:
-    """Every configuration's median ms for one batch: ``full eager fp32``, ``full graph bf16``, ..."""
+def _timings(pair: Pair, batches: list[Tensor], precisions: list[str], args) -> dict[str, float]:
+    """Every configuration's median ms per batch: ``full eager fp32``, ``full graph bf16``, ..."""
     times: dict[str, float] = {}
+    device = batches[0].device
     for role, path in (("full", pair.full), ("blockdrop", pair.blockdrop)):
         for precision in precisions if path is not None else ():
-            times |= _time_network(role, served_model(path, device, precision), precision, x, args)
+            model = served_model(path, device, precision)
+            threshold = threshold_of(path) if role == "blockdrop" else 0.5
+            times |= _time_network(role, model, precision, batches, threshold, args)
     return times
 
 
-def _time_network(role: str, model: nn.Module, precision: str, x: Tensor, args) -> dict[str, float]:
+# the stream's first batches whose pieces are captured: on the test set that is every piece a later batch runs,
+# or nearly (a piece missed runs eagerly, which can only slow the engine's figure)
+RECORDED_BATCHES = 32
+
+
+def _time_network(
+    role: str, model: nn.Module, precision: str, batches: list[Tensor], threshold: float, args
+) -> dict[str, float]:
     """A full network eager (and as one CUDA graph), or BlockDrop eager (fp32) and on the bucketed engine."""
-    device = x.device
+    device = batches[0].device
     graphs = device.type == "cuda" and not args.no_graphs
     layout = torch.channels_last if device.type == "cpu" or precision != "fp32" else torch.contiguous_format
-    x = x.contiguous(memory_format=layout)
+    batches = [x.contiguous(memory_format=layout) for x in batches]
     times: dict[str, float] = {}
     if role == "full":
         run = forward(model)
-        times[f"full eager {precision}"] = median_ms(lambda: run(x), device, args.min_run_time)
+        times[f"full eager {precision}"] = median_ms(run, batches, args.min_run_time)
     elif precision == "fp32":
-        times["blockdrop eager fp32"] = median_ms(lambda: model.infer(x), device, args.min_run_time)
+        times["blockdrop eager fp32"] = median_ms(lambda x: model.infer(x, threshold), batches, args.min_run_time)
     if role == "full" and not graphs:
         return times  # uncaptured, the engine's full network is the eager one padded
-    engine = BucketedEngine(model, len(x), layout)
-    mode = "full" if role == "full" else None
+    engine = BucketedEngine(model, len(batches[0]), layout)
+    mode = "full" if role == "full" else "policy"
+    infer = lambda x: engine.infer(x, threshold, mode)  # noqa: E731
     if graphs:
-        report = engine.capture([len(x)], budget_s=args.capture_budget, mode=mode or "policy")
+        with engine.recording() as keys:
+            for x in batches[:RECORDED_BATCHES]:
+                infer(x)
+        report = engine.capture(budget_s=args.capture_budget, mode=mode, keys=keys)
         times[f"{role} capture s {precision}"] = report.seconds
+        times[f"{role} capture graphs {precision}"] = report.graphs
         times[f"{role} capture skipped {precision}"] = report.skipped  # pieces the budget left eager
     kind = "graph" if graphs else "engine"
-    times[f"{role} {kind} {precision}"] = median_ms(lambda: engine.infer(x, mode=mode), device, args.min_run_time)
+    times[f"{role} {kind} {precision}"] = median_ms(infer, batches, args.min_run_time)
     if graphs and role == "blockdrop":  # and as one graph per signature (captured on its second sighting)
         engine.signature_graphs = 64
-        times[f"blockdrop sgraph {precision}"] = median_ms(lambda: engine.infer(x), device, args.min_run_time)
+        times[f"blockdrop sgraph {precision}"] = median_ms(infer, batches, args.min_run_time)
+        times[f"signature hit rate {precision}"] = engine.signature_hits / max(engine.signature_lookups, 1)
     engine.release_graphs()
     return times
 
@@ -219,20 +256,24 @@ def run(args: argparse.Namespace) -> dict:
         "images": len(images),
         "precisions": precisions,
         "cuda_graphs": device.type == "cuda" and not args.no_graphs,
+        "thresholds": {},  # each BlockDrop pair's, from its artifact
         "rows": rows,
         "agreement": {},
     }
     for pair in pairs:
         manifest = load_artifact(pair.full).manifest
         normalize = Normalizer(manifest.input.mean, manifest.input.std)
+        if pair.blockdrop is not None:
+            result["thresholds"][pair.name] = threshold_of(pair.blockdrop)
         started = time.perf_counter()
         agreed = agreement(pair, normalize, images, labels, device, precisions, args.agreement_batch)
         flops_ideal = agreed.pop("flops_ideal", None)
         agreements[pair.name] = agreed
         print(f"{pair.name}: agreement over {len(images)} images in {time.perf_counter() - started:.1f} s", flush=True)
+        on_device = normalize.to(device)
         for batch in batch_sizes:
-            x = normalize.to(device)(batch_of(images, batch).to(device))
-            times = _timings(pair, x, device, precisions, args)
+            batches = [on_device(x.to(device)) for x in stream_of(images, batch)]
+            times = _timings(pair, batches, precisions, args)
             full_eager = times.get("full eager fp32")
             full_tuned, full_config = _best(times, ("full eager", "full graph"))
             engine, engine_config = _best(times, ("blockdrop graph", "blockdrop sgraph", "blockdrop engine"))
@@ -249,7 +290,8 @@ def run(args: argparse.Namespace) -> dict:
                 "flops_ideal": _round(flops_ideal),
                 "engine_over_full_tuned": _round(full_tuned / engine) if engine else None,
                 "eager_over_full_tuned": _round(full_tuned / eager) if eager else None,
-                "timings": {k: _round(v) for k, v in times.items()},  # ms; "capture s": seconds, "skipped": pieces
+                # ms, but "capture s" in seconds, "capture graphs"/"skipped" in pieces, "hit rate" a share
+                "timings": {k: _round(v) for k, v in times.items()},
             }
             rows.append(row)
             print(
@@ -300,8 +342,10 @@ def _fmt(ms: float | None) -> str:
 def to_markdown(result: dict) -> str:
     lines = [
         f"GPU: {result['gpu']}; torch {result['torch']}; CUDA graphs {'on' if result['cuda_graphs'] else 'off'}; "
-        f"precisions {', '.join(result['precisions'])}. Milliseconds per batch (median), inputs on the device. "
-        "Speed-ups are the tuned full network's time over BlockDrop's (above 1: BlockDrop is faster).",
+        f"precisions {', '.join(result['precisions'])}; BlockDrop thresholds "
+        f"{', '.join(f'{name} {t}' for name, t in result.get('thresholds', {}).items()) or '-'}. Milliseconds per "
+        "batch (median over the test images in order, inputs on the device). Speed-ups are the tuned full network's "
+        "time over BlockDrop's (above 1: BlockDrop is faster).",
         "",
         "| pair | batch | full eager fp32 | full tuned | BlockDrop eager | BlockDrop engine | engine / full tuned | "
         "FLOPs-ideal |",

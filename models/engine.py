@@ -29,7 +29,8 @@ import bisect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -142,6 +143,9 @@ class BucketedEngine:
         self.signature_graphs = signature_graphs
         self._signatures: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()
         self._sightings: dict[tuple, int] = {}
+        self.signature_lookups = 0  # batches that looked for a signature's graph, and how many found one
+        self.signature_hits = 0
+        self._recorded: set[tuple] | None = None  # while recording: the keys of the pieces run
 
     @property
     def max_batch(self) -> int:
@@ -232,6 +236,8 @@ class BucketedEngine:
         buf.logits.copy_(self.backbone.head(buf.stages[-1]))
 
     def _run(self, key: tuple, piece: Callable[[], None]) -> None:
+        if self._recorded is not None:
+            self._recorded.add(key)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
@@ -335,7 +341,9 @@ class BucketedEngine:
         second sighting captured whole (after answering: the capture records without running)."""
         key = (b, tuple(kinds))
         graph = self._signatures.get(key)
+        self.signature_lookups += 1
         if graph is not None:
+            self.signature_hits += 1
             self._signatures.move_to_end(key)
             graph.replay()
             return
@@ -406,20 +414,26 @@ class BucketedEngine:
         budget_s: float = 60.0,
         mode: Mode | str | None = None,
         budget_bytes: int | None = None,
+        keys: Collection[tuple] | None = None,
     ) -> CaptureReport:
         """Record the pieces ``mode`` runs (``pieces``) of the buckets holding ``batch_sizes`` (default: every
         bucket) in CUDA graphs, smallest bucket first, until ``budget_s`` runs out or the GPU memory reserved since
-        the start passes ``budget_bytes``; the pieces left over run eagerly. Needs a CUDA model."""
+        the start passes ``budget_bytes``; the pieces left over run eagerly. ``keys`` (from ``recording``) limits
+        it to those pieces: a large bucket has a piece per block and kept-row bucket, most of which a given
+        stream of batches never runs. Needs a CUDA model."""
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
-        wanted = sorted({bucket_for(n, self.buckets) for n in batch_sizes} if batch_sizes else set(self.buckets))
+        if batch_sizes:
+            wanted = sorted({bucket_for(n, self.buckets) for n in batch_sizes})
+        else:  # every key's second element is its batch bucket
+            wanted = sorted({key[1] for key in keys} if keys is not None else set(self.buckets))
         report = self.capture_report
         started = time.perf_counter()
         reserved = torch.cuda.memory_reserved(self.device)
         with torch.inference_mode():
             for b in wanted:
                 for key, piece in self.pieces(b, mode):
-                    if key in self._graphs:
+                    if key in self._graphs or (keys is not None and key not in keys):
                         continue
                     over_memory = (
                         budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
@@ -461,6 +475,15 @@ class BucketedEngine:
             piece()
         self._pool = graph.pool()
         return graph
+
+    @contextmanager
+    def recording(self) -> Iterator[set[tuple]]:
+        """Within it, the keys of the pieces that ``infer`` runs (captured or not) collect in the set it gives."""
+        self._recorded = recorded = set()
+        try:
+            yield recorded
+        finally:
+            self._recorded = None
 
     def release_graphs(self) -> None:
         self._graphs.clear()

@@ -404,6 +404,41 @@ def test_gpu_benchmark_smoke_run_on_the_cpu_writes_the_issues_schema(tmp_path):
     assert "| pair | batch |" in (tmp_path / "gpu.md").read_text()
 
 
+def test_gpu_benchmark_runs_blockdrop_at_its_artifacts_threshold(tmp_path):
+    import torch
+
+    from bench.gpu import served_model
+    from training.data import Normalizer, load_cifar
+
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    manifest_path = artifacts["tiny-blockdrop"] / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["defaults"]["threshold"] = 0.52  # the served threshold, not infer's default of 0.5
+    manifest_path.write_text(json.dumps(manifest))
+    data = write_cifar10(tmp_path / "data", per_batch=24)
+    pairs = ["--pair", f"tiny={artifacts['tiny-resnet']},{artifacts['tiny-blockdrop']}"]
+    options = ["--batch-sizes", "4", "--agreement-batch", "8", "--min-run-time", "0"]
+    assert (
+        blockdrop(
+            ["bench", "gpu", "--device", "cpu", "--data-root", str(data), *pairs, *options, "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["thresholds"] == {"tiny": 0.52} and "thresholds tiny 0.52" in (tmp_path / "gpu.md").read_text()
+
+    test = load_cifar(str(data), "test")
+    model = served_model(artifacts["tiny-blockdrop"], torch.device("cpu"), "fp32")
+    x = Normalizer(manifest["input"]["mean"], manifest["input"]["std"])(test.images)
+
+    def flops_ideal(threshold: float) -> float:
+        flops = model.flops_table.per_image(model.infer(x, threshold=threshold).keep_mask, include_policy=True)
+        return round(model.flops_table.full / flops.double().mean().item(), 3)
+
+    assert flops_ideal(0.52) != flops_ideal(0.5)  # else this test could not tell the two apart
+    assert result["rows"][0]["flops_ideal"] == flops_ideal(0.52)
+
+
 def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
     from tests.cli_refusal import refusal
 

@@ -193,6 +193,41 @@ def test_a_signature_seen_twice_replays_as_one_graph_with_the_same_answers():
     assert len(graphed._signatures) == 2  # three signatures seen, the least recently used dropped
 
 
+@torch.inference_mode()
+def test_recording_lists_the_pieces_a_batch_runs_and_nothing_it_skips():
+    engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8)  # 3 blocks, one stage entry with a shortcut
+    mask = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
+    x = torch.randn(5, 3, 32, 32)
+    with engine.recording() as keys:
+        engine.infer(x, keep_mask=mask)
+    entries = {key for key in keys if key[0] == "entry"}
+    assert keys == {("stem", 8), ("block", 8, 0, 4), ("block", 8, 2, None), ("head", 8), *entries}
+    assert entries and all(key in dict(engine.pieces(8, "policy")) for key in keys)
+    with engine.recording() as keys:
+        engine.infer(x[:1])
+    assert ("policy", 1) in keys and not any(key[0] == "block" and key[3] is not None for key in keys)
+    recorded = set(keys)
+    engine.infer(x, keep_mask=torch.ones(5, 3, dtype=torch.bool))  # outside a recording nothing is collected
+    assert keys == recorded
+
+
+@needs_cuda
+@torch.inference_mode()
+def test_capturing_the_recorded_pieces_captures_those_alone_and_answers_the_same():
+    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet32-blockdrop", device="cuda")
+    fold_batchnorm(model)
+    eager, graphed = BucketedEngine(model, max_batch=256), BucketedEngine(model, max_batch=256)
+    batches = [torch.randn(256, 3, 32, 32, device="cuda") for _ in range(2)]
+    with graphed.recording() as keys:
+        graphed.infer(batches[0])
+    report = graphed.capture(keys=keys, budget_s=120)
+    assert report.graphs == len(keys) and set(graphed._graphs) == keys and report.batch_buckets == [256]
+    for x in batches:  # the second batch may run a piece not captured: eagerly, with the same answers
+        want, got = eager.infer(x), graphed.infer(x)
+        assert torch.equal(got.keep_mask, want.keep_mask)
+        assert (got.logits - want.logits).abs().max() <= 1e-4
+
+
 def test_a_mode_captures_only_the_pieces_it_runs():
     engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8)  # 3 blocks, one stage entry with a shortcut
     assert [key for key, _ in engine.pieces(8, "full")] == [("full", 8)]
