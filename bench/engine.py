@@ -38,14 +38,13 @@ def run(args: argparse.Namespace) -> dict:
         images = torch.randn(
             max(batch_sizes), 3, *model.manifest.input.size, generator=torch.Generator().manual_seed(0)
         )
-    cpu = torch.device("cpu")
     rows = []
     for batch in batch_sizes:
         x = images[:batch].contiguous(memory_format=torch.channels_last)
         plain_times, bucketed_times = [], []
         for _ in range(args.rounds):
-            plain_times.append(median_ms(lambda x=x: model.infer(x, threshold=threshold), cpu, args.min_run_time))
-            bucketed_times.append(median_ms(lambda x=x: engine.infer(x, threshold=threshold), cpu, args.min_run_time))
+            plain_times.append(median_ms(lambda x: model.infer(x, threshold=threshold), [x], args.min_run_time))
+            bucketed_times.append(median_ms(lambda x: engine.infer(x, threshold=threshold), [x], args.min_run_time))
         plain, bucketed = sorted(plain_times)[len(plain_times) // 2], sorted(bucketed_times)[len(bucketed_times) // 2]
         ratio = paired_median_ratio(bucketed_times, plain_times)
         rows.append(
