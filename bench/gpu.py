@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from models.folding import fold_batchnorm
 from models.precision import DTYPES, apply_precision, backbone_of
 from training.data import DATA_ROOT_ENV, Normalizer, load_cifar
 
+log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 # pair name -> (full network, BlockDrop on it or None for a static network measured alone)
 DEFAULT_PAIRS = {
@@ -172,15 +174,16 @@ def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor,
     return out
 
 
-def _timings(pair: Pair, batches: list[Tensor], precisions: list[str], args) -> dict[str, float]:
+def _timings(pair: Pair, batches: list[Tensor], precisions: list[str], args, errors: list[str]) -> dict[str, float]:
     """Every configuration's median ms per batch: ``full eager fp32``, ``full graph bf16``, ..."""
     times: dict[str, float] = {}
     device = batches[0].device
+    graphs = device.type == "cuda" and not args.no_graphs
     for role, path in (("full", pair.full), ("blockdrop", pair.blockdrop)):
         for precision in precisions if path is not None else ():
             model = served_model(path, device, precision)
             threshold = threshold_of(path) if role == "blockdrop" else 0.5
-            times |= _time_network(role, model, precision, batches, threshold, args)
+            times |= _time_network(role, model, precision, batches, threshold, args, errors, graphs)
     return times
 
 
@@ -190,11 +193,18 @@ RECORDED_BATCHES = 32
 
 
 def _time_network(
-    role: str, model: nn.Module, precision: str, batches: list[Tensor], threshold: float, args
+    role: str,
+    model: nn.Module,
+    precision: str,
+    batches: list[Tensor],
+    threshold: float,
+    args,
+    errors: list[str],
+    graphs: bool,
 ) -> dict[str, float]:
-    """A full network eager (and as one CUDA graph), or BlockDrop eager (fp32) and on the bucketed engine."""
+    """A full network eager (and as one CUDA graph), or BlockDrop eager (fp32) and on the bucketed engine; what
+    fails with CUDA graphs lands in ``errors``, and the engine is timed without them."""
     device = batches[0].device
-    graphs = device.type == "cuda" and not args.no_graphs
     layout = torch.channels_last if device.type == "cpu" or precision != "fp32" else torch.contiguous_format
     batches = [x.contiguous(memory_format=layout) for x in batches]
     times: dict[str, float] = {}
@@ -209,20 +219,34 @@ def _time_network(
     mode = "full" if role == "full" else "policy"
     infer = lambda x: engine.infer(x, threshold, mode)  # noqa: E731
     if graphs:
-        with engine.recording() as keys:
-            for x in batches[:RECORDED_BATCHES]:
-                infer(x)
-        report = engine.capture(budget_s=args.capture_budget, mode=mode, keys=keys)
-        times[f"{role} capture s {precision}"] = report.seconds
-        times[f"{role} capture graphs {precision}"] = report.graphs
-        times[f"{role} capture skipped {precision}"] = report.skipped  # pieces the budget left eager
-    kind = "graph" if graphs else "engine"
-    times[f"{role} {kind} {precision}"] = median_ms(infer, batches, args.min_run_time)
-    if graphs and role == "blockdrop":  # and as one graph per signature (captured on its second sighting)
+        try:
+            times |= _time_graphs(role, engine, infer, precision, batches, args)
+            return times
+        except RuntimeError as error:  # what CUDA refused is reported, and the engine is timed eagerly instead
+            log.exception("%s %s with CUDA graphs failed", role, precision)
+            errors.append(f"{role} {precision} with CUDA graphs: {str(error).splitlines()[0]}")
+        finally:
+            engine.release_graphs()
+    times[f"{role} engine {precision}"] = median_ms(infer, batches, args.min_run_time)
+    return times
+
+
+def _time_graphs(role: str, engine: BucketedEngine, infer, precision: str, batches: list[Tensor], args) -> dict:
+    """The engine with the pieces that the stream's first batches run captured, then (BlockDrop) with signature
+    graphs too."""
+    times: dict[str, float] = {}
+    with engine.recording() as keys:
+        for x in batches[:RECORDED_BATCHES]:
+            infer(x)
+    report = engine.capture(budget_s=args.capture_budget, mode="full" if role == "full" else "policy", keys=keys)
+    times[f"{role} capture s {precision}"] = report.seconds
+    times[f"{role} capture graphs {precision}"] = report.graphs
+    times[f"{role} capture skipped {precision}"] = report.skipped  # pieces the budget left eager
+    times[f"{role} graph {precision}"] = median_ms(infer, batches, args.min_run_time)
+    if role == "blockdrop":  # and as one graph per signature (captured on its second sighting)
         engine.signature_graphs = 64
         times[f"blockdrop sgraph {precision}"] = median_ms(infer, batches, args.min_run_time)
         times[f"signature hit rate {precision}"] = engine.signature_hits / max(engine.signature_lookups, 1)
-    engine.release_graphs()
     return times
 
 
@@ -273,7 +297,8 @@ def run(args: argparse.Namespace) -> dict:
         on_device = normalize.to(device)
         for batch in batch_sizes:
             batches = [on_device(x.to(device)) for x in stream_of(images, batch)]
-            times = _timings(pair, batches, precisions, args)
+            errors: list[str] = []
+            times = _timings(pair, batches, precisions, args, errors)
             full_eager = times.get("full eager fp32")
             full_tuned, full_config = _best(times, ("full eager", "full graph"))
             engine, engine_config = _best(times, ("blockdrop graph", "blockdrop sgraph", "blockdrop engine"))
@@ -292,6 +317,7 @@ def run(args: argparse.Namespace) -> dict:
                 "eager_over_full_tuned": _round(full_tuned / eager) if eager else None,
                 # ms, but "capture s" in seconds, "capture graphs"/"skipped" in pieces, "hit rate" a share
                 "timings": {k: _round(v) for k, v in times.items()},
+                "errors": errors,
             }
             rows.append(row)
             print(
@@ -364,6 +390,8 @@ def to_markdown(result: dict) -> str:
             f"| {r['pair']} | {r['batch']} | {_fmt(r['full_eager_fp32_ms'])} | {tuned} | "
             f"{_fmt(r['blockdrop_eager_ms'])} | {engine} | {ratio} | {ideal} |"
         )
+    if failed := [f"- {r['pair']} batch {r['batch']}: {e}" for r in result["rows"] for e in r.get("errors", [])]:
+        lines += ["", "Failed with CUDA graphs (timed without them instead):", "", *failed]
     lines += ["", f"Agreement with fp32 on the CPU over {result['images']} test images (lowest over the pairs):", ""]
     lines += ["| precision | masks | top-1 |", "|---|---:|---:|"]
     for precision, figures in result["agreement"].items():

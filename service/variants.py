@@ -208,11 +208,24 @@ def load_variant(
         signatures = execution.signature_graphs if variant.cuda_graphs else 0
         variant.engine = BucketedEngine(model, execution.max_batch_size, memory_format, signatures)
         if variant.cuda_graphs and capture:
-            mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
-            budget_bytes = execution.capture_budget_mb * 2**20
-            report = variant.engine.capture(None, execution.capture_budget_s, mode, budget_bytes)
-            log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())
+            _capture(variant, settings, execution)
     if on_cuda:
         input_shape = (3, model.manifest.input.height, model.manifest.input.width)
         variant.staging = _PinnedStaging(execution.max_batch_size, input_shape, len(model.manifest.classes))
     return variant
+
+
+def _capture(variant: Variant, settings: VariantSettings, execution: ExecutionOptions) -> None:
+    """Capture the variant's pieces in CUDA graphs; where CUDA refuses, the variant runs eagerly (and says so in
+    ``/v1/models``) rather than not at all."""
+    mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
+    budget_bytes = execution.capture_budget_mb * 2**20
+    try:
+        report = variant.engine.capture(None, execution.capture_budget_s, mode, budget_bytes)
+    except RuntimeError:
+        log.exception("variant %s: capturing CUDA graphs failed; it runs without them", settings.name)
+        variant.engine.release_graphs()
+        variant.engine.signature_graphs = 0
+        variant.cuda_graphs = False
+        return
+    log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())

@@ -439,6 +439,34 @@ def test_gpu_benchmark_runs_blockdrop_at_its_artifacts_threshold(tmp_path):
     assert result["rows"][0]["flops_ideal"] == flops_ideal(0.52)
 
 
+def test_gpu_benchmark_reports_a_failure_with_cuda_graphs_and_times_the_engine_without_them(monkeypatch):
+    import argparse
+
+    import torch
+
+    import bench.gpu as gpu
+    from tests.models.test_engine import _tiny_blockdrop
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(gpu, "_time_graphs", refused)
+    args = argparse.Namespace(min_run_time=0, capture_budget=1.0)
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    errors: list[str] = []
+    times = gpu._time_network("blockdrop", _tiny_blockdrop(8), "fp32", batches, 0.5, args, errors, graphs=True)
+    assert errors == ["blockdrop fp32 with CUDA graphs: operation not permitted when stream is capturing"]
+    assert times["blockdrop engine fp32"] > 0 and times["blockdrop eager fp32"] > 0
+    assert not any("graph" in key for key in times)
+    row = {"pair": "r32", "batch": 2, "errors": errors, "full_eager_fp32_ms": 1.0, "full_tuned_ms": 1.0}
+    row |= {"full_tuned_config": "full eager fp32", "blockdrop_eager_ms": 1.0, "blockdrop_engine_ms": 1.0}
+    row |= {"blockdrop_engine_config": "blockdrop engine fp32", "engine_over_full_tuned": 1.0, "flops_ideal": 1.0}
+    result = {"gpu": "x", "torch": "t", "cuda_graphs": True, "precisions": ["fp32"], "images": 2, "rows": [row]}
+    assert "- r32 batch 2: blockdrop fp32 with CUDA graphs: operation not permitted" in gpu.to_markdown(
+        result | {"agreement": {}}
+    )
+
+
 def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
     from tests.cli_refusal import refusal
 

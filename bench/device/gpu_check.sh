@@ -2,8 +2,8 @@
 # The GPU check of issue 35, as one command on a lent GPU machine (H100/H200), from the project root, with .device/
 # carried along (prepared here by ../shared/device/prepare.sh):
 #   bash bench/device/gpu_check.sh
-# It runs the CUDA tests, then `blockdrop bench gpu` on the 2,000-image test subset, and (with GPU_CHECK_EFFICIENCY=1
-# and time left) `bench efficiency` served on the GPU with CUDA graphs on. Everything lands under $OUT (default
+# It runs the CUDA tests, then `blockdrop bench gpu` on the 2,000-image test subset, and (with time left, unless
+# GPU_CHECK_EFFICIENCY=0) `bench efficiency` served on the GPU with CUDA graphs on. Everything lands under $OUT (default
 # ./gpu-check-out): versions.txt, cuda-tests.{txt,xml}, bench/gpu.{json,md}, artifacts/*/manifest.json (eval per
 # precision), efficiency/. It stays under 8 minutes:
 # each stage has a timeout, and a stage that runs out is reported, not waited for.
@@ -36,9 +36,9 @@ for name in cifar10-resnet32-blockdrop cifar10-resnet110-blockdrop; do
   rm -f "$out/artifacts/$name/model.safetensors"  # only the manifest needs to come back
 done
 
-# 4. optional: the service on the GPU (graphs on), ResNet-110 pair at c=1, 32, 256, if time is left
+# 4. the service on the GPU (graphs on, bf16), ResNet-110 pair at c=1, 32, 256, if time is left
 left=$((limit - SECONDS))
-if [ "${GPU_CHECK_EFFICIENCY:-0}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
+if [ "${GPU_CHECK_EFFICIENCY:-1}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
   ck=models/checkpoints
   stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true BLOCKDROP_PRECISION=auto python3 -m cli.main bench efficiency \
     --data-root "${BLOCKDROP_DATA_ROOT:-}" --concurrency 1,32,256 --seconds 4 --repeats 1 --model-seconds 0.5 \
@@ -46,6 +46,6 @@ if [ "${GPU_CHECK_EFFICIENCY:-0}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk 
     --variant "blockdrop110=$ck/cifar10-resnet110-blockdrop:blockdrop" --variant "full110=$ck/cifar10-resnet110:full" \
     --out "$out/efficiency" > "$out/efficiency.log" 2>&1
 else
-  echo "== efficiency: not run (GPU_CHECK_EFFICIENCY=${GPU_CHECK_EFFICIENCY:-0}, ${left}s left)" | tee -a "$out/stages.txt"
+  echo "== efficiency: not run (GPU_CHECK_EFFICIENCY=${GPU_CHECK_EFFICIENCY:-1}, ${left}s left)" | tee -a "$out/stages.txt"
 fi
 echo "done in ${SECONDS}s; results under $out"

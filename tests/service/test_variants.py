@@ -82,3 +82,22 @@ def test_on_the_gpu_a_variant_runs_captured_graphs_through_pinned_buffers(artifa
         assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
         cpu = reference.infer(batch).logits
         assert (got.logits - cpu).abs().max() <= 0.02 * cpu.abs().max() + 0.05  # bf16 where the GPU has it
+
+
+def test_a_variant_whose_capture_cuda_refuses_runs_without_graphs_and_says_so(artifacts, monkeypatch, caplog):
+    from service.variants import _capture
+
+    settings = VariantSettings(name="v", artifact=artifacts["tiny-blockdrop"], mode="blockdrop")
+    execution = ExecutionOptions(executor="bucketed", signature_graphs=8)
+    variant = load_variant(settings, "cpu", execution=execution)
+    variant.cuda_graphs, variant.engine.signature_graphs = True, 8  # as on CUDA, before the capture
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(variant.engine, "capture", refused)
+    _capture(variant, settings, execution)
+    assert variant.summary()["cuda_graphs"] is False and variant.engine.signature_graphs == 0
+    assert "capturing CUDA graphs failed; it runs without them" in caplog.text
+    batch = torch.randn(3, 3, 32, 32)
+    assert torch.equal(variant.infer(batch).keep_mask, load_variant(settings, "cpu").infer(batch).keep_mask)
