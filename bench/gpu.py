@@ -244,9 +244,9 @@ def _time_graphs(role: str, engine: BucketedEngine, infer, precision: str, batch
     times[f"{role} capture skipped {precision}"] = report.skipped  # pieces the budget left eager
     times[f"{role} graph {precision}"] = median_ms(infer, batches, args.min_run_time)
     if role == "blockdrop":  # and as one graph per signature (captured on its second sighting)
-        engine.signature_graphs = 64
+        engine.signature_graphs = args.signature_graphs
         times[f"blockdrop sgraph {precision}"] = median_ms(infer, batches, args.min_run_time)
-        times[f"signature hit rate {precision}"] = engine.signature_hits / max(engine.signature_lookups, 1)
+        times[f"signature hit rate {precision}"] = engine.signatures.hit_rate
     return times
 
 
@@ -417,6 +417,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-graphs", action="store_true", help="no CUDA graphs (the engine runs eagerly)")
     parser.add_argument("--capture-budget", type=float, default=30.0, help="seconds of graph capture per engine")
+    parser.add_argument(
+        "--signature-graphs", type=int, default=256, help="whole-backbone graphs the sgraph engine may keep"
+    )
     parser.add_argument("--agreement-batch", type=int, default=256, help="batch size of the agreement runs")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per figure")
     parser.add_argument("--out", help=f"folder for gpu.json and gpu.md (default on a GPU: {RESULTS})")

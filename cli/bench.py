@@ -12,6 +12,7 @@ BENCHMARKS = {
     "executor": "bench.executor",
     "engine": "bench.engine",
     "gpu": "bench.gpu",
+    "signatures": "bench.signatures",
     "variants": "bench.variants",
     "load": "bench.load",
     "soak": "bench.soak",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from models.blockdrop import BlockDropModel, InferenceResult, Mode, gather_rows, scatter_rows_
+from models.signatures import SignatureCache
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +138,9 @@ class BucketedEngine:
         self._pool = None
         self._warmup_stream: torch.cuda.Stream | None = None
         self.capture_report = CaptureReport()
-        # whole-backbone graphs, one per signature (batch bucket, each block's kind): at most this many, the least
-        # recently used dropped; a signature is captured when it is seen the second time (CUDA only)
-        self.signature_graphs = signature_graphs
-        self._signatures: OrderedDict[tuple, torch.cuda.CUDAGraph] = OrderedDict()
-        self._sightings: dict[tuple, int] = {}
-        self.signature_lookups = 0  # batches that looked for a signature's graph, and how many found one
-        self.signature_hits = 0
+        # whole-backbone graphs, one per signature (batch bucket, each block's kind), at most signature_graphs of
+        # them, admitted by how often each signature comes back (models/signatures.py; CUDA only)
+        self.signatures: SignatureCache[torch.cuda.CUDAGraph] = SignatureCache(signature_graphs)
         self._recorded: set[tuple] | None = None  # while recording: the keys of the pieces run
 
     @property
@@ -153,7 +149,16 @@ class BucketedEngine:
 
     @property
     def graphs_in_use(self) -> bool:
-        return bool(self._graphs or self._signatures)
+        return bool(self._graphs or len(self.signatures))
+
+    @property
+    def signature_graphs(self) -> int:
+        """How many whole-backbone graphs the engine may keep (0: none)."""
+        return self.signatures.capacity
+
+    @signature_graphs.setter
+    def signature_graphs(self, capacity: int) -> None:
+        self.signatures.resize(capacity)
 
     # ---- buffers -------------------------------------------------------------------------------------------------
 
@@ -337,21 +342,15 @@ class BucketedEngine:
         return InferenceResult(buf.logits[:n].clone(), mask, flops)
 
     def _backbone_by_signature(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
-        """The backbone as one graph for this signature if there is one; else by pieces, and on the signature's
-        second sighting captured whole (after answering: the capture records without running)."""
+        """The backbone as one graph for this signature if there is one; else by pieces, and then, if the cache
+        wants this signature, captured whole (after answering: the capture records without running)."""
         key = (b, tuple(kinds))
-        graph = self._signatures.get(key)
-        self.signature_lookups += 1
+        graph = self.signatures.get(key)
         if graph is not None:
-            self.signature_hits += 1
-            self._signatures.move_to_end(key)
             graph.replay()
             return
         self._backbone(buf, b, kinds)
-        if len(self._sightings) > 100 * self.signature_graphs:
-            self._sightings.clear()  # bounded: old sightings are forgotten
-        self._sightings[key] = self._sightings.get(key, 0) + 1
-        if self._sightings[key] >= 2:
+        if self.signatures.wants(key):
             started = time.perf_counter()
             try:
                 # thread_local: CUDA work of other threads (an explanation's policy run) does not break the capture
@@ -360,9 +359,7 @@ class BucketedEngine:
                 log.exception("capturing a signature's backbone failed; signature graphs are off from here on")
                 self.signature_graphs = 0
                 return
-            self._signatures[key] = graph
-            if len(self._signatures) > self.signature_graphs:
-                self._signatures.popitem(last=False)
+            self.signatures.put(key, graph)
             log.debug("captured the backbone for a signature in %.1f ms", (time.perf_counter() - started) * 1e3)
 
     def _backbone(self, buf: _Buffers, b: int, kinds: list[int | bool | None], eager: bool = False) -> None:
@@ -487,6 +484,5 @@ class BucketedEngine:
 
     def release_graphs(self) -> None:
         self._graphs.clear()
-        self._signatures.clear()
-        self._sightings.clear()
+        self.signatures.clear()
         self._pool = None

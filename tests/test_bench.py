@@ -467,6 +467,25 @@ def test_gpu_benchmark_reports_a_failure_with_cuda_graphs_and_times_the_engine_w
     )
 
 
+def test_signatures_benchmark_counts_what_each_cache_rule_would_replay(tmp_path):
+    from bench.signatures import by_frequency, by_recency
+
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    data = write_cifar10(tmp_path / "data", per_batch=24)
+    args = ["bench", "signatures", "--data-root", str(data), "--policy", str(artifacts["tiny-blockdrop"])]
+    assert blockdrop([*args, "--batch-sizes", "1,5", "--capacities", "2,8", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "signatures.json").read_text())
+    assert [(r["batch"], r["batches"]) for r in result["rows"]] == [(1, 24), (5, 4)] and result["images"] == 24
+    for row in result["rows"]:
+        assert 1 <= row["distinct"] <= row["batches"] and [c["capacity"] for c in row["caches"]] == [2, 8]
+        assert all(0 <= c["hit_rate"] <= 1 and 0 <= c["hit_rate_by_recency"] <= 1 for c in row["caches"])
+    assert "| policy | batch |" in (tmp_path / "signatures.md").read_text()
+    # two common signatures among passing ones seen twice each: recency keeps swapping them out, frequency not
+    keys = [("a",), ("b",)] * 3 + [key for i in range(20) for key in [(i,), (i,), ("a",), ("b",)]]
+    assert by_frequency(keys, 2)[0] > 0.45 > by_recency(keys, 2)[0]
+    assert by_frequency(keys, 2)[1] == 2 < by_recency(keys, 2)[1]
+
+
 def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
     from tests.cli_refusal import refusal
 

@@ -1,0 +1,133 @@
+"""How often a whole-backbone graph would be replayed: the signature cache's hit rate on the test images in order.
+
+For each shipped BlockDrop policy at its artifact's threshold, the signatures that the bucketed engine would meet
+(batch bucket and each block's kind; at batch 1 the mask) over the CIFAR-10 test set, one batch of consecutive
+images after another, and per cache size the share of batches that would replay a kept graph and how many
+captures it took, for the engine's admission by frequency (``models/signatures.py``) against the rule it
+replaced (kept from the second sighting, least recently used dropped). Pure host work: no GPU, no timing.
+
+    blockdrop bench signatures --data-root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bench.common import RESULTS, write_results
+from bench.gpu import CHECKPOINTS
+from models import load_artifact
+from models.engine import BucketedEngine
+from models.signatures import SignatureCache
+from training.data import DATA_ROOT_ENV, Normalizer, load_cifar
+
+POLICIES = ["cifar10-resnet32-blockdrop", "cifar10-resnet110-blockdrop", "cifar10-resnet32-slim-blockdrop"]
+
+
+def signatures(path: Path, images: Tensor, batch: int) -> list[tuple]:
+    """The engine's signature for each batch of ``batch`` consecutive images (the last partial batch left out)."""
+    model = load_artifact(path).eval()
+    threshold = float(model.manifest.defaults.get("threshold", 0.5))
+    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
+    engine = BucketedEngine(model, batch)
+    with torch.inference_mode():
+        masks = torch.cat([model.policy(normalize(x)) >= threshold for x in images.split(1000)])
+    keys = []
+    for mask in masks[: len(masks) // batch * batch].split(batch):
+        _, _, kinds = engine.plan(mask, batch)
+        keys.append((batch, tuple(kinds)))
+    return keys
+
+
+def by_frequency(keys: list[tuple], capacity: int) -> tuple[float, int]:
+    """Hit rate and captures of ``SignatureCache`` (the engine's rule) over ``keys``."""
+    cache: SignatureCache[bool] = SignatureCache(capacity)
+    captures = 0
+    for key in keys:
+        if cache.get(key) is None and cache.wants(key):
+            cache.put(key, True)
+            captures += 1
+    return cache.hit_rate, captures
+
+
+def by_recency(keys: list[tuple], capacity: int) -> tuple[float, int]:
+    """The rule before: kept from the second sighting, the least recently used dropped."""
+    kept: OrderedDict[tuple, bool] = OrderedDict()
+    seen: Counter[tuple] = Counter()
+    hits = captures = 0
+    for key in keys:
+        if key in kept:
+            hits += 1
+            kept.move_to_end(key)
+            continue
+        seen[key] += 1
+        if seen[key] >= 2:
+            kept[key] = True
+            captures += 1
+            if len(kept) > capacity:
+                kept.popitem(last=False)
+    return hits / len(keys), captures
+
+
+def run(args: argparse.Namespace) -> dict:
+    images = load_cifar(args.data_root, "test").images
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    capacities = [int(c) for c in args.capacities.split(",")]
+    rows = []
+    for name in args.policy or POLICIES:
+        path = Path(name) if Path(name).exists() else CHECKPOINTS / name
+        for batch in batch_sizes:
+            keys = signatures(path, images, batch)
+            row = {"policy": path.name, "batch": batch, "batches": len(keys), "distinct": len(set(keys)), "caches": []}
+            for capacity in capacities:
+                hit_rate, captures = by_frequency(keys, capacity)
+                before_rate, before_captures = by_recency(keys, capacity)
+                row["caches"].append(
+                    {
+                        "capacity": capacity,
+                        "hit_rate": round(hit_rate, 4),
+                        "captures": captures,
+                        "hit_rate_by_recency": round(before_rate, 4),
+                        "captures_by_recency": before_captures,
+                    }
+                )
+            rows.append(row)
+            print(f"{path.name} batch {batch}: {row['distinct']} distinct signatures in {len(keys)} batches")
+    return {"images": len(images), "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"Signatures the bucketed engine meets over the {result['images']} CIFAR-10 test images in order, each policy "
+        "at its artifact's threshold; per cache size, the share of batches that replay a kept whole-backbone graph "
+        "and the captures it took: admission by frequency (the engine's) against the rule before (kept from the "
+        "second sighting, least recently used dropped). `blockdrop bench signatures`.",
+        "",
+        "| policy | batch | distinct / batches | cache | hit rate | captures | before: hit rate | captures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        for c in r["caches"]:
+            lines.append(
+                f"| {r['policy']} | {r['batch']} | {r['distinct']} / {r['batches']} | {c['capacity']} | "
+                f"{c['hit_rate']:.1%} | {c['captures']} | {c['hit_rate_by_recency']:.1%} | {c['captures_by_recency']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
+    parser.add_argument("--policy", action="append", help="a BlockDrop artifact (repeatable; default: the shipped)")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--capacities", default="64,256,1024", help="comma-separated cache sizes")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for signatures.json and signatures.md")
+
+
+def execute(args: argparse.Namespace) -> int:
+    result = run(args)
+    write_results(args.out, "signatures", result, to_markdown(result))
+    return 0
