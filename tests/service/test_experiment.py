@@ -49,9 +49,9 @@ def known_metrics() -> ServiceMetrics:
     metrics.requests.labels("dyn", "415").inc(2)
     metrics.requests.labels("full", "200").inc(4)
     metrics.requests.labels("none", "404").inc(1)
-    for seconds in [0.003] * 6 + [0.02] * 2:  # 6 in (0.002873, 0.003162], 2 in (0.01957, 0.02154]
+    for seconds in [0.003] * 6 + [0.02] * 2:  # 6 in (0.002873, 0.003014], 2 in (0.01957, 0.02054]
         metrics.latency.labels("dyn").observe(seconds)
-    for seconds in [0.008] * 4:  # (0.007499, 0.008254]
+    for seconds in [0.008] * 4:  # (0.007867, 0.008254]
         metrics.latency.labels("full").observe(seconds)
     metrics.observe_batch("dyn", batch(["110", "100", "111", "010"], [700, 400, 1000, 400]), 0.01, 1000)
     metrics.observe_batch("full", batch(["111"] * 4, [1000] * 4), 0.01, 1000)
@@ -72,12 +72,12 @@ def test_the_report_of_known_observations():
     dyn, full = report["variants"]
     assert dyn["traffic"] == {"configured": 0.75, "observed": 8 / 12, "requests": 8}
     assert dyn["requests"]["errors"] == 2 and dyn["requests"]["by_status"] == {"200": 6, "415": 2}
-    # p50: rank 4 of 8, 4 into the (0.002873, 0.003162] bucket's 6 (service.metrics.REQUEST_LATENCY_BUCKETS)
-    assert dyn["latency_s"]["p50"] == pytest.approx(0.002873 + (0.003162 - 0.002873) * 4 / 6)
-    # p95: rank 7.6, 1.6 into the (0.01957, 0.02154] bucket's 2
-    assert dyn["latency_s"]["p95"] == pytest.approx(0.01957 + (0.02154 - 0.01957) * 1.6 / 2)
+    # p50: rank 4 of 8, 4 into the (0.002873, 0.003014] bucket's 6 (service.metrics.REQUEST_LATENCY_BUCKETS)
+    assert dyn["latency_s"]["p50"] == pytest.approx(0.002873 + (0.003014 - 0.002873) * 4 / 6)
+    # p95: rank 7.6, 1.6 into the (0.01957, 0.02054] bucket's 2
+    assert dyn["latency_s"]["p95"] == pytest.approx(0.01957 + (0.02054 - 0.01957) * 1.6 / 2)
     assert dyn["latency_s"]["mean"] == pytest.approx((6 * 0.003 + 2 * 0.02) / 8)
-    assert full["latency_s"]["p50"] == pytest.approx(0.007499 + (0.008254 - 0.007499) * 2 / 4)
+    assert full["latency_s"]["p50"] == pytest.approx(0.007867 + (0.008254 - 0.007867) * 2 / 4)
     assert dyn["images"] == 4
     assert dyn["flops"] == {
         "mean": 625,
@@ -144,7 +144,7 @@ def test_families_of_several_replicas_add_up():
     assert dyn["requests"]["total"] == 16 and dyn["images"] == 8
     assert dyn["feedback"]["right"] == 60 and dyn["block_executions"]["rates"] == [0.75, 0.75, 0.25]
     # same distribution, twice the count
-    assert dyn["latency_s"]["p50"] == pytest.approx(0.002873 + (0.003162 - 0.002873) * 4 / 6)
+    assert dyn["latency_s"]["p50"] == pytest.approx(0.002873 + (0.003014 - 0.002873) * 4 / 6)
 
 
 def test_a_variant_without_traffic_reports_nothing_rather_than_failing():
