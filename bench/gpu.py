@@ -326,6 +326,7 @@ def run(args: argparse.Namespace) -> dict:
                 flush=True,
             )
         result["agreement"] = _agreement_summary(agreements, precisions)
+        result["targets"] = targets(result)
         _write(Path(args.out), result)  # what is done so far survives a run cut short
     return result
 
@@ -334,6 +335,46 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"none: a CPU smoke run ({machine_description()})"
+
+
+# issue 35's targets: BlockDrop engine over the tuned full network per (pair, batch); a precision below fp32 agreeing
+# with fp32 on the CPU in masks and top-1 on this share of images, its accuracy within this much of fp32's
+SPEED_TARGETS = {("r110", 1): 1.5, ("r110", 256): 1.4, ("r32", 1): 1.15, ("r32", 256): 1.15}
+AGREEMENT_TARGET, ACCURACY_TOLERANCE = 0.995, 0.001
+
+
+def targets(result: dict) -> list[dict]:
+    """Each target that this run measured: what it needs, what it got, and whether that meets it."""
+    out = []
+    for r in result["rows"]:
+        need = SPEED_TARGETS.get((r["pair"], r["batch"]))
+        if need is not None:
+            got = r["engine_over_full_tuned"]
+            out.append(_target(f"{r['pair']} batch {r['batch']}: engine / full tuned", need, got, got and got >= need))
+    for precision, figures in result["agreement"].items():
+        if precision == "fp32":
+            continue
+        for what in ("mask", "top1"):
+            got = figures[what]
+            met = got is not None and got >= AGREEMENT_TARGET
+            out.append(_target(f"{precision}: {what} agreement, lowest", AGREEMENT_TARGET, got, met))
+        shifts = [
+            abs(role["accuracy"] - role["accuracy_fp32_cpu"])
+            for pair in figures["pairs"].values()
+            for role in pair.values()
+        ]
+        if shifts:
+            worst = max(shifts)
+            out.append(
+                _target(
+                    f"{precision}: accuracy change, largest", ACCURACY_TOLERANCE, worst, worst <= ACCURACY_TOLERANCE
+                )
+            )
+    return out
+
+
+def _target(name: str, need: float, got: float | None, met: object) -> dict:
+    return {"target": name, "need": need, "got": _round(got, 4), "met": bool(met)}
 
 
 def _write(out: Path, result: dict) -> None:
@@ -397,6 +438,13 @@ def to_markdown(result: dict) -> str:
     for precision, figures in result["agreement"].items():
         mask = f"{figures['mask']:.2%}" if figures["mask"] is not None else "-"
         lines.append(f"| {precision} | {mask} | {figures['top1']:.2%} |")
+    if result.get("targets"):
+        lines += ["", "Issue 35's targets that this run measured:", "", "| target | needs | measured | met |"]
+        lines.append("|---|---:|---:|---|")
+        for t in result["targets"]:
+            bound = "≤" if "accuracy change" in t["target"] else "≥"
+            got = "-" if t["got"] is None else f"{t['got']:g}"
+            lines.append(f"| {t['target']} | {bound} {t['need']:g} | {got} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -486,6 +486,34 @@ def test_signatures_benchmark_counts_what_each_cache_rule_would_replay(tmp_path)
     assert by_frequency(keys, 2)[1] == 2 < by_recency(keys, 2)[1]
 
 
+def test_gpu_benchmark_says_which_of_the_issues_targets_it_met():
+    from bench.gpu import targets, to_markdown
+
+    def row(pair: str, batch: int, ratio: float | None) -> dict:
+        return {"pair": pair, "batch": batch, "engine_over_full_tuned": ratio}
+
+    rows = [row("r110", 1, 1.6), row("r110", 8, 0.5), row("r32", 256, 1.0), row("r110", 256, None)]
+    pairs = {"r32": {"full": {"accuracy": 0.9, "accuracy_fp32_cpu": 0.9005}}}
+    agreement = {
+        "fp32": {"mask": 1.0, "top1": 1.0, "pairs": {}},
+        "bf16": {"mask": 0.999, "top1": 0.994, "pairs": pairs},
+    }
+    got = {t["target"]: (t["got"], t["met"]) for t in targets({"rows": rows, "agreement": agreement})}
+    assert got == {
+        "r110 batch 1: engine / full tuned": (1.6, True),
+        "r32 batch 256: engine / full tuned": (1.0, False),
+        "r110 batch 256: engine / full tuned": (None, False),
+        "bf16: mask agreement, lowest": (0.999, True),
+        "bf16: top1 agreement, lowest": (0.994, False),
+        "bf16: accuracy change, largest": (0.0005, True),
+    }
+    result = {"gpu": "H200", "torch": "2.11", "cuda_graphs": True, "precisions": ["fp32", "bf16"], "images": 2}
+    result |= {"rows": [], "agreement": agreement, "targets": targets({"rows": rows, "agreement": agreement})}
+    markdown = to_markdown(result)
+    assert "| r110 batch 1: engine / full tuned | ≥ 1.5 | 1.6 | yes |" in markdown
+    assert "| bf16: accuracy change, largest | ≤ 0.001 | 0.0005 | yes |" in markdown
+
+
 def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
     from tests.cli_refusal import refusal
 

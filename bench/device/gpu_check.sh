@@ -48,4 +48,5 @@ if [ "${GPU_CHECK_EFFICIENCY:-1}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk 
 else
   echo "== efficiency: not run (GPU_CHECK_EFFICIENCY=${GPU_CHECK_EFFICIENCY:-1}, ${left}s left)" | tee -a "$out/stages.txt"
 fi
+sed -n "/Issue 35's targets/,\$p" "$out/bench/gpu.md" 2>/dev/null  # what the run met, at a glance
 echo "done in ${SECONDS}s; results under $out"
