@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_artifact(args.artifact)
     fold_batchnorm(model)
     model.to(memory_format=torch.channels_last)
-    threshold = float(model.manifest.defaults.get("threshold", 0.5))
+    threshold = model.manifest.threshold
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     engine = BucketedEngine(model, max(batch_sizes), torch.channels_last)
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)

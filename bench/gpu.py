@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from bench.common import RESULTS, machine_description, write_results
 from models import load_artifact
+from models.artifacts import read_manifest
 from models.device import resolve_device
 from models.engine import BucketedEngine
 from models.folding import fold_batchnorm
@@ -129,11 +130,6 @@ def stream_of(images: Tensor, n: int) -> list[Tensor]:
     return list(images[: len(images) // n * n].split(n))
 
 
-def threshold_of(path: Path) -> float:
-    """The threshold the service draws this BlockDrop artifact's masks with (its manifest's default)."""
-    return float(load_artifact(path).manifest.defaults.get("threshold", 0.5))
-
-
 @torch.inference_mode()
 def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor, device, precisions, batch) -> dict:
     """Per precision on ``device``: the share of images whose mask and top-1 equal fp32's on the CPU, and accuracy."""
@@ -142,8 +138,8 @@ def agreement(pair: Pair, normalize: Normalizer, images: Tensor, labels: Tensor,
     for role, path in (("full", pair.full), ("blockdrop", pair.blockdrop)):
         if path is None:
             continue
-        threshold = threshold_of(path) if role == "blockdrop" else 0.5
         reference = served_model(path, cpu, "fp32")
+        threshold = reference.manifest.threshold if role == "blockdrop" else 0.5
         ref_top1, ref_masks = [], []
         for start in range(0, len(images), 500):
             result = reference.infer(normalize(images[start : start + 500]), threshold=threshold)
@@ -182,7 +178,7 @@ def _timings(pair: Pair, batches: list[Tensor], precisions: list[str], args, err
     for role, path in (("full", pair.full), ("blockdrop", pair.blockdrop)):
         for precision in precisions if path is not None else ():
             model = served_model(path, device, precision)
-            threshold = threshold_of(path) if role == "blockdrop" else 0.5
+            threshold = model.manifest.threshold if role == "blockdrop" else 0.5
             times |= _time_network(role, model, precision, batches, threshold, args, errors, graphs)
     return times
 
@@ -220,7 +216,7 @@ def _time_network(
     infer = lambda x: engine.infer(x, threshold, mode)  # noqa: E731
     if graphs:
         try:
-            times |= _time_graphs(role, engine, infer, precision, batches, args)
+            times |= _time_graphs(role, engine, infer, mode, precision, batches, args)
             return times
         except RuntimeError as error:  # what CUDA refused is reported, and the engine is timed eagerly instead
             log.exception("%s %s with CUDA graphs failed", role, precision)
@@ -231,14 +227,16 @@ def _time_network(
     return times
 
 
-def _time_graphs(role: str, engine: BucketedEngine, infer, precision: str, batches: list[Tensor], args) -> dict:
+def _time_graphs(
+    role: str, engine: BucketedEngine, infer, mode: str, precision: str, batches: list[Tensor], args
+) -> dict:
     """The engine with the pieces that the stream's first batches run captured, then (BlockDrop) with signature
     graphs too."""
     times: dict[str, float] = {}
     with engine.recording() as keys:
         for x in batches[:RECORDED_BATCHES]:
             infer(x)
-    report = engine.capture(budget_s=args.capture_budget, mode="full" if role == "full" else "policy", keys=keys)
+    report = engine.capture(budget_s=args.capture_budget, mode=mode, keys=keys)
     times[f"{role} capture s {precision}"] = report.seconds
     times[f"{role} capture graphs {precision}"] = report.graphs
     times[f"{role} capture skipped {precision}"] = report.skipped  # pieces the budget left eager
@@ -288,10 +286,10 @@ def run(args: argparse.Namespace) -> dict:
         "agreement": {},
     }
     for pair in pairs:
-        manifest = load_artifact(pair.full).manifest
+        manifest = read_manifest(pair.full)
         normalize = Normalizer(manifest.input.mean, manifest.input.std)
         if pair.blockdrop is not None:
-            result["thresholds"][pair.name] = threshold_of(pair.blockdrop)
+            result["thresholds"][pair.name] = read_manifest(pair.blockdrop).threshold
         started = time.perf_counter()
         agreed = agreement(pair, normalize, images, labels, device, precisions, args.agreement_batch)
         flops_ideal = agreed.pop("flops_ideal", None)

@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.common import RESULTS, write_results
 from bench.gpu import CHECKPOINTS
@@ -28,14 +28,16 @@ from training.data import DATA_ROOT_ENV, Normalizer, load_cifar
 POLICIES = ["cifar10-resnet32-blockdrop", "cifar10-resnet110-blockdrop", "cifar10-resnet32-slim-blockdrop"]
 
 
-def signatures(path: Path, images: Tensor, batch: int) -> list[tuple]:
-    """The engine's signature for each batch of ``batch`` consecutive images (the last partial batch left out)."""
-    model = load_artifact(path).eval()
-    threshold = float(model.manifest.defaults.get("threshold", 0.5))
+def policy_masks(model: nn.Module, images: Tensor) -> Tensor:
+    """The masks ``model``'s policy draws for ``images`` at the artifact's threshold."""
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
-    engine = BucketedEngine(model, batch)
     with torch.inference_mode():
-        masks = torch.cat([model.policy(normalize(x)) >= threshold for x in images.split(1000)])
+        return torch.cat([model.policy(normalize(x)) >= model.manifest.threshold for x in images.split(1000)])
+
+
+def signatures(model: nn.Module, masks: Tensor, batch: int) -> list[tuple]:
+    """The engine's signature for each batch of ``batch`` consecutive masks (the last partial batch left out)."""
+    engine = BucketedEngine(model, batch)
     keys = []
     for mask in masks[: len(masks) // batch * batch].split(batch):
         _, _, kinds = engine.plan(mask, batch)
@@ -80,8 +82,10 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for name in args.policy or POLICIES:
         path = Path(name) if Path(name).exists() else CHECKPOINTS / name
+        model = load_artifact(path).eval()
+        masks = policy_masks(model, images)
         for batch in batch_sizes:
-            keys = signatures(path, images, batch)
+            keys = signatures(model, masks, batch)
             row = {"policy": path.name, "batch": batch, "batches": len(keys), "distinct": len(set(keys)), "caches": []}
             for capacity in capacities:
                 hit_rate, captures = by_frequency(keys, capacity)

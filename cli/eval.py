@@ -106,7 +106,7 @@ def _handle(args: argparse.Namespace) -> int:
         _, data = train_val_split(load_cifar(args.data_root, "train", args.dataset), args.val_size, seed=args.seed)
     if args.limit:
         data = data.subset(torch.arange(min(args.limit, len(data))))
-    threshold = args.threshold if args.threshold is not None else model.manifest.defaults.get("threshold", 0.5)
+    threshold = args.threshold if args.threshold is not None else model.manifest.threshold
     sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
     result = evaluate_table(model, data, threshold, sweep, args.seed, args.random_k, device)
     result |= {"device": device.type, "precision": precision}

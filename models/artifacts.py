@@ -86,6 +86,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
 
+    @property
+    def threshold(self) -> float:
+        """The policy threshold the artifact is served at (its ``defaults``), 0.5 where it names none."""
+        return float(self.defaults.get("threshold", 0.5))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input"] = asdict(self.input)

@@ -190,7 +190,7 @@ def load_variant(
         raise ArtifactError(f"variant {settings.name!r}: mode 'blockdrop' needs an artifact with a policy")
     threshold = settings.threshold
     if threshold is None:
-        threshold = float(model.manifest.defaults.get("threshold", 0.5))
+        threshold = model.manifest.threshold
     # precision applies to BlockDrop models and plain ResNets; other families (Big-Little) stay fp32
     precision = resolve_precision(execution.precision, device) if isinstance(model, BlockDropModel) else "fp32"
     if channels_last is None:

@@ -60,7 +60,7 @@ def load_blockdrop(path: str) -> BlockDropModel:
 def train_adapt(args: argparse.Namespace) -> int:
     model = load_blockdrop(args.model)
     manifest = model.manifest
-    threshold = args.threshold if args.threshold is not None else manifest.defaults.get("threshold", 0.5)
+    threshold = args.threshold if args.threshold is not None else manifest.threshold
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if manifest.input.mean is None:
