@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.common import RESULTS, positive_int, write_results
 from service import sequential
-from service.metrics import LATENCY_BUCKETS, REQUEST_LATENCY_BUCKETS
+from service.metrics import LATENCY_BUCKETS, REQUEST_LATENCY_BUCKETS, latency_buckets
 from service.rollouts import ArmCounts, Evidence, RolloutPlan, judge
 from service.sequential import ACCURACY_TAU, ALPHA, MIN_FEEDBACK
 from service.stats import Z_95, histogram_quantile
@@ -256,9 +256,7 @@ LATENCY_FACTORS = (1.0, 1.3, 1.46, 1.5, 2.5)  # the variant's latencies: the bas
 LATENCY_LOOKS, LATENCY_EVERY = 20_000, 250  # requests on each arm, and a look every this many
 # the request-latency buckets before service.metrics.REQUEST_LATENCY_BUCKETS went to 48 a decade: 24 a decade from 1
 # to 100 ms, 12 outside; the guardrail's rule the same, only twice as coarse
-BUCKETS_24_A_DECADE = tuple(
-    float(f"{10 ** (k / 24) / 1000:.4g}") for k in (*range(-8, 0, 2), *range(0, 48), *range(48, 97, 2))
-)
+BUCKETS_24_A_DECADE = latency_buckets(24)
 
 
 def latency_guardrail(rng: np.random.Generator, experiments: int, plan: RolloutPlan) -> dict:
