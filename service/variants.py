@@ -216,8 +216,8 @@ def load_variant(
 
 
 def _capture(variant: Variant, settings: VariantSettings, execution: ExecutionOptions) -> None:
-    """Capture the variant's pieces in CUDA graphs; where CUDA refuses, the variant runs eagerly (and says so in
-    ``/v1/models``) rather than not at all."""
+    """Capture the variant's pieces in CUDA graphs; where CUDA refuses, the variant runs as with ``cuda_graphs`` off
+    (and says so in ``/v1/models``) rather than not at all."""
     mode = Mode.POLICY if settings.mode == "blockdrop" else Mode.FULL
     budget_bytes = execution.capture_budget_mb * 2**20
     try:
@@ -227,5 +227,7 @@ def _capture(variant: Variant, settings: VariantSettings, execution: ExecutionOp
         variant.engine.release_graphs()
         variant.engine.signature_graphs = 0
         variant.cuda_graphs = False
+        if execution.executor != "bucketed":  # the executor it would have had with graphs off
+            variant.engine = None
         return
     log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())

@@ -101,3 +101,18 @@ def test_a_variant_whose_capture_cuda_refuses_runs_without_graphs_and_says_so(ar
     assert "capturing CUDA graphs failed; it runs without them" in caplog.text
     batch = torch.randn(3, 3, 32, 32)
     assert torch.equal(variant.infer(batch).keep_mask, load_variant(settings, "cpu").infer(batch).keep_mask)
+
+
+def test_with_the_plain_executor_a_refused_capture_leaves_the_plain_executor(artifacts, monkeypatch):
+    from service.variants import _capture
+
+    settings = VariantSettings(name="v", artifact=artifacts["tiny-blockdrop"], mode="blockdrop")
+    variant = load_variant(settings, "cpu", execution=ExecutionOptions(executor="bucketed"))
+    variant.cuda_graphs = True  # as on CUDA with CUDA_GRAPHS and EXECUTOR=plain, before the capture
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(variant.engine, "capture", refused)
+    _capture(variant, settings, ExecutionOptions(executor="plain", cuda_graphs=True))
+    assert variant.engine is None and variant.summary()["executor"] == "plain" and not variant.cuda_graphs
