@@ -14,6 +14,7 @@ _COMMANDS = {
     "train": ("cli.train", "train backbones, policies and the static variants"),
     "eval": ("cli.eval", "evaluate an artifact on CIFAR (the paper's Table 1)"),
     "calibrate": ("cli.calibrate", "record a BlockDrop artifact's accuracy / FLOPs curve on validation"),
+    "record-masks": ("cli.record_masks", "record a BlockDrop artifact's most frequent masks for the GPU engine"),
     "bench": ("cli.bench", "benchmark the executor and every variant"),
     "import-official": ("cli.import_official", "convert an original BlockDrop checkpoint into an artifact"),
 }

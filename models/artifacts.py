@@ -82,6 +82,9 @@ class Manifest:
     defaults: dict[str, Any] = field(default_factory=dict)
     # BlockDrop: accuracy and mean FLOPs over a grid of policy thresholds, measured on validation
     calibration: dict[str, Any] = field(default_factory=dict)
+    # BlockDrop: the policy's most frequent masks on the training images at the served threshold (hex, most
+    # frequent first), which the CUDA engine captures at start-up (``blockdrop record-masks``; models/signatures.py)
+    frequent_masks: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -115,6 +118,7 @@ class Manifest:
                 flops=data.get("flops", {}),
                 defaults=data.get("defaults", {}),
                 calibration=data.get("calibration", {}),
+                frequent_masks=data.get("frequent_masks", {}),
                 files=data.get("files", {}),
                 created=data.get("created", ""),
             )

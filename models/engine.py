@@ -16,7 +16,8 @@ mask (the table is built from it on the host and sent in one copy); everything e
 run eagerly (that is how the tests check them against the plain executor); on CUDA, ``capture`` records each
 piece in a CUDA graph within a time and memory budget, and a shape not captured runs eagerly. Plain networks (and
 BlockDrop in ``full`` mode) run as one piece per batch bucket. Optionally (``signature_graphs``) the whole backbone
-is also captured once per *signature* (batch bucket and each block's kind) that repeats, and replayed as one graph.
+is also captured once per *signature* (batch bucket and each block's kind) that repeats, and replayed as one graph;
+``prefill_signatures`` captures the signatures of given masks (an artifact's most frequent) at start-up.
 
 Bucket sizes follow vLLM's (1, 2, 4, then multiples of 8), with the step doubling every octave above 32 so that
 a batch of 2048 needs 31 buckets rather than 256 while no batch is padded by more than 7 rows or a quarter,
@@ -99,6 +100,7 @@ class CaptureReport:
     bytes: int = 0  # GPU memory the captures reserved
     skipped: int = 0  # pieces left eager because the time or memory budget ran out
     batch_buckets: list[int] = field(default_factory=list)
+    signature_graphs: int = 0  # whole-backbone graphs captured at start-up (``prefill_signatures``)
 
     def to_dict(self) -> dict:
         return {
@@ -107,6 +109,7 @@ class CaptureReport:
             "bytes": self.bytes,
             "skipped": self.skipped,
             "batch_buckets": self.batch_buckets,
+            "signature_graphs": self.signature_graphs,
         }
 
 
@@ -341,6 +344,12 @@ class BucketedEngine:
         flops = self.flops_table.per_image(mask, include_policy=keep_mask is None)
         return InferenceResult(buf.logits[:n].clone(), mask, flops)
 
+    def signature_of(self, keep_mask: Tensor) -> tuple:
+        """The signature a batch with host mask ``keep_mask`` [n, K] runs under: its batch bucket and each block's
+        kind (at batch 1, the mask itself: every block skipped or run)."""
+        b = bucket_for(keep_mask.shape[0], self.buckets)
+        return (b, tuple(self.plan(keep_mask, b)[2]))
+
     def _backbone_by_signature(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
         """The backbone as one graph for this signature if there is one; else by pieces, and then, if the cache
         wants this signature, captured whole (after answering: the capture records without running)."""
@@ -472,6 +481,42 @@ class BucketedEngine:
             piece()
         self._pool = graph.pool()
         return graph
+
+    def prefill_signatures(self, masks: Tensor, budget_s: float = 60.0, budget_bytes: int | None = None) -> int:
+        """Capture the whole backbone at batch 1 for each of ``masks`` [m, K] (host; most frequent first: an
+        artifact's ``frequent_masks``) while the signature cache has room and neither budget has run out, so that
+        those masks replay one graph from the first request instead of being learnt, and captured, while serving.
+        Returns how many it captured. Needs a CUDA model."""
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        buf = self.buffers(1)
+        report = self.capture_report
+        started = time.perf_counter()
+        reserved = torch.cuda.memory_reserved(self.device)
+        captured = 0
+        with torch.inference_mode():
+            for mask in masks:
+                over_memory = (
+                    budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
+                )
+                if len(self.signatures) >= self.signature_graphs or over_memory:
+                    break
+                if time.perf_counter() - started > budget_s:
+                    break
+                key = self.signature_of(mask.view(1, -1))
+                if key in self.signatures:
+                    continue
+                piece = lambda kinds=list(key[1]): self._backbone(buf, 1, kinds, eager=True)  # noqa: E731
+                graph = self._capture_one(piece, True, "thread_local")
+                self.signatures.prefill(key, graph)
+                captured += 1
+        torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        report.signature_graphs += captured
+        report.seconds += seconds
+        report.bytes += torch.cuda.memory_reserved(self.device) - reserved
+        log.info("captured %d signature graphs of %d masks in %.1f s", captured, len(masks), seconds)
+        return captured
 
     @contextmanager
     def recording(self) -> Iterator[set[tuple]]:

@@ -16,6 +16,7 @@ from models.blockdrop import BlockDropModel, InferenceResult, Mode
 from models.engine import BucketedEngine
 from models.folding import fold_batchnorm as fold_batchnorm_into_convs
 from models.precision import apply_precision, resolve_precision
+from models.signatures import recorded_masks
 from service.config import Settings, VariantSettings
 
 log = logging.getLogger(__name__)
@@ -230,4 +231,31 @@ def _capture(variant: Variant, settings: VariantSettings, execution: ExecutionOp
         if execution.executor != "bucketed":  # the executor it would have had with graphs off
             variant.engine = None
         return
+    if variant.engine.signature_graphs and mode is Mode.POLICY:
+        _prefill_signatures(variant, execution.capture_budget_s - report.seconds, budget_bytes - report.bytes)
     log.info("variant %s: CUDA graphs %s", settings.name, report.to_dict())
+
+
+def _prefill_signatures(variant: Variant, budget_s: float, budget_bytes: int) -> None:
+    """Capture the whole backbone for the artifact's most frequent masks (``frequent_masks``, recorded by
+    ``blockdrop record-masks``) with what is left of the capture budgets, if they were drawn at the threshold the
+    variant serves. A record that does not parse leaves them to be learnt while serving; a capture CUDA refuses
+    turns signature graphs off (as a failed capture while serving does)."""
+    try:
+        masks = recorded_masks(variant.manifest, variant.threshold)
+    except ValueError as error:
+        log.warning("variant %s: frequent masks unreadable (%s); learnt while serving instead", variant.name, error)
+        return
+    if masks is None:
+        log.info("variant %s: no frequent masks recorded at threshold %s; signature graphs are learnt while serving",
+                 variant.name, variant.threshold)  # fmt: skip
+        return
+    if budget_s <= 0 or budget_bytes <= 0:
+        log.warning("variant %s: no capture budget left for its frequent masks", variant.name)
+        return
+    try:
+        variant.engine.prefill_signatures(masks, budget_s, budget_bytes)
+    except RuntimeError:
+        log.exception("variant %s: capturing its frequent masks failed; signature graphs are off", variant.name)
+        variant.engine.signatures.clear()
+        variant.engine.signature_graphs = 0

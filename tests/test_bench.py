@@ -467,11 +467,44 @@ def test_gpu_benchmark_reports_a_failure_with_cuda_graphs_and_times_the_engine_w
     )
 
 
+def test_gpu_benchmark_starts_the_batch_1_signature_cache_from_the_artifacts_frequent_masks(tmp_path, monkeypatch):
+    """The CUDA-only steps (capture, prefill) stubbed: at batch 1 the engine is prefilled as the service does and
+    timed from there; at a larger batch its cache learns from one pass over the stream first."""
+    import argparse
+
+    import torch
+
+    import bench.gpu as gpu
+    from models import load_artifact
+    from models.engine import BucketedEngine, CaptureReport
+    from training.masks import frequent_masks_record
+
+    model = load_artifact(make_artifacts(tmp_path)["tiny-blockdrop"])
+    drawn = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    model.manifest.frequent_masks = frequent_masks_record(drawn, model.manifest.threshold, top=8)
+    prefilled = []
+    monkeypatch.setattr(BucketedEngine, "capture", lambda self, **kwargs: CaptureReport(seconds=0.5))
+    monkeypatch.setattr(BucketedEngine, "prefill_signatures", lambda self, masks, budget: prefilled.append(masks) or 2)
+    args = argparse.Namespace(min_run_time=0, capture_budget=5.0, signature_graphs=4)
+    for batch in (1, 2):
+        batches = [torch.randn(batch, 3, 32, 32) for _ in range(3)]
+        engine = BucketedEngine(model, batch)
+        times = gpu._time_graphs("blockdrop", engine, engine.infer, "policy", "fp32", batches, args)
+        assert times["blockdrop sgraph fp32"] > 0 and engine.signatures.lookups == 0  # timed on a CPU: no lookups
+        if batch == 1:
+            assert times["signature prefilled fp32"] == 2 and prefilled[0].tolist() == [[1, 1, 0], [1, 0, 1]]
+        else:
+            assert "signature prefilled fp32" not in times and len(prefilled) == 1
+
+
 def test_signatures_benchmark_counts_what_each_cache_rule_would_replay(tmp_path):
     from bench.signatures import by_frequency, by_recency
 
     artifacts = make_artifacts(tmp_path / "artifacts")
     data = write_cifar10(tmp_path / "data", per_batch=24)
+    # the artifact's frequent masks on its training images: the cache at batch 1 starts with them
+    record = ["record-masks", str(artifacts["tiny-blockdrop"]), "--data-root", str(data), "--val-size", "20"]
+    assert blockdrop(record) == 0
     args = ["bench", "signatures", "--data-root", str(data), "--policy", str(artifacts["tiny-blockdrop"])]
     assert blockdrop([*args, "--batch-sizes", "1,5", "--capacities", "2,8", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "signatures.json").read_text())
@@ -479,7 +512,12 @@ def test_signatures_benchmark_counts_what_each_cache_rule_would_replay(tmp_path)
     for row in result["rows"]:
         assert 1 <= row["distinct"] <= row["batches"] and [c["capacity"] for c in row["caches"]] == [2, 8]
         assert all(0 <= c["hit_rate"] <= 1 and 0 <= c["hit_rate_by_recency"] <= 1 for c in row["caches"])
+    prefilled = [c["hit_rate_prefilled"] for row in result["rows"] for c in row["caches"]]
+    assert all(0 <= rate <= 1 for rate in prefilled[:2]) and prefilled[2:] == [None, None]  # batch 1 only
     assert "| policy | batch |" in (tmp_path / "signatures.md").read_text()
+    # prefilled keys are hits from their first sighting; learnt ones only from their third
+    assert by_frequency([("a",), ("b",), ("a",)], 2, prefill=[("a",)]) == (2 / 3, 1)
+    assert by_frequency([("a",), ("b",), ("a",)], 2) == (0.0, 1)
     # two common signatures among passing ones seen twice each: recency keeps swapping them out, frequency not
     keys = [("a",), ("b",)] * 3 + [key for i in range(20) for key in [(i,), (i,), ("a",), ("b",)]]
     assert by_frequency(keys, 2)[0] > 0.45 > by_recency(keys, 2)[0]

@@ -36,11 +36,13 @@ for name in cifar10-resnet32-blockdrop cifar10-resnet110-blockdrop; do
   rm -f "$out/artifacts/$name/model.safetensors"  # only the manifest needs to come back
 done
 
-# 4. the service on the GPU (graphs on, bf16), ResNet-110 pair at c=1, 32, 256, if time is left
+# 4. the service on the GPU (graphs on, bf16, the artifact's frequent masks captured at start-up within 30 s a
+#    variant), ResNet-110 pair at c=1, 32, 256, if time is left
 left=$((limit - SECONDS))
 if [ "${GPU_CHECK_EFFICIENCY:-1}" = 1 ] && [ "$left" -gt 60 ] && command -v wrk >/dev/null; then
   ck=models/checkpoints
-  stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true BLOCKDROP_PRECISION=auto python3 -m cli.main bench efficiency \
+  stage efficiency $((left - 10)) env BLOCKDROP_CUDA_GRAPHS=true BLOCKDROP_PRECISION=auto \
+    BLOCKDROP_CUDA_SIGNATURE_GRAPHS=1024 BLOCKDROP_CUDA_GRAPH_CAPTURE_S=30 python3 -m cli.main bench efficiency \
     --data-root "${BLOCKDROP_DATA_ROOT:-}" --concurrency 1,32,256 --seconds 4 --repeats 1 --model-seconds 0.5 \
     --warmup-seconds 1 --overhead-requests 100 --reference full110 \
     --variant "blockdrop110=$ck/cifar10-resnet110-blockdrop:blockdrop" --variant "full110=$ck/cifar10-resnet110:full" \

@@ -194,6 +194,34 @@ def test_a_signature_seen_twice_replays_as_one_graph_with_the_same_answers():
     assert len(graphed.signatures) == 2 and graphed.signatures.hits == 2  # in the third round
 
 
+def test_a_batch_of_one_has_its_mask_for_signature_and_prefilling_needs_cuda():
+    engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8, signature_graphs=4)  # 3 blocks
+    assert engine.signature_of(torch.tensor([[True, False, True]])) == (1, (None, False, None))
+    assert engine.signature_of(torch.tensor([[True, False, True]] * 3)) == (4, (None, False, None))
+    assert engine.signature_of(torch.tensor([[True, False, True], [False, False, True]])) == (2, (1, False, None))
+    with pytest.raises(ValueError, match="CUDA"):
+        engine.prefill_signatures(torch.ones(2, 3, dtype=torch.bool))
+
+
+@needs_cuda
+@torch.inference_mode()
+def test_prefilled_masks_replay_one_graph_from_their_first_sighting_with_the_same_answers():
+    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet110-blockdrop", device="cuda")
+    fold_batchnorm(model)
+    eager = BucketedEngine(model, max_batch=8)
+    inputs = [torch.randn(1, 3, 32, 32, device="cuda") for _ in range(4)]
+    masks = torch.cat([eager.infer(x).keep_mask for x in inputs])
+    graphed = BucketedEngine(model, max_batch=8, signature_graphs=2)
+    assert graphed.prefill_signatures(masks[:3], budget_s=120) == min(2, len(torch.unique(masks[:3], dim=0)))
+    assert graphed.capture_report.signature_graphs == len(graphed.signatures) <= 2
+    kept = [graphed.signature_of(mask.view(1, -1)) in graphed.signatures for mask in masks]
+    assert kept[0]  # the most frequent first
+    for x in inputs:
+        want, got = eager.infer(x), graphed.infer(x)
+        assert torch.equal(got.keep_mask, want.keep_mask) and (got.logits - want.logits).abs().max() <= 1e-4
+    assert graphed.signatures.hits == sum(kept)  # each prefilled mask replayed from its first sighting
+
+
 @torch.inference_mode()
 def test_recording_lists_the_pieces_a_batch_runs_and_nothing_it_skips():
     engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8)  # 3 blocks, one stage entry with a shortcut

@@ -46,3 +46,18 @@ def test_each_settings_profile_names_shipped_artifacts(profile, monkeypatch):
         assert (variant.artifact / "manifest.json").exists(), f"{profile.name}: {variant.artifact} is not committed"
         kind = load_artifact(variant.artifact).manifest.kind
         assert variant.mode == "full" or kind == "blockdrop", f"{variant.name}: mode blockdrop needs a policy"
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_blockdrop_artifact_records_its_frequent_masks_at_the_threshold_it_serves(folder):
+    from models.artifacts import read_manifest
+    from models.signatures import parse_counted_masks
+
+    manifest = read_manifest(folder)
+    if "policy" not in manifest.architecture or not manifest.architecture["policy"]:
+        pytest.skip("no policy")
+    record = manifest.frequent_masks
+    assert record, f"record them: blockdrop record-masks {folder.relative_to(CHECKPOINTS.parents[1])} --data-root DIR"
+    assert record["threshold"] == manifest.threshold, "recorded at another threshold: run blockdrop record-masks again"
+    masks, counts = parse_counted_masks(record["masks"], len(manifest.flops["blocks"]))
+    assert len(masks) == record["kept"] and counts == sorted(counts, reverse=True) and sum(counts) <= record["images"]

@@ -51,3 +51,34 @@ def test_a_cache_of_no_entries_keeps_nothing_and_a_smaller_one_drops_the_least_s
     assert ("b",) not in cache and len(cache) == 2 and cache.capacity == 2
     cache.clear()
     assert len(cache) == 0 and not cache.wants(("a",))
+
+
+def test_masks_survive_hex_and_a_malformed_one_is_refused():
+    import pytest
+    import torch
+
+    from models.signatures import format_counted_masks, mask_to_hex, masks_from_hex, parse_counted_masks
+
+    for blocks in (1, 3, 4, 15, 54):
+        masks = torch.rand(20, blocks, generator=torch.Generator().manual_seed(blocks)) < 0.5
+        texts = [mask_to_hex(row) for row in masks]
+        assert all(len(text) == -(-blocks // 4) for text in texts)
+        assert torch.equal(masks_from_hex(texts, blocks), masks)
+    assert mask_to_hex(torch.tensor([True, False, True, True, True])) == "b8"  # block 0 is the first bit
+    parsed, counts = parse_counted_masks(format_counted_masks([("b8", 7), ("08", 2)]), 5)
+    assert parsed.tolist() == [[True, False, True, True, True], [False, False, False, False, True]] and counts == [7, 2]
+    with pytest.raises(ValueError, match="2 hex digits"):
+        masks_from_hex(["b"], 5)
+    with pytest.raises(ValueError, match="past the 5"):
+        masks_from_hex(["bc"], 5)  # bit 6 set
+    with pytest.raises(ValueError, match="HEX:COUNT"):
+        parse_counted_masks("b8:7 08", 5)
+
+
+def test_prefilled_signatures_are_counted_as_seen_twice_and_give_way_to_commoner_ones():
+    cache: SignatureCache[str] = SignatureCache(2)
+    assert cache.prefill(("a",), "graph a") and cache.prefill(("b",), "graph b")
+    assert not cache.prefill(("c",), "graph c") and len(cache) == 2  # full: the rest are learnt while serving
+    assert _serve(cache, ["a", "c", "c"]) == []  # a hit from the first request; 'c' seen twice is not more than 'b'
+    assert (cache.lookups, cache.hits) == (3, 1)
+    assert _serve(cache, ["c"]) == ["c"] and ("b",) not in cache and ("a",) in cache  # three sightings beat two

@@ -116,3 +116,56 @@ def test_with_the_plain_executor_a_refused_capture_leaves_the_plain_executor(art
     monkeypatch.setattr(variant.engine, "capture", refused)
     _capture(variant, settings, ExecutionOptions(executor="plain", cuda_graphs=True))
     assert variant.engine is None and variant.summary()["executor"] == "plain" and not variant.cuda_graphs
+
+
+def test_a_variant_captures_its_artifacts_frequent_masks_with_the_budget_left_at_their_threshold_only(
+    artifacts, tmp_path, monkeypatch, caplog
+):
+    import logging
+    import shutil
+
+    from models.artifacts import read_manifest, write_manifest
+    from models.engine import CaptureReport
+    from service.variants import _capture
+    from training.masks import frequent_masks_record
+
+    caplog.set_level(logging.INFO, logger="service.variants")
+    artifact = shutil.copytree(artifacts["tiny-blockdrop"], tmp_path / "bd")
+    drawn = torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    execution = ExecutionOptions(executor="bucketed", signature_graphs=8, capture_budget_s=60, capture_budget_mb=100)
+
+    def record(masks: str | None = None) -> float:
+        manifest = read_manifest(artifact)
+        manifest.frequent_masks = frequent_masks_record(drawn, manifest.threshold, top=8)
+        if masks is not None:
+            manifest.frequent_masks["masks"] = masks
+        write_manifest(artifact, manifest)
+        return manifest.threshold
+
+    def served(threshold: float | None = None, prefill=None):
+        """A CPU variant as on CUDA before its capture, whose pieces took 10 s and 40 MiB; the prefills asked."""
+        settings = VariantSettings(name="v", artifact=artifact, mode="blockdrop", threshold=threshold)
+        variant = load_variant(settings, "cpu", execution=execution)
+        variant.cuda_graphs, variant.engine.signature_graphs = True, 8
+        asked = []
+        monkeypatch.setattr(variant.engine, "capture", lambda *a, **k: CaptureReport(seconds=10.0, bytes=40 * 2**20))
+        monkeypatch.setattr(variant.engine, "prefill_signatures", prefill or (lambda *args: asked.append(args) or 0))
+        _capture(variant, settings, execution)
+        return variant, asked
+
+    threshold = record()
+    variant, asked = served()
+    [(masks, budget_s, budget_bytes)] = asked
+    assert masks.tolist() == [[True, True, False], [True, False, True]]  # the most frequent first
+    assert budget_s == 50.0 and budget_bytes == 60 * 2**20 and variant.engine.signature_graphs == 8
+    assert served(threshold=threshold + 0.1)[1] == [] and "no frequent masks recorded at threshold" in caplog.text
+    record("zz:3")
+    assert served()[1] == [] and "frequent masks unreadable" in caplog.text
+
+    def refused(*args):
+        raise RuntimeError("CUDA error: out of memory")
+
+    record()
+    variant, _ = served(prefill=refused)
+    assert variant.engine.signature_graphs == 0 and variant.cuda_graphs  # the pieces' graphs stay
+    assert "capturing its frequent masks failed; signature graphs are off" in caplog.text
