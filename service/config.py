@@ -213,8 +213,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="with cuda_graphs: also keep up to this many whole-backbone graphs, one per signature (batch "
-        "bucket and each block's kept-row bucket), admitted from the second sighting by how often each comes back; 0 "
-        "turns them off",
+        "bucket and each block's kept-row bucket), admitted from the second sighting by how often each comes back, "
+        "those of the artifact's most frequent masks (frequent_masks) captured at start-up; 0 turns them off",
     )
 
     max_batch_size: int = Field(default=32, ge=1)
