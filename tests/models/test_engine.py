@@ -20,6 +20,13 @@ SHIPPED_POLICIES = ["cifar10-resnet32-blockdrop", "cifar10-resnet110-blockdrop",
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def _folded_on_cuda(name: str) -> BlockDropModel:
+    """A shipped artifact on the GPU with its BatchNorms folded, as the service runs it."""
+    model = load_artifact(f"{CHECKPOINTS}/{name}", device="cuda")
+    fold_batchnorm(model)
+    return model
+
+
 def edge_sizes(buckets: list[int]) -> list[int]:
     """Every bucket's size and the size one past it (the first batch padded into the next bucket)."""
     return sorted({n for b in buckets for n in (b, b + 1) if n <= buckets[-1]})
@@ -146,8 +153,7 @@ def test_what_the_engine_cannot_run_is_refused_plainly():
 def test_captured_graphs_replay_the_eager_pieces_on_the_gpu(precision):
     from models.precision import apply_precision
 
-    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet32-blockdrop", device="cuda")
-    fold_batchnorm(model)
+    model = _folded_on_cuda("cifar10-resnet32-blockdrop")
     apply_precision(model, precision)
     model.to(memory_format=torch.channels_last)
     eager = BucketedEngine(model, max_batch=16, memory_format=torch.channels_last)
@@ -179,8 +185,7 @@ def test_signature_graphs_are_a_cuda_matter_and_change_nothing_on_a_cpu():
 @needs_cuda
 @torch.inference_mode()
 def test_a_signature_seen_twice_replays_as_one_graph_with_the_same_answers():
-    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet110-blockdrop", device="cuda")
-    fold_batchnorm(model)
+    model = _folded_on_cuda("cifar10-resnet110-blockdrop")
     eager = BucketedEngine(model, max_batch=8)
     graphed = BucketedEngine(model, max_batch=8, signature_graphs=2)
     graphed.capture([1, 8], budget_s=120)
@@ -206,8 +211,7 @@ def test_a_batch_of_one_has_its_mask_for_signature_and_prefilling_needs_cuda():
 @needs_cuda
 @torch.inference_mode()
 def test_prefilled_masks_replay_one_graph_from_their_first_sighting_with_the_same_answers():
-    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet110-blockdrop", device="cuda")
-    fold_batchnorm(model)
+    model = _folded_on_cuda("cifar10-resnet110-blockdrop")
     eager = BucketedEngine(model, max_batch=8)
     inputs = [torch.randn(1, 3, 32, 32, device="cuda") for _ in range(4)]
     masks = torch.cat([eager.infer(x).keep_mask for x in inputs])
@@ -243,8 +247,7 @@ def test_recording_lists_the_pieces_a_batch_runs_and_nothing_it_skips():
 @needs_cuda
 @torch.inference_mode()
 def test_capturing_the_recorded_pieces_captures_those_alone_and_answers_the_same():
-    model = load_artifact(f"{CHECKPOINTS}/cifar10-resnet32-blockdrop", device="cuda")
-    fold_batchnorm(model)
+    model = _folded_on_cuda("cifar10-resnet32-blockdrop")
     eager, graphed = BucketedEngine(model, max_batch=256), BucketedEngine(model, max_batch=256)
     batches = [torch.randn(256, 3, 32, 32, device="cuda") for _ in range(2)]
     with graphed.recording() as keys:
