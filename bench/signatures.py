@@ -35,8 +35,7 @@ def signatures(model: nn.Module, masks: Tensor, batch: int) -> list[tuple]:
     engine = BucketedEngine(model, batch)
     keys = []
     for mask in masks[: len(masks) // batch * batch].split(batch):
-        _, _, kinds = engine.plan(mask, batch)
-        keys.append((batch, tuple(kinds)))
+        keys.append((batch, tuple(engine.kinds(mask, batch))))
     return keys
 
 

@@ -12,7 +12,8 @@ call has a shape of its own; nothing of it can be captured. Here:
   would be B runs on all B rows with the mask selecting (no gather); one that no row keeps is skipped.
 
 So a block call has one of a few static shapes: (B, block, P). The host waits once per batch, for the policy's
-mask (the table is built from it on the host and sent in one copy); everything else is queued. On CPU the pieces
+mask (the table is built from it on the host and sent in one copy, only when some block gathers: never at batch
+1, where every block is run or skipped); everything else is queued. On CPU the pieces
 run eagerly (that is how the tests check them against the plain executor); on CUDA, ``capture`` records each
 piece in a CUDA graph within a time and memory budget, and a shape not captured runs eagerly. Plain networks (and
 BlockDrop in ``full`` mode) run as one piece per batch bucket. Optionally (``signature_graphs``) the whole backbone
@@ -254,24 +255,39 @@ class BucketedEngine:
 
     # ---- the host's part: one wait for the mask, then queue every piece ------------------------------------------
 
-    def plan(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor, list[int | bool | None]]:
-        """For a host mask [n, K] padded to ``b`` rows: the index table [K, b], its valid flags, and per block
-        ``False`` (skip), ``None`` (every row) or the kept-row bucket."""
+    def kinds(self, keep_mask: Tensor, b: int) -> list[int | bool | None]:
+        """Per block of host mask ``keep_mask`` [n, K] padded to ``b`` rows: ``False`` (no row keeps it: skipped),
+        ``None`` (every row does: run on all), or the kept-row bucket (``b`` itself: run on all, masked)."""
         n = keep_mask.shape[0]
-        columns = torch.zeros(self.num_blocks, b, dtype=torch.bool)
-        columns[:, :n] = keep_mask.T
-        rows = torch.argsort((~columns).to(torch.int8), dim=1, stable=True)  # keepers first, each part in order
-        counts = columns.sum(1)
-        valid = torch.arange(b).unsqueeze(0) < counts.unsqueeze(1)
         kinds: list[int | bool | None] = []
-        for count in counts.tolist():
+        for count in keep_mask.sum(0).tolist():
             if count == 0:
                 kinds.append(False)
             elif count == n:
                 kinds.append(None)
             else:
                 kinds.append(bucket_for(count, self.buckets) if count < b else b)
-        return rows, valid, kinds
+        return kinds
+
+    def plan(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor, list[int | bool | None]]:
+        """For a host mask [n, K] padded to ``b`` rows: the index table [K, b], its valid flags, and the ``kinds``."""
+        return *self._table(keep_mask, b), self.kinds(keep_mask, b)
+
+    def _table(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor]:
+        """Per block, the rows that keep it first, then the rows that do not (each part in order); and which
+        entries are keepers."""
+        n = keep_mask.shape[0]
+        columns = torch.zeros(self.num_blocks, b, dtype=torch.bool)
+        columns[:, :n] = keep_mask.T
+        rows = torch.argsort((~columns).to(torch.int8), dim=1, stable=True)
+        valid = torch.arange(b).unsqueeze(0) < columns.sum(1).unsqueeze(1)
+        return rows, valid
+
+    @staticmethod
+    def gathers(kinds: list[int | bool | None], b: int) -> bool:
+        """Whether any block of these kinds gathers its rows through the index table (a kept-row bucket below
+        ``b``); a batch whose blocks are all skipped, run on all rows or masked needs no table (every batch of 1)."""
+        return any(kind is not None and kind is not False and kind < b for kind in kinds)
 
     def _host_tables(self, b: int) -> _HostTables | None:
         """The bucket's pinned host tables on CUDA (None on a CPU), once the GPU has read the last batch's."""
@@ -335,8 +351,9 @@ class BucketedEngine:
                 raise ValueError(f"keep_mask must be [{n}, {self.num_blocks}], got {list(keep_mask.shape)}")
             mask = keep_mask.cpu()
             buf.mask[:n].copy_(mask, non_blocking=True)
-        rows, valid, kinds = self.plan(mask, b)
-        self._send_plan(buf, host, rows, valid)
+        kinds = self.kinds(mask, b)
+        if self.gathers(kinds, b):  # else no piece reads the table: neither built nor sent
+            self._send_plan(buf, host, *self._table(mask, b))
         if self.signature_graphs and self.device.type == "cuda":
             self._backbone_by_signature(buf, b, kinds)
         else:
@@ -348,7 +365,7 @@ class BucketedEngine:
         """The signature a batch with host mask ``keep_mask`` [n, K] runs under: its batch bucket and each block's
         kind (at batch 1, the mask itself: every block skipped or run)."""
         b = bucket_for(keep_mask.shape[0], self.buckets)
-        return (b, tuple(self.plan(keep_mask, b)[2]))
+        return (b, tuple(self.kinds(keep_mask, b)))
 
     def _backbone_by_signature(self, buf: _Buffers, b: int, kinds: list[int | bool | None]) -> None:
         """The backbone as one graph for this signature if there is one; else by pieces, and then, if the cache

@@ -69,6 +69,12 @@ def test_the_plan_pads_each_blocks_rows_with_rows_that_do_not_keep_it():
     assert set(rows[0, 3:].tolist()) == {1, 3, 5, 6, 7}  # the padding points at rows that do not keep block 0
     five_of_eight = torch.tensor([1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool).view(8, 1).expand(8, 3)
     assert engine.plan(five_of_eight, 8)[2] == [8, 8, 8]  # 5 keepers would pad to the whole bucket: mask instead
+    # only a kept-row bucket below the batch bucket reads the table; otherwise none is built or sent
+    assert engine.gathers([4, False, None], 8) and not engine.gathers([8, False, None], 8)
+    assert not engine.gathers(engine.kinds(mask[:1], 1), 1)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(engine.infer(x).logits, engine.infer(x, keep_mask=engine.infer(x).keep_mask).logits)
+    assert not engine.buffers(1).rows.any() and not engine.buffers(1).valid.any()  # never sent at batch 1
 
 
 @pytest.mark.parametrize(
