@@ -79,8 +79,9 @@ class Executor(Protocol):
     ImageResult.
 
     Optional, read with a default: ``alive`` (readiness; default True), ``answering`` (whether the variant takes
-    images now, for routing and admission; default True) and ``refuse_if_overloaded()`` (admission's queue check;
-    default: none here, the executor answers for itself)."""
+    images now, for routing and admission; default True), ``refuse_if_overloaded()`` (admission's queue check;
+    default: none here, the executor answers for itself) and ``graphs_in_use`` (whether the processes running the
+    variant captured CUDA graphs, None where unknown; default: the variant as loaded here says)."""
 
     def submit(
         self, tensor: Tensor, deadline: float, threshold: float | None = None, position: int = 0
@@ -381,12 +382,19 @@ class DataPlane:
         return [
             variant.summary()
             | {
+                "cuda_graphs": self.graphs_in_use(name),
                 "traffic_share": shares[name],
                 "shadow": name == self.settings.shadow_variant,
                 "ready": self.warmed_up and self.available(name),
             }
             for name, variant in self.variants.items()
         ]
+
+    def graphs_in_use(self, name: str) -> bool:
+        """Whether the variant runs captured CUDA graphs: as the processes that run it report (the executor's
+        ``graphs_in_use``), else as loaded here (a model that runs in this process, or none has reported yet)."""
+        reported = getattr(self.executors[name], "graphs_in_use", None)
+        return reported if reported is not None else self.variants[name].cuda_graphs
 
     def apply_changes(self, changes: dict[str, dict[str, float]]) -> None:
         """Take operator changes made on another replica of this service (``RuntimeSettings.apply_changes``)."""

@@ -36,6 +36,13 @@ class LocalExecutor(MicroBatcher):
         """Routing and admission: one worker of the variant answers, or the model runs in this process."""
         return any(worker.alive for worker in self.workers) if self.workers else True
 
+    @property
+    def graphs_in_use(self) -> bool | None:
+        """Whether the variant's workers run CUDA graphs, as each reported when it became ready (every one that has
+        must: a worker whose capture failed runs without); None with no worker reporting (the model runs here)."""
+        reported = [worker.cuda_graphs for worker in self.workers if worker.cuda_graphs is not None]
+        return all(reported) if reported else None
+
 
 class LocalBackend:
     names_its_servers = False  # X-Served-By: the process that serves, read by the app

@@ -119,7 +119,7 @@ def _serve_batches(
         variant.infer(buffers.images[:n])
     gc.collect()
     gc.freeze()  # the model lives as long as the process: keep it out of every later collection
-    connection.send(("ready", None))
+    connection.send(("ready", {"cuda_graphs": variant.cuda_graphs}))  # what it runs with, for /v1/models
     while True:
         try:
             rows = connection.recv()
@@ -174,6 +174,7 @@ class InferenceWorker:
         self._buffers = _Buffers.allocate(spec)
         self._child: _Child | None = None
         self._starting: _Child | None = None
+        self.cuda_graphs: bool | None = None  # whether the running child captured CUDA graphs (None: not started)
         self._lock = threading.Lock()  # one batch at a time, and no batch while the child is swapped
         self._stopping = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name=f"supervise-{spec.settings.name}", daemon=True)
@@ -226,7 +227,7 @@ class InferenceWorker:
                     f"the inference worker of variant {self.name!r} did not start in {START_TIMEOUT_S:g} s"
                 )
             try:
-                starting.connection.recv()
+                _, state = starting.connection.recv()
             except EOFError:
                 starting.process.join(5)
                 raise RuntimeError(
@@ -241,6 +242,7 @@ class InferenceWorker:
                 starting.process.join(5)
                 return
             self._child = starting
+            self.cuda_graphs = bool(state["cuda_graphs"])
         if not self._supervisor.is_alive():
             self._supervisor.start()
 

@@ -38,7 +38,7 @@ REPLY = struct.Struct("<IHHIddI")
 HELLO = struct.Struct("<II")
 
 MAX_API_SERVERS = 64
-HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID = range(5)
+HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID, CUDA_GRAPHS = range(6)
 STATUS_FIELDS = 8
 
 
@@ -107,8 +107,9 @@ class SlotRegion:
 
 
 def status_block(path: Path, create: bool = False) -> Tensor:
-    """A process's status: float64 [STATUS_FIELDS], indexed by HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID (an API
-    server's uses HEARTBEAT, READY and PID)."""
+    """A process's status: float64 [STATUS_FIELDS], indexed by HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID and
+    CUDA_GRAPHS (1 when the model server's variant runs captured graphs; an API server's uses HEARTBEAT, READY and
+    PID)."""
     return map_file(path, STATUS_FIELDS * 8, create).view(torch.float64)
 
 

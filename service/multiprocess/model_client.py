@@ -174,6 +174,13 @@ class ModelClient:
 
     answering = alive  # what routing reads: unkeyed requests go to variants that answer
 
+    @property
+    def graphs_in_use(self) -> bool | None:
+        """Whether the variant's ready model servers run CUDA graphs (each says so in its status block; a server
+        whose capture failed runs without); None while none is ready."""
+        ready = [link.status[frames.CUDA_GRAPHS] == 1.0 for link in self.links if link.status[frames.READY] == 1.0]
+        return all(ready) if ready else None
+
     def start(self) -> None:
         for link in self.links:
             link.start()

@@ -151,6 +151,7 @@ class ModelServer:
         listener.listen(frames.MAX_API_SERVERS)
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, None)
+        self.status[frames.CUDA_GRAPHS] = float(self.variant.cuda_graphs)
         self.status[frames.READY] = 1.0
         log.info("model server for variant %s (replica %d) ready", self.spec.name, self.spec.replica)
         while not self._stopping or self.queue:

@@ -153,6 +153,49 @@ def test_models_listing(client):
     assert all(m["executor"] == "plain" and m["cuda_graphs"] is False for m in models)
 
 
+def test_models_listing_says_whether_graphs_run_as_the_model_processes_report(client, monkeypatch):
+    """Where worker processes (or model servers) run the model, they report whether they captured CUDA graphs (a
+    failed capture runs without); /v1/models shows that rather than the setting loaded here."""
+    from service.local_backend import LocalExecutor
+
+    def listed() -> list[bool]:
+        return [m["cuda_graphs"] for m in client.get("/v1/models").json()["models"]]
+
+    monkeypatch.setattr(LocalExecutor, "graphs_in_use", property(lambda self: self.name == "blockdrop"))
+    assert listed() == [True, False]
+    monkeypatch.setattr(LocalExecutor, "graphs_in_use", property(lambda self: None))  # nobody reported: as loaded
+    assert listed() == [False, False]
+
+
+def test_the_graphs_state_of_several_workers_or_model_servers_is_theirs_together():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from service.local_backend import LocalExecutor
+    from service.multiprocess import frames
+    from service.multiprocess.model_client import ModelClient
+
+    def local(*reports: bool | None) -> bool | None:
+        executor = LocalExecutor.__new__(LocalExecutor)  # only its workers matter here
+        executor.workers = [SimpleNamespace(cuda_graphs=report) for report in reports]
+        return executor.graphs_in_use
+
+    assert local() is None and local(None, None) is None
+    assert local(True, None) is True and local(True, False) is False
+
+    def served(*replicas: tuple[float, float]) -> bool | None:
+        links = []
+        for ready, graphs in replicas:
+            status = np.zeros(frames.STATUS_FIELDS)
+            status[frames.READY], status[frames.CUDA_GRAPHS] = ready, graphs
+            links.append(SimpleNamespace(status=status))
+        return ModelClient("v", links, np.zeros(1), 0, 8, 0.25, 1).graphs_in_use
+
+    assert served((0.0, 1.0)) is None  # not ready yet: it has said nothing
+    assert served((1.0, 1.0), (0.0, 0.0)) is True and served((1.0, 1.0), (1.0, 0.0)) is False
+
+
 def test_health(client):
     assert client.get("/healthz/live").json() == {"status": "live"}
     assert client.get("/healthz/ready").json()["status"] == "ready"

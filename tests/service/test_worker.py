@@ -36,7 +36,9 @@ def _spec(artifact, mode: str, max_batch: int = 8) -> tuple[WorkerSpec, object]:
 def test_a_worker_answers_exactly_as_the_model_in_process(artifacts, kind):
     spec, variant = _spec(artifacts[kind], "blockdrop" if kind == "tiny-blockdrop" else "full")
     worker = InferenceWorker(spec, answer_timeout_s=30)
+    assert worker.cuda_graphs is None
     worker.start()
+    assert worker.cuda_graphs is False  # as the child reported when ready: never on a CPU
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the worker's: the same kernels, so the same bits
     try:
