@@ -110,8 +110,9 @@ class VariantModel:
         answers[0]["batches"] = batches
         return answers
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> dict[str, Any]:
+        """Alive, and how this replica runs its model (for /v1/models: a failed capture runs without graphs)."""
+        return {"cuda_graphs": self.variant.cuda_graphs}
 
     def check_health(self) -> None:
         """Ray's periodic health check: a batcher whose thread died makes the replica be replaced."""

@@ -68,6 +68,8 @@ class RemoteVariant:
         self.alive = False  # until the deployment first answers a ping
         # replicas Ray reports running (None: not known yet); none, and a call would wait for a replacement
         self.running_replicas: int | None = None
+        # whether CUDA graphs run, as the replica last pinged said (None: none has answered yet)
+        self.graphs_in_use: bool | None = None
         self._in_flight = 0
         self._accepting = False
 
@@ -108,8 +110,9 @@ class RemoteVariant:
     async def ping(self, timeout_s: float) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
-                await self.handle.ping.remote()
+                state = await self.handle.ping.remote()
             self.alive = True
+            self.graphs_in_use = bool(state["cuda_graphs"])
             if self.running_replicas == 0:  # a replica answered: the controller's count is behind, not zero
                 self.running_replicas = None
         except Exception:  # any failure to answer: not ready
