@@ -37,7 +37,7 @@ from service.variants import ExecutionOptions
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 120.0  # loading and warming a model, at worst
+START_TIMEOUT_S = 120.0  # loading and warming a model, at worst (CUDA-graph capture comes on top)
 HEARTBEAT_EVERY_S = 0.1
 RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S = 1.0, 60.0  # after a failed start: 1, 2, 4 … 60 s
 
@@ -53,6 +53,12 @@ class WorkerUnavailable(ServiceError):
     """The inference worker stopped; the batch is refused while a new one starts."""
 
     status_code = 503
+
+
+def start_timeout_s(execution: ExecutionOptions) -> float:
+    """How long a model's process may take to become ready: loading and warming it, plus the capture budget when
+    it captures CUDA graphs (a budget set longer than the start-up timeout must not get every start killed)."""
+    return START_TIMEOUT_S + (execution.capture_budget_s if execution.cuda_graphs else 0.0)
 
 
 @dataclass(frozen=True)
@@ -221,11 +227,10 @@ class InferenceWorker:
         if starting is None:
             raise RuntimeError(f"the inference worker of variant {self.name!r} was not launched")
         try:
-            if not starting.connection.poll(START_TIMEOUT_S):
+            timeout = start_timeout_s(self.spec.execution)
+            if not starting.connection.poll(timeout):
                 starting.process.kill()
-                raise RuntimeError(
-                    f"the inference worker of variant {self.name!r} did not start in {START_TIMEOUT_S:g} s"
-                )
+                raise RuntimeError(f"the inference worker of variant {self.name!r} did not start in {timeout:g} s")
             try:
                 _, state = starting.connection.recv()
             except EOFError:

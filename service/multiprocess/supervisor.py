@@ -31,7 +31,8 @@ from service.multiprocess.api_server import ApiServerSpec
 from service.multiprocess.model_server import ModelServerSpec
 from service.multiprocess.runtime import RuntimeLayout
 from service.multiprocess.shared_memory import make_runtime_dir, remove_runtime_dir
-from service.worker import RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S, START_TIMEOUT_S
+from service.variants import ExecutionOptions
+from service.worker import RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S, START_TIMEOUT_S, start_timeout_s
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ class Supervisor:
         self._wait_until_ready(self.apis.values())
 
     def _wait_until_ready(self, children) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        timeout = start_timeout_s(ExecutionOptions.from_settings(self.settings))  # model servers may capture graphs
+        deadline = time.monotonic() + timeout
         waiting = list(children)
         while waiting:
             if self._signal is not None:
@@ -168,7 +170,7 @@ class Supervisor:
                         "its log above says why"
                     )
             if time.monotonic() > deadline:
-                raise StartupError(f"{', '.join(c.label for c in waiting)} did not start in {START_TIMEOUT_S:g} s")
+                raise StartupError(f"{', '.join(c.label for c in waiting)} did not start in {timeout:g} s")
             time.sleep(WATCH_EVERY_S)
 
     # starting ------------------------------------------------------------------------------------------------

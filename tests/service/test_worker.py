@@ -277,3 +277,12 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_slowly(artifacts, t
         assert all(gap >= 1 for gap in gaps)
     finally:
         worker.stop()
+
+
+def test_a_model_that_captures_cuda_graphs_gets_its_capture_budget_on_top_of_the_start_up_timeout():
+    from service.variants import ExecutionOptions
+    from service.worker import START_TIMEOUT_S, start_timeout_s
+
+    assert start_timeout_s(ExecutionOptions()) == START_TIMEOUT_S
+    assert start_timeout_s(ExecutionOptions(capture_budget_s=300)) == START_TIMEOUT_S  # no graphs: no capture
+    assert start_timeout_s(ExecutionOptions(cuda_graphs=True, capture_budget_s=300)) == START_TIMEOUT_S + 300
