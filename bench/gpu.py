@@ -444,6 +444,7 @@ def to_markdown(result: dict) -> str:
             f"| {r['pair']} | {r['batch']} | {_fmt(r['full_eager_fp32_ms'])} | {tuned} | "
             f"{_fmt(r['blockdrop_eager_ms'])} | {engine} | {ratio} | {ideal} |"
         )
+    lines += _engine_breakdown(result["rows"])
     if failed := [f"- {r['pair']} batch {r['batch']}: {e}" for r in result["rows"] for e in r.get("errors", [])]:
         lines += ["", "Failed with CUDA graphs (timed without them instead):", "", *failed]
     lines += ["", f"Agreement with fp32 on the CPU over {result['images']} test images (lowest over the pairs):", ""]
@@ -459,6 +460,39 @@ def to_markdown(result: dict) -> str:
             got = "-" if t["got"] is None else f"{t['got']:g}"
             lines.append(f"| {t['target']} | {bound} {t['need']:g} | {got} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _engine_breakdown(rows: list[dict]) -> list[str]:
+    """The BlockDrop engine per way of replaying it, each at its best precision: one graph per piece, or one
+    whole-backbone graph per signature with the share of batches that replayed one (and, at batch 1, how many the
+    artifact's frequent masks gave at the start)."""
+    lines = []
+    for r in rows:
+        times = r.get("timings", {})
+        graph, graph_config = _best(times, ("blockdrop graph",))
+        sgraph, sgraph_config = _best(times, ("blockdrop sgraph",))
+        if graph is None and sgraph is None:
+            continue
+        graph_precision = graph_config.rsplit(" ", 1)[1] if graph_config else "-"
+        precision = sgraph_config.rsplit(" ", 1)[1] if sgraph_config else "-"
+        hits = times.get(f"signature hit rate {precision}")
+        prefilled = times.get(f"signature prefilled {precision}")
+        lines.append(
+            f"| {r['pair']} | {r['batch']} | {_fmt(graph)} ({graph_precision}) | {_fmt(sgraph)} ({precision}) "
+            f"| {'-' if hits is None else f'{hits:.1%}'} | {'-' if prefilled is None else int(prefilled)} |"
+        )
+    if not lines:
+        return []
+    header = [
+        "",
+        "BlockDrop engine per way of replaying it (each at its best precision): a graph per piece, or a whole-backbone "
+        "graph per signature (`sgraph`), with the share of batches that replayed one and the graphs captured from the "
+        "artifact's frequent masks at the start (batch 1):",
+        "",
+        "| pair | batch | per piece | per signature | signature hits | prefilled |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    return header + lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

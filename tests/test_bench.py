@@ -497,6 +497,17 @@ def test_gpu_benchmark_starts_the_batch_1_signature_cache_from_the_artifacts_fre
             assert "signature prefilled fp32" not in times and len(prefilled) == 1
 
 
+def test_gpu_markdown_breaks_the_engine_down_by_way_of_replaying_it():
+    from bench.gpu import _engine_breakdown
+
+    timings = {"blockdrop graph fp32": 2.0, "blockdrop graph bf16": 1.5, "blockdrop sgraph bf16": 1.0}
+    timings |= {"blockdrop sgraph fp32": 1.2, "signature hit rate bf16": 0.865, "signature prefilled bf16": 1024}
+    rows = [{"pair": "r110", "batch": 1, "timings": timings}, {"pair": "r32", "batch": 8, "timings": {}}]
+    lines = _engine_breakdown(rows)
+    assert lines[-1] == "| r110 | 1 | 1.50 ms (bf16) | 1.00 ms (bf16) | 86.5% | 1024 |" and len(lines) == 6
+    assert _engine_breakdown([rows[1]]) == []  # a CPU smoke run captures nothing: no table
+
+
 def test_signatures_benchmark_counts_what_each_cache_rule_would_replay(tmp_path):
     from bench.signatures import by_frequency, by_recency
 
