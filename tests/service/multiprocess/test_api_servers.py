@@ -326,9 +326,9 @@ def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
     has nothing queued of its own) is refused at once (503, "queued ahead"): the queue's depth and batch time live
     at the model server, which every API server reads. api-1 is asked only once its /metrics show the queue: a
     request sent before would be let in and wait behind all 64 images (one CI run saw just that). First requests
-    of one full batch set the model server's batch time: measured on one image, it made the 64 images' patience
-    too short, so most of them expired and the queue emptied at once, before api-1 could be refused (another
-    CI run)."""
+    of one full batch set the model server's batch time: measured on one image, it gives the 64 images a patience
+    too short, so that many expire early and the queue can empty before api-1 asks (the likely cause of another
+    CI run's failure)."""
     batch = {"images": [base64.b64encode(png_bytes(seed=i)).decode() for i in range(64)]}
     with (
         contextlib.closing(client_on(server, "api-0")) as loader,
