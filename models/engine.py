@@ -451,26 +451,18 @@ class BucketedEngine:
         else:  # every key's second element is its batch bucket
             wanted = sorted({key[1] for key in keys} if keys is not None else set(self.buckets))
         report = self.capture_report
-        started = time.perf_counter()
-        reserved = torch.cuda.memory_reserved(self.device)
-        with torch.inference_mode():
+        with self._budgeted(budget_s, budget_bytes) as spent, torch.inference_mode():
             for b in wanted:
                 for key, piece in self.pieces(b, mode):
                     if key in self._graphs or (keys is not None and key not in keys):
                         continue
-                    over_memory = (
-                        budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
-                    )
-                    if over_memory or time.perf_counter() - started > budget_s:
+                    if spent():
                         report.skipped += 1
                         continue
                     self._graphs[key] = self._capture_one(piece)
                     report.graphs += 1
                 if b not in report.batch_buckets:
                     report.batch_buckets.append(b)
-        torch.cuda.synchronize(self.device)
-        report.seconds += time.perf_counter() - started
-        report.bytes += torch.cuda.memory_reserved(self.device) - reserved
         log.info(
             "captured %d CUDA graphs for batch buckets %s in %.1f s, %.1f MiB (%d pieces left eager: over budget)",
             report.graphs,
@@ -507,18 +499,11 @@ class BucketedEngine:
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
         buf = self.buffers(1)
-        report = self.capture_report
         started = time.perf_counter()
-        reserved = torch.cuda.memory_reserved(self.device)
         captured = 0
-        with torch.inference_mode():
+        with self._budgeted(budget_s, budget_bytes) as spent, torch.inference_mode():
             for mask in masks:
-                over_memory = (
-                    budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
-                )
-                if len(self.signatures) >= self.signature_graphs or over_memory:
-                    break
-                if time.perf_counter() - started > budget_s:
+                if len(self.signatures) >= self.signature_graphs or spent():
                     break
                 key = self.signature_of(mask.view(1, -1))
                 if key in self.signatures:
@@ -527,13 +512,26 @@ class BucketedEngine:
                 graph = self._capture_one(piece, True, "thread_local")
                 self.signatures.prefill(key, graph)
                 captured += 1
-        torch.cuda.synchronize(self.device)
+        self.capture_report.signature_graphs += captured
         seconds = time.perf_counter() - started
-        report.signature_graphs += captured
-        report.seconds += seconds
-        report.bytes += torch.cuda.memory_reserved(self.device) - reserved
         log.info("captured %d signature graphs of %d masks in %.1f s", captured, len(masks), seconds)
         return captured
+
+    @contextmanager
+    def _budgeted(self, budget_s: float, budget_bytes: int | None) -> Iterator[Callable[[], bool]]:
+        """Within it, a function that says whether ``budget_s`` has passed or the GPU memory reserved since the start
+        passes ``budget_bytes``; on leaving it normally, the seconds and memory it took go to the capture report."""
+        started = time.perf_counter()
+        reserved = torch.cuda.memory_reserved(self.device)
+
+        def spent() -> bool:
+            over_memory = budget_bytes is not None and torch.cuda.memory_reserved(self.device) - reserved > budget_bytes
+            return over_memory or time.perf_counter() - started > budget_s
+
+        yield spent  # (a capture that raises leaves the report as it was)
+        torch.cuda.synchronize(self.device)
+        self.capture_report.seconds += time.perf_counter() - started
+        self.capture_report.bytes += torch.cuda.memory_reserved(self.device) - reserved
 
     @contextmanager
     def recording(self) -> Iterator[set[tuple]]:
