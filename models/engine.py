@@ -269,13 +269,9 @@ class BucketedEngine:
                 kinds.append(bucket_for(count, self.buckets) if count < b else b)
         return kinds
 
-    def plan(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor, list[int | bool | None]]:
-        """For a host mask [n, K] padded to ``b`` rows: the index table [K, b], its valid flags, and the ``kinds``."""
-        return *self._table(keep_mask, b), self.kinds(keep_mask, b)
-
-    def _table(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor]:
-        """Per block, the rows that keep it first, then the rows that do not (each part in order); and which
-        entries are keepers."""
+    def table(self, keep_mask: Tensor, b: int) -> tuple[Tensor, Tensor]:
+        """The index table [K, b] of host mask ``keep_mask`` [n, K] padded to ``b`` rows: per block, the rows that
+        keep it first, then the rows that do not (each part in order); and its valid flags (which are keepers)."""
         n = keep_mask.shape[0]
         columns = torch.zeros(self.num_blocks, b, dtype=torch.bool)
         columns[:, :n] = keep_mask.T
@@ -353,7 +349,7 @@ class BucketedEngine:
             buf.mask[:n].copy_(mask, non_blocking=True)
         kinds = self.kinds(mask, b)
         if self.gathers(kinds, b):  # else no piece reads the table: neither built nor sent
-            self._send_plan(buf, host, *self._table(mask, b))
+            self._send_plan(buf, host, *self.table(mask, b))
         if self.signature_graphs and self.device.type == "cuda":
             self._backbone_by_signature(buf, b, kinds)
         else:

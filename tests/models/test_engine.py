@@ -63,12 +63,12 @@ def test_the_plan_pads_each_blocks_rows_with_rows_that_do_not_keep_it():
     model = _tiny_blockdrop(8)  # 3 blocks
     engine = BucketedEngine(model, max_batch=8)
     mask = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
-    rows, valid, kinds = engine.plan(mask, 8)
+    (rows, valid), kinds = engine.table(mask, 8), engine.kinds(mask, 8)
     assert kinds == [4, False, None]  # 3 rows keep block 0 (bucket 4), none block 1, all block 2
     assert rows[0, :3].tolist() == [0, 2, 4] and valid[0].tolist() == [True] * 3 + [False] * 5
     assert set(rows[0, 3:].tolist()) == {1, 3, 5, 6, 7}  # the padding points at rows that do not keep block 0
     five_of_eight = torch.tensor([1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool).view(8, 1).expand(8, 3)
-    assert engine.plan(five_of_eight, 8)[2] == [8, 8, 8]  # 5 keepers would pad to the whole bucket: mask instead
+    assert engine.kinds(five_of_eight, 8) == [8, 8, 8]  # 5 keepers would pad to the whole bucket: mask instead
     # only a kept-row bucket below the batch bucket reads the table; otherwise none is built or sent
     assert engine.gathers([4, False, None], 8) and not engine.gathers([8, False, None], 8)
     assert not engine.gathers(engine.kinds(mask[:1], 1), 1)
