@@ -5,7 +5,7 @@ more until the batch is full or the wait is over, runs the variant once and reso
 only while more images for this variant are on their way (decoding), so a lone request is not delayed.
 
 The queue is bounded by waiting time, not only by count: an image is refused at once (503 with Retry-After) when
-the batches ahead of it would take longer than the queue-wait budget (from a moving average of the batch time),
+the batches ahead of it would take longer than the queue-wait budget (from the time a full batch takes),
 or when the queue is full; an image that still waited past the budget is answered 503 rather than run late, and
 one whose deadline passed is not run. So under any overload a served image waited at most about the budget.
 """
@@ -84,7 +84,7 @@ class MicroBatcher:
         self.queue_limit = queue_limit
         self.retry_after_s = retry_after_s
         self.wait_budget_s = wait_budget_s
-        self.batch_seconds = 0.0  # moving average of the time a batch takes, once one ran
+        self.batch_time = BatchTime(max_batch_size)
         self._on_batch = on_batch
         self._queue: queue.Queue = queue.Queue(maxsize=queue_limit)
         self._incoming = 0  # images routed here and still being decoded
@@ -119,7 +119,7 @@ class MicroBatcher:
             raise Overloaded(f"variant {self.name!r} is shutting down", self.retry_after_s)
         if position == 0:
             self.refuse_if_overloaded()
-        own_batches_s = (position // self.max_batch_size) * self.batch_seconds / len(self._replicas)
+        own_batches_s = (position // self.max_batch_size) * self.batch_time.seconds / len(self._replicas)
         loop = asyncio.get_running_loop()
         item = _Item(
             tensor,
@@ -140,10 +140,10 @@ class MicroBatcher:
         return item.future
 
     def expected_wait(self) -> float:
-        """Seconds a new image would wait: the full batches ahead of it, shared by the replicas, at the average
-        batch time (0 until a batch has run)."""
+        """Seconds a new image would wait: the full batches ahead of it, shared by the replicas, at the time a full
+        batch takes (0 until a batch has run)."""
         batches_ahead = self._queue.qsize() // self.max_batch_size
-        return batches_ahead * self.batch_seconds / len(self._replicas)
+        return batches_ahead * self.batch_time.seconds / len(self._replicas)
 
     def refuse_if_overloaded(self) -> None:
         """Refuse a new request (503, Retry-After) whose first image would wait past the queue-wait budget."""
@@ -231,7 +231,7 @@ class MicroBatcher:
         # the model's own time where the worker measured it, else the call's
         seconds = getattr(result, "model_seconds", None) or time.monotonic() - started
         elapsed = time.monotonic() - started  # what the queue waits for: the hand-over included
-        self.batch_seconds = smoothed(self.batch_seconds, elapsed)
+        self.batch_time.observe(len(live), elapsed)
         if self._on_batch is not None:
             self._on_batch(result, seconds)
         flops = result.flops.tolist()
@@ -265,8 +265,30 @@ def too_late(
     return None
 
 
+class BatchTime:
+    """The time a full batch takes, which admission estimates waits from: the queue ahead of an image is drained in
+    full batches. A moving average over full batches once one ran; before that, over every batch (the best guess
+    there is, low while only small ones ran). Averaging small and full batches together would underestimate the
+    wait for a burst that follows single-image traffic by the ratio of their times."""
+
+    def __init__(self, full_size: int):
+        self.full_size = full_size
+        self._any = 0.0  # every batch's time
+        self._full = 0.0  # full batches' time
+
+    def observe(self, size: int, seconds: float) -> None:
+        self._any = smoothed(self._any, seconds)
+        if size >= self.full_size:
+            self._full = smoothed(self._full, seconds)
+
+    @property
+    def seconds(self) -> float:
+        """0 until a batch has run."""
+        return self._full or self._any
+
+
 def smoothed(average: float, seconds: float) -> float:
-    """The moving average of batch time with the newest batch's ``seconds`` in (the first batch sets it)."""
+    """The moving average with the newest ``seconds`` in (the first value sets it)."""
     return seconds if average == 0 else average + BATCH_TIME_SMOOTHING * (seconds - average)
 
 

@@ -9,8 +9,8 @@ Frames are fixed-size structs (plus an error's message): no pickles cross, and n
 processes can reach the sockets (they live in the 0700 runtime folder).
 
 Each model server also has a *status* block its supervisor and every API server read: its heartbeat (the
-monotonic clock, which every process on the machine shares), whether its model is ready, its queue depth and its
-moving-average batch time (what admission estimates a new image's wait from); each API server has one too (its
+monotonic clock, which every process on the machine shares), whether its model is ready, its queue depth and the
+time a full batch takes (what admission estimates a new image's wait from); each API server has one too (its
 event loop's heartbeat, and whether it serves), which its supervisor reads. Each variant has an *incoming*
 block: images each API server is decoding for it, so that the model server waits for more only while some are
 on their way.

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from models.device import resolve_device
-from service.batching import smoothed, thresholds_of, too_late
+from service.batching import BatchTime, thresholds_of, too_late
 from service.config import Settings
 from service.errors import Overloaded, ServiceError
 from service.libc import name_process, signal_on_parent_death
@@ -134,7 +134,7 @@ class ModelServer:
         if spec.restarted:
             self.metrics.worker_restarts.labels(spec.name).inc()
         self.queue: collections.deque[_Image] = collections.deque()
-        self.batch_seconds = 0.0
+        self.batch_time = BatchTime(s.max_batch_size)
         self.selector = selectors.DefaultSelector()
         self._stopping = False
 
@@ -218,7 +218,7 @@ class ModelServer:
             self._flush(client)
             return
         # a request's later images may also wait for the batches of its earlier ones
-        patience = s.queue_wait_budget_ms / 1000 + (position // s.max_batch_size) * self.batch_seconds
+        patience = s.queue_wait_budget_ms / 1000 + (position // s.max_batch_size) * self.batch_time.seconds
         self.queue.append(_Image(client, slot, sent, deadline, threshold, patience))
 
     def _gather(self) -> list[_Image]:
@@ -263,8 +263,8 @@ class ModelServer:
                 image.client.replies.append(_refusal(image.slot, refusal))
             return
         seconds = time.monotonic() - started
-        self.batch_seconds = smoothed(self.batch_seconds, seconds)
-        self.status[frames.BATCH_SECONDS] = self.batch_seconds
+        self.batch_time.observe(n, seconds)
+        self.status[frames.BATCH_SECONDS] = self.batch_time.seconds
         self.metrics.observe_batch(self.spec.name, result, seconds, self.variant.full_flops)
         flops = result.flops.tolist()
         for row, image in enumerate(live):

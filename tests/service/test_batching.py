@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.blockdrop import InferenceResult
-from service.batching import MicroBatcher
+from service.batching import BATCH_TIME_SMOOTHING, BatchTime, MicroBatcher
 from service.errors import DeadlineExceeded, Overloaded, ServiceError
 
 
@@ -160,6 +160,54 @@ def test_images_that_would_wait_past_the_budget_are_refused_at_once():
     assert served and all(r.queue_seconds <= 0.25 for r in served)  # none ran after waiting past the budget
     late = [o for o in outcomes if isinstance(o, Exception)]
     assert all(isinstance(o, Overloaded) and "waited" in o.message for o in late)
+
+
+def test_a_burst_after_lone_images_is_judged_by_the_time_of_a_full_batch():
+    """The queue ahead drains in full batches: after lone images that take 10 ms, one full batch of 200 ms sets the
+    estimate (a moving average over all batches would still say ~50 ms, and admit four times the budget to refuse it
+    later, after the wait)."""
+    sizes: list[int] = []
+
+    def infer(batch: torch.Tensor) -> InferenceResult:
+        return _slow_model(0.01 if len(batch) == 1 else 0.2, sizes)(batch)
+
+    batcher = MicroBatcher("t", infer, max_batch_size=4, max_wait_s=1, queue_limit=1000, wait_budget_s=0.25)
+    batcher.start()
+
+    async def scenario():
+        for _ in range(5):
+            await batcher.submit(torch.zeros(1), _far())
+        batcher.expect(4)  # four on their way: the batch waits for them
+        full = [batcher.submit(torch.zeros(1), _far()) for _ in range(4)]
+        batcher.expect(-4)
+        await asyncio.gather(*full)
+        futures, refused = [], 0
+        for _ in range(16):
+            try:
+                futures.append(batcher.submit(torch.zeros(1), _far()))
+            except Overloaded:
+                refused += 1
+        await asyncio.gather(*futures, return_exceptions=True)
+        return refused
+
+    refused = asyncio.run(scenario())
+    batcher.stop()
+    assert sizes[:6] == [1, 1, 1, 1, 1, 4]
+    # refused once 2 full batches (0.4 s) were queued ahead: 8 queued, at most 4 more taken by the running batch
+    assert 4 <= refused <= 8
+
+
+def test_the_batch_time_is_a_full_batchs_once_one_ran():
+    clock = BatchTime(full_size=8)
+    assert clock.seconds == 0
+    clock.observe(1, 0.01)
+    assert clock.seconds == pytest.approx(0.01)  # the best guess before a full batch
+    clock.observe(8, 0.2)
+    for _ in range(20):
+        clock.observe(1, 0.01)
+    assert clock.seconds == pytest.approx(0.2)
+    clock.observe(8, 0.3)
+    assert clock.seconds == pytest.approx(0.2 + BATCH_TIME_SMOOTHING * 0.1)
 
 
 def test_a_replica_whose_model_is_down_leaves_the_queue_to_the_others():
