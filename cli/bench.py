@@ -20,6 +20,7 @@ BENCHMARKS = {
     "protocols": "bench.protocols",
     "overload": "bench.overload",
     "hostile": "bench.hostile",
+    "startup": "bench.startup",
     "ray": "bench.ray_serve",
     "results": "bench.results_table",
     "calibration-plot": "bench.calibration_plot",

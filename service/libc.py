@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 
-PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+PR_SET_NAME = 15
 
 
 @functools.cache
@@ -34,13 +34,3 @@ def name_process(name: str) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-def signal_on_parent_death(signal_number: int) -> None:
-    """Have the kernel send ``signal_number`` to this process when the thread that started it ends (for a process
-    started by its parent's main thread: when the parent dies, however it died)."""
-    libc = _libc()
-    if libc is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc.prctl(PR_SET_PDEATHSIG, signal_number, 0, 0, 0)

@@ -32,6 +32,7 @@ from torch import Tensor
 from models.blockdrop import InferenceResult
 from service.config import VariantSettings
 from service.errors import ServiceError
+from service.fork_server import Lifeline, fork_server_context, service_gone
 from service.libc import name_process
 from service.variants import ExecutionOptions
 
@@ -98,11 +99,11 @@ class _Buffers:
         )
 
 
-def _beat(heartbeat: ctypes.c_double, parent: int) -> None:
+def _beat(heartbeat: ctypes.c_double, lifeline: multiprocessing.connection.Connection) -> None:
     """The worker's heartbeat, beside whatever the main thread does; it ends the worker if the service is gone."""
     while True:
         heartbeat.value = time.monotonic()
-        if os.getppid() != parent:  # the service died without stopping us: nobody will ever send a batch
+        if service_gone(lifeline):  # the service died without stopping us: nobody will ever send a batch
             os._exit(0)
         time.sleep(HEARTBEAT_EVERY_S)
 
@@ -112,11 +113,11 @@ def _serve_batches(
     spec: WorkerSpec,
     buffers: _Buffers,
     heartbeat: ctypes.c_double,
-    parent: int,
+    lifeline: multiprocessing.connection.Connection,
 ) -> None:
     """The worker process: load the variant, warm it up, then run each batch it is told about until told to stop."""
     name_process(f"bd:{spec.settings.name}")
-    threading.Thread(target=_beat, args=(heartbeat, parent), name="heartbeat", daemon=True).start()
+    threading.Thread(target=_beat, args=(heartbeat, lifeline), name="heartbeat", daemon=True).start()
     torch.set_num_threads(spec.torch_threads)
     from service.variants import load_variant
 
@@ -176,7 +177,8 @@ class InferenceWorker:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_restart = on_restart
         self._failed_starts = 0  # in a row: each waits longer before the next try
-        self._context = mp.get_context("spawn")  # never fork a process that holds threads and torch state
+        self._context = fork_server_context(__name__)  # never fork the service: it holds threads and torch state
+        self._lifeline = Lifeline(self._context)
         self._buffers = _Buffers.allocate(spec)
         self._child: _Child | None = None
         self._starting: _Child | None = None
@@ -213,7 +215,7 @@ class InferenceWorker:
             heartbeat = self._context.Value("d", time.monotonic(), lock=False)
             process = self._context.Process(
                 target=_serve_batches,
-                args=(child, self.spec, self._buffers, heartbeat, os.getpid()),
+                args=(child, self.spec, self._buffers, heartbeat, self._lifeline.end),
                 name=f"blockdrop-worker-{self.name}",
             )
             process.daemon = True

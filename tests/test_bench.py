@@ -249,8 +249,23 @@ def test_hostile_short_version(tmp_path):
     assert {row["case"] for row in result["repros"]} >= {"one 128 MB header", "half a header, then silence"}
     hung = result["hung_worker"]
     assert hung["not_ready_after_s"] is not None and hung["pinned_status"] == 503 and hung["hung_worker_killed"]
+    assert hung["replaced_after_s"] > hung["not_ready_after_s"]
     assert set(result["overload"]["statuses"]) <= {"200", "503"}
     assert "Hung worker" in (tmp_path / "hostile.md").read_text()
+
+
+def test_startup_benchmark_times_start_and_replacement_against_a_baseline_checkout(tmp_path):
+    from bench.load import ROOT
+
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    args = ["bench", "startup", "--repeats", "1", "--settle-seconds", "0", "--baseline-checkout", str(ROOT)]
+    args += ["--variant", f"full={artifacts['tiny-resnet']}:full", "--out", str(tmp_path)]
+    assert blockdrop(args) == 0
+    result = json.loads((tmp_path / "startup.json").read_text())
+    for name in ("this", "baseline"):
+        assert result["runs"][name]["ready_s"][0] > 0 and result["runs"][name]["replaced_s"][0] > 0
+    assert set(result["baseline_over_this"]) == {"ready_s", "replaced_s"}
+    assert "worker killed" in (tmp_path / "startup.md").read_text()
 
 
 def test_soak_reports_the_peak_memory_of_each_quarter():

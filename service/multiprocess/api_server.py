@@ -11,11 +11,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import numpy as np
 import uvicorn
 
 from service.config import Settings
+from service.fork_server import service_gone
 from service.libc import name_process
 from service.multiprocess import frames
 from service.multiprocess.runtime import RuntimeLayout
@@ -32,7 +34,7 @@ class ApiServerSpec:
     settings: Settings
     index: int
     layout: RuntimeLayout
-    supervisor: int
+    lifeline: Connection  # reads end-of-file once the supervisor is gone (service/fork_server.py)
     log_level: str | None = None
 
     @property
@@ -68,7 +70,7 @@ class BeatingServer(DrainingServer):
 
 
 def main(spec: ApiServerSpec, listener: socket.socket) -> None:
-    """The process's entry point (spawned by the supervisor)."""
+    """The process's entry point (started by the supervisor)."""
     os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
     name_process(f"bd-{spec.name}")
     os.environ[NAME_ENV] = spec.name  # X-Served-By
@@ -82,16 +84,16 @@ def main(spec: ApiServerSpec, listener: socket.socket) -> None:
     app = create_app(settings, backend=backend)
     status = frames.status_block(spec.layout.api_status(spec.index)).numpy()
     server = BeatingServer(uvicorn_config(app, settings, spec.log_level), settings.prestop_s, status)
-    threading.Thread(target=_watch, args=(spec.supervisor, spec.layout), name="watch", daemon=True).start()
+    threading.Thread(target=_watch, args=(spec.lifeline, spec.layout), name="watch", daemon=True).start()
     server.run(sockets=[listener])
-    if os.getppid() != spec.supervisor:  # drained after the supervisor was killed: nobody else will clean up
+    if service_gone(spec.lifeline):  # drained after the supervisor was killed: nobody else will clean up
         remove_runtime_dir(spec.layout.root)
 
 
-def _watch(supervisor: int, layout: RuntimeLayout) -> None:
-    """End the process (and the runtime folder) if the supervisor was killed. (Not a parent-death signal: uvicorn
-    re-raises the signal once it has drained, which would end the process before it could remove the folder.)"""
-    while os.getppid() == supervisor:
+def _watch(lifeline: Connection, layout: RuntimeLayout) -> None:
+    """End the process (and the runtime folder) if the supervisor was killed (it is not this process's parent:
+    the fork server is, and that lives as long as any child does)."""
+    while not service_gone(lifeline):
         time.sleep(WATCH_EVERY_S)
     remove_runtime_dir(layout.root)
     os._exit(0)

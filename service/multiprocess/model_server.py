@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ from models.device import resolve_device
 from service.batching import BatchTime, thresholds_of, too_late
 from service.config import Settings
 from service.errors import Overloaded, ServiceError
-from service.libc import name_process, signal_on_parent_death
+from service.fork_server import service_gone
+from service.libc import name_process
 from service.multiprocess import frames
 from service.multiprocess.frames import HELLO, REQUEST, Reply, SlotRegion, SlotShape
 from service.multiprocess.runtime import RuntimeLayout
@@ -52,7 +54,7 @@ class ModelServerSpec:
     replica: int
     layout: RuntimeLayout
     torch_threads: int
-    supervisor: int  # pid: a model server whose supervisor is gone exits
+    lifeline: Connection  # reads end-of-file once the supervisor is gone (service/fork_server.py)
     restarted: bool = False  # replaces one that was lost: counted in blockdrop_worker_restarts
 
     @property
@@ -61,14 +63,13 @@ class ModelServerSpec:
 
 
 def main(spec: ModelServerSpec) -> None:
-    """The process's entry point (spawned by the supervisor)."""
+    """The process's entry point (started by the supervisor)."""
     os.setpgid(0, 0)  # signals come from the supervisor, not from a terminal's Ctrl-C to the whole group
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal_on_parent_death(signal.SIGKILL)  # a killed supervisor (the heartbeat thread also checks, and cleans up)
     name_process(f"bd:{spec.name}")
     status = frames.status_block(spec.layout.status(spec.variant, spec.replica)).numpy()
     status[frames.PID] = os.getpid()
-    beat = (status, spec.supervisor, spec.layout)
+    beat = (status, spec.lifeline, spec.layout)
     threading.Thread(target=_beat, args=beat, name="heartbeat", daemon=True).start()
     from service.request_log import configure_logging
 
@@ -78,10 +79,10 @@ def main(spec: ModelServerSpec) -> None:
     server.serve()
 
 
-def _beat(status, supervisor: int, layout: RuntimeLayout) -> None:
+def _beat(status, lifeline: Connection, layout: RuntimeLayout) -> None:
     while True:
         status[frames.HEARTBEAT] = time.monotonic()
-        if os.getppid() != supervisor:  # the supervisor was killed: nobody else will clean up
+        if service_gone(lifeline):  # the supervisor was killed: nobody else will clean up
             remove_runtime_dir(layout.root)
             os._exit(0)
         time.sleep(HEARTBEAT_EVERY_S)

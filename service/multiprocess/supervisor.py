@@ -26,6 +26,7 @@ import numpy as np
 import torch.multiprocessing as mp
 
 from service.config import Settings
+from service.fork_server import Lifeline, fork_server_context
 from service.multiprocess import api_server, frames, model_server, shared_state
 from service.multiprocess.api_server import ApiServerSpec
 from service.multiprocess.model_server import ModelServerSpec
@@ -81,7 +82,9 @@ class Supervisor:
         self.settings = settings
         self.api_server_count = api_servers
         self.log_level = log_level
-        self.context = mp.get_context("spawn")
+        # the API servers' and model servers' modules imported once, in the fork server (service/fork_server.py)
+        self.context = fork_server_context(model_server.__name__, api_server.__name__, "service.app")
+        self.lifeline = Lifeline(self.context)
         self.layout = RuntimeLayout(make_runtime_dir())
         self.listener: socket.socket | None = None
         self.models: dict[tuple[int, int], Child] = {}
@@ -177,7 +180,7 @@ class Supervisor:
     def _start_model(self, key: tuple[int, int], child: Child, restarted: bool = False) -> None:
         child.reset_status()  # loading counts as alive until its own heartbeat takes over
         threads = self.settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)
-        spec = ModelServerSpec(self.settings, key[0], key[1], self.layout, threads, os.getpid(), restarted=restarted)
+        spec = ModelServerSpec(self.settings, key[0], key[1], self.layout, threads, self.lifeline.end, restarted)
         child.process = self.context.Process(target=model_server.main, args=(spec,), name=f"bd:{child.label}")
         child.process.daemon = True
         child.process.start()
@@ -187,7 +190,7 @@ class Supervisor:
         for block in self.incoming:
             block[index] = 0  # a lost predecessor's images are not coming
         child.reset_status()
-        spec = ApiServerSpec(self.settings, index, self.layout, os.getpid(), self.log_level)
+        spec = ApiServerSpec(self.settings, index, self.layout, self.lifeline.end, self.log_level)
         child.process = self.context.Process(
             target=api_server.main, args=(spec, self.listener), name=f"bd-{child.label}"
         )

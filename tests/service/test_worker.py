@@ -19,6 +19,7 @@ from service.config import VariantSettings
 from service.variants import ExecutionOptions, load_variant
 from service.worker import InferenceWorker, WorkerSpec, WorkerUnavailable
 from tests.service.conftest import make_settings, png_bytes
+from tests.service.live_server import Server
 
 PNG = {"content-type": "image/png"}
 
@@ -162,9 +163,10 @@ def test_a_runtime_threshold_reaches_the_worker_processes(artifacts):
         assert masks == {0.001: "111", 0.999: "000"}
 
 
-def _children(pid: int) -> set[int]:
-    """Live child processes of ``pid`` (from /proc; zombies, already dead, left out)."""
-    found = set()
+def _descendants(pid: int) -> set[int]:
+    """Live processes below ``pid`` (from /proc; zombies, already dead, left out): the workers are children of
+    multiprocessing's fork server, itself a child of the service."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -173,8 +175,12 @@ def _children(pid: int) -> set[int]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry))
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), list(children.get(pid, []))
+    while todo:
+        found.add(current := todo.pop())
+        todo += children.get(current, [])
     return found
 
 
@@ -190,7 +196,7 @@ def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts
         os.kill(first, signal.SIGSTOP)
         assert _wait(lambda: not worker.alive, timeout=2.5)
         assert _wait(lambda: worker.alive and restarts)
-        assert worker.pid != first and first not in _children(os.getpid())
+        assert worker.pid != first and first not in _descendants(os.getpid())
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
         worker.stop()
@@ -223,11 +229,11 @@ def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once
 
 def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifacts):
     settings = make_settings(artifacts, inference_workers="process", worker_heartbeat_timeout_s=1)
-    others = _children(os.getpid())  # e.g. multiprocessing's resource tracker, from earlier tests
+    others = _descendants(os.getpid())  # e.g. multiprocessing's helpers, from earlier tests
     with TestClient(create_app(settings)) as client:
         backend = client.app.state.backend
         workers = {w.pid for replicas in backend.workers.values() for w in replicas}
-        assert workers <= _children(os.getpid())
+        assert workers <= _descendants(os.getpid())
         os.kill(backend.workers["full"][0].pid, signal.SIGSTOP)
         # a request in flight on the hung worker while the service shuts down
         answers = []
@@ -239,21 +245,50 @@ def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifa
     pinned.join(30)
     assert [a.status_code for a in answers] == [503]
     # the context exit ran the service's shutdown: every worker is gone and none was started meanwhile
-    assert _wait(lambda: not _children(os.getpid()) - others - _resource_trackers(), timeout=15)
+    assert _wait(lambda: not _descendants(os.getpid()) - others - _helpers(), timeout=15)
     assert all(not w.alive for replicas in backend.workers.values() for w in replicas)
 
 
-def _resource_trackers() -> set[int]:
-    """multiprocessing's resource tracker (one per process that shared memory): not a worker."""
-    trackers = set()
-    for pid in _children(os.getpid()):
+def test_a_killed_service_leaves_no_worker_behind(artifacts):
+    """SIGKILL runs no shutdown: the fork server ends with the service, and each worker when its pipe to the
+    service closes (or, busy loading, when its parent changes)."""
+    variants = [{"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full"}]
+    server = Server(variants, inference_workers="process", worker_replicas=2)
+    below = _descendants(server.process.pid)
+    workers = {pid for pid in below if _comm(pid) == "bd:full"}
+    assert len(workers) == 2
+    server.process.kill()
+    server.process.wait()
+    assert _wait(lambda: not any(_alive(pid) for pid in below), timeout=10), "a child outlived the service"
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _helpers() -> set[int]:
+    """multiprocessing's resource tracker and fork server (one each, once a process used them): not workers."""
+    helpers = set()
+    for pid in _descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"resource_tracker" in cmdline.read():
-                    trackers.add(pid)
+                if b"resource_tracker" in (line := cmdline.read()) or b"forkserver" in line:
+                    helpers.add(pid)
         except OSError:
             continue
-    return trackers
+    return helpers
 
 
 def test_a_worker_that_cannot_start_is_tried_again_ever_more_slowly(artifacts, tmp_path):

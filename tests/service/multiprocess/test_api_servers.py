@@ -121,8 +121,9 @@ def wait_for_replacement(server: Server, name: str, lost: int, seconds: float = 
 
 
 def children(pid: int) -> dict[int, str]:
-    """The processes whose parent is ``pid``, with their names (``bd-api-N``, ``bd:VARIANT``)."""
-    found = {}
+    """The processes below ``pid``, with their names (``bd-api-N``, ``bd:VARIANT``; the servers are children of
+    multiprocessing's fork server, itself a child of the supervisor)."""
+    below: dict[int, list[tuple[int, str]]] = {}
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             text = Path(stat).read_text()
@@ -130,8 +131,12 @@ def children(pid: int) -> dict[int, str]:
             continue
         name = text[text.index("(") + 1 : text.rindex(")")]
         ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        if ppid == pid:
-            found[int(Path(stat).parent.name)] = name
+        below.setdefault(ppid, []).append((int(Path(stat).parent.name), name))
+    found, todo = {}, [pid]
+    while todo:
+        for child, name in below.get(todo.pop(), []):
+            found[child] = name
+            todo.append(child)
     return found
 
 

@@ -1,0 +1,164 @@
+"""Start-up and recovery: seconds until a service answers ready, and until a killed inference worker is replaced.
+
+Each run starts ``blockdrop serve`` on the shipped checkpoints (the default variants, or ``--variant``s), times it until
+``/healthz/ready`` answers 200, SIGKILLs the ``--victim`` variant's worker and times until a request pinned to that
+variant is answered 200 again. With ``--baseline-checkout DIR`` the same runs of another checkout (an older
+commit) take turns with these, and the JSON and table give their paired ratios.
+
+    blockdrop bench startup --repeats 5 --baseline-checkout ../old
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.common import RESULTS, machine_description, paired_median_ratio, process_tree, write_results
+from bench.load import ROOT, Process, free_port
+from bench.variants import add_variant_option, parse_variants
+from service.config import VariantSettings
+
+READY_PATH = "/healthz/ready"
+
+
+def start(checkout: Path, api_servers: int, variants: dict[str, VariantSettings]) -> tuple[Process, float]:
+    """``blockdrop serve`` from ``checkout`` (its default variants unless ``variants``), and the seconds until it
+    answered ready."""
+    port = free_port()
+    env = {"BLOCKDROP_PORT": str(port), "BLOCKDROP_GRPC_PORT": "0", "BLOCKDROP_API_SERVERS": str(api_servers)}
+    env |= {"PYTHONPATH": str(checkout)}
+    if variants:
+        served = [variant.model_dump(mode="json", exclude_defaults=True) for variant in variants.values()]
+        env["BLOCKDROP_VARIANTS"] = json.dumps(served)
+    started = time.monotonic()
+    command = [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"]
+    server = Process(command, env, port, READY_PATH, checkout)
+    return server, time.monotonic() - started
+
+
+def worker_pid(root: int, variant: str) -> int:
+    """The process named ``bd:VARIANT`` below ``root`` (an inference worker, or a model server)."""
+    for pid in process_tree(root):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == f"bd:{variant}"[:15]:
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError(f"no process for variant {variant} below {root}")
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def replace_seconds(server: Process, variant: str, image: bytes, timeout_s: float = 120) -> float:
+    """SIGKILL ``variant``'s worker; the seconds until a request pinned to it is answered 200 again."""
+    victim = worker_pid(server.process.pid, variant)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    while not _ended(victim):
+        time.sleep(0.01)
+    url = f"{server.url}/v1/classify?variant={variant}"
+    with httpx.Client(timeout=30) as client:
+        while time.monotonic() - killed < timeout_s:
+            if client.post(url, content=image, headers={"content-type": "image/png"}).status_code == 200:
+                return time.monotonic() - killed
+            time.sleep(0.02)
+    raise RuntimeError(f"the worker of {variant} was not replaced in {timeout_s:g} s")
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (120, 60, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(args: argparse.Namespace) -> dict:
+    checkouts = {"this": ROOT}
+    if args.baseline_checkout:
+        checkouts["baseline"] = Path(args.baseline_checkout).resolve()
+    runs: dict[str, dict[str, list[float]]] = {name: {"ready_s": [], "replaced_s": []} for name in checkouts}
+    image = png()
+    variants = parse_variants(args.variant) if args.variant else {}
+    for _ in range(args.repeats):
+        for name, checkout in checkouts.items():  # in turns: a drifting machine affects both alike
+            server, ready = start(checkout, args.api_servers, variants)
+            try:
+                time.sleep(args.settle_seconds)  # nothing else starting: the kill is timed on a quiet service
+                replaced = replace_seconds(server, args.victim, image)
+            finally:
+                server.stop()
+            runs[name]["ready_s"].append(round(ready, 3))
+            runs[name]["replaced_s"].append(round(replaced, 3))
+            print(f"{name}: ready {ready:.2f} s, {args.victim}'s worker replaced {replaced:.2f} s", flush=True)
+    result = {
+        "machine": machine_description(),
+        "api_servers": args.api_servers,
+        "victim": args.victim,
+        "variants": {name: str(v.artifact) for name, v in (variants or parse_variants([])).items()},
+        "repeats": args.repeats,
+        "commits": {name: _commit(checkout) for name, checkout in checkouts.items()},
+        "runs": runs,
+        "median": {name: {k: statistics.median(v) for k, v in row.items()} for name, row in runs.items()},
+    }
+    if "baseline" in runs:
+        result["baseline_over_this"] = {
+            key: round(paired_median_ratio(runs["baseline"][key], runs["this"][key]), 2) for key in runs["this"]
+        }
+    return result
+
+
+def _commit(checkout: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        "# Start-up and recovery",
+        "",
+        f"{result['machine']}; variants {', '.join(result['variants'])}, {result['api_servers']} API server(s); "
+        f"median of {result['repeats']} runs each, taken in turns.",
+        "",
+        f"| checkout | commit | ready after start | `{result['victim']}`'s worker killed → answered again |",
+        "|---|---|---:|---:|",
+    ]
+    for name, row in result["median"].items():
+        lines.append(f"| {name} | {result['commits'][name]} | {row['ready_s']:.2f} s | {row['replaced_s']:.2f} s |")
+    if "baseline_over_this" in result:
+        ratio = result["baseline_over_this"]
+        lines += [
+            "",
+            f"Baseline over this (paired): start-up {ratio['ready_s']}x, worker replacement {ratio['replaced_s']}x.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=3, help="runs per checkout")
+    parser.add_argument("--api-servers", type=int, default=1, help="the service's API servers (1: worker processes)")
+    add_variant_option(parser, "serve this artifact (repeatable); default: the default variants")
+    parser.add_argument("--victim", default="full", help="the variant whose worker is killed")
+    parser.add_argument("--settle-seconds", type=float, default=1.0, help="wait after ready before the kill")
+    parser.add_argument("--baseline-checkout", metavar="DIR", help="another checkout, timed in turns with this one")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for startup.json and startup.md")
+
+
+def execute(args: argparse.Namespace) -> int:
+    result = run(args)
+    write_results(args.out, "startup", result, to_markdown(result))
+    return 0

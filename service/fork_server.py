@@ -1,0 +1,42 @@
+"""How the service starts its own processes (inference workers, model servers, API servers): forked from a fork
+server, each holding a lifeline to the service.
+
+Python's fork server is a process started once like ``spawn`` starts one (a fresh interpreter: none of the
+service's threads, no CUDA context), which imports the modules it is given and then forks a child for each start.
+A start is then a fork, not a new interpreter importing torch (~1.4 s a process on 2 cores: most of a worker's
+start-up, and of its replacement after a crash). Forking that process is safe where forking the service is not:
+it holds no lock of the service's threads and never touched CUDA. It keeps the environment and working folder the
+service had when the first child started.
+
+A child's parent is then the fork server, not the service, and the fork server runs until its last child has
+ended; so a child cannot watch its parent to learn that the service is gone. It watches a *lifeline* instead: the
+read end of a pipe whose write end only the service holds, which reads end-of-file once the service has ended,
+however it ended (SIGKILL included). The children end, then the fork server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+
+
+def fork_server_context(*preload: str) -> BaseContext:
+    """The context to start children with; the fork server imports torch and ``preload`` (modules) when it starts,
+    with the first child (a later call's ``preload`` is ignored once it runs)."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", *preload])
+    return context
+
+
+class Lifeline:
+    """Made by the service, once: ``end`` goes to each child (in its arguments), the write end stays here and is
+    never written to."""
+
+    def __init__(self, context: BaseContext) -> None:
+        self.end, self._held = context.Pipe(duplex=False)
+
+
+def service_gone(end: Connection) -> bool:
+    """In a child: whether the service that gave it ``end`` has ended (nothing is ever sent: readable means EOF)."""
+    return end.poll()
