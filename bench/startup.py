@@ -1,9 +1,10 @@
-"""Start-up and recovery: seconds until a service answers ready, and until a killed inference worker is replaced.
+"""Start-up and recovery: seconds until a service answers ready, its memory, and until a killed worker is replaced.
 
-Each run starts ``blockdrop serve`` on the shipped checkpoints (the default variants, or ``--variant``s), times it until
-``/healthz/ready`` answers 200, SIGKILLs the ``--victim`` variant's worker and times until a request pinned to that
-variant is answered 200 again. With ``--baseline-checkout DIR`` the same runs of another checkout (an older
-commit) take turns with these, and the JSON and table give their paired ratios.
+Each run starts ``blockdrop serve`` on the shipped checkpoints (the default variants, or ``--variant``), times it
+until ``/healthz/ready`` answers 200, reads the memory of its processes (PSS, which splits shared pages among
+them), SIGKILLs the ``--victim`` variant's worker and times until a request pinned to that variant is answered 200
+again. With ``--baseline-checkout DIR`` the same runs of another checkout (an older commit) take turns with these,
+and the JSON and table give their paired ratios.
 
     blockdrop bench startup --repeats 5 --baseline-checkout ../old
 """
@@ -24,7 +25,14 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from bench.common import RESULTS, machine_description, paired_median_ratio, process_tree, write_results
+from bench.common import (
+    RESULTS,
+    machine_description,
+    paired_median_ratio,
+    process_tree,
+    tree_memory_kib,
+    write_results,
+)
 from bench.load import ROOT, Process, free_port
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     checkouts = {"this": ROOT}
     if args.baseline_checkout:
         checkouts["baseline"] = Path(args.baseline_checkout).resolve()
-    runs: dict[str, dict[str, list[float]]] = {name: {"ready_s": [], "replaced_s": []} for name in checkouts}
+    runs = {name: {"ready_s": [], "pss_mib": [], "replaced_s": []} for name in checkouts}
     image = png()
     variants = parse_variants(args.variant) if args.variant else {}
     for _ in range(args.repeats):
@@ -99,12 +107,14 @@ def run(args: argparse.Namespace) -> dict:
             server, ready = start(checkout, args.api_servers, variants)
             try:
                 time.sleep(args.settle_seconds)  # nothing else starting: the kill is timed on a quiet service
+                pss = tree_memory_kib(server.process.pid)["pss_kib"] / 1024
                 replaced = replace_seconds(server, args.victim, image)
             finally:
                 server.stop()
             runs[name]["ready_s"].append(round(ready, 3))
             runs[name]["replaced_s"].append(round(replaced, 3))
-            print(f"{name}: ready {ready:.2f} s, {args.victim}'s worker replaced {replaced:.2f} s", flush=True)
+            runs[name]["pss_mib"].append(round(pss))
+            print(f"{name}: ready {ready:.2f} s, {pss:.0f} MiB, {args.victim} replaced {replaced:.2f} s", flush=True)
     result = {
         "machine": machine_description(),
         "api_servers": args.api_servers,
@@ -128,22 +138,27 @@ def _commit(checkout: Path) -> str | None:
 
 
 def to_markdown(result: dict) -> str:
+    victim = result["victim"]
     lines = [
         "# Start-up and recovery",
         "",
         f"{result['machine']}; variants {', '.join(result['variants'])}, {result['api_servers']} API server(s); "
         f"median of {result['repeats']} runs each, taken in turns.",
         "",
-        f"| checkout | commit | ready after start | `{result['victim']}`'s worker killed → answered again |",
-        "|---|---|---:|---:|",
+        f"| checkout | commit | ready after start | memory (PSS) | `{victim}`'s worker killed → answered again |",
+        "|---|---|---:|---:|---:|",
     ]
     for name, row in result["median"].items():
-        lines.append(f"| {name} | {result['commits'][name]} | {row['ready_s']:.2f} s | {row['replaced_s']:.2f} s |")
+        lines.append(
+            f"| {name} | {result['commits'][name]} | {row['ready_s']:.2f} s | {row['pss_mib']:.0f} MiB | "
+            f"{row['replaced_s']:.2f} s |"
+        )
     if "baseline_over_this" in result:
         ratio = result["baseline_over_this"]
         lines += [
             "",
-            f"Baseline over this (paired): start-up {ratio['ready_s']}x, worker replacement {ratio['replaced_s']}x.",
+            f"Baseline over this (paired): start-up {ratio['ready_s']}x, memory {ratio['pss_mib']}x, worker "
+            f"replacement {ratio['replaced_s']}x.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -264,7 +264,8 @@ def test_startup_benchmark_times_start_and_replacement_against_a_baseline_checko
     result = json.loads((tmp_path / "startup.json").read_text())
     for name in ("this", "baseline"):
         assert result["runs"][name]["ready_s"][0] > 0 and result["runs"][name]["replaced_s"][0] > 0
-    assert set(result["baseline_over_this"]) == {"ready_s", "replaced_s"}
+    assert result["runs"]["this"]["pss_mib"][0] > 0
+    assert set(result["baseline_over_this"]) == {"ready_s", "pss_mib", "replaced_s"}
     assert "worker killed" in (tmp_path / "startup.md").read_text()
 
 
