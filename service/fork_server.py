@@ -3,8 +3,8 @@ server, each holding a lifeline to the service.
 
 Python's fork server is a process started once like ``spawn`` starts one (a fresh interpreter: none of the
 service's threads, no CUDA context), which imports the modules it is given and then forks a child for each start.
-A start is then a fork, not a new interpreter importing torch (~1.4 s a process on 2 cores: most of a worker's
-start-up, and of its replacement after a crash). Forking that process is safe where forking the service is not:
+A start is then a fork, not a new interpreter importing torch (most of a worker's start-up, and of its replacement
+after a crash: ``blockdrop bench startup``, docs/benchmarks.md). Forking that process is safe where forking the service is not:
 it holds no lock of the service's threads and never touched CUDA. It keeps the environment and working folder the
 service had when the first child started.
 
