@@ -16,7 +16,8 @@ limit=${GPU_CHECK_SECONDS:-470}
 # 1. the CUDA tests (and the CPU equivalence tests beside them), skips listed
 stage cuda-tests 150 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$out/cuda-tests.xml" \
   tests/models/test_engine.py tests/models/test_blockdrop.py tests/training/test_device.py \
-  tests/service/test_explain.py tests/service/test_variants.py > "$out/cuda-tests.txt" 2>&1
+  tests/service/test_explain.py tests/service/test_variants.py \
+  tests/service/test_worker.py::test_a_worker_forked_from_the_fork_server_runs_its_model_on_the_gpu > "$out/cuda-tests.txt" 2>&1
 tail -15 "$out/cuda-tests.txt"
 
 # 2. bench gpu: every pair, batch 1..2048, fp32/bf16/fp16, graphs on; agreement over the 2,000 test images

@@ -59,6 +59,24 @@ def test_a_worker_answers_exactly_as_the_model_in_process(artifacts, kind):
         worker.infer(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_worker_forked_from_the_fork_server_runs_its_model_on_the_gpu(artifacts):
+    """The fork server never touches CUDA, so the workers it forks can: one on the GPU answers as the same model
+    does on the GPU in this process (masks and FLOPs equal, logits within float error)."""
+    spec, _ = _spec(artifacts["tiny-blockdrop"], "blockdrop")
+    spec = dataclasses.replace(spec, device="cuda")
+    variant = load_variant(spec.settings, "cuda")
+    worker = InferenceWorker(spec, answer_timeout_s=60)
+    worker.start()
+    try:
+        batch = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        mine, theirs = worker.infer(batch), variant.infer(batch)
+        assert torch.equal(mine.keep_mask, theirs.keep_mask.cpu()) and torch.equal(mine.flops, theirs.flops.cpu())
+        torch.testing.assert_close(mine.logits, theirs.logits.cpu(), rtol=1e-4, atol=1e-4)
+    finally:
+        worker.stop()
+
+
 def test_a_worker_runs_the_execution_options_it_is_given(artifacts):
     """The bucketed executor in bf16 crosses into the worker: its answers are the in-process variant's, bit for bit."""
     settings = VariantSettings(name="v", artifact=artifacts["tiny-blockdrop"], mode="blockdrop")
