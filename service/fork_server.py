@@ -4,9 +4,9 @@ server, each holding a lifeline to the service.
 Python's fork server is a process started once like ``spawn`` starts one (a fresh interpreter: none of the
 service's threads, no CUDA context), which imports the modules it is given and then forks a child for each start.
 A start is then a fork, not a new interpreter importing torch (most of a worker's start-up, and of its replacement
-after a crash: ``blockdrop bench startup``, docs/benchmarks.md). Forking that process is safe where forking the service is not:
-it holds no lock of the service's threads and never touched CUDA. It keeps the environment and working folder the
-service had when the first child started.
+after a crash: ``blockdrop bench startup``, docs/benchmarks.md). Forking that process is safe where forking the
+service is not: it holds no lock of the service's threads and never touched CUDA. It keeps the environment and
+working folder the service had when the first child started.
 
 A child's parent is then the fork server, not the service, and the fork server runs until its last child has
 ended; so a child cannot watch its parent to learn that the service is gone. It watches a *lifeline* instead: the
