@@ -88,6 +88,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if local is not None:
+            local.prepare()
         plane = await to_thread.run_sync(load_dataplane, settings, backend)
         app.state.plane = plane
         if local is not None:

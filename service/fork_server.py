@@ -17,16 +17,36 @@ however it ended (SIGKILL included). The children end, then the fork server.
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 
+# torch._dynamo: torch imports it on a process's first FlopCounterMode convolution (models/flops.py, as a variant
+# loads), most of that first load's time; imported once here, no child pays for it again
+WORKER_MODULES = ("torch", "torch._dynamo", "service.worker")
+SERVER_MODULES = (
+    "torch",
+    "torch._dynamo",
+    "service.multiprocess.model_server",
+    "service.multiprocess.api_server",
+    "service.multiprocess.backend",
+    "service.app",
+)
 
-def fork_server_context(*preload: str) -> BaseContext:
-    """The context to start children with; the fork server imports torch and ``preload`` (modules) when it starts,
-    with the first child (a later call's ``preload`` is ignored once it runs)."""
+
+def fork_server_context(preload: tuple[str, ...]) -> BaseContext:
+    """The context to start children with; the fork server imports the ``preload`` modules when it starts, with the
+    first child or ``start_fork_server`` (a later call's ``preload`` is ignored once it runs)."""
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["torch", *preload])
+    context.set_forkserver_preload(list(preload))
     return context
+
+
+def start_fork_server(preload: tuple[str, ...]) -> None:
+    """Start the fork server now, without waiting for its imports: they overlap what this process does before its
+    first child (loading the variants' descriptions). Its environment is this process's as it is now."""
+    fork_server_context(preload)
+    forkserver.ensure_running()
 
 
 class Lifeline:

@@ -14,6 +14,7 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.dataplane import DataPlane, Executor
 from service.feedback import PredictionStore
+from service.fork_server import WORKER_MODULES, start_fork_server
 from service.metrics import ServiceMetrics
 from service.variants import ExecutionOptions, Variant
 from service.worker import InferenceWorker, WorkerSpec
@@ -108,6 +109,12 @@ class LocalBackend:
         )
 
     # lifecycle (the app's lifespan: workers loaded and warm before serving, stopped after the data plane) -------
+    def prepare(self) -> None:
+        """Before the variants load here: start the fork server the workers will be forked from, so that its
+        imports overlap the loading (service/fork_server.py)."""
+        if self.settings.inference_workers == "process":
+            start_fork_server(WORKER_MODULES)
+
     def start_workers(self) -> None:
         """Start every variant's worker process, all loading at once, and wait for each (they warm themselves up)."""
         workers = [worker for replicas in self.workers.values() for worker in replicas]

@@ -32,7 +32,7 @@ from torch import Tensor
 from models.blockdrop import InferenceResult
 from service.config import VariantSettings
 from service.errors import ServiceError
-from service.fork_server import Lifeline, fork_server_context, service_gone
+from service.fork_server import WORKER_MODULES, Lifeline, fork_server_context, service_gone
 from service.libc import name_process
 from service.variants import ExecutionOptions
 
@@ -177,7 +177,7 @@ class InferenceWorker:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_restart = on_restart
         self._failed_starts = 0  # in a row: each waits longer before the next try
-        self._context = fork_server_context(__name__)  # never fork the service: it holds threads and torch state
+        self._context = fork_server_context(WORKER_MODULES)  # never fork the service: it holds threads, torch state
         self._lifeline = Lifeline(self._context)
         self._buffers = _Buffers.allocate(spec)
         self._child: _Child | None = None

@@ -26,7 +26,7 @@ import numpy as np
 import torch.multiprocessing as mp
 
 from service.config import Settings
-from service.fork_server import Lifeline, fork_server_context
+from service.fork_server import SERVER_MODULES, Lifeline, fork_server_context
 from service.multiprocess import api_server, frames, model_server, shared_state
 from service.multiprocess.api_server import ApiServerSpec
 from service.multiprocess.model_server import ModelServerSpec
@@ -83,7 +83,7 @@ class Supervisor:
         self.api_server_count = api_servers
         self.log_level = log_level
         # the API servers' and model servers' modules imported once, in the fork server (service/fork_server.py)
-        self.context = fork_server_context(model_server.__name__, api_server.__name__, "service.app")
+        self.context = fork_server_context(SERVER_MODULES)
         self.lifeline = Lifeline(self.context)
         self.layout = RuntimeLayout(make_runtime_dir())
         self.listener: socket.socket | None = None
