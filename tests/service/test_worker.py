@@ -135,6 +135,27 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     assert all(not w.alive for replicas in client.app.state.backend.workers.values() for w in replicas)
 
 
+def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts):
+    """Workers are forked from a fork server (service/fork_server.py); with it killed, the running worker goes on
+    answering, and one lost afterwards is still replaced (from a new fork server)."""
+    spec, _ = _spec(artifacts["tiny-resnet"], "full")
+    worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
+    worker.start()
+    try:
+        first = worker.pid
+        with open(f"/proc/{first}/stat") as stat:
+            fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
+        assert fork_server != os.getpid()
+        os.kill(fork_server, signal.SIGKILL)
+        assert _wait(lambda: not _alive(fork_server), timeout=10)
+        assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+    finally:
+        worker.stop()
+
+
 def test_a_worker_that_stops_answering_is_replaced(artifacts):
     """A hung worker (SIGSTOP) fails its batch at the answer deadline and is killed and replaced."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
