@@ -255,17 +255,23 @@ def test_hostile_short_version(tmp_path):
 
 
 def test_startup_benchmark_times_start_and_replacement_against_a_baseline_checkout(tmp_path):
+    import shutil
+
     from bench.load import ROOT
 
     artifacts = make_artifacts(tmp_path / "artifacts")
+    if shutil.which("wrk") is None:
+        pytest.skip("needs wrk (Debian package 'wrk')")
     args = ["bench", "startup", "--repeats", "1", "--settle-seconds", "0", "--baseline-checkout", str(ROOT)]
+    args += ["--load-seconds", "1"]
     args += ["--variant", f"full={artifacts['tiny-resnet']}:full", "--out", str(tmp_path)]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "startup.json").read_text())
     for name in ("this", "baseline"):
         assert result["runs"][name]["ready_s"][0] > 0 and result["runs"][name]["replaced_s"][0] > 0
     assert result["runs"]["this"]["pss_mib"][0] > 0
-    assert set(result["baseline_over_this"]) == {"ready_s", "pss_mib", "replaced_s"}
+    assert set(result["baseline_over_this"]) == {"ready_s", "pss_mib", "replaced_s", "served_rps"}
+    assert result["runs"]["baseline"]["served_rps"][0] > 0
     assert "worker killed" in (tmp_path / "startup.md").read_text()
 
 
