@@ -72,6 +72,18 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def worker_of(pid: int, variant: str) -> int:
+    """The pid of ``variant``'s inference worker or model server below ``pid`` (named ``bd:VARIANT`` by the
+    service)."""
+    for member in process_tree(pid):
+        try:
+            if Path(f"/proc/{member}/comm").read_text().strip() == f"bd:{variant}"[:15]:
+                return member
+        except OSError:
+            continue
+    raise RuntimeError(f"no worker process for variant {variant} below {pid}")
+
+
 def tree_memory_kib(pid: int) -> dict[str, int]:
     """Resident and proportional set sizes summed over the process tree of ``pid``, in KiB. RSS counts the pages
     the processes share (torch's libraries) once per process; PSS splits them, so it adds up to what they use."""

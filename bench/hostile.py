@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, process_tree, tree_memory_kib, write_results
+from bench.common import RESULTS, machine_description, tree_memory_kib, worker_of, write_results
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
@@ -157,17 +157,6 @@ def send_burst(url: str, image: bytes, count: int) -> list[int]:
     command = [sys.executable, "-m", "bench.burst_sender", url.rsplit(":", 1)[1], str(count)]
     done = subprocess.run(command, input=image, capture_output=True, check=True, cwd=Path(__file__).parent.parent)
     return json.loads(done.stdout)
-
-
-def worker_of(pid: int, variant: str) -> int:
-    """The pid of ``variant``'s inference worker (named ``bd:VARIANT`` by the service)."""
-    for member in process_tree(pid):
-        try:
-            if Path(f"/proc/{member}/comm").read_text().strip() == f"bd:{variant}"[:15]:
-                return member
-        except OSError:
-            continue
-    raise RuntimeError(f"no worker process for variant {variant}")
 
 
 def worker_up(url: str, variant: str) -> float:

@@ -31,8 +31,8 @@ from bench.common import (
     RESULTS,
     machine_description,
     paired_median_ratio,
-    process_tree,
     tree_memory_kib,
+    worker_of,
     write_results,
 )
 from bench.load import ROOT, Process, free_port, run_wrk
@@ -57,17 +57,6 @@ def start(checkout: Path, api_servers: int, variants: dict[str, VariantSettings]
     return server, time.monotonic() - started
 
 
-def worker_pid(root: int, variant: str) -> int:
-    """The process named ``bd:VARIANT`` below ``root`` (an inference worker, or a model server)."""
-    for pid in process_tree(root):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == f"bd:{variant}"[:15]:
-                return pid
-        except OSError:
-            continue
-    raise RuntimeError(f"no process for variant {variant} below {root}")
-
-
 def _ended(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
@@ -77,7 +66,7 @@ def _ended(pid: int) -> bool:
 
 def replace_seconds(server: Process, variant: str, image: bytes, timeout_s: float = 120) -> float:
     """SIGKILL ``variant``'s worker; the seconds until a request pinned to it is answered 200 again."""
-    victim = worker_pid(server.process.pid, variant)
+    victim = worker_of(server.process.pid, variant)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     while not _ended(victim):
