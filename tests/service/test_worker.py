@@ -290,7 +290,7 @@ def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifa
 
 def test_a_killed_service_leaves_no_worker_behind(artifacts):
     """SIGKILL runs no shutdown: the fork server ends with the service, and each worker when its pipe to the
-    service closes (or, busy loading, when its parent changes)."""
+    service closes (or, busy loading, when its lifeline reads end-of-file)."""
     variants = [{"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full"}]
     server = Server(variants, inference_workers="process", worker_replicas=2)
     below = _descendants(server.process.pid)
