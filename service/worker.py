@@ -208,20 +208,26 @@ class InferenceWorker:
 
     def launch(self) -> None:
         """Start the worker process without waiting for it (several variants load in parallel)."""
+        if self._stopping.is_set():
+            raise RuntimeError(f"the inference worker of variant {self.name!r} is stopping")
+        parent, child = self._context.Pipe()
+        heartbeat = self._context.Value("d", time.monotonic(), lock=False)
+        process = self._context.Process(
+            target=_serve_batches,
+            args=(child, self.spec, self._buffers, heartbeat, self._lifeline.end),
+            name=f"blockdrop-worker-{self.name}",
+        )
+        process.daemon = True
+        # not under the lock: the start waits for the fork server, which neither a batch nor ``stop`` may wait for
+        # (a stopped fork server would hold them until it is continued)
+        process.start()
+        child.close()
         with self._lock:
-            if self._stopping.is_set():
-                raise RuntimeError(f"the inference worker of variant {self.name!r} is stopping")
-            parent, child = self._context.Pipe()
-            heartbeat = self._context.Value("d", time.monotonic(), lock=False)
-            process = self._context.Process(
-                target=_serve_batches,
-                args=(child, self.spec, self._buffers, heartbeat, self._lifeline.end),
-                name=f"blockdrop-worker-{self.name}",
-            )
-            process.daemon = True
-            process.start()
-            child.close()
             self._starting = _Child(process, parent, heartbeat)
+            if self._stopping.is_set():  # stopped while it started: ``stop`` did not see it
+                self._starting = None
+                process.kill()
+                raise RuntimeError(f"the inference worker of variant {self.name!r} is stopping")
 
     def wait_ready(self) -> None:
         """Wait for the launched worker's model to be ready, then serve batches with it."""
@@ -320,24 +326,27 @@ class InferenceWorker:
                     )
                     child.process.kill()
                 with self._lock:
-                    if self._child is child:
+                    lost = self._child is child
+                    if lost:
                         self._lose(child)
+                if lost:  # outside the lock: a stopped fork server would report its end late
+                    child.process.join(5)
             if self._child is None and not self._stopping.is_set():
                 self._restart()
 
     def _lose(self, child: _Child) -> None:
-        """Forget a child that died or stopped answering (called with the lock held)."""
+        """Forget a child that died or stopped answering (called with the lock held, so it waits for nothing: its
+        parent, the fork server, reaps it)."""
         log.error("the inference worker of variant %s (pid %s) stopped answering", self.name, child.process.pid)
         self._child = None
         if child.process.is_alive():
             child.process.kill()
-        child.process.join(5)
 
     def _restart(self) -> None:
         started = time.monotonic()
         try:
             self.start()
-        except RuntimeError:
+        except (RuntimeError, OSError, EOFError):  # OSError, EOFError: the fork server died while it forked
             if not self._stopping.is_set():
                 # a worker that cannot start (its artifact gone, memory short) is tried again, but ever more
                 # slowly: a start costs a whole model load, and a tight loop of them would starve the service

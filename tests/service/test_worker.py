@@ -156,6 +156,41 @@ def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts)
         worker.stop()
 
 
+def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
+    """With the fork server stopped (SIGSTOP), a lost worker's replacement waits for it, but nothing else does: the
+    variant is refused at once rather than queued behind the start, the replacement comes once the fork server is
+    continued, and stopping the service does not wait for it."""
+    spec, _ = _spec(artifacts["tiny-resnet"], "full")
+    worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
+    worker.start()
+    first = worker.pid
+    with open(f"/proc/{first}/stat") as stat:
+        fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(fork_server, signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: not worker.alive, timeout=5)
+        time.sleep(0.5)  # the supervisor is in the start now, waiting for the fork server
+        started = time.monotonic()
+        with pytest.raises(WorkerUnavailable):
+            worker.infer(torch.zeros(2, 3, 32, 32))
+        assert time.monotonic() - started < 1
+    finally:
+        os.kill(fork_server, signal.SIGCONT)
+    try:
+        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+        os.kill(fork_server, signal.SIGSTOP)
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        started = time.monotonic()
+        worker.stop(timeout=2)
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(fork_server, signal.SIGCONT)
+        worker.stop()
+
+
 def test_a_worker_that_stops_answering_is_replaced(artifacts):
     """A hung worker (SIGSTOP) fails its batch at the answer deadline and is killed and replaced."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
