@@ -17,7 +17,6 @@ import io
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from bench.common import (
     RESULTS,
+    commit_of,
     machine_description,
     paired_median_ratio,
     positive_int,
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
             "seconds_per_run": args.seconds,
             "repeats": args.repeats,
             "baseline_checkout": args.baseline_checkout,
-            "baseline_commit": _commit(args.baseline_checkout) if args.baseline_checkout else None,
+            "baseline_commit": commit_of(args.baseline_checkout) if args.baseline_checkout else None,
             "reference": args.reference,
             "api_servers": api_server_counts(args.api_servers),
             "model_alone": model_alone(variants, bodies, args.model_seconds, args.repeats),
@@ -242,11 +242,6 @@ def api_server_counts(text: str | None) -> list[int | None]:
     if any(count < 1 for count in counts) or len(set(counts)) != len(counts):
         raise ValueError(f"--api-servers takes distinct counts of at least 1, got {text!r}")
     return counts
-
-
-def _commit(checkout: str) -> str | None:
-    done = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def to_markdown(result: dict) -> str:

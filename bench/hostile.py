@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, tree_memory_kib, worker_of, write_results
+from bench.common import RESULTS, machine_description, process_ended, tree_memory_kib, worker_of, write_results
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
@@ -204,16 +204,9 @@ def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") 
         "pinned_status": pinned.status_code,
         "pinned_retry_after": pinned.headers.get("retry-after"),
         "pinned_answered_in_s": round(pinned_s, 3),
-        "hung_worker_killed": not Path(f"/proc/{hung}").exists() or _is_zombie(hung),
+        "hung_worker_killed": process_ended(hung),
         "replaced_after_s": replaced,  # from the SIGSTOP until its replacement was up (None: not within 60 s)
     }
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def slowest_batch_seconds(url: str) -> float:

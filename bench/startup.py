@@ -13,28 +13,28 @@ pinned to that variant is answered 200 again. With ``--baseline-checkout DIR`` t
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 from bench.common import (
     RESULTS,
+    commit_of,
     machine_description,
     paired_median_ratio,
+    process_ended,
     tree_memory_kib,
     worker_of,
     write_results,
 )
+from bench.hostile_inputs import png
 from bench.load import ROOT, Process, free_port, run_wrk
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
@@ -57,19 +57,12 @@ def start(checkout: Path, api_servers: int, variants: dict[str, VariantSettings]
     return server, time.monotonic() - started
 
 
-def _ended(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
 def replace_seconds(server: Process, variant: str, image: bytes, timeout_s: float = 120) -> float:
     """SIGKILL ``variant``'s worker; the seconds until a request pinned to it is answered 200 again."""
     victim = worker_of(server.process.pid, variant)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
-    while not _ended(victim):
+    while not process_ended(victim):
         time.sleep(0.01)
     url = f"{server.url}/v1/classify?variant={variant}"
     with httpx.Client(timeout=30) as client:
@@ -80,12 +73,6 @@ def replace_seconds(server: Process, variant: str, image: bytes, timeout_s: floa
     raise RuntimeError(f"the worker of {variant} was not replaced in {timeout_s:g} s")
 
 
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (120, 60, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def run(args: argparse.Namespace) -> dict:
     checkouts = {"this": ROOT}
     if args.baseline_checkout:
@@ -94,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.load_seconds:
         for row in runs.values():
             row["served_rps"] = []
-    image = png()
+    image = png((32, 32), "RGB")
     variants = parse_variants(args.variant) if args.variant else {}
     with tempfile.TemporaryDirectory() as bodies:
         (Path(bodies) / "image_0.png").write_bytes(image)
@@ -120,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         "victim": args.victim,
         "variants": {name: str(v.artifact) for name, v in (variants or parse_variants([])).items()},
         "repeats": args.repeats,
-        "commits": {name: _commit(checkout) for name, checkout in checkouts.items()},
+        "commits": {name: commit_of(checkout) for name, checkout in checkouts.items()},
         "runs": runs,
         "median": {name: {k: statistics.median(v) for k, v in row.items()} for name, row in runs.items()},
     }
@@ -129,11 +116,6 @@ def run(args: argparse.Namespace) -> dict:
             key: round(paired_median_ratio(runs["baseline"][key], runs["this"][key]), 2) for key in runs["this"]
         }  # for served_rps, below 1 means this serves more
     return result
-
-
-def _commit(checkout: Path) -> str | None:
-    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def to_markdown(result: dict) -> str:
