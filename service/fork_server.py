@@ -12,14 +12,40 @@ A child's parent is then the fork server, not the service, and the fork server r
 ended; so a child cannot watch its parent to learn that the service is gone. It watches a *lifeline* instead: the
 read end of a pipe whose write end only the service holds, which reads end-of-file once the service has ended,
 however it ended (SIGKILL included). The children end, then the fork server.
+
+Two more things keep the fork server from holding the service hostage:
+
+- multiprocessing learns that a child ended from the fork server, and a killed fork server makes it report every
+  child as ended (exit code 255) while they run on, and its ``kill()`` then signals none of them. ``ForkedProcess``
+  watches and signals the child through a pidfd, which refers to the process itself, whoever its parent is.
+- A start waits for the fork server to fork; a stopped one would hold it until continued. ``ForkStart`` starts on a
+  thread of its own, so the caller can go on; a start still waiting after ``FORK_TIMEOUT_S`` (a fork server that has
+  forked before: it is done importing) kills the fork server, which fails the start, and the next start gets a new
+  fork server.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import weakref
 from multiprocessing import forkserver
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+log = logging.getLogger(__name__)
+
+# a fork takes milliseconds; a new fork server first imports the preloaded modules (seconds; as long as a model's
+# load at worst, on a machine busy loading models)
+FORK_TIMEOUT_S = 5.0
+FIRST_FORK_TIMEOUT_S = 120.0
+_forked_by: int | None = None  # the last fork server that forked a child: done importing
 
 # torch._dynamo: torch imports it on a process's first FlopCounterMode convolution (models/flops.py, as a variant
 # loads), most of that first load's time; imported once here, no child pays for it again
@@ -60,3 +86,131 @@ class Lifeline:
 def service_gone(end: Connection) -> bool:
     """In a child: whether the service that gave it ``end`` has ended (nothing is ever sent: readable means EOF)."""
     return end.poll()
+
+
+class ForkedProcess:
+    """A started child, watched and signalled through a pidfd (Linux 5.3 or later; elsewhere through
+    multiprocessing, as before), so that neither depends on the fork server being alive."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process = process
+        self._pidfd: int | None = None
+        self._ended = False  # gone before its pidfd could be opened
+
+    def _watch(self) -> None:
+        """Called once the process has started."""
+        try:
+            self._pidfd = os.pidfd_open(self.process.pid)
+        except ProcessLookupError:  # it ended, and was reaped, within the start
+            self._ended = True
+        except (AttributeError, OSError):  # no pidfds here: multiprocessing's view
+            return
+        else:
+            weakref.finalize(self, os.close, self._pidfd)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    @property
+    def exitcode(self) -> int | None:
+        """The exit code the fork server reported; None while it runs (255 if the fork server was gone)."""
+        return None if self.is_alive() else self.process.exitcode
+
+    def is_alive(self) -> bool:
+        if self._ended:
+            return False
+        if self._pidfd is None:
+            return self.process.is_alive()
+        return not wait([self._pidfd], 0)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._pidfd is None:
+            if not self._ended:
+                self.process.join(timeout)
+            return
+        if wait([self._pidfd], timeout):
+            self.process.join(1.0)  # the fork server reports the exit code just after it reaps the child
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the process if it runs (a process that has ended is left alone)."""
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            elif self.is_alive():
+                os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkStart:
+    """``process.start()`` on a thread of its own. Poll ``done()`` to go on meanwhile, or wait with ``result()``;
+    either ends a start still waiting for the fork server past its time by killing the fork server: after
+    ``FORK_TIMEOUT_S`` once that fork server has forked, ``FIRST_FORK_TIMEOUT_S`` while it may still be importing."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.child = ForkedProcess(process)
+        self._began = time.monotonic()
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._ended_at: float | None = None  # when this start killed the fork server
+        threading.Thread(target=self._run, name=f"start-{process.name}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.child.process.start()
+            global _forked_by
+            _forked_by = fork_server_pid()
+            self.child._watch()
+        except BaseException as error:  # handed to whoever asks for the result
+            self._error = error
+        finally:
+            self._finished.set()
+
+    def done(self) -> bool:
+        """Whether the start has ended, started or failed; past its time it is ended, failed."""
+        if not self._finished.is_set() and self._ended_at is None:
+            limit = FORK_TIMEOUT_S if fork_server_pid() == _forked_by else FIRST_FORK_TIMEOUT_S
+            if time.monotonic() - self._began > limit:
+                self._end(f"the fork server did not fork {self.child.name} in {limit:g} s; ending it")
+        return self._finished.is_set()
+
+    def result(self) -> ForkedProcess:
+        """The started child, once started; else the start's error (``TimeoutError`` if a killed fork server
+        still did not let go of it)."""
+        while not self.done():
+            if self._ended_at is not None and time.monotonic() - self._ended_at > 5.0:
+                raise TimeoutError(f"{self.child.name} could not be started")
+            self._finished.wait(0.05)
+        if self._error is not None:
+            raise self._error
+        return self.child
+
+    def abandon(self) -> None:
+        """The caller is stopping: a start still waiting ends now (its fork server, stopped, would linger)."""
+        if not self._finished.is_set() and self._ended_at is None:
+            self._end(f"stopping while the fork server had not forked {self.child.name}; ending it")
+
+    def _end(self, why: str) -> None:
+        log.error("%s (the next start gets a new fork server)", why)
+        self._ended_at = time.monotonic()
+        kill_fork_server()
+
+
+def fork_server_pid() -> int | None:
+    """This process's fork server, if it started one (multiprocessing keeps it to itself)."""
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+def kill_fork_server() -> None:
+    """SIGKILL this process's fork server: a start waiting on it fails (end-of-file), the children it forked run
+    on, and the next start launches a new one."""
+    pid = fork_server_pid()
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -26,13 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor
 
 from models.blockdrop import InferenceResult
 from service.config import VariantSettings
 from service.errors import ServiceError
-from service.fork_server import WORKER_MODULES, Lifeline, fork_server_context, service_gone
+from service.fork_server import (
+    WORKER_MODULES,
+    ForkedProcess,
+    ForkStart,
+    Lifeline,
+    fork_server_context,
+    service_gone,
+)
 from service.libc import name_process
 from service.variants import ExecutionOptions
 
@@ -150,7 +156,7 @@ def _serve_batches(
 
 @dataclass
 class _Child:
-    process: mp.Process
+    process: ForkedProcess
     connection: multiprocessing.connection.Connection
     heartbeat: ctypes.c_double
 
@@ -182,6 +188,7 @@ class InferenceWorker:
         self._buffers = _Buffers.allocate(spec)
         self._child: _Child | None = None
         self._starting: _Child | None = None
+        self._forking: ForkStart | None = None  # a start waiting for the fork server
         self.cuda_graphs: bool | None = None  # whether the running child captured CUDA graphs (None: not started)
         self._lock = threading.Lock()  # one batch at a time, and no batch while the child is swapped
         self._stopping = threading.Event()
@@ -219,14 +226,18 @@ class InferenceWorker:
         )
         process.daemon = True
         # not under the lock: the start waits for the fork server, which neither a batch nor ``stop`` may wait for
-        # (a stopped fork server would hold them until it is continued)
-        process.start()
-        child.close()
+        # (a stopped fork server would hold them; ForkStart ends one that does not fork in time)
+        self._forking = ForkStart(process)
+        try:
+            forked = self._forking.result()
+        finally:
+            self._forking = None
+            child.close()
         with self._lock:
-            self._starting = _Child(process, parent, heartbeat)
+            self._starting = _Child(forked, parent, heartbeat)
             if self._stopping.is_set():  # stopped while it started: ``stop`` did not see it
                 self._starting = None
-                process.kill()
+                forked.kill()
                 raise RuntimeError(f"the inference worker of variant {self.name!r} is stopping")
 
     def wait_ready(self) -> None:
@@ -291,6 +302,9 @@ class InferenceWorker:
     def stop(self, timeout: float = 10.0) -> None:
         """End the worker (and one that is still loading); never starts another. A hung one is killed at once."""
         self._stopping.set()
+        forking = self._forking
+        if forking is not None:
+            forking.abandon()
         starting = self._starting
         if starting is not None:  # loading: nothing to finish
             starting.process.kill()

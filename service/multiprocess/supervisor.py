@@ -7,11 +7,14 @@ again, once, here (API servers only reconnect). API servers are watched by a hea
 whose loop has not run for ``API_SERVER_SILENCE_S`` (stopped, or stuck in a call that never returns) is killed and
 replaced; the connections it held are lost, the others' are not. A process that fails before it ever served is
 started again ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason
-instead.
+instead. Starts run beside the watching (service/fork_server.py's ForkStart): a fork server that does not fork (stopped)
+holds up that start alone, until it is ended ``FORK_TIMEOUT_S`` later; a killed one takes none of the children it
+forked with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -20,13 +23,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import numpy as np
-import torch.multiprocessing as mp
 
 from service.config import Settings
-from service.fork_server import SERVER_MODULES, Lifeline, fork_server_context
+from service.fork_server import SERVER_MODULES, ForkedProcess, ForkStart, Lifeline, fork_server_context
 from service.multiprocess import api_server, frames, model_server, shared_state
 from service.multiprocess.api_server import ApiServerSpec
 from service.multiprocess.model_server import ModelServerSpec
@@ -62,7 +65,8 @@ class Child:
     status: np.ndarray
     silence_s: float  # how long its heartbeat may be silent once it beats
     restart: Callable[[], None] = lambda: None
-    process: mp.Process | None = None
+    starting: ForkStart | None = None  # until the fork server has forked it
+    process: ForkedProcess | None = None
     ready: bool = False
     failed_starts: int = 0
     not_before: float = 0.0  # no new start before this (backoff)
@@ -75,6 +79,23 @@ class Child:
         """A new process: not ready, no pid, and the start counting as its last heartbeat."""
         self.status[:] = 0.0
         self.status[frames.HEARTBEAT] = time.monotonic()
+
+    def start(self, process: BaseProcess) -> None:
+        """Start ``process`` as this child, without waiting for the fork server."""
+        process.daemon = True
+        self.reset_status()
+        self.process, self.ready = None, False
+        self.starting = ForkStart(process)
+
+    def forked(self) -> bool:
+        """Whether its process has started; raises why its start failed (it has then no process)."""
+        if self.starting is None:
+            return self.process is not None
+        if not self.starting.done():
+            return False
+        starting, self.starting = self.starting, None
+        self.process = starting.result()
+        return True
 
 
 class Supervisor:
@@ -164,6 +185,11 @@ class Supervisor:
             if self._signal is not None:
                 raise _Stopped
             for child in list(waiting):
+                try:
+                    if not child.forked():
+                        continue
+                except (OSError, EOFError) as error:
+                    raise StartupError(f"the {child.kind} {child.label} could not be started: {error}") from None
                 if child.serving:
                     child.ready = True
                     waiting.remove(child)
@@ -178,25 +204,15 @@ class Supervisor:
 
     # starting ------------------------------------------------------------------------------------------------
     def _start_model(self, key: tuple[int, int], child: Child, restarted: bool = False) -> None:
-        child.reset_status()  # loading counts as alive until its own heartbeat takes over
         threads = self.settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)
         spec = ModelServerSpec(self.settings, key[0], key[1], self.layout, threads, self.lifeline.end, restarted)
-        child.process = self.context.Process(target=model_server.main, args=(spec,), name=f"bd:{child.label}")
-        child.process.daemon = True
-        child.process.start()
-        child.ready = False
+        child.start(self.context.Process(target=model_server.main, args=(spec,), name=f"bd:{child.label}"))
 
     def _start_api(self, index: int, child: Child) -> None:
         for block in self.incoming:
             block[index] = 0  # a lost predecessor's images are not coming
-        child.reset_status()
         spec = ApiServerSpec(self.settings, index, self.layout, self.lifeline.end, self.log_level)
-        child.process = self.context.Process(
-            target=api_server.main, args=(spec, self.listener), name=f"bd-{child.label}"
-        )
-        child.process.daemon = True
-        child.process.start()
-        child.ready = False
+        child.start(self.context.Process(target=api_server.main, args=(spec, self.listener), name=f"bd-{child.label}"))
 
     # watching ------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -206,6 +222,13 @@ class Supervisor:
             time.sleep(WATCH_EVERY_S)
 
     def _check(self, child: Child) -> None:
+        try:
+            if child.starting is not None and not child.forked():
+                return  # the fork server has yet to fork it
+        except (OSError, EOFError) as error:
+            log.error("could not start %s %s: %s", child.kind, child.label, error)
+            self._replace(child)
+            return
         process = child.process
         if process is None:  # waiting out a backoff
             if time.monotonic() >= child.not_before:
@@ -244,19 +267,25 @@ class Supervisor:
     # stopping ------------------------------------------------------------------------------------------------
     def _forward(self, sig: int) -> None:
         for child in self.apis.values():
-            if child.process is not None and child.process.is_alive():
-                os.kill(child.process.pid, sig)
+            if child.process is not None:
+                child.process.send_signal(sig)
 
     def _stop_all(self) -> None:
         """API servers first (each drains: SIGTERM gives its pre-stop period), then the model servers."""
         sig = signal.SIGINT if self._signal == signal.SIGINT else signal.SIGTERM
+        for child in [*self.models.values(), *self.apis.values()]:
+            if child.starting is not None:  # a stopped fork server would never fork it: not waited for
+                child.starting.abandon()
+                with contextlib.suppress(OSError, EOFError):
+                    child.process = child.starting.result()  # started after all: stopped with the others
+                child.starting = None
         self._forward(sig)
         grace = self.settings.prestop_s + self.settings.request_timeout_s + STOP_GRACE_S
         _join_all([c.process for c in self.apis.values()], grace)
         models = [c.process for c in self.models.values()]
         for process in models:
-            if process is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
         _join_all(models, STOP_GRACE_S)
 
 

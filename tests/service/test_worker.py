@@ -14,6 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+import service.fork_server as fork_server_module
 from service.app import create_app
 from service.config import VariantSettings
 from service.variants import ExecutionOptions, load_variant
@@ -137,7 +138,7 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
 
 def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts):
     """Workers are forked from a fork server (service/fork_server.py); with it killed, the running worker goes on
-    answering, and one lost afterwards is still replaced (from a new fork server)."""
+    answering (and is not taken for dead), and one lost afterwards is still replaced (from a new fork server)."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
     worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
     worker.start()
@@ -148,6 +149,8 @@ def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts)
         assert fork_server != os.getpid()
         os.kill(fork_server, signal.SIGKILL)
         assert _wait(lambda: not _alive(fork_server), timeout=10)
+        time.sleep(0.5)  # five rounds of the supervising thread: the worker is not taken for dead
+        assert worker.pid == first
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
         os.kill(first, signal.SIGKILL)
         assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
@@ -188,6 +191,28 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
         assert time.monotonic() - started < 10
     finally:
         os.kill(fork_server, signal.SIGCONT)
+        worker.stop()
+
+
+def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replaced(artifacts, monkeypatch):
+    """A fork server that does not fork within FORK_TIMEOUT_S is killed; the lost worker's replacement then comes
+    from a new one, without the stopped one ever being continued."""
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)
+    spec, _ = _spec(artifacts["tiny-resnet"], "full")
+    worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
+    worker.start()
+    first = worker.pid
+    with open(f"/proc/{first}/stat") as stat:
+        fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(fork_server, signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert not _alive(fork_server)
+        assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+    finally:
+        if _alive(fork_server):
+            os.kill(fork_server, signal.SIGCONT)
         worker.stop()
 
 

@@ -326,6 +326,74 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
     assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
 
 
+def _fork_server(supervisor: int) -> int:
+    """The supervisor's child that forks the servers (their parent)."""
+    (pid,) = {_parent(pid) for pid, name in children(supervisor).items() if name.startswith("bd")}
+    assert pid != supervisor
+    return pid
+
+
+def _parent(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def test_a_killed_fork_server_leaves_every_server_running_once(variants):
+    """Killed, the fork server can no longer tell anyone that the servers it forked ended; they run on, and are
+    neither taken for dead nor started twice. A server lost afterwards is forked by a new fork server."""
+    running = Server(variants[:2], api_servers=2)
+    try:
+        before = children(running.process.pid)
+        servers = {pid: name for pid, name in before.items() if name.startswith("bd")}
+        os.kill(_fork_server(running.process.pid), signal.SIGKILL)
+        time.sleep(2)  # twenty rounds of the supervisor's watch
+        # nothing started: no replacement, not even a new fork server to fork one
+        assert children(running.process.pid).keys() <= before.keys()
+        assert all(Path(f"/proc/{pid}").exists() for pid in servers)
+        for seed in range(4):
+            response = httpx.post(f"{running.url}/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
+            assert response.status_code == 200
+        (victim,) = [pid for pid, name in servers.items() if name == "bd:full"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while "bd:full" not in children(running.process.pid).values():
+            assert time.monotonic() < deadline, "the lost model server was not replaced"
+            time.sleep(0.1)
+        servers |= children(running.process.pid)
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            while client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        assert running.stop()
+    wait_until_gone(servers)  # the originals too, though the supervisor is no longer their ancestor
+
+
+def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_shutdown(variants):
+    """With the fork server stopped (SIGSTOP), a lost model server's replacement waits for it (at most
+    FORK_TIMEOUT_S), but the supervisor goes on watching, and SIGTERM stops the service at once, the stopped fork
+    server included."""
+    running = Server(variants[:2], api_servers=2)
+    processes = children(running.process.pid)
+    fork_server = _fork_server(running.process.pid)
+    os.kill(fork_server, signal.SIGSTOP)
+    try:
+        (victim,) = [pid for pid, name in processes.items() if name == "bd:full"]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1)  # noticed, and its start waits for the fork server
+        with contextlib.closing(client_on(running, "api-1")) as victim_api:
+            _, api = served_by(victim_api.get("/healthz/live"))
+        os.kill(api, signal.SIGKILL)  # noticed too, though a start is waiting
+        time.sleep(1)
+        started = time.monotonic()
+        assert running.stop()
+        assert time.monotonic() - started < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(fork_server, signal.SIGCONT)
+    wait_until_gone(processes)
+
+
 def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
     """While one request of 64 images through api-0 fills the `slow` variant's queue, a request through api-1 (which
     has nothing queued of its own) is refused at once (503, "queued ahead"): the queue's depth and batch time live

@@ -1,0 +1,120 @@
+"""Children forked from the fork server (service/fork_server.py): their liveness and their kill do not depend on the
+fork server, and a fork server that does not fork holds a start up for a bounded time only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import service.fork_server as fork_server_module
+from service.fork_server import ForkStart, fork_server_context, kill_fork_server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_fork_server():
+    """The tests kill fork servers; the one left at the end, which preloads nothing, goes too (the next test's
+    starts get one that preloads what they ask for)."""
+    yield
+    kill_fork_server()
+
+
+def _sleeper(seconds: float = 60.0):
+    # a fork server started for it preloads nothing: a child that only sleeps needs nothing
+    process = fork_server_context(("time",)).Process(target=time.sleep, args=(seconds,), name="sleeper")
+    process.daemon = True
+    return process
+
+
+def _parent(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def _gone(pid: int) -> bool:
+    """Ended (a zombie counts: its parent, the fork server, or init, reaps it)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return text[text.rindex(")") + 2] == "Z"
+
+
+def _until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
+    """multiprocessing alone would report the child ended (exit code 255) once the fork server is gone, and its
+    kill would signal nothing."""
+    child = ForkStart(_sleeper()).result()
+    fork_server = _parent(child.pid)
+    assert fork_server != os.getpid() and child.is_alive()
+    os.kill(fork_server, signal.SIGKILL)
+    assert _until(lambda: _gone(fork_server))
+    assert not child.process.is_alive()  # what multiprocessing says: wrongly
+    assert child.is_alive() and not _gone(child.pid)
+    child.kill()
+    child.join(5)
+    assert not child.is_alive() and _until(lambda: _gone(child.pid))
+
+    after = ForkStart(_sleeper()).result()  # the next start gets a new fork server
+    assert _parent(after.pid) not in (fork_server, os.getpid())
+    after.kill()
+    after.join(5)
+    assert not after.is_alive()
+    assert after.exitcode == -signal.SIGKILL  # reported by the (live) fork server
+
+
+def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks(monkeypatch):
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)  # one that has forked: done importing
+    first = ForkStart(_sleeper()).result()
+    fork_server = _parent(first.pid)
+    os.kill(fork_server, signal.SIGSTOP)
+    try:
+        waiting = ForkStart(_sleeper())
+        time.sleep(0.3)
+        assert not waiting.done()  # the caller goes on meanwhile
+        started = time.monotonic()
+        with pytest.raises((EOFError, OSError)):
+            waiting.result()
+        assert time.monotonic() - started < 3
+        assert _until(lambda: _gone(fork_server))
+    finally:
+        if not _gone(fork_server):
+            os.kill(fork_server, signal.SIGCONT)
+    assert first.is_alive()  # the children it forked run on
+    again = ForkStart(_sleeper()).result()
+    assert _parent(again.pid) != fork_server and again.is_alive()
+    for child in (first, again):
+        child.kill()
+        child.join(5)
+        assert not child.is_alive()
+
+
+def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_behind():
+    first = ForkStart(_sleeper()).result()
+    fork_server = _parent(first.pid)
+    os.kill(fork_server, signal.SIGSTOP)
+    try:
+        waiting = ForkStart(_sleeper())  # its deadline is seconds away
+        time.sleep(0.3)
+        waiting.abandon()
+        assert _until(lambda: waiting.done(), seconds=5)
+        with pytest.raises((EOFError, OSError)):
+            waiting.result()
+        assert _until(lambda: _gone(fork_server))
+    finally:
+        if not _gone(fork_server):
+            os.kill(fork_server, signal.SIGCONT)
+    first.kill()
+    first.join(5)
+    assert not first.is_alive()
