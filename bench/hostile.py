@@ -2,8 +2,10 @@
 processes), each measured against the issue's targets: every repro's status and the longest ``/healthz/live`` took
 meanwhile; the memory of the service's process tree through bursts of 16 huge and 16 model-bound PNGs, and the
 latency of good requests beside them; a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
-requests fail, how soon a pinned one is refused; and c=512 over the five variants: p99 against twice the
-queue-wait budget plus the slowest batch time. Results go to ``bench/results/hostile.{json,md}``:
+requests fail, how soon a pinned one is refused; c=512 over the five variants: p99 against twice the
+queue-wait budget plus the slowest batch time; and the fork server the workers come from, stopped while a worker
+is lost (how soon the worker is back), then killed (whether anything restarts). Results go to
+``bench/results/hostile.{json,md}``:
 
     blockdrop bench hostile --data-root DIR
 """
@@ -27,7 +29,15 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, process_ended, tree_memory_kib, worker_of, write_results
+from bench.common import (
+    RESULTS,
+    machine_description,
+    process_ended,
+    process_tree,
+    tree_memory_kib,
+    worker_of,
+    write_results,
+)
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
 from bench.load import run_wrk, service, write_bodies
 from bench.variants import add_variant_option, parse_variants
@@ -209,6 +219,69 @@ def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") 
     }
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def worker_restarts(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r"^blockdrop_worker_restarts_total{[^}]*} (\S+)$", text, re.MULTILINE))
+
+
+def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "full") -> dict:
+    """Under unkeyed traffic: SIGSTOP the fork server and SIGKILL ``variant``'s worker, until the worker is back
+    (the stopped fork server is ended after its deadline, a new one forks the replacement); then SIGKILL the new fork
+    server and watch for 3 s whether any worker is restarted or ends."""
+    servers = [member for member in process_tree(pid) if _is_server(member)]
+    victim = worker_of(pid, variant)
+    fork_server = parent_of(victim)
+    with good_traffic(url, bodies) as unkeyed:
+        time.sleep(0.5)
+        os.kill(fork_server, signal.SIGSTOP)
+        os.kill(victim, signal.SIGKILL)
+        lost = time.monotonic()
+        noticed = back = None
+        try:
+            while time.monotonic() - lost < 60:
+                up = worker_up(url, variant)
+                noticed = noticed or (up == 0)
+                if noticed and up == 1:
+                    back = round(time.monotonic() - lost, 2)
+                    break
+                time.sleep(0.05)
+        finally:
+            stopped_one_ended = process_ended(fork_server)
+            if not stopped_one_ended:
+                os.kill(fork_server, signal.SIGCONT)
+        # the others were forked by the ended fork server (init has them now); the replacement by a new one
+        replacement = worker_of(pid, variant)
+        servers = [member for member in servers if member != victim] + [replacement]
+        restarts = worker_restarts(url)
+        os.kill(parent_of(replacement), signal.SIGKILL)
+        time.sleep(3.0)  # thirty rounds of every worker's supervising thread
+        restarted = worker_restarts(url) - restarts
+        ended = sum(process_ended(member) for member in servers)
+    samples = unkeyed.samples
+    return {
+        "variant": variant,
+        "worker_back_after_s": back,  # from the SIGKILL, with the fork server stopped (None: not within 60 s)
+        "stopped_fork_server_ended": stopped_one_ended,
+        "servers_restarted_after_fork_server_killed": restarted,
+        "servers_ended_after_fork_server_killed": ended,
+        "servers": len(servers),
+        "unkeyed_requests": len(samples),
+        "unkeyed_failed_percent": round(100 * sum(s != 200 for s, _ in samples) / max(1, len(samples)), 2),
+    }
+
+
+def _is_server(pid: int) -> bool:
+    """A worker or model server (``bd:VARIANT``), or an API server (``bd-api-N``)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("bd")
+    except OSError:
+        return False
+
+
 def slowest_batch_seconds(url: str) -> float:
     """The largest mean batch time of any variant so far (from blockdrop_inference_seconds)."""
     text = httpx.get(url + "/metrics", timeout=10).text
@@ -277,6 +350,8 @@ def run(args: argparse.Namespace) -> dict:
             }
             result["hung_worker"] = hung_worker(server.url, pid, bodies, args.hung_variant)
             result["overload"] = overload(server.url, folder, args.images, args.overload_seconds)
+            # last: the killed fork server's children leave the service's process tree (init adopts them)
+            result["fork_server"] = fork_server_faults(server.url, pid, bodies, args.hung_variant)
     finally:
         server.stop()
     return result
@@ -331,6 +406,17 @@ def to_markdown(result: dict) -> str:
         f"{'within' if over['p99_within_bound'] else 'OVER'}; {over['sampled_refusals_with_retry_after']} of "
         f"{over['sampled_refusals']} sampled 503s carried Retry-After; socket errors {over['socket_errors']}.",
     ]
+    fork = result.get("fork_server")
+    if fork is not None:
+        lines += [
+            "",
+            f"Fork server (one client sending unkeyed requests): stopped (SIGSTOP) while `{fork['variant']}`'s "
+            f"worker was killed, the worker was back {fork['worker_back_after_s']} s later (the stopped fork server "
+            f"ended by the service: {fork['stopped_fork_server_ended']}); the new fork server then killed "
+            f"(SIGKILL), {fork['servers_restarted_after_fork_server_killed']:.0f} of {fork['servers']} servers were "
+            f"restarted and {fork['servers_ended_after_fork_server_killed']} ended within 3 s; "
+            f"{fork['unkeyed_failed_percent']} % of {fork['unkeyed_requests']} unkeyed requests failed throughout.",
+        ]
     return "\n".join(lines) + "\n"
 
 

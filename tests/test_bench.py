@@ -238,8 +238,8 @@ def test_soak_short_version(tmp_path):
 
 
 def test_hostile_short_version(tmp_path):
-    """With two API servers: every repro, burst and the hung model server behave as in one process (whose
-    hostile-input behaviour tests/service/test_hostile_input.py covers)."""
+    """With two API servers: every repro, burst, the hung model server and the fork server's faults behave as in one
+    process (whose hostile-input behaviour tests/service/test_hostile_input.py covers)."""
     args = [*_wrk_bench(tmp_path, "hostile"), "--idle-seconds", "1", "--overload-seconds", "2"]
     args += ["--header-timeout-s", "1", "--api-servers", "2"]
     assert blockdrop(args) == 0
@@ -251,6 +251,10 @@ def test_hostile_short_version(tmp_path):
     assert hung["not_ready_after_s"] is not None and hung["pinned_status"] == 503 and hung["hung_worker_killed"]
     assert hung["replaced_after_s"] > hung["not_ready_after_s"]
     assert set(result["overload"]["statuses"]) <= {"200", "503"}
+    fork = result["fork_server"]  # stopped with a server lost, then killed
+    assert fork["worker_back_after_s"] is not None and fork["stopped_fork_server_ended"]
+    assert fork["servers"] == 4 and fork["servers_restarted_after_fork_server_killed"] == 0
+    assert fork["servers_ended_after_fork_server_killed"] == 0
     assert "Hung worker" in (tmp_path / "hostile.md").read_text()
 
 
