@@ -134,7 +134,8 @@ class ForkedProcess:
                 self.process.join(timeout)
             return
         if wait([self._pidfd], timeout):
-            self.process.join(1.0)  # the fork server reports the exit code just after it reaps the child
+            # the fork server reports the exit code as it reaps the child: a moment later, or never (stopped, gone)
+            self.process.join(0.2)
 
     def send_signal(self, sig: int) -> None:
         """Signal the process if it runs (a process that has ended is left alone)."""

@@ -248,9 +248,10 @@ class Supervisor:
                 "%s %s (pid %s) sent no heartbeat for %.1f s; killing it", child.kind, child.label, process.pid, silent
             )
             process.kill()
+            process.join(5)
         else:
+            process.join(5)  # its exit code, from the fork server
             log.error("%s %s (pid %s) exited (code %s)", child.kind, child.label, process.pid, process.exitcode)
-        process.join(5)
         child.status[frames.READY] = 0.0  # not ready from this moment, in every API server
         self._replace(child)
 
