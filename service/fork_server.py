@@ -163,9 +163,9 @@ class ForkStart:
         threading.Thread(target=self._run, name=f"start-{process.name}", daemon=True).start()
 
     def _run(self) -> None:
+        global _forked_by
         try:
             self.child.process.start()
-            global _forked_by
             _forked_by = fork_server_pid()
             self.child._watch()
         except BaseException as error:  # handed to whoever asks for the result
