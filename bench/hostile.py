@@ -196,15 +196,13 @@ def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") 
             timeout=30,
         )
         pinned_s = time.perf_counter() - started
-        time.sleep(5)
+        replaced, pinned_at = None, time.monotonic()  # the traffic goes on 5 s, the poll until the replacement is up
+        while time.monotonic() - pinned_at < 5 or (replaced is None and time.monotonic() - stopped < 60):
+            if replaced is None and noticed is not None and worker_up(url, variant) == 1:
+                replaced = round(time.monotonic() - stopped, 2)
+            time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(hung, signal.SIGCONT)
-    replaced = None
-    while time.monotonic() - stopped < 60:  # the replacement loads its model
-        if worker_up(url, variant) == 1:
-            replaced = round(time.monotonic() - stopped, 1)
-            break
-        time.sleep(0.2)
     samples = unkeyed.samples + unkeyed_too.samples
     return {
         "variant": variant,
