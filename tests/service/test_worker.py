@@ -3,6 +3,7 @@ that gives clear 503s, shows in readiness and metrics, and ends in a new worker 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -136,17 +137,26 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     assert all(not w.alive for replicas in client.app.state.backend.workers.values() for w in replicas)
 
 
-def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts):
-    """Workers are forked from a fork server (service/fork_server.py); with it killed, the running worker goes on
-    answering (and is not taken for dead), and one lost afterwards is still replaced (from a new fork server)."""
+def _forked_worker(artifacts) -> tuple[InferenceWorker, int, int]:
+    """A started worker of the tiny ResNet, its pid, and the pid of the fork server it was forked from."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
     worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
     worker.start()
+    fork_server = _parent(worker.pid)
+    assert fork_server != os.getpid()
+    return worker, worker.pid, fork_server
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts):
+    """Workers are forked from a fork server (service/fork_server.py); with it killed, the running worker goes on
+    answering (and is not taken for dead), and one lost afterwards is still replaced (from a new fork server)."""
+    worker, first, fork_server = _forked_worker(artifacts)
     try:
-        first = worker.pid
-        with open(f"/proc/{first}/stat") as stat:
-            fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
-        assert fork_server != os.getpid()
         os.kill(fork_server, signal.SIGKILL)
         assert _wait(lambda: not _alive(fork_server), timeout=10)
         time.sleep(0.5)  # five rounds of the supervising thread: the worker is not taken for dead
@@ -163,12 +173,7 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
     """With the fork server stopped (SIGSTOP), a lost worker's replacement waits for it, but nothing else does: the
     variant is refused at once rather than queued behind the start, the replacement comes once the fork server is
     continued, and stopping the service does not wait for it."""
-    spec, _ = _spec(artifacts["tiny-resnet"], "full")
-    worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
-    worker.start()
-    first = worker.pid
-    with open(f"/proc/{first}/stat") as stat:
-        fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
+    worker, first, fork_server = _forked_worker(artifacts)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         os.kill(first, signal.SIGKILL)
@@ -179,10 +184,12 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
             worker.infer(torch.zeros(2, 3, 32, 32))
         assert time.monotonic() - started < 1
     finally:
-        os.kill(fork_server, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # ended by the service if it overstayed FORK_TIMEOUT_S
+            os.kill(fork_server, signal.SIGCONT)
     try:
         assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+        fork_server = _parent(worker.pid)  # the same one, unless it overstayed FORK_TIMEOUT_S and was replaced
         os.kill(fork_server, signal.SIGSTOP)
         os.kill(worker.pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -190,7 +197,8 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
         worker.stop(timeout=2)
         assert time.monotonic() - started < 10
     finally:
-        os.kill(fork_server, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # ended by ``stop``, which does not leave it stopped
+            os.kill(fork_server, signal.SIGCONT)
         worker.stop()
 
 
@@ -198,12 +206,7 @@ def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replace
     """A fork server that does not fork within FORK_TIMEOUT_S is killed; the lost worker's replacement then comes
     from a new one, without the stopped one ever being continued."""
     monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)
-    spec, _ = _spec(artifacts["tiny-resnet"], "full")
-    worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
-    worker.start()
-    first = worker.pid
-    with open(f"/proc/{first}/stat") as stat:
-        fork_server = int(stat.read().rsplit(")", 1)[1].split()[1])
+    worker, first, fork_server = _forked_worker(artifacts)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         os.kill(first, signal.SIGKILL)
