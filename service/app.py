@@ -76,7 +76,8 @@ def load_dataplane(settings: Settings, backend: Backend) -> DataPlane:
         v.name: load_variant(v, device, fold_batchnorm=settings.fold_batchnorm, execution=execution, capture=capture)
         for v in settings.variants
     }
-    return DataPlane(settings, variants, backend.metrics, backend.executors(variants), backend.store)
+    liveness = getattr(backend, "liveness_problem", None)  # only the API servers' backend (service/multiprocess)
+    return DataPlane(settings, variants, backend.metrics, backend.executors(variants), backend.store, liveness)
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:

@@ -114,10 +114,13 @@ class DataPlane:
         metrics: ServiceMetrics,
         executors: dict[str, Executor],
         store: Store,
+        liveness: Callable[[], str | None] | None = None,
     ):
         """``executors`` (one per variant, from a backend) run the models; ``store`` keeps predictions for
-        feedback."""
+        feedback; ``liveness``, where the backend has a reason to be restarted that this process cannot see
+        (several API servers: their supervisor stopped watching), says it."""
         self.settings = settings
+        self._liveness = liveness
         self.variants = variants
         self.metrics = metrics
         self.router = Router(
@@ -154,6 +157,12 @@ class DataPlane:
         """Every variant loaded and warm, every executor alive (every worker answering), and not shutting down."""
         answering = all(getattr(executor, "alive", True) for executor in self.executors.values())
         return self.warmed_up and not self.stopping and not self.draining and answering
+
+    def not_live(self) -> str | None:
+        """Why the service should be restarted (None: it is live). Never while it drains, which is not a fault."""
+        if self._liveness is None or self.stopping or self.draining:
+            return None
+        return self._liveness()
 
     def _describe(self, variant: Variant, executor: Executor) -> Executor:
         """The variant's series, created at zero (its queue's depth read from its executor)."""

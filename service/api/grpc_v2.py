@@ -113,7 +113,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
         context.set_trailing_metadata((self.served_by,))
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.plane.not_live() is None)
 
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
         context.set_trailing_metadata((self.served_by,))

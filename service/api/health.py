@@ -12,9 +12,12 @@ from service.dataplane import DataPlane
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz/live", summary="The process is up")
-async def live() -> dict:
-    return {"status": "live"}
+@router.get("/healthz/live", summary="The process is up (with several API servers: and their supervisor watches)")
+async def live(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    reason = plane.not_live()
+    if reason is not None:
+        return JSONResponse({"error": f"not live: {reason}"}, status_code=503)
+    return JSONResponse({"status": "live"})
 
 
 @router.get("/healthz/ready", summary="Every variant is loaded and warmed up (503 otherwise)")

@@ -52,9 +52,14 @@ async def server_metadata() -> ServerMetadataResponse:
     )
 
 
-@router.get("/health/live", summary="Server liveness")
-async def server_live() -> ServerLiveResponse:
-    return ServerLiveResponse(live=True)
+@router.get(
+    "/health/live",
+    summary="Server liveness (503 where the service should be restarted)",
+    response_model=ServerLiveResponse,
+)
+async def server_live(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    live = plane.not_live() is None
+    return JSONResponse(ServerLiveResponse(live=live).model_dump(), status_code=200 if live else 503)
 
 
 @router.get(

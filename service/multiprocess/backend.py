@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from service.config import Settings
 from service.dataplane import DataPlane, Executor
+from service.multiprocess import frames
 from service.multiprocess.frames import SlotShape
 from service.multiprocess.model_client import ModelClient, model_client
 from service.multiprocess.runtime import RuntimeLayout
@@ -19,6 +21,8 @@ from service.variants import Variant
 log = logging.getLogger(__name__)
 
 CHANGES_POLL_S = 0.2  # an operator's change reaches every API server within this (and a poll's time)
+# the supervisor beats every 0.1 s; a start, a kill or a join in its watch takes well under a second
+SUPERVISOR_SILENCE_S = 10.0
 
 
 class SharedBackend:
@@ -32,6 +36,15 @@ class SharedBackend:
         self.store = SharedPredictionStore(layout.state_db, settings.feedback_capacity, settings.feedback_ttl_s)
         self.changes = SharedChanges(layout.state_db)
         self.clients: dict[str, ModelClient] = {}
+        self.supervisor = frames.status_block(layout.supervisor_status).numpy()
+
+    def liveness_problem(self) -> str | None:
+        """Why this API server should not count as live: its supervisor, which replaces the service's lost
+        processes, has stopped watching them (stopped, or stuck). None while it watches."""
+        silent = time.monotonic() - float(self.supervisor[frames.HEARTBEAT])
+        if silent > SUPERVISOR_SILENCE_S:
+            return f"the supervisor has not watched the service's processes for {silent:.0f} s"
+        return None
 
     def executors(self, variants: dict[str, Variant]) -> dict[str, Executor]:
         for index, configured in enumerate(self.settings.variants):

@@ -109,7 +109,7 @@ class SlotRegion:
 def status_block(path: Path, create: bool = False) -> Tensor:
     """A process's status: float64 [STATUS_FIELDS], indexed by HEARTBEAT, READY, DEPTH, BATCH_SECONDS, PID and
     CUDA_GRAPHS (1 when the model server's variant runs captured graphs; an API server's uses HEARTBEAT, READY and
-    PID)."""
+    PID; the supervisor's, HEARTBEAT: a round of its watch)."""
     return map_file(path, STATUS_FIELDS * 8, create).view(torch.float64)
 
 

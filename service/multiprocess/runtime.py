@@ -20,6 +20,10 @@ class RuntimeLayout:
     def api_status(self, api_server: int) -> Path:
         return self.root / f"api-{api_server}.status"
 
+    @property
+    def supervisor_status(self) -> Path:
+        return self.root / "supervisor.status"
+
     def incoming(self, variant: int) -> Path:
         return self.root / f"incoming-{variant}"
 

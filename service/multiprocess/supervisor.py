@@ -5,7 +5,10 @@ tells every API server to drain, then stops the model servers, and leaves nothin
 Model servers are watched by their heartbeat: one silent for ``worker_heartbeat_timeout_s`` is killed and started
 again, once, here (API servers only reconnect). API servers are watched by a heartbeat their event loop writes: one
 whose loop has not run for ``API_SERVER_SILENCE_S`` (stopped, or stuck in a call that never returns) is killed and
-replaced; the connections it held are lost, the others' are not. A process that fails before it ever served is
+replaced; the connections it held are lost, the others' are not. The supervisor beats too, once a round of its
+watch, and an API server answers ``/healthz/live`` with 503 while that beat is older than ``SUPERVISOR_SILENCE_S``
+(service/multiprocess/backend.py): a supervisor that no longer watches (stopped, stuck) would replace nothing, so
+an orchestrator's liveness probe restarts the service. A process that fails before it ever served is
 started again ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason
 instead. Starts run beside the watching (service/fork_server.py's ForkStart): a fork server that does not fork (stopped)
 holds up that start alone, until it is ended ``FORK_TIMEOUT_S`` later; a killed one takes none of the children it
@@ -111,6 +114,7 @@ class Supervisor:
         self.models: dict[tuple[int, int], Child] = {}
         self.apis: dict[int, Child] = {}
         self.incoming = []
+        self.heartbeat: np.ndarray | None = None  # the supervisor's own, read by every API server
         self._signal: int | None = None
         self._signals_forwarded = 0
 
@@ -151,6 +155,8 @@ class Supervisor:
         self.layout.metrics_dir.mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.layout.metrics_dir)  # every child inherits it
         shared_state.create(self.layout.state_db)
+        self.heartbeat = frames.status_block(self.layout.supervisor_status, create=True).numpy()
+        self._beat()
         self.listener = bind(s.host, s.port)
         if s.grpc_port:
             check_free(s.host, s.grpc_port, "gRPC")
@@ -184,6 +190,7 @@ class Supervisor:
         while waiting:
             if self._signal is not None:
                 raise _Stopped
+            self._beat()
             for child in list(waiting):
                 try:
                     if not child.forked():
@@ -219,7 +226,11 @@ class Supervisor:
         while self._signal is None:
             for child in [*self.models.values(), *self.apis.values()]:
                 self._check(child)
+            self._beat()
             time.sleep(WATCH_EVERY_S)
+
+    def _beat(self) -> None:
+        self.heartbeat[frames.HEARTBEAT] = time.monotonic()
 
     def _check(self, child: Child) -> None:
         try:

@@ -23,6 +23,7 @@ from models import save_artifact
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
+from service.multiprocess.backend import SUPERVISOR_SILENCE_S
 from service.multiprocess.supervisor import API_SERVER_SILENCE_S
 from tests.service.conftest import cifar_manifest, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
@@ -270,6 +271,33 @@ def test_a_killed_api_server_is_replaced_while_the_other_answers(server):
     for seed in range(20):  # new connections: the other API server takes them all meanwhile
         assert httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG).status_code == 200
     wait_for_replacement(server, "api-1", pid)
+
+
+def test_a_stopped_supervisor_makes_every_api_server_fail_liveness_until_it_watches_again(server):
+    """A supervisor that no longer watches would replace nothing: every API server then answers /healthz/live with
+    503 (an orchestrator restarts the service), while still serving requests; once it watches again, 200."""
+    clients = {name: client_on(server, name) for name in API_SERVERS}
+    os.kill(server.process.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        for client in clients.values():
+            assert client.get("/healthz/live").status_code == 200  # not at once: a busy machine may pause it
+        for name, client in clients.items():
+            while (answer := client.get("/healthz/live")).status_code == 200:
+                assert time.monotonic() - stopped < SUPERVISOR_SILENCE_S + 5, f"{name} stayed live"
+                time.sleep(0.2)
+            assert answer.status_code == 503 and "supervisor" in answer.json()["error"]
+            assert time.monotonic() - stopped > SUPERVISOR_SILENCE_S
+            response = client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG)
+            assert response.status_code == 200  # serving goes on: only the self-healing is gone
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    for client in clients.values():
+        with contextlib.closing(client):
+            while client.get("/healthz/live").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
 
 
 def test_a_stopped_api_server_is_killed_within_seconds_and_replaced(server):
