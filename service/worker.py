@@ -360,7 +360,9 @@ class InferenceWorker:
         started = time.monotonic()
         try:
             self.start()
-        except (RuntimeError, OSError, EOFError):  # OSError, EOFError: the fork server died while it forked
+        # any failure, not only the expected ones (the fork server gone while it forked: OSError, EOFError): an
+        # unexpected one ending this thread would leave the variant down for good
+        except Exception:
             if not self._stopping.is_set():
                 # a worker that cannot start (its artifact gone, memory short) is tried again, but ever more
                 # slowly: a start costs a whole model load, and a tight loop of them would starve the service

@@ -236,8 +236,8 @@ class Supervisor:
         try:
             if child.starting is not None and not child.forked():
                 return  # the fork server has yet to fork it
-        except (OSError, EOFError) as error:
-            log.error("could not start %s %s: %s", child.kind, child.label, error)
+        except Exception:  # any failure (the fork server gone: OSError, EOFError) is a failed start, tried again later
+            log.exception("could not start %s %s", child.kind, child.label)
             self._replace(child)
             return
         process = child.process

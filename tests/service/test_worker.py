@@ -219,6 +219,27 @@ def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replace
         worker.stop()
 
 
+def test_an_unexpected_failure_to_restart_is_tried_again_not_the_end_of_the_supervision(artifacts, monkeypatch):
+    """A restart that fails with an error nobody foresaw (here a TypeError) is retried after the backoff, like a
+    failed load; it does not end the supervising thread, which would leave the variant down for good."""
+    worker, first, _ = _forked_worker(artifacts)
+    launch, failures = InferenceWorker.launch, []
+
+    def launch_failing_once(self: InferenceWorker) -> None:
+        if not failures:
+            failures.append(1)
+            raise TypeError("cannot pickle the unforeseen")
+        launch(self)
+
+    monkeypatch.setattr(InferenceWorker, "launch", launch_failing_once)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert failures == [1]
+    finally:
+        worker.stop()
+
+
 def test_a_worker_that_stops_answering_is_replaced(artifacts):
     """A hung worker (SIGSTOP) fails its batch at the answer deadline and is killed and replaced."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
