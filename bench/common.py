@@ -81,6 +81,11 @@ def process_ended(pid: int) -> bool:
         return True
 
 
+def parent_of(pid: int) -> int:
+    """The pid of ``pid``'s parent (a forked worker's: the fork server)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def commit_of(checkout: str | os.PathLike) -> str | None:
     """The short commit a git checkout is at (None where it is not one)."""
     done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)

@@ -32,6 +32,7 @@ import httpx
 from bench.common import (
     RESULTS,
     machine_description,
+    parent_of,
     process_ended,
     process_tree,
     tree_memory_kib,
@@ -215,10 +216,6 @@ def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") 
         "hung_worker_killed": process_ended(hung),
         "replaced_after_s": replaced,  # from the SIGSTOP until its replacement was up (None: not within 60 s)
     }
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def worker_restarts(url: str) -> float:

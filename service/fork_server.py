@@ -155,6 +155,7 @@ class ForkStart:
     ``FORK_TIMEOUT_S`` once that fork server has forked, ``FIRST_FORK_TIMEOUT_S`` while it may still be importing."""
 
     def __init__(self, process: BaseProcess) -> None:
+        process.daemon = True  # the service's child: it may not start processes of its own
         self.child = ForkedProcess(process)
         self._began = time.monotonic()
         self._error: BaseException | None = None

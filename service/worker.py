@@ -224,7 +224,6 @@ class InferenceWorker:
             args=(child, self.spec, self._buffers, heartbeat, self._lifeline.end),
             name=f"blockdrop-worker-{self.name}",
         )
-        process.daemon = True
         # not under the lock: the start waits for the fork server, which neither a batch nor ``stop`` may wait for
         # (a stopped fork server would hold them; ForkStart ends one that does not fork in time)
         self._forking = ForkStart(process)

@@ -85,7 +85,6 @@ class Child:
 
     def start(self, process: BaseProcess) -> None:
         """Start ``process`` as this child, without waiting for the fork server."""
-        process.daemon = True
         self.reset_status()
         self.process, self.ready = None, False
         self.starting = ForkStart(process)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 import service.fork_server as fork_server_module
+from bench.common import parent_of, process_ended
 from service.fork_server import ForkStart, fork_server_context, kill_fork_server
 
 
@@ -29,20 +29,6 @@ def _sleeper(seconds: float = 60.0):
     return process
 
 
-def _parent(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rindex(")") + 2 :].split()[1])
-
-
-def _gone(pid: int) -> bool:
-    """Ended (a zombie counts: its parent, the fork server, or init, reaps it)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return text[text.rindex(")") + 2] == "Z"
-
-
 def _until(condition, seconds: float = 10.0) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -56,18 +42,18 @@ def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
     """multiprocessing alone would report the child ended (exit code 255) once the fork server is gone, and its
     kill would signal nothing."""
     child = ForkStart(_sleeper()).result()
-    fork_server = _parent(child.pid)
+    fork_server = parent_of(child.pid)
     assert fork_server != os.getpid() and child.is_alive()
     os.kill(fork_server, signal.SIGKILL)
-    assert _until(lambda: _gone(fork_server))
+    assert _until(lambda: process_ended(fork_server))
     assert not child.process.is_alive()  # what multiprocessing says: wrongly
-    assert child.is_alive() and not _gone(child.pid)
+    assert child.is_alive() and not process_ended(child.pid)
     child.kill()
     child.join(5)
-    assert not child.is_alive() and _until(lambda: _gone(child.pid))
+    assert not child.is_alive() and _until(lambda: process_ended(child.pid))
 
     after = ForkStart(_sleeper()).result()  # the next start gets a new fork server
-    assert _parent(after.pid) not in (fork_server, os.getpid())
+    assert parent_of(after.pid) not in (fork_server, os.getpid())
     after.kill()
     after.join(5)
     assert not after.is_alive()
@@ -77,7 +63,7 @@ def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
 def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks(monkeypatch):
     monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)  # one that has forked: done importing
     first = ForkStart(_sleeper()).result()
-    fork_server = _parent(first.pid)
+    fork_server = parent_of(first.pid)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         waiting = ForkStart(_sleeper())
@@ -87,13 +73,13 @@ def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks
         with pytest.raises((EOFError, OSError)):
             waiting.result()
         assert time.monotonic() - started < 3
-        assert _until(lambda: _gone(fork_server))
+        assert _until(lambda: process_ended(fork_server))
     finally:
-        if not _gone(fork_server):
+        if not process_ended(fork_server):
             os.kill(fork_server, signal.SIGCONT)
     assert first.is_alive()  # the children it forked run on
     again = ForkStart(_sleeper()).result()
-    assert _parent(again.pid) != fork_server and again.is_alive()
+    assert parent_of(again.pid) != fork_server and again.is_alive()
     for child in (first, again):
         child.kill()
         child.join(5)
@@ -102,7 +88,7 @@ def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks
 
 def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_behind():
     first = ForkStart(_sleeper()).result()
-    fork_server = _parent(first.pid)
+    fork_server = parent_of(first.pid)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         waiting = ForkStart(_sleeper())  # its deadline is seconds away
@@ -111,9 +97,9 @@ def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_be
         assert _until(lambda: waiting.done(), seconds=5)
         with pytest.raises((EOFError, OSError)):
             waiting.result()
-        assert _until(lambda: _gone(fork_server))
+        assert _until(lambda: process_ended(fork_server))
     finally:
-        if not _gone(fork_server):
+        if not process_ended(fork_server):
             os.kill(fork_server, signal.SIGCONT)
     first.kill()
     first.join(5)

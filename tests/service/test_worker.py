@@ -16,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import service.fork_server as fork_server_module
+from bench.common import parent_of, process_ended
 from service.app import create_app
 from service.config import VariantSettings
 from service.variants import ExecutionOptions, load_variant
@@ -142,14 +143,9 @@ def _forked_worker(artifacts) -> tuple[InferenceWorker, int, int]:
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
     worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
     worker.start()
-    fork_server = _parent(worker.pid)
+    fork_server = parent_of(worker.pid)
     assert fork_server != os.getpid()
     return worker, worker.pid, fork_server
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts):
@@ -158,7 +154,7 @@ def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts)
     worker, first, fork_server = _forked_worker(artifacts)
     try:
         os.kill(fork_server, signal.SIGKILL)
-        assert _wait(lambda: not _alive(fork_server), timeout=10)
+        assert _wait(lambda: process_ended(fork_server), timeout=10)
         time.sleep(0.5)  # five rounds of the supervising thread: the worker is not taken for dead
         assert worker.pid == first
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
@@ -189,7 +185,7 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
     try:
         assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
-        fork_server = _parent(worker.pid)  # the same one, unless it overstayed FORK_TIMEOUT_S and was replaced
+        fork_server = parent_of(worker.pid)  # the same one, unless it overstayed FORK_TIMEOUT_S and was replaced
         os.kill(fork_server, signal.SIGSTOP)
         os.kill(worker.pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -211,10 +207,10 @@ def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replace
     try:
         os.kill(first, signal.SIGKILL)
         assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
-        assert not _alive(fork_server)
+        assert process_ended(fork_server)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
-        if _alive(fork_server):
+        if not process_ended(fork_server):
             os.kill(fork_server, signal.SIGCONT)
         worker.stop()
 
@@ -382,7 +378,7 @@ def test_a_killed_service_leaves_no_worker_behind(artifacts):
     assert len(workers) == 2
     server.process.kill()
     server.process.wait()
-    assert _wait(lambda: not any(_alive(pid) for pid in below), timeout=10), "a child outlived the service"
+    assert _wait(lambda: all(process_ended(pid) for pid in below), timeout=10), "a child outlived the service"
 
 
 def _comm(pid: int) -> str:
@@ -391,14 +387,6 @@ def _comm(pid: int) -> str:
             return comm.read().strip()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _helpers() -> set[int]:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import torch
 
+from bench.common import parent_of
 from models import save_artifact
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
@@ -356,14 +357,9 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
 
 def _fork_server(supervisor: int) -> int:
     """The supervisor's child that forks the servers (their parent)."""
-    (pid,) = {_parent(pid) for pid, name in children(supervisor).items() if name.startswith("bd")}
+    (pid,) = {parent_of(pid) for pid, name in children(supervisor).items() if name.startswith("bd")}
     assert pid != supervisor
     return pid
-
-
-def _parent(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rindex(")") + 2 :].split()[1])
 
 
 def test_a_killed_fork_server_leaves_every_server_running_once(variants):
