@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 FORK_TIMEOUT_S = 5.0
 FIRST_FORK_TIMEOUT_S = 120.0
 _forked_by: int | None = None  # the last fork server that forked a child: done importing
+_forked_at = 0.0  # when it last did: a start queued behind others waits from then, not from its own beginning
 
 # torch._dynamo: torch imports it on a process's first FlopCounterMode convolution (models/flops.py, as a variant
 # loads), most of that first load's time; imported once here, no child pays for it again
@@ -164,10 +165,10 @@ class ForkStart:
         threading.Thread(target=self._run, name=f"start-{process.name}", daemon=True).start()
 
     def _run(self) -> None:
-        global _forked_by
+        global _forked_by, _forked_at
         try:
             self.child.process.start()
-            _forked_by = fork_server_pid()
+            _forked_by, _forked_at = fork_server_pid(), time.monotonic()
             self.child._watch()
         except BaseException as error:  # handed to whoever asks for the result
             self._error = error
@@ -177,8 +178,14 @@ class ForkStart:
     def done(self) -> bool:
         """Whether the start has ended, started or failed; past its time it is ended, failed."""
         if not self._finished.is_set() and self._ended_at is None:
-            limit = FORK_TIMEOUT_S if fork_server_pid() == _forked_by else FIRST_FORK_TIMEOUT_S
-            if time.monotonic() - self._began > limit:
+            # a fork server that has forked is done importing: it may be idle (not forking) for FORK_TIMEOUT_S at
+            # most, counted from this start or its last fork, whichever came later (starts that began while it
+            # imported were queued behind each other); a new one gets FIRST_FORK_TIMEOUT_S from this start
+            if fork_server_pid() == _forked_by:
+                limit, waited = FORK_TIMEOUT_S, time.monotonic() - max(self._began, _forked_at)
+            else:
+                limit, waited = FIRST_FORK_TIMEOUT_S, time.monotonic() - self._began
+            if waited > limit:
                 self._end(f"the fork server did not fork {self.child.name} in {limit:g} s; ending it")
         return self._finished.is_set()
 

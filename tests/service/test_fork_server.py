@@ -104,3 +104,24 @@ def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_be
     first.kill()
     first.join(5)
     assert not first.is_alive()
+
+
+def test_starts_queued_while_a_new_fork_server_imports_are_not_ended_once_it_forks(monkeypatch):
+    """Starts that began together, while a new fork server imported (here torch, for seconds), are forked one after
+    the other; the deadline of a fork server that has forked counts from its last fork, so the later ones are not
+    taken for stuck (counted from their own beginning, they were past it the moment the first one forked)."""
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 0.5)
+    kill_fork_server()  # the next start launches one that imports torch first
+    processes = []
+    for _ in range(4):
+        process = fork_server_context(("torch",)).Process(target=time.sleep, args=(60,), name="sleeper")
+        processes.append(process)
+    starts = [ForkStart(process) for process in processes]
+    while not all(start.done() for start in starts):  # polled as the supervisor polls its children's starts
+        time.sleep(0.01)
+    children = [start.result() for start in starts]
+    assert all(child.is_alive() for child in children)
+    assert len({parent_of(child.pid) for child in children}) == 1  # one fork server forked them all
+    for child in children:
+        child.kill()
+        child.join(5)
