@@ -7,7 +7,7 @@ import pytest
 
 from bench.variants import parse_variants
 from cli.main import main as blockdrop
-from tests.service.conftest import make_artifacts
+from tests.service.conftest import make_artifacts, save_slow_resnet110
 from tests.training.conftest import write_cifar10
 
 
@@ -242,6 +242,11 @@ def test_hostile_short_version(tmp_path):
     process (whose hostile-input behaviour tests/service/test_hostile_input.py covers)."""
     args = [*_wrk_bench(tmp_path, "hostile"), "--idle-seconds", "1", "--overload-seconds", "2"]
     args += ["--header-timeout-s", "1", "--api-servers", "2"]
+    # the hung variant a ResNet-110: its replacement loads long enough for the pinned request to land while it
+    # is down (a tiny model's replacement could be up again before the bench noticed the hung one)
+    (tmp_path / "slow").mkdir()
+    slow = save_slow_resnet110(tmp_path / "slow")
+    args += ["--variant", f"slow={slow}:full", "--hung-variant", "slow"]
     assert blockdrop(args) == 0
     result = json.loads((tmp_path / "hostile.json").read_text())
     assert result["api_servers"] == 2
@@ -253,7 +258,7 @@ def test_hostile_short_version(tmp_path):
     assert set(result["overload"]["statuses"]) <= {"200", "503"}
     fork = result["fork_server"]  # stopped with a server lost, then killed
     assert fork["worker_back_after_s"] is not None and fork["stopped_fork_server_ended"]
-    assert fork["servers"] == 4 and fork["servers_restarted_after_fork_server_killed"] == 0
+    assert fork["servers"] == 5 and fork["servers_restarted_after_fork_server_killed"] == 0
     assert fork["servers_ended_after_fork_server_killed"] == 0
     assert "Hung worker" in (tmp_path / "hostile.md").read_text()
 
