@@ -288,7 +288,9 @@ def test_a_stopped_supervisor_makes_every_api_server_fail_liveness_until_it_watc
                 assert time.monotonic() - stopped < SUPERVISOR_SILENCE_S + 5, f"{name} stayed live"
                 time.sleep(0.2)
             assert answer.status_code == 503 and "supervisor" in answer.json()["error"]
-            assert time.monotonic() - stopped > SUPERVISOR_SILENCE_S
+            # SUPERVISOR_SILENCE_S after its last beat, which came a watch round (longer on a busy machine) before
+            # the SIGSTOP: not at once, but not to the second of the stop either
+            assert time.monotonic() - stopped > SUPERVISOR_SILENCE_S - 1.0
             response = client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG)
             assert response.status_code == 200  # serving goes on: only the self-healing is gone
     finally:
