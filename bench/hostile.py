@@ -225,7 +225,7 @@ def worker_restarts(url: str) -> float:
 
 def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "full") -> dict:
     """Under unkeyed traffic: SIGSTOP the fork server and SIGKILL ``variant``'s worker, until the worker is back
-    (the stopped fork server is ended after its deadline, a new one forks the replacement); then SIGKILL the new fork
+    (the service ends the stopped fork server, a new one forks the replacement); then SIGKILL the new fork
     server and watch for 3 s whether any worker is restarted or ends."""
     servers = [member for member in process_tree(pid) if _is_server(member)]
     victim = worker_of(pid, variant)

@@ -19,9 +19,10 @@ Two more things keep the fork server from holding the service hostage:
   child as ended (exit code 255) while they run on, and its ``kill()`` then signals none of them. ``ForkedProcess``
   watches and signals the child through a pidfd, which refers to the process itself, whoever its parent is.
 - A start waits for the fork server to fork; a stopped one would hold it until continued. ``ForkStart`` starts on a
-  thread of its own, so the caller can go on; a start still waiting after ``FORK_TIMEOUT_S`` (a fork server that has
-  forked before: it is done importing) kills the fork server, which fails the start, and the next start gets a new
-  fork server.
+  thread of its own, so the caller can go on. A start still waiting after ``FORK_TIMEOUT_S`` (a fork server that has
+  forked before: it is done importing), or for ``STOPPED_FORK_SERVER_S`` on a fork server that is stopped (SIGSTOP),
+  kills the fork server, which fails the start with ``ForkServerEnded``; the caller starts again at once (the child
+  was not at fault), and that start gets a new fork server.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,12 @@ log = logging.getLogger(__name__)
 # load at worst, on a machine busy loading models)
 FORK_TIMEOUT_S = 5.0
 FIRST_FORK_TIMEOUT_S = 120.0
+# a stopped fork server (state T: SIGSTOP, not a debugger's trace stop) forks nothing until continued; one waited on for
+# this long while stopped is ended without waiting out the deadline
+STOPPED_FORK_SERVER_S = 1.0
 _forked_by: int | None = None  # the last fork server that forked a child: done importing
 _forked_at = 0.0  # when it last did: a start queued behind others waits from then, not from its own beginning
+_ended_at = -1.0  # when a start last ended the fork server: every start waiting on it then failed for that
 
 # torch._dynamo: torch imports it on a process's first FlopCounterMode convolution (models/flops.py, as a variant
 # loads), most of that first load's time; imported once here, no child pays for it again
@@ -150,6 +156,11 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+class ForkServerEnded(OSError):
+    """A start failed because it ended the fork server, which did not fork in time: the child was not at fault, and a
+    start at once gets a new fork server."""
+
+
 class ForkStart:
     """``process.start()`` on a thread of its own. Poll ``done()`` to go on meanwhile, or wait with ``result()``;
     either ends a start still waiting for the fork server past its time by killing the fork server: after
@@ -160,6 +171,7 @@ class ForkStart:
         self.child = ForkedProcess(process)
         self._began = time.monotonic()
         self._error: BaseException | None = None
+        self._failed_at = 0.0
         self._finished = threading.Event()
         self._ended_at: float | None = None  # when this start killed the fork server
         threading.Thread(target=self._run, name=f"start-{process.name}", daemon=True).start()
@@ -171,7 +183,7 @@ class ForkStart:
             _forked_by, _forked_at = fork_server_pid(), time.monotonic()
             self.child._watch()
         except BaseException as error:  # handed to whoever asks for the result
-            self._error = error
+            self._error, self._failed_at = error, time.monotonic()
         finally:
             self._finished.set()
 
@@ -181,22 +193,27 @@ class ForkStart:
             # a fork server that has forked is done importing: it may be idle (not forking) for FORK_TIMEOUT_S at
             # most, counted from this start or its last fork, whichever came later (starts that began while it
             # imported were queued behind each other); a new one gets FIRST_FORK_TIMEOUT_S from this start
-            if fork_server_pid() == _forked_by:
+            pid = fork_server_pid()
+            if pid == _forked_by:
                 limit, waited = FORK_TIMEOUT_S, time.monotonic() - max(self._began, _forked_at)
             else:
                 limit, waited = FIRST_FORK_TIMEOUT_S, time.monotonic() - self._began
             if waited > limit:
                 self._end(f"the fork server did not fork {self.child.name} in {limit:g} s; ending it")
+            elif time.monotonic() - self._began > STOPPED_FORK_SERVER_S and pid is not None and _stopped(pid):
+                self._end(f"the fork server (pid {pid}) is stopped and has not forked {self.child.name}; ending it")
         return self._finished.is_set()
 
     def result(self) -> ForkedProcess:
-        """The started child, once started; else the start's error (``TimeoutError`` if a killed fork server
-        still did not let go of it)."""
+        """The started child, once started; else why not: ``ForkServerEnded`` if this start ended the fork server
+        (also when the killed fork server still did not let go of it), else the start's own error."""
         while not self.done():
             if self._ended_at is not None and time.monotonic() - self._ended_at > 5.0:
-                raise TimeoutError(f"{self.child.name} could not be started")
+                raise ForkServerEnded(f"{self.child.name} could not be started")
             self._finished.wait(0.05)
         if self._error is not None:
+            if self._ended_at is not None or self._began <= _ended_at <= self._failed_at:  # by this start or another
+                raise ForkServerEnded(f"{self.child.name} was not forked: its fork server was ended") from self._error
             raise self._error
         return self.child
 
@@ -206,9 +223,19 @@ class ForkStart:
             self._end(f"stopping while the fork server had not forked {self.child.name}; ending it")
 
     def _end(self, why: str) -> None:
+        global _ended_at
         log.error("%s (the next start gets a new fork server)", why)
-        self._ended_at = time.monotonic()
+        self._ended_at = _ended_at = time.monotonic()
         kill_fork_server()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (``/proc/PID/stat``'s state, after the command's parentheses)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]
 
 
 def fork_server_pid() -> int | None:

@@ -34,6 +34,7 @@ from service.errors import ServiceError
 from service.fork_server import (
     WORKER_MODULES,
     ForkedProcess,
+    ForkServerEnded,
     ForkStart,
     Lifeline,
     fork_server_context,
@@ -359,6 +360,10 @@ class InferenceWorker:
         started = time.monotonic()
         try:
             self.start()
+        except ForkServerEnded:  # not the worker's fault: the next round starts it again, from a new fork server
+            if not self._stopping.is_set():
+                log.warning("the fork server did not fork variant %s's inference worker; starting it again", self.name)
+            return
         # any failure, not only the expected ones (the fork server gone while it forked: OSError, EOFError): an
         # unexpected one ending this thread would leave the variant down for good
         except Exception:

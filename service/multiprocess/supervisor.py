@@ -11,8 +11,8 @@ watch, and an API server answers ``/healthz/live`` with 503 while that beat is o
 an orchestrator's liveness probe restarts the service. A process that fails before it ever served is
 started again ever more slowly (1 s doubling to 60 s); at start-up such a failure stops the service with its reason
 instead. Starts run beside the watching (service/fork_server.py's ForkStart): a fork server that does not fork (stopped)
-holds up that start alone, until it is ended ``FORK_TIMEOUT_S`` later; a killed one takes none of the children it
-forked with it.
+holds up that start alone, until it is ended (``STOPPED_FORK_SERVER_S`` or ``FORK_TIMEOUT_S`` later) and the child
+started again at once, without a backoff; a killed one takes none of the children it forked with it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ from types import FrameType
 import numpy as np
 
 from service.config import Settings
-from service.fork_server import SERVER_MODULES, ForkedProcess, ForkStart, Lifeline, fork_server_context
+from service.fork_server import (
+    SERVER_MODULES,
+    ForkedProcess,
+    ForkServerEnded,
+    ForkStart,
+    Lifeline,
+    fork_server_context,
+)
 from service.multiprocess import api_server, frames, model_server, shared_state
 from service.multiprocess.api_server import ApiServerSpec
 from service.multiprocess.model_server import ModelServerSpec
@@ -235,6 +242,10 @@ class Supervisor:
         try:
             if child.starting is not None and not child.forked():
                 return  # the fork server has yet to fork it
+        except ForkServerEnded:  # not the child's fault: started again at once, from a new fork server
+            log.warning("the fork server did not fork %s %s; starting it again", child.kind, child.label)
+            child.restart()
+            return
         except Exception:  # any failure (the fork server gone: OSError, EOFError) is a failed start, tried again later
             log.exception("could not start %s %s", child.kind, child.label)
             self._replace(child)

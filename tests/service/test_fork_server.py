@@ -11,7 +11,7 @@ import pytest
 
 import service.fork_server as fork_server_module
 from bench.common import parent_of, process_ended
-from service.fork_server import ForkStart, fork_server_context, kill_fork_server
+from service.fork_server import ForkServerEnded, ForkStart, fork_server_context, kill_fork_server
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,19 +60,22 @@ def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
     assert after.exitcode == -signal.SIGKILL  # reported by the (live) fork server
 
 
-def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks(monkeypatch):
-    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)  # one that has forked: done importing
+def _ended_and_replaced(stopped_within: float) -> None:
+    """Two starts wait on a stopped fork server; it is ended, both fail with ForkServerEnded (one start ended it,
+    the other was waiting on it too) within ``stopped_within`` s, the children it forked run on, and the next start
+    forks from a new fork server."""
     first = ForkStart(_sleeper()).result()
     fork_server = parent_of(first.pid)
     os.kill(fork_server, signal.SIGSTOP)
     try:
-        waiting = ForkStart(_sleeper())
+        waiting = [ForkStart(_sleeper()), ForkStart(_sleeper())]
         time.sleep(0.3)
-        assert not waiting.done()  # the caller goes on meanwhile
+        assert not any(start.done() for start in waiting)  # the caller goes on meanwhile
         started = time.monotonic()
-        with pytest.raises((EOFError, OSError)):
-            waiting.result()
-        assert time.monotonic() - started < 3
+        for start in waiting:
+            with pytest.raises(ForkServerEnded):
+                start.result()
+        assert time.monotonic() - started < stopped_within
         assert _until(lambda: process_ended(fork_server))
     finally:
         if not process_ended(fork_server):
@@ -84,6 +87,27 @@ def test_a_stopped_fork_server_is_ended_at_the_deadline_and_the_next_start_forks
         child.kill()
         child.join(5)
         assert not child.is_alive()
+
+
+def test_a_fork_server_that_does_not_fork_is_ended_at_the_deadline(monkeypatch):
+    """Not seen stopped (a fork server hung some other way), it is ended once FORK_TIMEOUT_S has passed."""
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)  # one that has forked: done importing
+    monkeypatch.setattr(fork_server_module, "_stopped", lambda pid: False)
+    _ended_and_replaced(stopped_within=3)
+
+
+def test_a_stopped_fork_server_is_ended_without_waiting_out_the_deadline(monkeypatch):
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 60.0)
+    _ended_and_replaced(stopped_within=fork_server_module.STOPPED_FORK_SERVER_S + 2)
+
+
+def test_a_failed_start_that_ended_no_fork_server_keeps_its_own_error(monkeypatch):
+    """Only a start that failed because the fork server was ended is ForkServerEnded (started again at once); one
+    that fails on its own (here: its target cannot be pickled) keeps its error, and waits out the backoff."""
+    process = fork_server_context(("time",)).Process(target=lambda: None, name="unpicklable")
+    with pytest.raises(Exception) as raised:
+        ForkStart(process).result()
+    assert not isinstance(raised.value, ForkServerEnded)
 
 
 def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_behind():

@@ -16,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import service.fork_server as fork_server_module
+import service.worker as worker_module
 from bench.common import parent_of, process_ended
 from service.app import create_app
 from service.config import VariantSettings
@@ -198,10 +199,10 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
         worker.stop()
 
 
-def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replaced(artifacts, monkeypatch):
-    """A fork server that does not fork within FORK_TIMEOUT_S is killed; the lost worker's replacement then comes
-    from a new one, without the stopped one ever being continued."""
-    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)
+def _replaced_from_a_new_fork_server(artifacts, monkeypatch) -> None:
+    """With the fork server stopped, a lost worker is replaced from a new one without the stopped one ever being
+    continued, and at once: not after the restart backoff (an hour here), since the worker was not at fault."""
+    monkeypatch.setattr(worker_module, "RESTART_BACKOFF_S", 3600.0)
     worker, first, fork_server = _forked_worker(artifacts)
     os.kill(fork_server, signal.SIGSTOP)
     try:
@@ -213,6 +214,17 @@ def test_a_fork_server_stopped_past_the_deadline_is_ended_and_the_worker_replace
         if not process_ended(fork_server):
             os.kill(fork_server, signal.SIGCONT)
         worker.stop()
+
+
+def test_a_stopped_fork_server_is_ended_and_the_worker_replaced_at_once(artifacts, monkeypatch):
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 3600.0)  # seen stopped: not waited out
+    _replaced_from_a_new_fork_server(artifacts, monkeypatch)
+
+
+def test_a_fork_server_that_does_not_fork_is_ended_at_the_deadline_and_the_worker_replaced(artifacts, monkeypatch):
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(fork_server_module, "_stopped", lambda pid: False)  # hung some other way
+    _replaced_from_a_new_fork_server(artifacts, monkeypatch)
 
 
 def test_an_unexpected_failure_to_restart_is_tried_again_not_the_end_of_the_supervision(artifacts, monkeypatch):

@@ -14,18 +14,21 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
 
-from bench.common import parent_of
+from bench.common import parent_of, process_ended
 from models import save_artifact
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
+from service.fork_server import ForkServerEnded
+from service.multiprocess import frames
 from service.multiprocess.backend import SUPERVISOR_SILENCE_S
-from service.multiprocess.supervisor import API_SERVER_SILENCE_S
+from service.multiprocess.supervisor import API_SERVER_SILENCE_S, Child, Supervisor
 from tests.service.conftest import cifar_manifest, png_bytes, save_slow_resnet110
 from tests.service.live_server import Server
 
@@ -395,29 +398,71 @@ def test_a_killed_fork_server_leaves_every_server_running_once(variants):
     wait_until_gone(servers)  # the originals too, though the supervisor is no longer their ancestor
 
 
-def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_shutdown(variants):
-    """With the fork server stopped (SIGSTOP), a lost model server's replacement waits for it (at most
-    FORK_TIMEOUT_S), but the supervisor goes on watching, and SIGTERM stops the service at once, the stopped fork
-    server included."""
+def _replaced(running: Server, lost: dict[int, str], deadline: float) -> None:
+    """Wait until every lost server's name is running again under a new pid."""
+    while not set(lost.values()) <= {name for pid, name in children(running.process.pid).items() if pid not in lost}:
+        assert time.monotonic() < deadline, f"not replaced: {lost}"
+        time.sleep(0.1)
+
+
+def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_replacements_nor_the_shutdown(variants):
+    """With the fork server stopped (SIGSTOP), a lost model server's and a lost API server's starts fail once the
+    service has seen it stopped: it is ended (never continued), and both are forked by a new fork server. Stopped
+    again while a lost server waits for it, SIGTERM stops the service at once, the stopped fork server included."""
     running = Server(variants[:2], api_servers=2)
-    processes = children(running.process.pid)
-    fork_server = _fork_server(running.process.pid)
-    os.kill(fork_server, signal.SIGSTOP)
+    seen = children(running.process.pid)
     try:
-        (victim,) = [pid for pid, name in processes.items() if name == "bd:full"]
-        os.kill(victim, signal.SIGKILL)
-        time.sleep(1)  # noticed, and its start waits for the fork server
+        fork_server = _fork_server(running.process.pid)
+        os.kill(fork_server, signal.SIGSTOP)
+        (victim,) = [pid for pid, name in seen.items() if name == "bd:full"]
         with contextlib.closing(client_on(running, "api-1")) as victim_api:
             _, api = served_by(victim_api.get("/healthz/live"))
-        os.kill(api, signal.SIGKILL)  # noticed too, though a start is waiting
-        time.sleep(1)
+        for pid in (victim, api):
+            os.kill(pid, signal.SIGKILL)
+        _replaced(running, {victim: "bd:full", api: "bd-api-1"}, deadline=time.monotonic() + 60)
+        assert process_ended(fork_server)
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+
+        seen |= children(running.process.pid)
+        fork_server = _fork_server(running.process.pid)
+        os.kill(fork_server, signal.SIGSTOP)
+        (victim,) = [pid for pid, name in children(running.process.pid).items() if name == "bd:full"]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.3)  # noticed, and its start waits for the fork server
         started = time.monotonic()
         assert running.stop()
         assert time.monotonic() - started < 10
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(fork_server, signal.SIGCONT)
-    wait_until_gone(processes)
+        running.stop()
+    wait_until_gone(seen)
+
+
+class _EndedStart:
+    """A start that failed because it ended its fork server."""
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        raise ForkServerEnded("bd:full was not forked: its fork server was ended")
+
+
+def test_a_start_failed_by_an_ended_fork_server_is_started_again_at_once_without_a_backoff():
+    """The child was not at fault: no failed start is counted and no backoff waited (a failed start of its own is
+    tried again 1 s, then 2, 4 … 60 s later)."""
+    restarts = []
+    child = Child("model server", "full", torch.zeros(frames.STATUS_FIELDS, dtype=torch.float64), 1.0)
+    child.restart = lambda: restarts.append(time.monotonic())
+    child.starting = _EndedStart()
+    not_a_backoff = SimpleNamespace(_replace=lambda child: pytest.fail("taken for a failed start"))
+    Supervisor._check(not_a_backoff, child)
+    assert len(restarts) == 1 and child.failed_starts == 0 and child.not_before == 0.0
 
 
 def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
