@@ -93,6 +93,18 @@ def save_slow_resnet110(folder: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def served_variants(artifacts, tmp_path_factory) -> list[dict]:
+    """What the live-server tests serve: the tiny BlockDrop and ResNet, and a ResNet-110 slow enough to queue
+    (weight 0: only asked for by name)."""
+    slow = save_slow_resnet110(tmp_path_factory.mktemp("slow"))
+    return [
+        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
+        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
+        {"name": "slow", "artifact": str(slow), "mode": "full", "weight": 0},
+    ]
+
+
 def cifar_manifest(name: str, kind: str, **fields) -> Manifest:
     """The manifest of a test artifact for 32x32 CIFAR-10 images; ``fields``: metrics, defaults, …"""
     spec = InputSpec(32, 32, None, MEAN, STD)

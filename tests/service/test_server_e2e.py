@@ -13,23 +13,13 @@ import pytest
 from PIL import Image
 
 from models.artifacts import InputSpec
-from tests.service.conftest import MEAN, STD, png_bytes, save_slow_resnet110
+from tests.service.conftest import MEAN, STD, png_bytes
 from tests.service.live_server import Server
 
 
 @pytest.fixture(scope="module")
-def variants(artifacts, tmp_path_factory) -> list[dict]:
-    slow = save_slow_resnet110(tmp_path_factory.mktemp("slow"))
-    return [
-        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
-        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
-        {"name": "slow", "artifact": str(slow), "mode": "full", "weight": 0},
-    ]
-
-
-@pytest.fixture(scope="module")
-def server(variants):
-    running = Server(variants)
+def server(served_variants):
+    running = Server(served_variants)
     yield running
     assert running.stop()
 
@@ -96,7 +86,7 @@ def test_tritonclient_defaults_binary_tensors_both_ways(server, datatype):
         assert int(binary.as_numpy("flops")[i]) == v1["flops"]["executed"]
 
 
-def test_sticky_assignment_survives_a_restart(variants):
+def test_sticky_assignment_survives_a_restart(served_variants):
     keys = [f"user-{i}" for i in range(40)]
 
     def assignments(server: Server) -> list[str]:
@@ -108,17 +98,17 @@ def test_sticky_assignment_survives_a_restart(variants):
                 for key in keys
             ]
 
-    first = Server(variants)
+    first = Server(served_variants)
     before = assignments(first)
     assert first.stop()
-    second = Server(variants)
+    second = Server(served_variants)
     after = assignments(second)
     assert second.stop()
     assert before == after and set(before) == {"blockdrop", "full"}
 
 
-def test_overload_gives_503s_not_500s_and_the_service_recovers(variants):
-    server = Server(variants, queue_limit=2, max_batch_size=1)
+def test_overload_gives_503s_not_500s_and_the_service_recovers(served_variants):
+    server = Server(served_variants, queue_limit=2, max_batch_size=1)
     try:
 
         def hit(_):
@@ -148,9 +138,9 @@ def test_overload_gives_503s_not_500s_and_the_service_recovers(variants):
         assert server.stop()
 
 
-def test_graceful_shutdown_completes_requests_in_flight(variants):
+def test_graceful_shutdown_completes_requests_in_flight(served_variants):
     # 128 images of a slow model queue for far longer than the 250 ms queue-wait budget: this test is about the drain
-    server = Server(variants, max_batch_size=4, queue_wait_budget_ms=60_000)
+    server = Server(served_variants, max_batch_size=4, queue_wait_budget_ms=60_000)
     batch = {"images": [base64.b64encode(png_bytes(seed=s)).decode() for s in range(32)]}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [

@@ -29,22 +29,12 @@ from service.fork_server import ForkServerEnded
 from service.multiprocess import frames
 from service.multiprocess.backend import SUPERVISOR_SILENCE_S
 from service.multiprocess.supervisor import API_SERVER_SILENCE_S, Child, Supervisor
-from tests.service.conftest import cifar_manifest, png_bytes, save_slow_resnet110
+from tests.service.conftest import cifar_manifest, png_bytes
 from tests.service.live_server import Server
 
 API_SERVERS = ("api-0", "api-1")
 PNG = {"content-type": "image/png"}
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def variants(artifacts, tmp_path_factory) -> list[dict]:
-    slow = save_slow_resnet110(tmp_path_factory.mktemp("slow"))
-    return [
-        {"name": "blockdrop", "artifact": str(artifacts["tiny-blockdrop"]), "mode": "blockdrop", "weight": 1},
-        {"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full", "weight": 1},
-        {"name": "slow", "artifact": str(slow), "mode": "full", "weight": 0},
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +53,11 @@ def slow_blockdrop(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(variants, slow_blockdrop):
+def server(served_variants, slow_blockdrop):
     """Two API servers; a batch of 4 and a 30 ms queue-wait budget, so that a few batches of `slow` queued ahead
     refuse a request (the tiny variants never queue a batch)."""
     settings = {"admin_token": TOKEN, "queue_wait_budget_ms": 30, "max_batch_size": 4}
-    running = Server([*variants, slow_blockdrop], api_servers=2, **settings)
+    running = Server([*served_variants, slow_blockdrop], api_servers=2, **settings)
     yield running
     assert running.stop()
 
@@ -179,7 +169,7 @@ def test_one_scrape_counts_every_request_of_every_api_server(server):
     seen = set()
     for seed in range(40):  # a new connection each: both API servers answer some
         response = httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG)
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
         seen.add(served_by(response)[0])
     after = httpx.get(f"{server.url}/metrics").text
     assert seen == set(API_SERVERS)
@@ -273,7 +263,8 @@ def test_a_killed_api_server_is_replaced_while_the_other_answers(server):
         _, pid = served_by(victim.get("/healthz/live"))
     os.kill(pid, signal.SIGKILL)
     for seed in range(20):  # new connections: the other API server takes them all meanwhile
-        assert httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG).status_code == 200
+        response = httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=seed), headers=PNG)
+        assert response.status_code == 200, response.text
     wait_for_replacement(server, "api-1", pid)
 
 
@@ -326,9 +317,9 @@ def test_a_stopped_api_server_is_killed_within_seconds_and_replaced(server):
     wait_for_replacement(server, "api-0", pid)
 
 
-def test_sigterm_drains_every_api_server_and_leaves_nothing(variants):
+def test_sigterm_drains_every_api_server_and_leaves_nothing(served_variants):
     runtime_dirs = set(glob.glob("/dev/shm/blockdrop-*"))
-    running = Server(variants, api_servers=2)
+    running = Server(served_variants, api_servers=2)
     processes = children(running.process.pid)
     assert len([name for name in processes.values() if name.startswith("bd")]) == 5
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -350,9 +341,9 @@ def test_sigterm_drains_every_api_server_and_leaves_nothing(variants):
     assert set(glob.glob("/dev/shm/blockdrop-*")) <= runtime_dirs
 
 
-def test_a_killed_supervisor_leaves_no_process_and_no_files(variants):
+def test_a_killed_supervisor_leaves_no_process_and_no_files(served_variants):
     runtime_dirs = set(glob.glob("/dev/shm/blockdrop-*"))
-    running = Server(variants, api_servers=2)
+    running = Server(served_variants, api_servers=2)
     processes = children(running.process.pid)
     running.process.kill()
     running.process.wait()
@@ -367,10 +358,10 @@ def _fork_server(supervisor: int) -> int:
     return pid
 
 
-def test_a_killed_fork_server_leaves_every_server_running_once(variants):
+def test_a_killed_fork_server_leaves_every_server_running_once(served_variants):
     """Killed, the fork server can no longer tell anyone that the servers it forked ended; they run on, and are
     neither taken for dead nor started twice. A server lost afterwards is forked by a new fork server."""
-    running = Server(variants[:2], api_servers=2)
+    running = Server(served_variants[:2], api_servers=2)
     try:
         before = children(running.process.pid)
         servers = {pid: name for pid, name in before.items() if name.startswith("bd")}
@@ -381,7 +372,7 @@ def test_a_killed_fork_server_leaves_every_server_running_once(variants):
         assert all(Path(f"/proc/{pid}").exists() for pid in servers)
         for seed in range(4):
             response = httpx.post(f"{running.url}/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
-            assert response.status_code == 200
+            assert response.status_code == 200, response.text
         (victim,) = [pid for pid, name in servers.items() if name == "bd:full"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
@@ -405,11 +396,11 @@ def _replaced(running: Server, lost: dict[int, str], deadline: float) -> None:
         time.sleep(0.1)
 
 
-def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_replacements_nor_the_shutdown(variants):
+def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_replacements_nor_the_shutdown(served_variants):
     """With the fork server stopped (SIGSTOP), a lost model server's and a lost API server's starts fail once the
     service has seen it stopped: it is ended (never continued), and both are forked by a new fork server. Stopped
     again while a lost server waits for it, SIGTERM stops the service at once, the stopped fork server included."""
-    running = Server(variants[:2], api_servers=2)
+    running = Server(served_variants[:2], api_servers=2)
     seen = children(running.process.pid)
     try:
         fork_server = _fork_server(running.process.pid)
@@ -479,8 +470,13 @@ def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
         contextlib.closing(client_on(server, "api-1")) as observer,
     ):
         one_batch = {"images": batch["images"][:4]}  # the fixture's max_batch_size
-        for _ in range(2):  # (should the first arrive split in two batches, the moving average still nears a full one)
-            assert loader.post("/v1/classify?variant=slow", json=one_batch).status_code == 200
+        # two answered in full (should one arrive split in two batches, the moving average still nears a full one).
+        # One warm-up failed once here, status not recorded; a 503 (its images waited past the 30 ms budget on the
+        # busy 2 cores) is tried again, anything else still fails
+        answered = [loader.post("/v1/classify?variant=slow", json=one_batch).status_code for _ in range(2)]
+        while answered.count(200) < 2:
+            assert len(answered) < 10 and set(answered) <= {200, 503}, answered
+            answered.append(loader.post("/v1/classify?variant=slow", json=one_batch).status_code)
         refused = None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             big = pool.submit(loader.post, "/v1/classify?variant=slow", json=batch)
@@ -510,7 +506,7 @@ def test_the_load_controller_of_a_quiet_api_server_sees_the_queue_others_fill(sl
                 time.sleep(0.5)
                 for _ in range(20):  # the quiet server's own trickle, each image waiting behind the flood
                     response = quiet.post("/v1/classify", content=png_bytes(), headers=PNG)
-                    assert response.status_code == 200
+                    assert response.status_code == 200, response.text
             after = metric(quiet.get("/metrics").text, "blockdrop_policy_threshold", variant="slowbd")
         assert before == pytest.approx(0.5) and after > before
     finally:
