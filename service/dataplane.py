@@ -20,7 +20,7 @@ from torch import Tensor
 
 from service.adaptive import ThresholdController
 from service.batching import ImageResult
-from service.budget import budget_threshold
+from service.budget import budget_threshold, parse_budget
 from service.config import Settings
 from service.decoding import Decoder
 from service.errors import (
@@ -236,10 +236,13 @@ class DataPlane:
 
     def compute_for(self, variant: Variant, budget: str | None) -> Compute:
         """The policy threshold a request runs at: the variant's own, or the one its compute budget maps to on the
-        variant's calibrated curve. A plain network has no threshold and says that it ignored a budget."""
+        variant's calibrated curve. A plain network has no threshold and says that it ignored a budget, once it is
+        a valid one: whether a budget is well formed does not depend on the variant a request was routed to."""
         if variant.mode != "blockdrop":
-            note = None if budget is None else f"ignored: variant {variant.name!r} runs every block"
-            return Compute(None, None, note)
+            if budget is None:
+                return Compute(None, None, None)
+            parse_budget(budget, self.settings.budget_levels)
+            return Compute(None, None, f"ignored: variant {variant.name!r} runs every block")
         if budget is None:
             return Compute(self.live_threshold(variant), None, None)
         levels, calibration = self.settings.budget_levels, variant.manifest.calibration

@@ -112,6 +112,9 @@ def test_the_budget_over_http(artifacts, tmp_path):
         assert uncalibrated.status_code == 422 and "blockdrop calibrate" in uncalibrated.json()["error"]
         plain = classify("/v1/classify?variant=full&budget=0.5").json()["compute"]
         assert plain["threshold"] is None and "ignored" in plain["note"]
+        for budget in ("1.5", "turbo", "nan", "0"):  # malformed on every variant, not only where a budget applies
+            refused = classify(f"/v1/classify?variant=full&budget={budget}")
+            assert refused.status_code == 422 and "(0, 1]" in refused.json()["error"], budget
         tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
         v2 = client.post("/v2/models/blockdrop/infer", json={"inputs": [tensor], "parameters": {"budget": "0.6"}})
         assert v2.json()["parameters"] == {"variant": "blockdrop", "threshold": 0.7, "budget": 0.6}
