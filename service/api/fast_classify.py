@@ -94,8 +94,8 @@ class FastClassify:
                 return None  # repeated: leave the choice of which one counts to FastAPI
             headers[name] = value.decode("latin-1")
         content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
-        if not (content_type.startswith("image/") or content_type in RAW_TYPES):
-            return None
+        if not (content_type.startswith("image/") or content_type in RAW_TYPES) or b"content-encoding" in headers:
+            return None  # a content coding: refused by IdentityBodiesOnly (service/api/middleware.py)
         query = parse_query(scope.get("query_string", b""))
         return None if query is None else (query, headers)
 

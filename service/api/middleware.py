@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the body-size limit (413 before the body is all read) and per-request metrics."""
+"""Pure ASGI middleware: the body-size limit (413 before the body is all read), bodies sent as they are (415 for a
+content coding), and per-request metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from service.request_log import request_id_from
 INFERENCE_PATHS = ("/v1/classify", "/v2/models/")
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+async def _send_error(send: Send, status: int, message: str, *headers: tuple[bytes, bytes]) -> None:
     body = encode_json({"error": message})
     await send(
         {
@@ -24,6 +25,7 @@ async def _send_error(send: Send, status: int, message: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *headers,
             ],
         }
     )
@@ -68,6 +70,25 @@ class BodySizeLimit:
         except PayloadTooLarge:
             if not started:
                 await _send_error(send, 413, message)
+
+
+class IdentityBodiesOnly:
+    """Refuse a request whose body comes in a content coding (``Content-Encoding: gzip``, …): no route decodes one,
+    and read as it is, a compressed image would be answered "not an image" and a compressed JSON body "not JSON".
+    415 with ``Accept-Encoding: identity``, as HTTP has a server say which codings it takes (RFC 9110, 15.5.16)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            codings = [value for name, value in scope["headers"] if name == b"content-encoding"]
+            coding = b",".join(codings).decode("latin-1").strip().lower()
+            if coding not in ("", "identity"):
+                message = f"Content-Encoding {coding[:40]!r} is not supported: send the body as it is, uncompressed"
+                await _send_error(send, 415, message, (b"accept-encoding", b"identity"))
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestMetrics:

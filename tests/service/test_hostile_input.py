@@ -59,6 +59,31 @@ def test_a_huge_content_length_is_refused_as_too_large(client):
         assert response.status_code in (400, 413)
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        ("/v1/classify", "image/png", png_bytes()),  # the raw-image fast path
+        ("/v1/classify", "application/json", json.dumps({"images": []}).encode()),
+        ("/v1/explain?variant=blockdrop", "image/png", png_bytes()),
+        ("/v2/models/blockdrop/infer", "application/json", b"{}"),
+        ("/v1/feedback", "application/json", b"{}"),
+    ],
+)
+@pytest.mark.parametrize("coding", ["gzip", "br, gzip", "GZIP"])
+def test_a_body_in_a_content_coding_is_a_415_that_says_so(client, path, content_type, body, coding):
+    """Read as it is, a gzipped image was answered "not an image": now the coding is named, and the answer says
+    which coding is taken. The body here is not even compressed: the header alone decides."""
+    response = client.post(path, content=body, headers={"content-type": content_type, "content-encoding": coding})
+    assert response.status_code == 415
+    assert "Content-Encoding" in _error(response) and "uncompressed" in _error(response)
+    assert response.headers["accept-encoding"] == "identity" and "x-request-id" in response.headers
+
+
+def test_an_identity_content_coding_is_taken(client):
+    response = client.post("/v1/classify", content=png_bytes(), headers=PNG | {"content-encoding": "identity"})
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize("weight", ["1e400", "-1e400", "NaN", "Infinity"])
 def test_an_admin_weight_must_be_a_finite_number(artifacts, weight):
     from fastapi.testclient import TestClient
