@@ -18,7 +18,9 @@ router = APIRouter(prefix="/v1/variants", tags=["operations"])
 
 
 class VariantUpdate(BaseModel):
-    threshold: float | None = Field(default=None, gt=0, lt=1, description="new default policy threshold")
+    threshold: float | None = Field(
+        default=None, gt=0, lt=1, allow_inf_nan=False, description="new default policy threshold"
+    )
     budget: str | None = Field(default=None, description="or a compute budget, mapped on the calibrated curve")
     weight: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="new A/B weight, relative to the others' (finite)"

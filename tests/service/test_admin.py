@@ -87,6 +87,11 @@ def test_the_right_token_changes_threshold_and_weight_at_once(admin_client):
         assert refused.status_code == 422 and fragment in refused.json()["error"]
     assert admin_client.put("/v1/variants/full", json={"threshold": 0.5}, headers=AUTH).status_code == 422
     assert admin_client.put("/v1/variants/full", json={"threshold": 1.5}, headers=AUTH).status_code == 422
+    for raw in (b'{"threshold": NaN}', b'{"threshold": 1e400}'):  # said "less than 1" before: true of neither
+        refused = admin_client.put(
+            "/v1/variants/blockdrop", content=raw, headers=AUTH | {"content-type": "application/json"}
+        )
+        assert refused.status_code == 422 and "finite number" in refused.json()["error"]
     both_off = admin_client.put("/v1/variants/blockdrop", json={"weight": 0}, headers=AUTH)
     assert both_off.status_code == 200
     last = admin_client.put("/v1/variants/full", json={"weight": 0}, headers=AUTH)
