@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import QueryParams
+
 from service.accounting import RequestAccount
 from service.dataplane import DataPlane
+from service.errors import Unprocessable
 from service.variants import Variant
 
 # the headers read after the protocol's own fields variant, client_id and budget
@@ -35,3 +38,13 @@ def choose_variant(
     if account is not None:
         account.variant = chosen.name
     return chosen, asked("budget") or header(names[2])
+
+
+def refuse_repeated(query: QueryParams, names: tuple[str, ...] = ("variant", "budget", "top_k")) -> None:
+    """A query that gives one of ``names`` twice (``?variant=full&variant=slim``) is ambiguous: refused, rather than
+    run on whichever value the framework happens to keep."""
+    for name in names:
+        values = query.getlist(name)
+        if len(values) > 1:
+            given = ", ".join(values)[:80]
+            raise Unprocessable(f"the query gives {name!r} {len(values)} times ({given}); give it once")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 
+from service.api.choice import refuse_repeated
 from service.api.deps import get_plane
 from service.api.experiment_schemas import Explanation
 from service.api.schemas import ERROR_RESPONSES
@@ -39,6 +40,7 @@ async def explain(
     x_compute_budget: str | None = Header(default=None, description="compute budget (the query's budget wins)"),
     plane: DataPlane = Depends(get_plane),
 ) -> dict:
+    refuse_repeated(request.query_params, ("variant", "budget"))
     chosen = plane.variant(variant)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type.startswith("image/") or content_type in ("", "application/octet-stream")):

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.accounting import account_in
-from service.api.choice import choose_variant
+from service.api.choice import choose_variant, refuse_repeated
 from service.api.deps import get_plane
 from service.api.schemas import (
     ERROR_RESPONSES,
@@ -65,6 +65,7 @@ async def classify(
     x_compute_budget: str | None = Header(default=None, description="compute budget (the query's budget wins)"),
     plane: DataPlane = Depends(get_plane),
 ) -> JSONResponse:
+    refuse_repeated(request.query_params)
     images, batch_top_k, is_batch = await _read_images(request, plane.settings.max_images_per_request)
     headers = {"x-variant": x_variant, "x-client-id": x_client_id, "x-compute-budget": x_compute_budget}
     asked = {"variant": variant, "budget": budget}

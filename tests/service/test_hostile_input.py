@@ -79,6 +79,21 @@ def test_a_body_in_a_content_coding_is_a_415_that_says_so(client, path, content_
     assert response.headers["accept-encoding"] == "identity" and "x-request-id" in response.headers
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/classify?variant=full&variant=slim",
+        "/v1/classify?budget=0.6&budget=0.9&variant=blockdrop",
+        "/v1/classify?top_k=1&top_k=3",
+        "/v1/explain?variant=blockdrop&variant=full",
+    ],
+)
+def test_a_query_field_given_twice_is_a_422_not_a_guess(client, path):
+    """The framework kept the last value: a request pinned to two variants ran on one of them, unsaid."""
+    response = client.post(path, content=png_bytes(), headers=PNG)
+    assert response.status_code == 422 and "give it once" in _error(response)
+
+
 def test_an_identity_content_coding_is_taken(client):
     response = client.post("/v1/classify", content=png_bytes(), headers=PNG | {"content-encoding": "identity"})
     assert response.status_code == 200
