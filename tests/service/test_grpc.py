@@ -21,15 +21,14 @@ from tritonclient.grpc import service_pb2_grpc
 
 from tests.service.conftest import png_bytes
 from tests.service.live_server import Server
-from tests.service.test_server_e2e import variants  # noqa: F401 (the module's variants fixture)
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
 SERVER_NAME = "api-grpc-test"  # the module's server's BLOCKDROP_API_SERVER_NAME (X-Served-By)
 
 
 @pytest.fixture(scope="module")
-def server(variants):  # noqa: F811
-    running = Server(variants, api_server_name=SERVER_NAME)
+def server(served_variants):
+    running = Server(served_variants, api_server_name=SERVER_NAME)
     yield running
     assert running.stop()
 
@@ -129,8 +128,8 @@ def test_no_malformed_grpc_request_gets_an_internal_error(stub, datatype, shape,
         assert error.code() in REFUSALS, (error.code(), error.details())
 
 
-def test_overload_and_shutdown_over_grpc(variants):  # noqa: F811
-    server = Server(variants, queue_limit=2, max_batch_size=1)
+def test_overload_and_shutdown_over_grpc(served_variants):
+    server = Server(served_variants, queue_limit=2, max_batch_size=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     request = pb.ModelInferRequest(model_name="slow")
