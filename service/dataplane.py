@@ -53,6 +53,7 @@ from service.variants import Variant
 
 # the tensor protocols' name for "whichever variant the A/B split gives" (a variant of that name wins)
 VIRTUAL_MODEL = "default"
+MODEL_VERSION = "1"  # the one version the tensor protocols serve each model as (their metadata's "versions")
 
 
 @dataclass(frozen=True)
@@ -303,11 +304,17 @@ class DataPlane:
             return self.ready
         return self.warmed_up and not self.stopping and not self.draining and self.available(model_name)
 
-    def knows(self, model_name: str) -> None:
-        """Refuse (404) a model name that is neither a variant nor the virtual A/B model."""
+    def knows(self, model_name: str, version: str = "") -> None:
+        """Refuse (404) a model name that is neither a variant nor the virtual A/B model, or a version (asked for by
+        a tensor protocol) other than the one each model is served as."""
         if model_name not in self.variants and model_name != VIRTUAL_MODEL:
             known = ", ".join([*self.variants, VIRTUAL_MODEL])
             raise NotFound(f"unknown model {model_name!r}; known: {known}")
+        if version not in ("", MODEL_VERSION):
+            raise NotFound(
+                f"model {model_name!r} has no version {version[:40]!r}: it is served as version {MODEL_VERSION} "
+                "(or ask without a version)"
+            )
 
     def tensor_model(self, model_name: str, override: str | None = None, client_key: str | None = None) -> Variant:
         """The variant a tensor request runs on: the one named, or for the virtual model ``default`` the one the

@@ -19,7 +19,7 @@ from service import __version__
 from service.accounting import SERVED_BY_HEADER, RequestAccount, served_by
 from service.api.choice import choose_variant
 from service.api.v2_binary import EXTENSION
-from service.dataplane import Compute, DataPlane
+from service.dataplane import MODEL_VERSION, Compute, DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
 from service.request_log import REQUEST_ID_HEADER
@@ -27,7 +27,6 @@ from service.tensors import InputTensor, OutputTensor
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "1"
 # typed contents field of each input datatype the models take
 CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
 
@@ -121,7 +120,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
         context.set_trailing_metadata((self.served_by,))
-        await self._known(request.name, context)
+        await self._known(request.name, context, request.version)
         return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name))
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
@@ -130,7 +129,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
         context.set_trailing_metadata((self.served_by,))
-        await self._known(request.name, context)
+        await self._known(request.name, context, request.version)
         metadata = self.plane.model_metadata(request.name)
         response = pb.ModelMetadataResponse(name=request.name, versions=[MODEL_VERSION], platform="pytorch")
         for entry in metadata["inputs"]:
@@ -145,6 +144,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         account = RequestAccount.open(self.metrics, metadata.get(REQUEST_ID_HEADER), "grpc", "ModelInfer")
         await context.send_initial_metadata([(REQUEST_ID_HEADER, account.request_id), self.served_by])
         try:
+            self.plane.knows(request.model_name, request.model_version)
             asked = partial(_parameter, request)
             chosen, budget = choose_variant(self.plane, account, asked, metadata.get, model=request.model_name)
             compute = self.plane.compute_for(chosen, budget)
@@ -163,9 +163,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             account.finish()
 
-    async def _known(self, name: str, context) -> None:
+    async def _known(self, name: str, context, version: str = "") -> None:
         try:
-            self.plane.knows(name)
+            self.plane.knows(name, version)
         except NotFound as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, error.message)
 

@@ -34,13 +34,12 @@ from service.api.v2_schemas import (
     ServerReadyResponse,
     inline_schema,
 )
-from service.dataplane import DataPlane
+from service.dataplane import MODEL_VERSION, DataPlane
 from service.errors import BadInput
 from service.tensors import refuse_oversized_json
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
-MODEL_VERSION = "1"
 # JSON bodies larger than this are parsed in a worker thread, so that the event loop keeps answering meanwhile
 INLINE_JSON_BYTES = 64 * 1024
 
@@ -69,15 +68,28 @@ async def server_ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
     return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
 
 
+# The protocol's /versions/{version} form of the model routes: the same answers for the one version each model is
+# served as, 404 for any other (not in the OpenAPI document, which would have each route twice)
+VERSIONED = {"responses": ERROR_RESPONSES, "include_in_schema": False}
+
+
+def _version(request: Request) -> str:
+    return request.path_params.get("version", "")
+
+
 @router.get("/models/{name}", summary="Model metadata", responses=ERROR_RESPONSES)
-async def model_metadata(name: str, plane: DataPlane = Depends(get_plane)) -> ModelMetadataResponse:
+@router.get("/models/{name}/versions/{version}", **VERSIONED)
+async def model_metadata(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> ModelMetadataResponse:
+    plane.knows(name, _version(request))
     return ModelMetadataResponse(versions=[MODEL_VERSION], platform="pytorch", **plane.model_metadata(name))
 
 
 @router.get(
     "/models/{name}/ready", summary="Model readiness", responses=ERROR_RESPONSES, response_model=ModelReadyResponse
 )
-async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+@router.get("/models/{name}/versions/{version}/ready", **VERSIONED)
+async def model_ready(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> JSONResponse:
+    plane.knows(name, _version(request))
     ready = plane.model_ready(name)
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
@@ -95,8 +107,9 @@ async def model_ready(name: str, plane: DataPlane = Depends(get_plane)) -> JSONR
         }
     },
 )
+@router.post("/models/{name}/versions/{version}/infer", **VERSIONED)
 async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> Response:
-    plane.knows(name)  # an unknown model is a 404 whatever the body holds
+    plane.knows(name, _version(request))  # an unknown model or version is a 404 whatever the body holds
     json_part, binary = split_body(await request.body(), request.headers.get(binary_extension.HEADER))
     refuse_oversized_json(json_part, plane.max_tensor_values)
     body = (

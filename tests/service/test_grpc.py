@@ -108,6 +108,24 @@ def test_an_unknown_model_is_not_found_for_readiness_and_metadata(stub):
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_model_version_other_than_the_advertised_one_is_not_found(stub):
+    assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name="blockdrop")).versions) == ["1"]
+    assert stub.ModelReady(pb.ModelReadyRequest(name="blockdrop", version="1")).ready
+    request = pb.ModelInferRequest(model_name="blockdrop", model_version="1")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(bytes(3072))
+    assert stub.ModelInfer(request).model_version == "1"
+    request.model_version = "2"
+    for call, message in (
+        (stub.ModelInfer, request),
+        (stub.ModelReady, pb.ModelReadyRequest(name="blockdrop", version="2")),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="blockdrop", version="2")),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(message)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "served as version 1" in refused.value.details()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     datatype=st.sampled_from(["UINT8", "FP32", "INT64", "BOOL", "BYTES", ""]),

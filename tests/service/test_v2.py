@@ -17,6 +17,25 @@ def test_server_and_model_metadata(client):
     assert client.get("/v2/models/nope").status_code == 404
 
 
+def test_the_versioned_routes_serve_the_advertised_version_and_refuse_others(client):
+    """The metadata says each model has version "1"; a client that then asks for it by version (the protocol's
+    /versions/{version} routes, as tritonclient's model_version does) gets the same answers, and any other version a
+    404 that says which one is served (it was a bare "Not Found")."""
+    assert client.get("/v2/models/blockdrop").json()["versions"] == ["1"]
+    assert client.get("/v2/models/blockdrop/versions/1").json() == client.get("/v2/models/blockdrop").json()
+    assert client.get("/v2/models/blockdrop/versions/1/ready").json()["ready"] is True
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [7] * 3072}
+    plain = client.post("/v2/models/blockdrop/infer", json={"inputs": [tensor]}).json()
+    versioned = client.post("/v2/models/blockdrop/versions/1/infer", json={"inputs": [tensor]}).json()
+    assert versioned == plain and versioned["model_version"] == "1"
+    for path in ("/versions/2", "/versions/2/ready"):
+        refused = client.get("/v2/models/blockdrop" + path)
+        assert refused.status_code == 404 and "served as version 1" in refused.json()["error"]
+    refused = client.post("/v2/models/blockdrop/versions/2/infer", json={"inputs": [tensor]})
+    assert refused.status_code == 404 and "served as version 1" in refused.json()["error"]
+    assert client.post("/v2/models/nope/versions/1/infer", json={"inputs": [tensor]}).status_code == 404
+
+
 def _pixels(seed: int) -> np.ndarray:
     return np.asarray(Image.open(__import__("io").BytesIO(png_bytes(seed=seed))))
 
