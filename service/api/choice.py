@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from starlette.datastructures import QueryParams
+from starlette.requests import Request
 
 from service.accounting import RequestAccount
 from service.dataplane import DataPlane
@@ -40,11 +40,17 @@ def choose_variant(
     return chosen, asked("budget") or header(names[2])
 
 
-def refuse_repeated(query: QueryParams, names: tuple[str, ...] = ("variant", "budget", "top_k")) -> None:
-    """A query that gives one of ``names`` twice (``?variant=full&variant=slim``) is ambiguous: refused, rather than
-    run on whichever value the framework happens to keep."""
-    for name in names:
-        values = query.getlist(name)
-        if len(values) > 1:
-            given = ", ".join(values)[:80]
-            raise Unprocessable(f"the query gives {name!r} {len(values)} times ({given}); give it once")
+def refuse_repeated(
+    request: Request, names: tuple[str, ...] = ("variant", "budget", "top_k"), headers: tuple[str, ...] = HEADERS
+) -> None:
+    """A query or header that gives one of ``names`` or ``headers`` twice (``?variant=full&variant=slim``, two
+    ``X-Variant`` lines) is ambiguous: refused, rather than run on whichever value the framework happens to keep."""
+    for where, fields, values_of in (
+        ("query", names, request.query_params.getlist),
+        ("header", headers, request.headers.getlist),
+    ):
+        for name in fields:
+            values = values_of(name)
+            if len(values) > 1:
+                given = ", ".join(values)[:80]
+                raise Unprocessable(f"the {where} {name!r} is given {len(values)} times ({given}); give it once")

@@ -40,7 +40,7 @@ async def explain(
     x_compute_budget: str | None = Header(default=None, description="compute budget (the query's budget wins)"),
     plane: DataPlane = Depends(get_plane),
 ) -> dict:
-    refuse_repeated(request.query_params, ("variant", "budget"))
+    refuse_repeated(request, ("variant", "budget"), ("x-compute-budget",))
     chosen = plane.variant(variant)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (content_type.startswith("image/") or content_type in ("", "application/octet-stream")):

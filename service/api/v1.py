@@ -65,7 +65,7 @@ async def classify(
     x_compute_budget: str | None = Header(default=None, description="compute budget (the query's budget wins)"),
     plane: DataPlane = Depends(get_plane),
 ) -> JSONResponse:
-    refuse_repeated(request.query_params)
+    refuse_repeated(request)
     images, batch_top_k, is_batch = await _read_images(request, plane.settings.max_images_per_request)
     headers = {"x-variant": x_variant, "x-client-id": x_client_id, "x-compute-budget": x_compute_budget}
     asked = {"variant": variant, "budget": budget}

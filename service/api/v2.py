@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.accounting import account_in
 from service.api import v2_binary as binary_extension
-from service.api.choice import choose_variant
+from service.api.choice import choose_variant, refuse_repeated
 from service.api.deps import get_plane
 from service.api.schemas import ERROR_RESPONSES
 from service.api.v2_binary import binary_outputs, encode, input_tensors, split_body
@@ -110,6 +110,7 @@ async def model_ready(name: str, request: Request, plane: DataPlane = Depends(ge
 @router.post("/models/{name}/versions/{version}/infer", **VERSIONED)
 async def infer(name: str, request: Request, plane: DataPlane = Depends(get_plane)) -> Response:
     plane.knows(name, _version(request))  # an unknown model or version is a 404 whatever the body holds
+    refuse_repeated(request, names=())
     json_part, binary = split_body(await request.body(), request.headers.get(binary_extension.HEADER))
     refuse_oversized_json(json_part, plane.max_tensor_values)
     body = (

@@ -94,6 +94,17 @@ def test_a_query_field_given_twice_is_a_422_not_a_guess(client, path):
     assert response.status_code == 422 and "give it once" in _error(response)
 
 
+@pytest.mark.parametrize("header", ["x-variant", "x-client-id", "x-compute-budget"])
+def test_a_routing_header_given_twice_is_a_422_on_v1_and_v2(client, header):
+    values = {"x-variant": ("full", "blockdrop"), "x-client-id": ("a", "b"), "x-compute-budget": ("0.9", "fast")}
+    repeated = [(header, value) for value in values[header]]
+    raw = client.post("/v1/classify", content=png_bytes(), headers=[("content-type", "image/png"), *repeated])
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+    v2 = client.post("/v2/models/default/infer", json={"inputs": [tensor]}, headers=repeated)
+    for response in (raw, v2):
+        assert response.status_code == 422 and "give it once" in _error(response)
+
+
 def test_an_identity_content_coding_is_taken(client):
     response = client.post("/v1/classify", content=png_bytes(), headers=PNG | {"content-encoding": "identity"})
     assert response.status_code == 200
