@@ -45,12 +45,18 @@ def refuse_repeated(
 ) -> None:
     """A query or header that gives one of ``names`` or ``headers`` twice (``?variant=full&variant=slim``, two
     ``X-Variant`` lines) is ambiguous: refused, rather than run on whichever value the framework happens to keep."""
-    for where, fields, values_of in (
-        ("query", names, request.query_params.getlist),
-        ("header", headers, request.headers.getlist),
-    ):
-        for name in fields:
-            values = values_of(name)
-            if len(values) > 1:
-                given = ", ".join(values)[:80]
-                raise Unprocessable(f"the {where} {name!r} is given {len(values)} times ({given}); give it once")
+    _given_once("query", names, request.query_params.getlist)
+    _given_once("header", headers, request.headers.getlist)
+
+
+def refuse_repeated_metadata(pairs: list[tuple[str, str]]) -> None:
+    """gRPC's form of the same rule: a routing metadata key given twice."""
+    _given_once("metadata", HEADERS, lambda name: [value for key, value in pairs if key == name])
+
+
+def _given_once(where: str, names: tuple[str, ...], values_of: Callable[[str], list[str]]) -> None:
+    for name in names:
+        values = values_of(name)
+        if len(values) > 1:
+            given = ", ".join(values)[:80]
+            raise Unprocessable(f"the {where} {name!r} is given {len(values)} times ({given}); give it once")

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from service import __version__
 from service.accounting import SERVED_BY_HEADER, RequestAccount, served_by
-from service.api.choice import choose_variant
+from service.api.choice import choose_variant, refuse_repeated_metadata
 from service.api.v2_binary import EXTENSION
 from service.dataplane import MODEL_VERSION, Compute, DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
@@ -139,12 +139,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
-        metadata = dict(context.invocation_metadata() or ())
+        pairs = list(context.invocation_metadata() or ())
+        metadata = dict(pairs)
         # counted as the HTTP routes count, by the HTTP status the same answer would have had
         account = RequestAccount.open(self.metrics, metadata.get(REQUEST_ID_HEADER), "grpc", "ModelInfer")
         await context.send_initial_metadata([(REQUEST_ID_HEADER, account.request_id), self.served_by])
         try:
             self.plane.knows(request.model_name, request.model_version)
+            refuse_repeated_metadata(pairs)
             asked = partial(_parameter, request)
             chosen, budget = choose_variant(self.plane, account, asked, metadata.get, model=request.model_name)
             compute = self.plane.compute_for(chosen, budget)

@@ -126,6 +126,15 @@ def test_a_model_version_other_than_the_advertised_one_is_not_found(stub):
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "served as version 1" in refused.value.details()
 
 
+def test_a_routing_metadata_key_given_twice_is_an_invalid_argument(stub):
+    request = pb.ModelInferRequest(model_name="default")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(bytes(3072))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request, metadata=[("x-variant", "full"), ("x-variant", "blockdrop")])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "give it once" in refused.value.details()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     datatype=st.sampled_from(["UINT8", "FP32", "INT64", "BOOL", "BYTES", ""]),
