@@ -1,10 +1,11 @@
 """Hostile input and faults against ``blockdrop serve`` with its defaults (the five shipped variants, worker
 processes), each measured against the issue's targets: every repro's status and the longest ``/healthz/live`` took
 meanwhile; the memory of the service's process tree through bursts of 16 huge and 16 model-bound PNGs, and the
-latency of good requests beside them; a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
-requests fail, how soon a pinned one is refused; c=512 over the five variants: p99 against twice the
-queue-wait budget plus the slowest batch time; and the fork server the workers come from, stopped while a worker
-is lost (how soon the worker is back), then killed (whether anything restarts). Results go to
+latency of good requests beside them; a hundred 10 MB bodies sent all but their last byte (the body budget and
+timeout: statuses and memory); a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
+requests fail, how soon a pinned one is refused; c=512 over the five variants: p99 against twice the queue-wait
+budget plus the slowest batch time; and the fork server the workers come from, stopped while a worker is lost (how
+soon the worker is back), then killed (whether anything restarts). Results go to
 ``bench/results/hostile.{json,md}``:
 
     blockdrop bench hostile --data-root DIR
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -159,6 +161,50 @@ def burst(url: str, pid: int, bodies: list[bytes], image: bytes, count: int, idl
         "good_failed": sum(status != 200 for status, _ in good.samples),
         "good_p99_ms": round(p99(latencies), 1),
         "good_p99_over_idle": round(p99(latencies) / idle_p99_ms, 2) if idle_p99_ms else None,
+        "live_max_ms": round(max(live.samples), 1),
+    }
+
+
+def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dict:
+    """``count`` connections, each sending the headers of a ``size``-byte PNG body and all of it but the last byte,
+    then waiting: the bodies in progress stay within the service's budget (503 past it), and the ones it held end
+    with a 408 at the body timeout. The service's memory is sampled throughout."""
+    port = int(url.rsplit(":", 1)[1])
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % size
+    chunk = b"\0" * (1024 * 1024)
+    idle_mib = tree_memory_kib(pid)["rss_kib"] / 1024
+    connections = []
+    with memory_sampler(pid) as memory, liveness_probe(url) as live:
+        started = time.monotonic()
+        for _ in range(count):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=wait_s)
+            connections.append(connection)
+            with contextlib.suppress(OSError):  # refused mid-body: the service closed its side
+                connection.sendall(head)
+                for offset in range(0, size - 1, len(chunk)):
+                    connection.sendall(chunk[: min(len(chunk), size - 1 - offset)])
+        sent_s = time.monotonic() - started
+        statuses, answered_s = [], []
+        for connection in connections:
+            try:
+                answer = connection.recv(64)
+            except OSError:
+                answer = b""
+            statuses.append(int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None)
+            answered_s.append(time.monotonic() - started)
+            connection.close()
+        held_s = time.monotonic() - started
+    timed_out = [s for status, s in zip(statuses, answered_s) if status == 408]
+    return {
+        "connections": count,
+        "body_bytes": size,
+        "sent_in_s": round(sent_s, 1),
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)},
+        "last_408_after_s": round(max(timed_out), 1) if timed_out else None,
+        "idle_rss_mib": round(idle_mib),
+        "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
+        "after_close_above_idle_mib": round(tree_memory_kib(pid)["rss_kib"] / 1024 - idle_mib),
+        "held_s": round(held_s, 1),
         "live_max_ms": round(max(live.samples), 1),
     }
 
@@ -320,7 +366,12 @@ def overload(url: str, folder: Path, images: int, seconds: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    settings = {"admin_token": TOKEN, "header_timeout_s": args.header_timeout_s, "api_servers": args.api_servers}
+    settings = {
+        "admin_token": TOKEN,
+        "header_timeout_s": args.header_timeout_s,
+        "body_timeout_s": args.body_timeout_s,
+        "api_servers": args.api_servers,
+    }
     server = service(parse_variants(args.variant), **settings)
     pid = server.process.pid
     result: dict = {"machine": machine_description(), "api_servers": args.api_servers}
@@ -343,6 +394,9 @@ def run(args: argparse.Namespace) -> dict:
                     server.url, pid, bodies, png((2048, 2048), "RGB"), 16, idle_p99
                 ),
             }
+            result["slow_bodies"] = slow_bodies(
+                server.url, pid, args.slow_bodies, 10 * 1024 * 1024 - 1024, args.body_timeout_s + 15
+            )
             result["hung_worker"] = hung_worker(server.url, pid, bodies, args.hung_variant)
             result["overload"] = overload(server.url, folder, args.images, args.overload_seconds)
             # last: the killed fork server's children leave the service's process tree (init adopts them)
@@ -385,6 +439,16 @@ def to_markdown(result: dict) -> str:
             f"({row['good_p99_over_idle']}x) | {row['good_failed']} of {row['good_requests']} | "
             f"{row['live_max_ms']} ms |"
         )
+    slow = result.get("slow_bodies")
+    if slow is not None:
+        lines += [
+            "",
+            f"Slow bodies: {slow['connections']} connections each sent the headers of a {slow['body_bytes']:,}-byte "
+            f"PNG and all of it but the last byte (in {slow['sent_in_s']} s), then waited: statuses "
+            f"{slow['statuses']}, the last 408 {slow['last_408_after_s']} s after the first connection; peak RSS "
+            f"{slow['peak_above_idle_mib']} MiB above idle, {slow['after_close_above_idle_mib']} MiB above idle once "
+            f"all were closed; longest /healthz/live {slow['live_max_ms']} ms.",
+        ]
     hung, over = result["hung_worker"], result["overload"]
     lines += [
         "",
@@ -421,6 +485,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-seconds", type=float, default=5, help="good traffic alone, for the idle p99")
     parser.add_argument("--overload-seconds", type=int, default=20, help="length of the c=512 run")
     parser.add_argument("--header-timeout-s", type=float, default=10, help="the service's header timeout")
+    parser.add_argument("--body-timeout-s", type=float, default=30, help="the service's body timeout")
+    parser.add_argument(
+        "--slow-bodies", type=int, default=100, help="connections that send all of a 10 MB body but its last byte"
+    )
     parser.add_argument("--hung-variant", default="full", help="the variant whose worker is stopped")
     parser.add_argument(
         "--api-servers", type=int, default=1, help="API server processes (1: the single process; N: the supervisor's)"

@@ -242,6 +242,15 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=1, ge=1)
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    body_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="time to send a request's body after its headers before a 408 (closed)"
+    )
+    body_memory_mb: int = Field(
+        default=256,
+        ge=1,
+        description="bytes of request bodies being received at once, in each API server; past it a 503 with "
+        "Retry-After (connection closed)",
+    )
     max_pixels: int = Field(default=40_000_000, ge=1, description="width x height, checked before decoding")
     max_image_scale: float = Field(
         default=64.0,

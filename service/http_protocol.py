@@ -1,12 +1,17 @@
-"""uvicorn's httptools protocol with the two bounds it lacks: the size of a request's headers and the time to send them.
+"""uvicorn's httptools protocol with the bounds it lacks: the size of a request's headers, the time to send them and
+its body, and the memory of the bodies being received at once.
 
 httptools reads a request line and headers of any size (a 128 MB header is buffered and answered) and waits for
 them forever (a connection that sent half a header stays open). Here a request whose headers pass
 ``max_header_bytes`` gets a 431, and a connection that has not finished its headers ``header_timeout_s`` after
-it opened or after its request began gets a 408; either way the connection closes. A request httptools cannot
-parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before the client reads
-it). These answers carry a JSON error, a new ``X-Request-ID`` (also in the warning logged) and ``X-Served-By``, as
-the app's own do. Bodies are bounded elsewhere (``max_body_bytes``), idle keep-alive connections by uvicorn itself.
+it opened or after its request began gets a 408; either way the connection closes. A body, too, waits forever
+for its last byte, held in memory meanwhile (a hundred 10 MB bodies one byte short held a gigabyte): a body not
+all there ``body_timeout_s`` after its headers gets a 408, and a body whose bytes would take the process's bodies
+in progress past ``body_memory_bytes`` gets a 503 with Retry-After, both closing the connection. A request
+httptools cannot parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before
+the client reads it). These answers carry a JSON error, a new ``X-Request-ID`` (also in the warning logged) and
+``X-Served-By``, as the app's own do. A body's size is bounded by the app (``max_body_bytes``), idle keep-alive
+connections by uvicorn itself.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from service.accounting import SERVED_BY_HEADER, served_by
 from service.api.errors import encode_json
 
 log = logging.getLogger(__name__)
-STATUS_TEXT = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+STATUS_TEXT = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 LINGER_S = 1.0
 
 
@@ -29,9 +39,21 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that has been answered already."""
 
 
+class BodiesInProgress:
+    """The bytes of request bodies received but not yet complete, over all of a process's connections (one event
+    loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 32 * 1024
     header_timeout_s = 10.0
+    body_timeout_s = 30.0
+    bodies = BodiesInProgress(256 * 1024 * 1024)
+    retry_after_s = 1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -40,10 +62,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0  # of the body in progress, counted in ``bodies``
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._body_done()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -87,11 +112,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._header_bytes = 0
         self._disarm_header_timer()
+        self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        self.bodies.held += len(body)
+        if self.bodies.held > self.bodies.limit:
+            self._refuse(
+                503,
+                f"the service is receiving more request bodies at once than its {self.bodies.limit}-byte budget "
+                "(BODY_MEMORY_MB); retry shortly",
+                (b"retry-after", str(self.retry_after_s).encode()),
+            )
+            raise _Refused
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        self._body_done()
         super().on_message_complete()
         self._reading_headers = True  # whatever comes next on this connection is the next request's headers
+
+    def _body_done(self) -> None:
+        """The body is complete, refused or abandoned: it no longer counts against the budget or the clock."""
+        self.bodies.held -= self._body_bytes
+        self._body_bytes = 0
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if not self._refused and not self.transport.is_closing():
+            self._refuse(408, f"the request's body did not arrive within {self.body_timeout_s:g} s of its headers")
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -111,7 +164,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self.transport.close()  # a connection that never sent a byte gets no answer
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, *headers: tuple[bytes, bytes]) -> None:
         if self.transport.is_closing() or self._refused:
             return
         request_id = uuid.uuid4().hex
@@ -124,6 +177,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: %d\r\n" % len(body),
             b"x-request-id: %s\r\n" % request_id.encode(),
             b"%s: %s\r\n" % (SERVED_BY_HEADER.encode(), served_by().encode()),
+            *(b"%s: %s\r\n" % header for header in headers),
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
@@ -136,12 +190,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._reading_headers = False
         self._disarm_header_timer()
+        self._body_done()
 
 
-def bounded_protocol(max_header_bytes: int, header_timeout_s: float) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=`` with these bounds."""
+def bounded_protocol(
+    max_header_bytes: int,
+    header_timeout_s: float,
+    body_timeout_s: float = 30.0,
+    body_memory_bytes: int = 256 * 1024 * 1024,
+    retry_after_s: int = 1,
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=`` with these bounds (its connections share one body budget)."""
     return type(
         "BoundedHttpTools",
         (BoundedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s},
+        {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout_s": header_timeout_s,
+            "body_timeout_s": body_timeout_s,
+            "bodies": BodiesInProgress(body_memory_bytes),
+            "retry_after_s": retry_after_s,
+        },
     )

@@ -29,7 +29,14 @@ def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = No
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.request_timeout_s,
         loop="asyncio",
-        http=bounded_protocol(settings.max_header_bytes, settings.header_timeout_s),  # httptools, with header bounds
+        # httptools, with bounds on headers and bodies
+        http=bounded_protocol(
+            settings.max_header_bytes,
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+            settings.body_memory_mb * 1024 * 1024,
+            settings.retry_after_s,
+        ),
     )
 
 

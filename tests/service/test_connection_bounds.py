@@ -27,7 +27,14 @@ def variants(artifacts) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def server(variants):
-    running = Server(variants, max_header_bytes=16384, header_timeout_s=1, inference_workers="thread")
+    running = Server(
+        variants,
+        max_header_bytes=16384,
+        header_timeout_s=1,
+        body_timeout_s=2,
+        body_memory_mb=1,
+        inference_workers="thread",
+    )
     yield running
     assert running.stop()
 
@@ -89,6 +96,34 @@ def test_a_connection_that_does_not_finish_its_headers_is_closed_with_a_408(serv
     # and a kept-alive connection still serves several requests
     with httpx.Client(base_url=server.url) as client:
         assert [client.get("/healthz/live").status_code for _ in range(3)] == [200] * 3
+
+
+def _post_head(length: int) -> bytes:
+    return b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % length
+
+
+def test_a_body_that_does_not_arrive_in_time_is_closed_with_a_408(server):
+    """A body one byte short was held, and its memory with it, for as long as the client liked."""
+    started = time.monotonic()
+    answer = _exchange(server.port, _post_head(1000) + png_bytes()[:100], wait_s=15)
+    assert "body did not arrive within 2 s" in _refusal(answer, 408)
+    assert time.monotonic() - started < 10
+
+
+def test_bodies_past_the_memory_budget_get_a_503_and_the_budget_comes_back(server):
+    """A hundred 10 MB bodies one byte short held a gigabyte; now the bodies in progress share one budget (1 MiB
+    here), past which a body is refused at once, and what a closed connection held counts no more."""
+    with socket.create_connection(("127.0.0.1", server.port)) as holding:
+        holding.sendall(_post_head(1_000_000) + b"\0" * 700_000)  # in progress: 700 kB of the budget
+        time.sleep(0.3)
+        answer = _exchange(server.port, _post_head(1_000_000) + b"\0" * 400_000)
+        assert "BODY_MEMORY_MB" in _refusal(answer, 503)
+        assert b"\r\nretry-after: 1\r\n" in answer.lower()
+    time.sleep(0.3)
+    body = png_bytes((512, 512))  # about 790 kB: fits once the held one is gone
+    assert len(body) > 1_048_576 - 700_000
+    response = httpx.post(f"{server.url}/v1/classify", content=body, headers={"content-type": "image/png"})
+    assert response.status_code == 200
 
 
 def test_a_request_that_is_not_http_gets_a_400_and_a_closed_connection(server):
