@@ -82,7 +82,7 @@ ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         400: "the image is corrupt or the request malformed",
-        408: "the request's headers did not arrive in time (header_timeout_s)",
+        408: "the request's headers or body did not arrive in time (header_timeout_s, body_timeout_s)",
         404: "unknown variant, model or request id",
         413: "body, image or batch too large",
         415: "not a supported image type",
