@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.accounting import SERVED_BY_HEADER, served_by
 from service.api.errors import encode_json
+from service.libc import release_free_memory
 
 log = logging.getLogger(__name__)
 STATUS_TEXT = {
@@ -41,11 +42,29 @@ class _Refused(Exception):
 
 class BodiesInProgress:
     """The bytes of request bodies received but not yet complete, over all of a process's connections (one event
-    loop: no lock)."""
+    loop: no lock). Bodies are freed into glibc's heap, which keeps the pages: once none is in progress after they
+    held ``TRIM_AFTER_BYTES`` or more, the heap's free pages go back to the system (off the event loop, a moment
+    later, when the requests they belonged to have let go of them)."""
+
+    TRIM_AFTER_BYTES = 32 * 1024 * 1024
+    TRIM_DELAY_S = 1.5
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self.peak = 0  # since the last trim
+
+    def add(self, size: int) -> bool:
+        """Count ``size`` more bytes; False if that passes the limit."""
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        return self.held <= self.limit
+
+    def release(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.held -= size
+        if self.held == 0 and self.peak >= self.TRIM_AFTER_BYTES:
+            self.peak = 0
+            loop.call_later(self.TRIM_DELAY_S, loop.run_in_executor, None, release_free_memory)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -117,8 +136,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        self.bodies.held += len(body)
-        if self.bodies.held > self.bodies.limit:
+        if not self.bodies.add(len(body)):
             self._refuse(
                 503,
                 f"the service is receiving more request bodies at once than its {self.bodies.limit}-byte budget "
@@ -135,7 +153,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_done(self) -> None:
         """The body is complete, refused or abandoned: it no longer counts against the budget or the clock."""
-        self.bodies.held -= self._body_bytes
+        if self._body_bytes:
+            self.bodies.release(self._body_bytes, self.loop)
         self._body_bytes = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
