@@ -194,6 +194,13 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
             answered_s.append(time.monotonic() - started)
             connection.close()
         held_s = time.monotonic() - started
+    closed = time.monotonic()
+    back_after = None  # the service hands the bodies' pages back a moment after the last one is done
+    while time.monotonic() - closed < 10:
+        if tree_memory_kib(pid)["rss_kib"] / 1024 <= idle_mib * 1.1:
+            back_after = round(time.monotonic() - closed, 1)
+            break
+        time.sleep(0.2)
     timed_out = [s for status, s in zip(statuses, answered_s) if status == 408]
     return {
         "connections": count,
@@ -203,6 +210,7 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
         "last_408_after_s": round(max(timed_out), 1) if timed_out else None,
         "idle_rss_mib": round(idle_mib),
         "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
+        "back_within_10_percent_after_s": back_after,  # of closing them (None: not within 10 s)
         "after_close_above_idle_mib": round(tree_memory_kib(pid)["rss_kib"] / 1024 - idle_mib),
         "held_s": round(held_s, 1),
         "live_max_ms": round(max(live.samples), 1),
@@ -446,8 +454,9 @@ def to_markdown(result: dict) -> str:
             f"Slow bodies: {slow['connections']} connections each sent the headers of a {slow['body_bytes']:,}-byte "
             f"PNG and all of it but the last byte (in {slow['sent_in_s']} s), then waited: statuses "
             f"{slow['statuses']}, the last 408 {slow['last_408_after_s']} s after the first connection; peak RSS "
-            f"{slow['peak_above_idle_mib']} MiB above idle, {slow['after_close_above_idle_mib']} MiB above idle once "
-            f"all were closed; longest /healthz/live {slow['live_max_ms']} ms.",
+            f"{slow['peak_above_idle_mib']} MiB above idle; once all were closed, back within 10 % of idle after "
+            f"{slow['back_within_10_percent_after_s']} s ({slow['after_close_above_idle_mib']} MiB above idle at the "
+            f"end); longest /healthz/live {slow['live_max_ms']} ms.",
         ]
     hung, over = result["hung_worker"], result["overload"]
     lines += [

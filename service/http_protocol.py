@@ -47,7 +47,7 @@ class BodiesInProgress:
     later, when the requests they belonged to have let go of them)."""
 
     TRIM_AFTER_BYTES = 32 * 1024 * 1024
-    TRIM_DELAY_S = 1.5
+    TRIM_DELAY_S = 2.0  # past LINGER_S, when a refused request's handler has seen its connection go
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
