@@ -135,6 +135,15 @@ def _repro_row(name: str, status: int | None, expected: tuple[int, ...], seconds
     }
 
 
+def back_near_idle_after(pid: int, idle_mib: float, since: float) -> float | None:
+    """Seconds from ``since`` until the process tree's RSS is within 10 % of ``idle_mib`` (None: not within 10 s)."""
+    while time.monotonic() - since < 10:
+        if tree_memory_kib(pid)["rss_kib"] / 1024 <= idle_mib * 1.1:
+            return round(time.monotonic() - since, 1)
+        time.sleep(0.2)
+    return None
+
+
 def burst(url: str, pid: int, bodies: list[bytes], image: bytes, count: int, idle_p99_ms: float) -> dict:
     """``count`` copies of ``image`` at once, with good traffic and the memory sampled throughout."""
     idle_mib = tree_memory_kib(pid)["rss_kib"] / 1024
@@ -143,13 +152,7 @@ def burst(url: str, pid: int, bodies: list[bytes], image: bytes, count: int, idl
         answers = send_burst(url, image, count)
         burst_done = time.monotonic()
         time.sleep(1.0)
-    deadline = burst_done + 10
-    back_after = None
-    while time.monotonic() < deadline:
-        if tree_memory_kib(pid)["rss_kib"] / 1024 <= idle_mib * 1.1:
-            back_after = round(time.monotonic() - burst_done, 1)
-            break
-        time.sleep(0.2)
+    back_after = back_near_idle_after(pid, idle_mib, burst_done)
     latencies = [ms for status, ms in good.samples if status == 200]
     return {
         "statuses": {str(s): answers.count(s) for s in sorted(set(answers))},
@@ -194,13 +197,8 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
             answered_s.append(time.monotonic() - started)
             connection.close()
         held_s = time.monotonic() - started
-    closed = time.monotonic()
-    back_after = None  # the service hands the bodies' pages back a moment after the last one is done
-    while time.monotonic() - closed < 10:
-        if tree_memory_kib(pid)["rss_kib"] / 1024 <= idle_mib * 1.1:
-            back_after = round(time.monotonic() - closed, 1)
-            break
-        time.sleep(0.2)
+    # the service hands the bodies' pages back a moment after the last one is done
+    back_after = back_near_idle_after(pid, idle_mib, time.monotonic())
     timed_out = [s for status, s in zip(statuses, answered_s) if status == 408]
     return {
         "connections": count,
