@@ -42,9 +42,10 @@ class _Refused(Exception):
 
 class BodiesInProgress:
     """The bytes of request bodies received but not yet complete, over all of a process's connections (one event
-    loop: no lock). Bodies are freed into glibc's heap, which keeps the pages: once none is in progress after they
-    held ``TRIM_AFTER_BYTES`` or more, the heap's free pages go back to the system (off the event loop, a moment
-    later, when the requests they belonged to have let go of them)."""
+    loop: no lock); a refused body counts until its connection is closed, when its handler lets go of it. Bodies
+    are freed into glibc's heap, which keeps the pages: once none is in progress after they held
+    ``TRIM_AFTER_BYTES`` or more, the heap's free pages go back to the system (off the event loop, a moment later,
+    when the requests they belonged to have let go of them)."""
 
     TRIM_AFTER_BYTES = 32 * 1024 * 1024
     TRIM_DELAY_S = 2.0  # past LINGER_S, when a refused request's handler has seen its connection go
@@ -152,10 +153,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True  # whatever comes next on this connection is the next request's headers
 
     def _body_done(self) -> None:
-        """The body is complete, refused or abandoned: it no longer counts against the budget or the clock."""
+        """The body is complete or its connection gone: it no longer counts against the budget or the clock."""
         if self._body_bytes:
             self.bodies.release(self._body_bytes, self.loop)
         self._body_bytes = 0
+        self._stop_body_timer()
+
+    def _stop_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -209,7 +213,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._reading_headers = False
         self._disarm_header_timer()
-        self._body_done()
+        # Its bytes stay counted until the connection is lost: until then the app's handler still holds what it
+        # received (released at once, the budget let a hundred refused bodies hold 2.7x it).
+        self._stop_body_timer()
 
 
 def bounded_protocol(

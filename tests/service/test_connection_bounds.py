@@ -128,6 +128,23 @@ def test_bodies_past_the_memory_budget_get_a_503_and_the_budget_comes_back(serve
     assert response.status_code == 200
 
 
+def test_a_refused_body_counts_against_the_budget_until_its_connection_is_closed(server):
+    """The app's handler holds what a refused body sent until the connection goes (a second after the answer).
+    Released at the refusal, the budget let a hundred refused 10 MB bodies hold 2.7 times it."""
+    with socket.create_connection(("127.0.0.1", server.port)) as holding:
+        holding.sendall(_post_head(1_000_000) + b"\0" * 700_000)  # in progress: 700 kB of the 1 MiB budget
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as refused:
+            refused.sendall(_post_head(1_000_000) + b"\0" * 400_000)  # refused past the budget, kept open
+            assert refused.recv(65536).startswith(b"HTTP/1.1 503 ")
+            # 200 kB would fit beside the held body alone, not beside what the refused one still holds
+            answer = _exchange(server.port, _post_head(200_000) + b"\0" * 200_000)
+            assert "BODY_MEMORY_MB" in _refusal(answer, 503)
+        time.sleep(1.5)  # the refused connection is gone: what it held counts no more
+        answer = _exchange(server.port, _post_head(200_000) + b"\0" * 200_000)
+        assert answer.startswith(b"HTTP/1.1 415 "), answer[:200]  # not an image, but read whole
+
+
 def test_the_heap_is_trimmed_once_large_bodies_in_progress_are_all_done():
     """glibc keeps the pages bodies were freed into (523 MiB above idle after a hundred 10 MB bodies, in bench
     hostile): once none is in progress after large ones, they are handed back, off the event loop."""
