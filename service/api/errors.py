@@ -40,7 +40,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
+        headers = getattr(error, "headers", None)
+        return error_response(error.status_code, _plain_message(request, error, headers), headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -49,3 +50,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # this answer is sent from outside the middleware (Starlette's outermost layer): add what it adds to others
         response.raw_headers += request.scope.get("state", {}).get(ECHOED_HEADERS, [])
         return response
+
+
+def _plain_message(request: Request, error: HTTPException, headers: dict[str, str] | None) -> str:
+    """Starlette's bare "Not Found" and "Method Not Allowed" (an unknown path, a wrong method) said plainly."""
+    asked = f"{request.method} {request.url.path}"
+    if error.status_code == 404 and error.detail == "Not Found":
+        return f"nothing at {asked}; the API is described at /docs"
+    if error.status_code == 405 and error.detail == "Method Not Allowed":
+        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+        return f"{asked} is not allowed" + (f"; {request.url.path} takes {allowed}" if allowed else "")
+    return str(error.detail)

@@ -202,8 +202,10 @@ def test_health(client):
 
 
 def test_unknown_route_and_method_are_json(client):
-    assert client.get("/nope").json() == {"error": "Not Found"}
-    assert client.get("/v1/classify").status_code == 405
+    assert client.get("/nope").json() == {"error": "nothing at GET /nope; the API is described at /docs"}
+    wrong_method = client.get("/v1/classify")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "GET /v1/classify is not allowed; /v1/classify takes POST"}
 
 
 @pytest.mark.parametrize("artifact", ["tiny-slim", "tiny-biglittle"])

@@ -78,7 +78,9 @@ def test_no_path_leads_out_of_the_samples(client):
 
 def test_an_unknown_asset_is_a_json_404(client):
     answer = client.get("/console/js/nothing.js")
-    assert answer.status_code == 404 and answer.json() == {"error": "Not Found"}
+    assert answer.status_code == 404 and answer.json() == {
+        "error": "nothing at GET /console/js/nothing.js; the API is described at /docs"
+    }
 
 
 def test_the_models_list_the_stage_layout(client):
