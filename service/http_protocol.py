@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.accounting import SERVED_BY_HEADER, served_by
 from service.api.errors import encode_json
-from service.libc import release_free_memory
+from service.body_budget import BodiesInProgress, body_timeout_message, over_budget_message
 
 log = logging.getLogger(__name__)
 STATUS_TEXT = {
@@ -38,34 +38,6 @@ LINGER_S = 1.0
 
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that has been answered already."""
-
-
-class BodiesInProgress:
-    """The bytes of request bodies received but not yet complete, over all of a process's connections (one event
-    loop: no lock); a refused body counts until its connection is closed, when its handler lets go of it. Bodies
-    are freed into glibc's heap, which keeps the pages: once none is in progress after they held
-    ``TRIM_AFTER_BYTES`` or more, the heap's free pages go back to the system (off the event loop, a moment later,
-    when the requests they belonged to have let go of them)."""
-
-    TRIM_AFTER_BYTES = 32 * 1024 * 1024
-    TRIM_DELAY_S = 2.0  # past LINGER_S, when a refused request's handler has seen its connection go
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self.peak = 0  # since the last trim
-
-    def add(self, size: int) -> bool:
-        """Count ``size`` more bytes; False if that passes the limit."""
-        self.held += size
-        self.peak = max(self.peak, self.held)
-        return self.held <= self.limit
-
-    def release(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.held -= size
-        if self.held == 0 and self.peak >= self.TRIM_AFTER_BYTES:
-            self.peak = 0
-            loop.call_later(self.TRIM_DELAY_S, loop.run_in_executor, None, release_free_memory)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -139,10 +111,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes += len(body)
         if not self.bodies.add(len(body)):
             self._refuse(
-                503,
-                f"the service is receiving more request bodies at once than its {self.bodies.limit}-byte budget "
-                "(BODY_MEMORY_MB); retry shortly",
-                (b"retry-after", str(self.retry_after_s).encode()),
+                503, over_budget_message(self.bodies.limit), (b"retry-after", str(self.retry_after_s).encode())
             )
             raise _Refused
         super().on_body(body)
@@ -167,7 +136,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _body_timeout(self) -> None:
         self._body_timer = None
         if not self._refused and not self.transport.is_closing():
-            self._refuse(408, f"the request's body did not arrive within {self.body_timeout_s:g} s of its headers")
+            self._refuse(408, body_timeout_message(self.body_timeout_s))
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()

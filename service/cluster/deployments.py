@@ -232,12 +232,20 @@ class Ingress:
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self):
+        from service.api.body_bounds import BodyBounds
         from service.app import create_app
         from service.cluster.headers import ServedBy
 
         backend = RayBackend(self.settings, self.args, self.handles, self.replica)
         app = create_app(self.settings, backend=backend)
         app.add_middleware(ServedBy, replica=self.replica)
+        # Ray's uvicorn bounds neither a body's time nor the bodies' memory (in one process, http_protocol does)
+        app.add_middleware(
+            BodyBounds,
+            timeout_s=self.settings.body_timeout_s,
+            budget_bytes=self.settings.body_memory_mb * 1024 * 1024,
+            retry_after_s=self.settings.retry_after_s,
+        )
         return app
 
 

@@ -11,6 +11,10 @@ is that binary: it rewrites the config Ray just wrote, then becomes the real HAP
 - the admin socket is ``mode 600`` (its directory is private too: see ``launch.haproxy_environment``);
 - 502 and 503 (no replica, replica lost) answer 503 with ``Retry-After: BLOCKDROP_HAPROXY_RETRY_AFTER_S`` and 504
   a 504, each with the service's JSON error body;
+- the headers must arrive within ``BLOCKDROP_HAPROXY_HEADER_TIMEOUT_S`` (``timeout http-request``; Ray sets none,
+  so a connection that sent half a header was held for ``timeout client``, an hour: a client could hold all
+  of HAProxy's ``maxconn``, 4,096, that way). HAProxy answers that 408, and the 400 for a request it cannot parse or
+  headers past its buffer, from its connection layer, whose messages no ``errorfile`` replaces: HTML, not JSON;
 - HAProxy is not started for a manager that is gone already. (Not ``PR_SET_PDEATHSIG``: that signal follows the
   *thread* that started the process, and Ray starts HAProxy from a thread that may end while HAProxy should run;
   ``blockdrop serve --ray`` finds a HAProxy left behind as the subreaper of its processes: processes.py.)
@@ -30,6 +34,7 @@ from pathlib import Path
 
 METRICS_BIND_ENV = "BLOCKDROP_HAPROXY_METRICS_BIND"
 RETRY_AFTER_ENV = "BLOCKDROP_HAPROXY_RETRY_AFTER_S"
+HEADER_TIMEOUT_ENV = "BLOCKDROP_HAPROXY_HEADER_TIMEOUT_S"
 REAL_BINARY_ENV = "BLOCKDROP_HAPROXY_BINARY"
 MARK = "# made safe by blockdrop's HAProxy shim (service/cluster/haproxy_shim.py)\n"
 
@@ -38,6 +43,9 @@ METRICS = re.compile(r"^frontend prometheus\n(?:[ \t]+.*\n?)*", re.MULTILINE)
 METRICS_BIND = re.compile(r"^([ \t]+bind )\S*:(\d+)$", re.MULTILINE)
 SOCKET = re.compile(r"^([ \t]*stats socket \S+ mode )666( level admin)", re.MULTILINE)
 ERRORFILE = re.compile(r"^([ \t]*errorfile )(50[234]) \S+$", re.MULTILINE)
+DEFAULTS = re.compile(r"^defaults\n(?:[ \t]+.*\n?)*", re.MULTILINE)
+TIMEOUT_CLIENT = re.compile(r"^([ \t]+)timeout client \S+\n", re.MULTILINE)
+TIMEOUT_HTTP_REQUEST = re.compile(r"^[ \t]+timeout http-request \S+\n", re.MULTILINE)
 
 ERRORS = {
     502: (503, "Service Unavailable", "the service lost the replica that had this request; retry shortly"),
@@ -60,7 +68,9 @@ def error_page(code: int, retry_after_s: int) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def rewrite(config: str, directory: Path, metrics_bind: str | None, retry_after_s: int) -> str:
+def rewrite(
+    config: str, directory: Path, metrics_bind: str | None, retry_after_s: int, header_timeout_s: float = 10.0
+) -> str:
     """``config`` as Ray wrote it, made safe; the error pages are written into ``directory``. A config rewritten
     already (HAProxy started again on the same file) is left as it is."""
     if config.startswith(MARK):
@@ -88,7 +98,19 @@ def rewrite(config: str, directory: Path, metrics_bind: str | None, retry_after_
     config, count = ERRORFILE.subn(page, config)
     if count != 3:
         raise UnknownConfig("not the three 'errorfile 502/503/504' lines")
-    return MARK + config
+    return MARK + bound_headers(config, header_timeout_s)
+
+
+def bound_headers(config: str, timeout_s: float) -> str:
+    """The ``defaults`` section with ``timeout http-request``, the time to send the headers."""
+    section = DEFAULTS.search(config)
+    client = TIMEOUT_CLIENT.search(section.group()) if section else None
+    if section is None or client is None:
+        raise UnknownConfig("no 'defaults' section with a 'timeout client' line")
+    line = f"{client.group(1)}timeout http-request {max(1, round(timeout_s * 1000))}ms\n"
+    defaults = TIMEOUT_HTTP_REQUEST.sub("", section.group())  # Ray's own, were it ever set, gives way to ours
+    defaults = TIMEOUT_CLIENT.sub(lambda m: m.group() + line, defaults, count=1)
+    return config[: section.start()] + defaults + config[section.end() :]
 
 
 def config_path(argv: list[str]) -> Path:
@@ -119,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         path = config_path(argv)
         metrics_bind = os.environ.get(METRICS_BIND_ENV) or None
         retry_after_s = int(os.environ.get(RETRY_AFTER_ENV) or 1)
+        header_timeout_s = float(os.environ.get(HEADER_TIMEOUT_ENV) or 10)
         with open(f"{path}.lock", "w") as lock:  # the lock Ray holds while it writes the config
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            path.write_text(rewrite(path.read_text(), path.parent, metrics_bind, retry_after_s))
-    except (UnknownConfig, OSError) as error:
+            path.write_text(rewrite(path.read_text(), path.parent, metrics_bind, retry_after_s, header_timeout_s))
+    except (UnknownConfig, OSError, ValueError) as error:
         print(f"blockdrop HAProxy shim: not starting HAProxy: {error} (Ray 2.60's config expected)", file=sys.stderr)
         return 1
     if not parent_alive():

@@ -8,6 +8,7 @@ the shipped checkpoints are found wherever the package is installed on the clust
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -19,6 +20,7 @@ RAY_VERSION = "2.60.0"
 SECRETS = {"admin_token"}
 # the HAProxy shim (service/cluster/haproxy_shim.py) as the package's console script installs it in the image
 IMAGE_HAPROXY_SHIM = "/usr/local/bin/blockdrop-ray-haproxy"
+CLIENT_TIMEOUT_SLACK_S = 5
 
 
 def app_args(settings: Settings, portable: bool = True) -> dict[str, Any]:
@@ -40,6 +42,12 @@ def cluster_environment(settings: Settings, haproxy_shim: str = IMAGE_HAPROXY_SH
         # world-writable; the shim it runs as the binary fixes that (haproxy_shim.py)
         "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_shim,
         "BLOCKDROP_HAPROXY_RETRY_AFTER_S": str(settings.retry_after_s),
+        # Ray sets no time for the headers, so HAProxy waited an hour (timeout client) for half a header
+        "BLOCKDROP_HAPROXY_HEADER_TIMEOUT_S": f"{settings.header_timeout_s:g}",
+        # and an hour of silence from a client (Ray's default): now a little more than a body may take, so that
+        # the ingress's 408 for a body that stalls comes first (service/api/body_bounds.py) and the connection
+        # closes soon after; idle kept-alive connections and a wait for the answer have timeouts of their own
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(math.ceil(settings.body_timeout_s) + CLIENT_TIMEOUT_SLACK_S),
     }
     if settings.ray.haproxy_metrics_port:
         environment["BLOCKDROP_HAPROXY_METRICS_BIND"] = f"{settings.host}:{settings.ray.haproxy_metrics_port}"

@@ -1,10 +1,13 @@
 """The HAProxy shim against the config Ray 2.60 really writes: nothing left on every interface, no stats page, the
-admin socket 0600, proxy errors 503 with Retry-After, and a config HAProxy itself accepts (``haproxy -c``)."""
+admin socket 0600, proxy errors 503 with Retry-After, a time for the headers, and a config HAProxy itself accepts
+(``haproxy -c``) and, run, bounds the headers with it."""
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,14 +17,15 @@ from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
 from ray.serve.config import HTTPOptions
 
 from service.cluster import haproxy_shim
+from tests.service.live_server import free_port
 
 BIND = re.compile(r"^\s*bind (\S+)", re.MULTILINE)
 
 
-def ray_config(directory: Path, host: str = "127.0.0.1") -> str:
+def ray_config(directory: Path, host: str = "127.0.0.1", port: int = 18391) -> str:
     """The config Ray's HAProxy manager writes for an HTTP frontend on ``host``."""
     config = HAProxyConfig(
-        http_options=HTTPOptions(host=host, port=18391),
+        http_options=HTTPOptions(host=host, port=port),
         socket_path=str(directory / "admin.sock"),
         server_state_base=str(directory),
         server_state_file=str(directory / "server-state"),
@@ -80,3 +84,45 @@ def test_a_rewritten_config_is_left_as_it_is_and_an_unknown_one_is_refused(tmp_p
     unknown.write_text("global\n    maxconn 10\n")
     assert haproxy_shim.main(["-db", "-f", str(unknown)]) == 1  # HAProxy not started
     assert unknown.read_text() == "global\n    maxconn 10\n"
+
+
+def test_the_headers_have_a_time(tmp_path: Path):
+    config = haproxy_shim.rewrite(ray_config(tmp_path), tmp_path, None, 1, header_timeout_s=2.5)
+    # Ray writes none: HAProxy waited `timeout client`, an hour, for the rest of a header
+    assert "timeout http-request" not in ray_config(tmp_path)
+    assert "timeout http-request 2500ms\n" in haproxy_shim.DEFAULTS.search(config).group()
+    assert haproxy_accepts(config, tmp_path)
+
+
+def _exchange(port: int, payload: bytes, wait_s: float = 15) -> tuple[float, bytes]:
+    """Send ``payload``; the seconds until the proxy closed the connection, and what it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
+        started = time.monotonic()
+        connection.sendall(payload)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return time.monotonic() - started, received
+
+
+def test_haproxy_answers_half_a_header_with_a_408_at_the_header_timeout(tmp_path: Path):
+    port = free_port()
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(haproxy_shim.rewrite(ray_config(tmp_path, port=port), tmp_path, None, 1, header_timeout_s=1))
+    proxy = subprocess.Popen([haproxy_shim.real_binary(), "-db", "-f", str(path)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        took, answer = _exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert answer.startswith(b"HTTP/1.1 408 ") and 0.9 < took < 10, (took, answer[:100])
+        # (HAProxy's own page: its connection layer answers these with messages no errorfile replaces)
+        _, answer = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 ")  # headers past its 16 KB buffer
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

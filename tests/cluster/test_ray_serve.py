@@ -8,6 +8,7 @@ order and each leaves the deployment as it found it (but the last, a redeploy). 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -76,6 +77,8 @@ def settings(port: int, threshold: float | None = None, full_weight: float = 1.0
         grpc_port=0,
         admin_token=TOKEN,
         request_timeout_s=5.0,
+        header_timeout_s=2.0,
+        body_timeout_s=2.0,
         state_dir=STATE_DIR,
         rollout_interval_s=0.5,
         ray={"app_name": APP, "ingress_replicas": 2, "ingress_cpus": 0.25, "sync_interval_s": 0.5},
@@ -567,3 +570,47 @@ def test_redeploying_with_a_new_threshold_and_weight_fails_no_request_and_keeps_
     assert sum(v == "full" for v in after.values()) > max(len(stayed), sum(v == "blockdrop" for v in after.values()))
     answer = classify(url, SAMPLES[3].read_bytes(), **{"X-Variant": "blockdrop"}).json()
     assert answer["compute"]["threshold"] == 0.6
+
+
+def _exchange(url: str, payload: bytes) -> tuple[float, bytes]:
+    """Send ``payload`` to the Serve port; the seconds until the connection was closed, and the answer."""
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as connection:
+        started = time.monotonic()
+        connection.sendall(payload)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return time.monotonic() - started, received
+
+
+def test_half_a_header_is_answered_408_at_the_header_timeout(service):
+    """Ray sets HAProxy no time for the headers: it waited an hour (its client timeout) for the rest of one."""
+    url, _ = service
+    took, answer = _exchange(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 15, (took, answer[:200])
+
+
+def test_a_body_that_stalls_is_answered_408_at_the_body_timeout(service):
+    """Ray's uvicorn waited for the rest of a body as long as HAProxy let the client take (an hour)."""
+    url, _ = service
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    took, answer = _exchange(url, head + b"\0" * 1000)
+    assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 15, (took, answer[:200])
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "the request's body did not arrive within 2 s of its headers"
+    }
+    assert classify(url, SAMPLES[0].read_bytes()).status_code == 200
+
+
+def test_an_answer_carries_its_request_id_once(service):
+    """Ray's middleware adds the request's id to every answer, and the app echoed the same id: it came twice."""
+    url, _ = service
+    given = classify(url, SAMPLES[0].read_bytes(), **{"X-Request-ID": "trace-42"})
+    assert given.headers.get_list("x-request-id") == ["trace-42"]
+    made = classify(url, SAMPLES[0].read_bytes())
+    assert len(made.headers.get_list("x-request-id")) == 1
+    assert len(httpx.get(f"{url}/nope").headers.get_list("x-request-id")) == 1
+    # an id the service does not take: Ray echoes it, and the service names the request with its own
+    refused = classify(url, SAMPLES[0].read_bytes(), **{"X-Request-ID": "x" * 200})
+    ids = refused.headers.get_list("x-request-id")
+    assert len(ids) == 2 and "x" * 200 in ids

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from service.http_protocol import BodiesInProgress
+from service.body_budget import BodiesInProgress
 from service.libc import release_free_memory
 from tests.service.conftest import png_bytes
 from tests.service.live_server import Server
