@@ -17,7 +17,7 @@ from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
 from ray.serve.config import HTTPOptions
 
 from service.cluster import haproxy_shim
-from tests.service.live_server import free_port
+from tests.service.live_server import exchange_until_closed, free_port
 
 BIND = re.compile(r"^\s*bind (\S+)", re.MULTILINE)
 
@@ -94,17 +94,6 @@ def test_the_headers_have_a_time(tmp_path: Path):
     assert haproxy_accepts(config, tmp_path)
 
 
-def _exchange(port: int, payload: bytes, wait_s: float = 15) -> tuple[float, bytes]:
-    """Send ``payload``; the seconds until the proxy closed the connection, and what it answered."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
-        started = time.monotonic()
-        connection.sendall(payload)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-        return time.monotonic() - started, received
-
-
 def test_haproxy_answers_half_a_header_with_a_408_at_the_header_timeout(tmp_path: Path):
     port = free_port()
     path = tmp_path / "haproxy.cfg"
@@ -118,10 +107,10 @@ def test_haproxy_answers_half_a_header_with_a_408_at_the_header_timeout(tmp_path
                 break
             except OSError:
                 time.sleep(0.1)
-        took, answer = _exchange(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        took, answer = exchange_until_closed(port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         assert answer.startswith(b"HTTP/1.1 408 ") and 0.9 < took < 10, (took, answer[:100])
         # (HAProxy's own page: its connection layer answers these with messages no errorfile replaces)
-        _, answer = _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        _, answer = exchange_until_closed(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 400 ")  # headers past its 16 KB buffer
     finally:
         proxy.terminate()

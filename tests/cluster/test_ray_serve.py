@@ -32,7 +32,7 @@ from service.app import create_app
 from service.cluster import processes
 from service.config import Settings
 from service.routing import Router
-from tests.service.live_server import free_port
+from tests.service.live_server import exchange_until_closed, free_port
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -572,21 +572,14 @@ def test_redeploying_with_a_new_threshold_and_weight_fails_no_request_and_keeps_
     assert answer["compute"]["threshold"] == 0.6
 
 
-def _exchange(url: str, payload: bytes) -> tuple[float, bytes]:
-    """Send ``payload`` to the Serve port; the seconds until the connection was closed, and the answer."""
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as connection:
-        started = time.monotonic()
-        connection.sendall(payload)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-        return time.monotonic() - started, received
+def port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 def test_half_a_header_is_answered_408_at_the_header_timeout(service):
     """Ray sets HAProxy no time for the headers: it waited an hour (its client timeout) for the rest of one."""
     url, _ = service
-    took, answer = _exchange(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    took, answer = exchange_until_closed(port(url), b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 15, (took, answer[:200])
 
 
@@ -594,7 +587,7 @@ def test_a_body_that_stalls_is_answered_408_at_the_body_timeout(service):
     """Ray's uvicorn waited for the rest of a body as long as HAProxy let the client take (an hour)."""
     url, _ = service
     head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-    took, answer = _exchange(url, head + b"\0" * 1000)
+    took, answer = exchange_until_closed(port(url), head + b"\0" * 1000)
     assert answer.startswith(b"HTTP/1.1 408 ") and 1.5 < took < 15, (took, answer[:200])
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
         "error": "the request's body did not arrive within 2 s of its headers"

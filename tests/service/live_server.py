@@ -23,6 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def exchange_until_closed(port: int, payload: bytes, wait_s: float = 30) -> tuple[float, bytes]:
+    """Send ``payload`` to a loopback port; the seconds until the other side closed the connection, and what it
+    answered (a socket timeout after ``wait_s`` fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as connection:
+        started = time.monotonic()
+        connection.sendall(payload)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return time.monotonic() - started, received
+
+
 class Server:
     def __init__(self, variants: list[dict] | None, **settings):
         """``variants=None`` serves the default settings: the shipped checkpoints."""
