@@ -2,7 +2,8 @@
 processes), each measured against the issue's targets: every repro's status and the longest ``/healthz/live`` took
 meanwhile; the memory of the service's process tree through bursts of 16 huge and 16 model-bound PNGs, and the
 latency of good requests beside them; a hundred 10 MB bodies sent all but their last byte (the body budget and
-timeout: statuses and memory); a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
+timeout: statuses and memory); three hundred 1 MB gRPC messages sent the same way (the gRPC bounds: held, refused,
+memory, when their connections end); a hung worker (SIGSTOP): how soon its variant is not ready, how many unkeyed
 requests fail, how soon a pinned one is refused; c=512 over the five variants: p99 against twice the queue-wait
 budget plus the slowest batch time; and the fork server the workers come from, stopped while a worker is lost (how
 soon the worker is back), then killed (whether anything restarts). Results go to
@@ -42,7 +43,8 @@ from bench.common import (
     write_results,
 )
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
-from bench.load import run_wrk, service, write_bodies
+from bench.load import free_port, run_wrk, service, write_bodies
+from bench.stalled_grpc import StalledCall, wait_until_closed
 from bench.variants import add_variant_option, parse_variants
 
 TOKEN = "bench-hostile"
@@ -221,6 +223,62 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
     }
 
 
+def infer_status(grpc_port: int, model: str) -> str:
+    """The status of one small gRPC ModelInfer of ``model``."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            return "OK"
+        except grpc.RpcError as error:
+            return error.code().name
+
+
+def stalled_grpc(grpc_port: int, pid: int, model: str, count: int, size: int, wait_s: float) -> dict:
+    """``count`` connections, each a gRPC ModelInfer whose ``size``-byte message is sent all but its last byte: the
+    service holds those its gRPC bounds leave room for, refuses the rest, and ends them all with their connections'
+    life; the service's memory is sampled throughout. Then one message declaring more than any request can weigh."""
+    idle_mib = tree_memory_kib(pid)["rss_kib"] / 1024
+    with memory_sampler(pid) as memory:
+        started = time.monotonic()
+        calls = [StalledCall(grpc_port, size) for _ in range(count)]
+        sent_s = time.monotonic() - started
+        for call in calls:
+            call.read(0.01)
+        refused = sum(call.refused for call in calls)
+        while_held = infer_status(grpc_port, model)
+        closed_after = wait_until_closed(calls, wait_s)
+        closed_at = time.monotonic()
+    back_after = back_near_idle_after(pid, idle_mib, closed_at, SLOW_BODIES_BACK_WITHIN_MIB)
+    for call in calls:
+        call.close()
+    oversized = StalledCall(grpc_port, 10 * 1024 * 1024)
+    deadline = time.monotonic() + 5
+    while not oversized.refused and time.monotonic() < deadline and oversized.read(0.2):
+        pass
+    oversized.close()
+    return {
+        "connections": count,
+        "message_bytes": size,
+        "sent_in_s": round(sent_s, 1),
+        "held": count - refused,
+        "refused": refused,
+        "small_infer_while_held": while_held,
+        "all_closed_after_s": closed_after,  # from the first connection (None: not within wait_s)
+        "idle_rss_mib": round(idle_mib),
+        "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
+        "back_within_32_mib_after_s": back_after,  # of the last connection's close
+        "small_infer_after": infer_status(grpc_port, model),
+        "declared_10_mib_refused": oversized.refused,
+    }
+
+
 def send_burst(url: str, image: bytes, count: int) -> list[int]:
     """``count`` POSTs of ``image`` at once, from another process (``bench/burst_sender.py``)."""
     command = [sys.executable, "-m", "bench.burst_sender", url.rsplit(":", 1)[1], str(count)]
@@ -383,6 +441,7 @@ def run(args: argparse.Namespace) -> dict:
         "header_timeout_s": args.header_timeout_s,
         "body_timeout_s": args.body_timeout_s,
         "api_servers": args.api_servers,
+        "grpc_port": free_port(),
     }
     server = service(parse_variants(args.variant), **settings)
     pid = server.process.pid
@@ -409,6 +468,12 @@ def run(args: argparse.Namespace) -> dict:
             result["slow_bodies"] = slow_bodies(
                 server.url, pid, args.slow_bodies, 10 * 1024 * 1024 - 1024, args.body_timeout_s + 15
             )
+            if args.stalled_grpc:
+                # a connection lives BODY_TIMEOUT_S, its calls in flight REQUEST_TIMEOUT_S more (10 s by default)
+                wait_s = args.body_timeout_s + 25
+                result["stalled_grpc"] = stalled_grpc(
+                    settings["grpc_port"], pid, args.hung_variant, args.stalled_grpc, 1_000_000, wait_s
+                )
             result["hung_worker"] = hung_worker(server.url, pid, bodies, args.hung_variant)
             result["overload"] = overload(server.url, folder, args.images, args.overload_seconds)
             # last: the killed fork server's children leave the service's process tree (init adopts them)
@@ -463,6 +528,19 @@ def to_markdown(result: dict) -> str:
             f"({slow['after_close_above_idle_mib']} MiB above idle at the end); longest /healthz/live "
             f"{slow['live_max_ms']} ms.",
         ]
+    stalled = result.get("stalled_grpc")
+    if stalled is not None:
+        lines += [
+            "",
+            f"Stalled gRPC: {stalled['connections']} connections each sent a ModelInfer whose "
+            f"{stalled['message_bytes']:,}-byte message lacked its last byte (in {stalled['sent_in_s']} s): "
+            f"{stalled['held']} held, {stalled['refused']} refused at once (RESOURCE_EXHAUSTED); a small ModelInfer "
+            f"meanwhile: {stalled['small_infer_while_held']}; peak RSS {stalled['peak_above_idle_mib']} MiB above "
+            f"idle; every connection closed by the service {stalled['all_closed_after_s']} s after the first; back "
+            f"within {SLOW_BODIES_BACK_WITHIN_MIB} MiB of idle {stalled['back_within_32_mib_after_s']} s after the "
+            f"last; a small ModelInfer then: {stalled['small_infer_after']}. A message declaring 10 MiB refused from "
+            f"its length: {stalled['declared_10_mib_refused']}.",
+        ]
     hung, over = result["hung_worker"], result["overload"]
     lines += [
         "",
@@ -502,6 +580,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-timeout-s", type=float, default=30, help="the service's body timeout")
     parser.add_argument(
         "--slow-bodies", type=int, default=100, help="connections that send all of a 10 MB body but its last byte"
+    )
+    parser.add_argument(
+        "--stalled-grpc",
+        type=int,
+        default=300,
+        help="gRPC connections that send all of a 1 MB ModelInfer but its last byte (0: skip the step)",
     )
     parser.add_argument("--hung-variant", default="full", help="the variant whose worker is stopped")
     parser.add_argument(

@@ -24,6 +24,7 @@ from service.api.middleware import BodySizeLimit, IdentityBodiesOnly, RequestMet
 from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
 from service.experiment import RequestRate
+from service.heap_keeper import keep_heap_trimmed
 from service.local_backend import LocalBackend
 from service.metrics import ServiceMetrics
 from service.rollout_driver import RolloutDriver
@@ -104,17 +105,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             from service.api.grpc_v2 import start_grpc
 
             share_port = getattr(backend, "shares_ports", False)  # API servers of one service (multiprocess)
-            grpc_server = await start_grpc(
-                plane, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, share_port
-            )
+            grpc_server = await start_grpc(plane, metrics, settings, share_port)
         background = asyncio.create_task(backend.run(plane))
         app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
         # every process (each ingress replica on Ray) drives the rollouts in the shared store with its own counts
         controller = asyncio.create_task(app.state.rollouts.run())
+        heap = asyncio.create_task(keep_heap_trimmed())  # what gRPC frees goes back too (service/heap_keeper.py)
         freeze_startup_objects()
         log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
         yield
-        for task in (background, controller):
+        for task in (background, controller, heap):
             task.cancel()
         plane.begin_shutdown()  # gRPC calls from here on are refused (UNAVAILABLE); those in flight finish
         if grpc_server is not None:

@@ -1,4 +1,4 @@
-"""The two glibc calls the service makes through ctypes (Linux; each is a no-op where the C library lacks it)."""
+"""The glibc calls the service makes through ctypes (Linux; each is a no-op where the C library lacks it)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,23 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def free_heap_bytes() -> int | None:
+    """The bytes glibc's heap holds free, over all its arenas (``mallinfo2``'s ``fordblks``); None where glibc is
+    older than 2.33 or absent."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().fordblks)
 
 
 def name_process(name: str) -> None:

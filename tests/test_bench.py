@@ -242,6 +242,7 @@ def test_hostile_short_version(tmp_path):
     as in one process (whose hostile-input behaviour tests/service/test_hostile_input.py covers)."""
     args = [*_wrk_bench(tmp_path, "hostile"), "--idle-seconds", "1", "--overload-seconds", "2"]
     args += ["--header-timeout-s", "1", "--body-timeout-s", "1", "--slow-bodies", "4", "--api-servers", "2"]
+    args += ["--stalled-grpc", "3"]
     # the hung variant a ResNet-110: its replacement loads long enough for the pinned request to land while it
     # is down (a tiny model's replacement could be up again before the bench noticed the hung one)
     (tmp_path / "slow").mkdir()
@@ -257,6 +258,9 @@ def test_hostile_short_version(tmp_path):
     assert hung["replaced_after_s"] > hung["not_ready_after_s"]
     assert set(result["overload"]["statuses"]) <= {"200", "503"}
     assert result["slow_bodies"]["statuses"] == {"408": 4}  # within the body budget: held until the body timeout
+    stalled = result["stalled_grpc"]  # within the gRPC bounds: held until their connections' life is up
+    assert (stalled["held"], stalled["refused"], stalled["declared_10_mib_refused"]) == (3, 0, True)
+    assert stalled["all_closed_after_s"] is not None and stalled["small_infer_after"] == "OK"
     fork = result["fork_server"]  # stopped with a server lost, then killed
     assert fork["worker_back_after_s"] is not None and fork["stopped_fork_server_ended"]
     assert fork["servers"] == 5 and fork["servers_restarted_after_fork_server_killed"] == 0

@@ -18,7 +18,9 @@ from tritonclient.grpc import service_pb2_grpc
 from service import __version__
 from service.accounting import SERVED_BY_HEADER, RequestAccount, served_by
 from service.api.choice import choose_variant, refuse_repeated_metadata
+from service.api.grpc_bounds import grpc_bounds
 from service.api.v2_binary import EXTENSION
+from service.config import Settings
 from service.dataplane import MODEL_VERSION, Compute, DataPlane
 from service.errors import DeadlineExceeded, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
@@ -173,20 +175,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc(
-    plane: DataPlane, metrics: ServiceMetrics, host: str, port: int, max_bytes: int, share_port: bool = False
+    plane: DataPlane, metrics: ServiceMetrics, settings: Settings, share_port: bool = False
 ) -> grpc.aio.Server:
-    """Serve gRPC on ``host:port`` in the running event loop; the caller stops it. ``share_port``: several API
-    server processes of this service listen on the port together (SO_REUSEPORT); otherwise the port is this
-    process's alone, and a port another program holds is an error (gRPC would share it by default)."""
-    options = [
-        ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", max_bytes),
-        ("grpc.so_reuseport", 1 if share_port else 0),
-    ]
-    server = grpc.aio.server(options=options)
+    """Serve gRPC on the settings' host and gRPC port in the running event loop, within the bounds of
+    ``grpc_bounds``; the caller stops it. ``share_port``: several API server processes of this service listen on the
+    port together (SO_REUSEPORT); otherwise the port is this process's alone, and a port another program holds is an
+    error (gRPC would share it by default)."""
+    bounds = grpc_bounds(settings, plane.max_tensor_values)
+    options = [*bounds.options, ("grpc.so_reuseport", 1 if share_port else 0)]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=bounds.max_concurrent_rpcs)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"could not listen for gRPC on {host}:{port}")
+    if server.add_insecure_port(f"{settings.host}:{settings.grpc_port}") == 0:
+        raise OSError(f"could not listen for gRPC on {settings.host}:{settings.grpc_port}")
     await server.start()
-    log.info("gRPC on %s:%d", host, port)
+    log.info(
+        "gRPC on %s:%d (messages up to %d bytes, %d RPCs at once)",
+        settings.host,
+        settings.grpc_port,
+        bounds.max_message_bytes,
+        bounds.max_concurrent_rpcs,
+    )
     return server
