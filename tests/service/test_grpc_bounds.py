@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2_grpc
 from bench.stalled_grpc import StalledCall, wait_until_closed
 from service.api.grpc_bounds import BYTES_PER_VALUE, MESSAGE_OVERHEAD_BYTES, grpc_bounds
 from service.config import Settings
-from tests.service.live_server import Server
+from tests.service.live_server import Server, exchange_until_closed
 
 MIB = 1024 * 1024
 
@@ -36,8 +36,9 @@ def test_the_bounds_follow_the_largest_request_and_the_body_budget():
 
 @pytest.fixture(scope="module")
 def server(served_variants):
-    # 2 MiB of messages at once (two of 1 MiB, the tiny models' largest request), connections living 2 s
-    running = Server(served_variants, body_memory_mb=2, body_timeout_s=2, request_timeout_s=1)
+    # 2 MiB of messages at once (two of 1 MiB, the tiny models' largest request), connections living 2 s, 1 s
+    # for the HTTP/2 handshake
+    running = Server(served_variants, body_memory_mb=2, body_timeout_s=2, request_timeout_s=1, header_timeout_s=1)
     yield running
     assert running.stop()
 
@@ -89,3 +90,9 @@ def test_a_message_larger_than_any_request_is_refused_from_its_length(server):
         assert call.refused
     finally:
         call.close()
+
+
+def test_a_connection_that_does_not_finish_the_http2_handshake_is_closed(server):
+    """gRPC's default waits 120 s for it; here ``HEADER_TIMEOUT_S``, as for an HTTP request's headers."""
+    took, _ = exchange_until_closed(server.grpc_port, b"PRI * HTTP/2.0\r\n", wait_s=30)
+    assert took < 5
