@@ -273,7 +273,8 @@ def stalled_grpc(grpc_port: int, pid: int, model: str, count: int, size: int, wa
         "all_closed_after_s": closed_after,  # from the first connection (None: not within wait_s)
         "idle_rss_mib": round(idle_mib),
         "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
-        "back_within_32_mib_after_s": back_after,  # of the last connection's close
+        "back_within_32_mib_after_s": back_after,  # of the last connection's close (None: not within 10 s)
+        "after_close_above_idle_mib": round(tree_memory_kib(pid)["rss_kib"] / 1024 - idle_mib),
         "small_infer_after": infer_status(grpc_port, model),
         "declared_10_mib_refused": oversized.refused,
     }
@@ -538,8 +539,9 @@ def to_markdown(result: dict) -> str:
             f"meanwhile: {stalled['small_infer_while_held']}; peak RSS {stalled['peak_above_idle_mib']} MiB above "
             f"idle; every connection closed by the service {stalled['all_closed_after_s']} s after the first; back "
             f"within {SLOW_BODIES_BACK_WITHIN_MIB} MiB of idle {stalled['back_within_32_mib_after_s']} s after the "
-            f"last; a small ModelInfer then: {stalled['small_infer_after']}. A message declaring 10 MiB refused from "
-            f"its length: {stalled['declared_10_mib_refused']}.",
+            f"last ({stalled['after_close_above_idle_mib']} MiB above idle then); a small ModelInfer then: "
+            f"{stalled['small_infer_after']}. A message declaring 10 MiB refused from its length: "
+            f"{stalled['declared_10_mib_refused']}.",
         ]
     hung, over = result["hung_worker"], result["overload"]
     lines += [
