@@ -6,6 +6,7 @@ long as their clients liked."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import grpc
@@ -44,16 +45,32 @@ def server(served_variants):
     assert running.stop()
 
 
-def _infer(port: int) -> grpc.StatusCode:
+def _small_request() -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="full")
     request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
     request.raw_input_contents.append(b"\0" * 3072)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    return request
+
+
+def _infer(port: int, channel: grpc.Channel | None = None) -> grpc.StatusCode:
+    """One small ModelInfer, on ``channel`` or a channel of its own."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") if channel is None else contextlib.nullcontext(channel) as used:
         try:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            service_pb2_grpc.GRPCInferenceServiceStub(used).ModelInfer(_small_request(), timeout=10)
             return grpc.StatusCode.OK
         except grpc.RpcError as error:
             return error.code()
+
+
+def test_a_client_calling_across_its_connections_ends_never_sees_them(server):
+    """A connection's life is bounded (GOAWAY, then a new one): a client that keeps one channel goes on unharmed."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        codes = []
+        started = time.monotonic()
+        while time.monotonic() - started < 9:  # two connection lives and more
+            codes.append(_infer(server.grpc_port, channel))
+            time.sleep(0.3)
+    assert set(codes) == {grpc.StatusCode.OK} and len(codes) > 20
 
 
 def test_stalled_messages_hold_only_their_room_and_go_with_their_connections(server):
