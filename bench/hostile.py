@@ -44,7 +44,7 @@ from bench.common import (
 )
 from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png, send_raw, status_of
 from bench.load import free_port, run_wrk, service, write_bodies
-from bench.stalled_grpc import StalledCall, wait_until_closed
+from bench.stalled_grpc import StalledCall, small_infer, wait_until_closed
 from bench.variants import add_variant_option, parse_variants
 
 TOKEN = "bench-hostile"
@@ -172,7 +172,7 @@ def burst(url: str, pid: int, bodies: list[bytes], image: bytes, count: int, idl
     }
 
 
-SLOW_BODIES_BACK_WITHIN_MIB = 32
+BACK_NEAR_IDLE_MIB = 32
 
 
 def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dict:
@@ -206,7 +206,7 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
         held_s = time.monotonic() - started
     # the service hands the bodies' pages back a moment after the last one is done; 10 % of the whole tree's idle
     # RSS would be more than the body budget itself
-    back_after = back_near_idle_after(pid, idle_mib, time.monotonic(), SLOW_BODIES_BACK_WITHIN_MIB)
+    back_after = back_near_idle_after(pid, idle_mib, time.monotonic(), BACK_NEAR_IDLE_MIB)
     timed_out = [s for status, s in zip(statuses, answered_s) if status == 408]
     return {
         "connections": count,
@@ -223,23 +223,6 @@ def slow_bodies(url: str, pid: int, count: int, size: int, wait_s: float) -> dic
     }
 
 
-def infer_status(grpc_port: int, model: str) -> str:
-    """The status of one small gRPC ModelInfer of ``model``."""
-    import grpc
-    from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.grpc import service_pb2_grpc
-
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
-    request.raw_input_contents.append(b"\0" * 3072)
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        try:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
-            return "OK"
-        except grpc.RpcError as error:
-            return error.code().name
-
-
 def stalled_grpc(grpc_port: int, pid: int, model: str, count: int, size: int, wait_s: float) -> dict:
     """``count`` connections, each a gRPC ModelInfer whose ``size``-byte message is sent all but its last byte: the
     service holds those its gRPC bounds leave room for, refuses the rest, and ends them all with their connections'
@@ -252,10 +235,10 @@ def stalled_grpc(grpc_port: int, pid: int, model: str, count: int, size: int, wa
         for call in calls:
             call.read(0.01)
         refused = sum(call.refused for call in calls)
-        while_held = infer_status(grpc_port, model)
+        while_held = small_infer(grpc_port, model).name
         closed_after = wait_until_closed(calls, wait_s)
         closed_at = time.monotonic()
-    back_after = back_near_idle_after(pid, idle_mib, closed_at, SLOW_BODIES_BACK_WITHIN_MIB)
+    back_after = back_near_idle_after(pid, idle_mib, closed_at, BACK_NEAR_IDLE_MIB)
     for call in calls:
         call.close()
     oversized = StalledCall(grpc_port, 10 * 1024 * 1024)
@@ -275,7 +258,7 @@ def stalled_grpc(grpc_port: int, pid: int, model: str, count: int, size: int, wa
         "peak_above_idle_mib": round(max(mib for _, mib in memory.samples) - idle_mib),
         "back_within_32_mib_after_s": back_after,  # of the last connection's close (None: not within 10 s)
         "after_close_above_idle_mib": round(tree_memory_kib(pid)["rss_kib"] / 1024 - idle_mib),
-        "small_infer_after": infer_status(grpc_port, model),
+        "small_infer_after": small_infer(grpc_port, model).name,
         "declared_10_mib_refused": oversized.refused,
     }
 
@@ -525,7 +508,7 @@ def to_markdown(result: dict) -> str:
             f"PNG and all of it but the last byte (in {slow['sent_in_s']} s), then waited: statuses "
             f"{slow['statuses']}, the last 408 {slow['last_408_after_s']} s after the first connection; peak RSS "
             f"{slow['peak_above_idle_mib']} MiB above idle; once all were closed, back within "
-            f"{SLOW_BODIES_BACK_WITHIN_MIB} MiB of idle after {slow['back_within_32_mib_after_s']} s "
+            f"{BACK_NEAR_IDLE_MIB} MiB of idle after {slow['back_within_32_mib_after_s']} s "
             f"({slow['after_close_above_idle_mib']} MiB above idle at the end); longest /healthz/live "
             f"{slow['live_max_ms']} ms.",
         ]
@@ -538,7 +521,7 @@ def to_markdown(result: dict) -> str:
             f"{stalled['held']} held, {stalled['refused']} refused at once (RESOURCE_EXHAUSTED); a small ModelInfer "
             f"meanwhile: {stalled['small_infer_while_held']}; peak RSS {stalled['peak_above_idle_mib']} MiB above "
             f"idle; every connection closed by the service {stalled['all_closed_after_s']} s after the first; back "
-            f"within {SLOW_BODIES_BACK_WITHIN_MIB} MiB of idle {stalled['back_within_32_mib_after_s']} s after the "
+            f"within {BACK_NEAR_IDLE_MIB} MiB of idle {stalled['back_within_32_mib_after_s']} s after the "
             f"last ({stalled['after_close_above_idle_mib']} MiB above idle then); a small ModelInfer then: "
             f"{stalled['small_infer_after']}. A message declaring 10 MiB refused from its length: "
             f"{stalled['declared_10_mib_refused']}.",

@@ -8,12 +8,31 @@ import socket
 import struct
 import time
 
+import grpc
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def small_infer(port: int, model: str = "full", channel: grpc.Channel | None = None) -> grpc.StatusCode:
+    """The status of one small ModelInfer (a 32 x 32 UINT8 image) of ``model``, on ``channel`` or one of its own."""
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    used = channel or grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        service_pb2_grpc.GRPCInferenceServiceStub(used).ModelInfer(request, timeout=10)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
+    finally:
+        if channel is None:
+            used.close()
 
 
 class StalledCall:

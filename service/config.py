@@ -301,6 +301,11 @@ class Settings(BaseSettings):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return value
 
+    @property
+    def body_memory_bytes(self) -> int:
+        """``body_memory_mb`` in bytes, the budget each server process's body bounds share (HTTP, Ray, gRPC)."""
+        return self.body_memory_mb * 1024 * 1024
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         names = [v.name for v in self.variants]

@@ -34,7 +34,7 @@ def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = No
             settings.max_header_bytes,
             settings.header_timeout_s,
             settings.body_timeout_s,
-            settings.body_memory_mb * 1024 * 1024,
+            settings.body_memory_bytes,
             settings.retry_after_s,
         ),
     )

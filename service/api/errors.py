@@ -58,6 +58,6 @@ def _plain_message(request: Request, error: HTTPException, headers: dict[str, st
     if error.status_code == 404 and error.detail == "Not Found":
         return f"nothing at {asked}; the API is described at /docs"
     if error.status_code == 405 and error.detail == "Method Not Allowed":
-        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+        allowed = (headers or {}).get("Allow")  # Starlette's router names the methods the path takes
         return f"{asked} is not allowed" + (f"; {request.url.path} takes {allowed}" if allowed else "")
     return str(error.detail)

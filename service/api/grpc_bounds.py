@@ -38,7 +38,7 @@ def ms(seconds: float) -> int:
 def grpc_bounds(settings: Settings, max_tensor_values: int) -> GrpcBounds:
     """The bounds for a service whose largest request carries ``max_tensor_values`` values."""
     message = min(settings.max_body_bytes, BYTES_PER_VALUE * max_tensor_values + MESSAGE_OVERHEAD_BYTES)
-    rpcs = max(1, settings.body_memory_mb * 1024 * 1024 // message)
+    rpcs = max(1, settings.body_memory_bytes // message)
     options = [
         ("grpc.max_receive_message_length", message),
         ("grpc.max_send_message_length", settings.max_body_bytes),

@@ -243,7 +243,7 @@ class Ingress:
         app.add_middleware(
             BodyBounds,
             timeout_s=self.settings.body_timeout_s,
-            budget_bytes=self.settings.body_memory_mb * 1024 * 1024,
+            budget_bytes=self.settings.body_memory_bytes,
             retry_after_s=self.settings.retry_after_s,
         )
         return app

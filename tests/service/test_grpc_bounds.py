@@ -6,15 +6,12 @@ long as their clients liked."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import grpc
 import pytest
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
-from bench.stalled_grpc import StalledCall, wait_until_closed
+from bench.stalled_grpc import StalledCall, small_infer, wait_until_closed
 from service.api.grpc_bounds import BYTES_PER_VALUE, MESSAGE_OVERHEAD_BYTES, grpc_bounds
 from service.config import Settings
 from tests.service.live_server import Server, exchange_until_closed
@@ -45,36 +42,19 @@ def server(served_variants):
     assert running.stop()
 
 
-def _small_request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="full")
-    request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
-    request.raw_input_contents.append(b"\0" * 3072)
-    return request
-
-
-def _infer(port: int, channel: grpc.Channel | None = None) -> grpc.StatusCode:
-    """One small ModelInfer, on ``channel`` or a channel of its own."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") if channel is None else contextlib.nullcontext(channel) as used:
-        try:
-            service_pb2_grpc.GRPCInferenceServiceStub(used).ModelInfer(_small_request(), timeout=10)
-            return grpc.StatusCode.OK
-        except grpc.RpcError as error:
-            return error.code()
-
-
 def test_a_client_calling_across_its_connections_ends_never_sees_them(server):
     """A connection's life is bounded (GOAWAY, then a new one): a client that keeps one channel goes on unharmed."""
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         codes = []
         started = time.monotonic()
         while time.monotonic() - started < 9:  # two connection lives and more
-            codes.append(_infer(server.grpc_port, channel))
+            codes.append(small_infer(server.grpc_port, channel=channel))
             time.sleep(0.3)
     assert set(codes) == {grpc.StatusCode.OK} and len(codes) > 20
 
 
 def test_stalled_messages_hold_only_their_room_and_go_with_their_connections(server):
-    assert _infer(server.grpc_port) == grpc.StatusCode.OK
+    assert small_infer(server.grpc_port) == grpc.StatusCode.OK
     started = time.monotonic()
     held = [StalledCall(server.grpc_port, 900_000) for _ in range(2)]
     try:
@@ -88,12 +68,12 @@ def test_stalled_messages_hold_only_their_room_and_go_with_their_connections(ser
             pass
         assert extra.refused
         extra.close()
-        assert _infer(server.grpc_port) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert small_infer(server.grpc_port) == grpc.StatusCode.RESOURCE_EXHAUSTED
         # the connections' life (4 s, and 1 s for what is in flight) ends them, stalled messages and all
         closed_after = wait_until_closed(held, 15)
         assert closed_after is not None, "a stalled call's connection outlived its bound"
         assert time.monotonic() - started < 10
-        assert _infer(server.grpc_port) == grpc.StatusCode.OK
+        assert small_infer(server.grpc_port) == grpc.StatusCode.OK
     finally:
         for call in held:
             call.close()
