@@ -25,6 +25,8 @@ def test_executor_benchmark_writes_json_and_markdown(tmp_path):
                 "0.5",
                 "--min-run-time",
                 "0.01",
+                "--rounds",
+                "2",
                 "--threads",
                 "1",
                 "--out",
@@ -34,7 +36,10 @@ def test_executor_benchmark_writes_json_and_markdown(tmp_path):
         == 0
     )
     result = json.loads((tmp_path / "executor.json").read_text())
+    assert result["rounds"] == 2
     assert [(r["batch"], r["keep_fraction"]) for r in result["rows"]] == [(1, 0.5), (4, 0.5)]
+    for row in result["rows"]:  # both ratios come from the same rounds' executor / full
+        assert row["executor_over_ideal"] * row["flops_ratio"] * row["speedup_vs_full"] == pytest.approx(1, rel=0.01)
     assert "| batch |" in (tmp_path / "executor.md").read_text()
 
 
