@@ -4,7 +4,10 @@ but not after what it cannot: gRPC assembles each request's message in its own c
 its connection ends, which the service is never told (stalled messages dropped with their connections stayed
 resident until this: ``blockdrop bench hostile``'s stalled gRPC step). So every few seconds, once the heap holds
 more than a little newly freed, the free pages go back (``malloc_trim``, off the event loop: milliseconds, and
-next to nothing when there is nothing to free)."""
+next to nothing when there is nothing to free). The trims at once stay: a large decode is freed into the arena
+of the thread that ran it, which the other decode threads, on arenas of their own, do not reuse, so leaving it to
+this keeper could hold up to a decode budget per decode thread between its checks; and a burst of bodies ends at a
+moment the service knows."""
 
 from __future__ import annotations
 
