@@ -20,7 +20,7 @@ from service.accounting import served_by
 from service.api import admin, console, experiment, explain, health, rollouts, samples, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
-from service.api.middleware import BodySizeLimit, IdentityBodiesOnly, RequestMetrics
+from service.api.middleware import BodySizeLimit, IdentityBodiesOnly, NoWebSockets, RequestMetrics
 from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
 from service.experiment import RequestRate
@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_middleware(IdentityBodiesOnly)
     # outside the size limit, so that a 413 is counted too
     app.add_middleware(RequestMetrics, metrics=metrics, served_by=name)
+    app.add_middleware(NoWebSockets)
     if settings.fast_path:  # added last, so it sees each request first
         app.add_middleware(
             FastClassify,

@@ -1,5 +1,5 @@
 """Pure ASGI middleware: the body-size limit (413 before the body is all read), bodies sent as they are (415 for a
-content coding), and per-request metrics."""
+content coding), WebSocket handshakes refused plainly (404), and per-request metrics."""
 
 from __future__ import annotations
 
@@ -89,6 +89,28 @@ class IdentityBodiesOnly:
                 await _send_error(send, 415, message, (b"accept-encoding", b"identity"))
                 return
         await self.app(scope, receive, send)
+
+
+class NoWebSockets:
+    """Refuse a WebSocket handshake with a 404 and the service's JSON error: it serves no WebSocket. (Left to the
+    framework, a handshake got a 403 with an empty body, which says nothing of why.)"""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # the handshake ("websocket.connect")
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})  # a server that cannot say more
+            return
+        path = scope.get("path", "")[:100]
+        body = encode_json({"error": f"no WebSocket at {path}: the service answers plain HTTP; its API is at /docs"})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": 404, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
 
 
 class RequestMetrics:

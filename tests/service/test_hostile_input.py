@@ -206,3 +206,16 @@ def test_fuzz_a_json_tensor_larger_than_any_request_is_refused_unparsed(client, 
     )
     response = client.post("/v2/models/blockdrop/infer", content=body)
     assert response.status_code == 413, response.text[:200]
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/classify", "/nope"])
+def test_a_websocket_handshake_is_a_plain_404(client, path):
+    """The service speaks no WebSocket: a handshake is told so, in its JSON error, not with an empty 403."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(path):
+        pass
+    assert denied.value.status_code == 404
+    assert denied.value.json() == {
+        "error": f"no WebSocket at {path}: the service answers plain HTTP; its API is at /docs"
+    }
