@@ -85,7 +85,7 @@ def run(depth: int, batch_sizes: list[int], keep_fractions: list[float], min_run
 def to_markdown(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['device']} ({result['threads']} threads; {result['machine']}). "
-        f"Median wall-clock per forward pass over {result.get('rounds', 1)} rounds in which the three took turns; "
+        f"Median wall-clock per forward pass over {result['rounds']} rounds in which the three took turns; "
         "executor / ideal is the median over rounds of the ratio within a round. Every image keeps a random subset "
         "of the given fraction of blocks.",
         "",
