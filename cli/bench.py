@@ -11,6 +11,7 @@ from cli.help_format import DefaultsInHelp
 BENCHMARKS = {
     "executor": "bench.executor",
     "engine": "bench.engine",
+    "compiled": "bench.compiled",
     "gpu": "bench.gpu",
     "signatures": "bench.signatures",
     "variants": "bench.variants",

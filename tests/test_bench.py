@@ -610,6 +610,26 @@ def test_gpu_benchmark_on_a_cpu_never_writes_the_shipped_gpu_results():
     assert "give --out" in refusal(["bench", "gpu", "--device", "cpu"])
 
 
+def test_compiled_benchmark_times_blockdrop_against_the_full_network_compiled(tmp_path):
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    pair = f"tiny={artifacts['tiny-resnet']},{artifacts['tiny-blockdrop']}"
+    args = ["bench", "compiled", "--pair", pair, "--batch-sizes", "1,3", "--rounds", "2", "--min-run-time", "0"]
+    assert blockdrop([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "compiled-cpu.json").read_text())
+    assert [(r["pair"], r["batch"]) for r in result["rows"]] == [("tiny", 1), ("tiny", 3)]
+    for row in result["rows"]:
+        assert row["max_logit_difference"] < 1e-3  # the compiled network computes what the served one does
+        assert row["compile_s"] > 0 and row["full_compiled_ms"] > 0 and row["blockdrop_eager_ms"] > 0
+        # the three ratios come from the same rounds: BlockDrop over compiled = over eager / compiled over eager
+        implied = row["blockdrop_over_full_eager"] / row["compiled_over_eager"]
+        assert row["blockdrop_over_full_compiled"] == pytest.approx(implied, rel=0.5)
+    assert "BlockDrop over full compiled" in (tmp_path / "compiled-cpu.md").read_text()
+
+
 def test_engine_benchmark_compares_the_two_executors(tmp_path):
     args = ["bench", "engine", "--batch-sizes", "1,3", "--rounds", "1", "--min-run-time", "0", "--threads", "1"]
     assert blockdrop([*args, "--out", str(tmp_path)]) == 0
