@@ -108,12 +108,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    largest = max(r["max_logit_difference"] for r in result["rows"])
     lines = [
         f"On the CPU ({result['threads']} threads; {result['machine']}), {result['images']} images. Median ms per "
         "batch: the full network eager (`Variant.infer`, as served), the full network compiled (`torch.compile`, "
         "Inductor, frozen weights, one graph per batch size; compile time beside it), BlockDrop eager at its "
-        f"threshold (`Variant.infer`). Ratios: medians over {result['rounds']} rounds of the ratio within a round "
-        "(above 1: faster than the full network it is compared with).",
+        f"threshold (`Variant.infer`). Largest logit difference, compiled against eager: {largest:.1e}. Ratios: "
+        f"medians over {result['rounds']} rounds of the ratio within a round (above 1: faster than the full network "
+        "it is compared with).",
         "",
         "| pair | batch | full eager | full compiled (compile) | BlockDrop eager | compiled over eager | "
         "BlockDrop over full eager | BlockDrop over full compiled |",
