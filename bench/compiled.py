@@ -5,9 +5,10 @@ A server tuned for the full network alone would compile it: here ``torch.compile
 frozen into its kernels, ``torch._inductor.config.freezing``; one graph per batch size) of the served full
 network (BatchNorm folded, channels-last). Per pair and batch size, on one torch thread as a worker process has,
 the three take turns in each round: the full network eager (``Variant.infer``, the service's call), the full
-network compiled (its logits checked against the eager ones), and the BlockDrop artifact eager at its threshold
-(``Variant.infer``); each ratio is the median over rounds of the ratio within a round. BlockDrop itself is not
-compiled: its executor's shapes change with every batch's masks. Results go to
+network compiled (its logits checked against the eager ones; timed alone, without ``Variant.infer``'s masks and
+FLOPs bookkeeping, which BlockDrop's figure includes: the comparison leans toward it), and the BlockDrop artifact
+eager at its threshold (``Variant.infer``); each ratio is the median over rounds of the ratio within a round.
+BlockDrop itself is not compiled: its executor's shapes change with every batch's masks. Results go to
 ``bench/results/compiled-cpu.{json,md}``:
 
     blockdrop bench compiled --data-root DIR
