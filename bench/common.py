@@ -10,10 +10,21 @@ import statistics
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def normalised_test_images(manifest: Any, data_root: str | None, count: int) -> torch.Tensor:
+    """The first ``count`` CIFAR-10 test images normalised as the artifact's ``manifest`` says, or as many random
+    ones (seeded) without ``data_root``: a model's input as the service would give it."""
+    if not data_root:
+        return torch.randn(count, 3, *manifest.input.size, generator=torch.Generator().manual_seed(0))
+    from training.data import Normalizer, load_cifar
+
+    return Normalizer(manifest.input.mean, manifest.input.std)(load_cifar(data_root, "test").images[:count])
 
 
 def machine_description() -> str:

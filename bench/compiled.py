@@ -23,17 +23,24 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
+from bench.common import (
+    RESULTS,
+    machine_description,
+    normalised_test_images,
+    paired_median_ratio,
+    positive_int,
+    write_results,
+)
 from bench.gpu import CHECKPOINTS, median_ms
 from service.config import VariantSettings
-from service.variants import Variant, load_variant
-from training.data import Normalizer, load_cifar
+from service.variants import load_variant
 
 PAIRS = {
     "r32": ("cifar10-resnet32-e200", "cifar10-resnet32-blockdrop"),
     "r110": ("cifar10-resnet110", "cifar10-resnet110-blockdrop"),
 }
 WAYS = ("full_eager", "full_compiled", "blockdrop_eager")
+BATCHES_TIMED = 4  # distinct batches of test images, taken in turn
 
 
 def parse_pair(text: str) -> tuple[str, Path, Path]:
@@ -48,26 +55,17 @@ def parse_pair(text: str) -> tuple[str, Path, Path]:
     return name, Path(full), Path(blockdrop)
 
 
-def first_batches(variant: Variant, data_root: str | None, batch: int, count: int = 4) -> list[torch.Tensor]:
-    """``count`` batches of the first test images (random ones without ``data_root``), normalised as served."""
-    needed = batch * count
-    if data_root:
-        images = load_cifar(data_root, "test").images[:needed]
-        x = Normalizer(variant.manifest.input.mean, variant.manifest.input.std)(images)
-    else:
-        x = torch.randn(needed, 3, *variant.manifest.input.size, generator=torch.Generator().manual_seed(0))
-    x = x.contiguous(memory_format=variant.memory_format)
-    return list(x.split(batch))
-
-
 @torch.inference_mode()
 def run_pair(name: str, full_path: Path, blockdrop_path: Path, args: argparse.Namespace) -> list[dict]:
     full = load_variant(VariantSettings(name="full", artifact=full_path, mode="full"), "cpu")
     blockdrop = load_variant(VariantSettings(name="blockdrop", artifact=blockdrop_path, mode="blockdrop"), "cpu")
     compiled = torch.compile(full.model.backbone, dynamic=False)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    images = normalised_test_images(full.manifest, args.data_root, BATCHES_TIMED * max(batch_sizes))
+    images = images.contiguous(memory_format=full.memory_format)
     rows = []
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        batches = first_batches(full, args.data_root, batch)
+    for batch in batch_sizes:
+        batches = list(images[: BATCHES_TIMED * batch].split(batch))
         started = time.perf_counter()
         logits = compiled(batches[0])  # compiles for this batch size
         compile_s = time.perf_counter() - started

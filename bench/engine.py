@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, machine_description, paired_median_ratio, positive_int, write_results
+from bench.common import (
+    RESULTS,
+    machine_description,
+    normalised_test_images,
+    paired_median_ratio,
+    positive_int,
+    write_results,
+)
 from bench.gpu import CHECKPOINTS, median_ms
 from models import load_artifact
 from models.engine import BucketedEngine
 from models.folding import fold_batchnorm
-from training.data import Normalizer, load_cifar
 
 
 @torch.inference_mode()
@@ -31,13 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     threshold = model.manifest.threshold
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     engine = BucketedEngine(model, max(batch_sizes), torch.channels_last)
-    normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
-    if args.data_root:
-        images = normalize(load_cifar(args.data_root, "test").images[: max(batch_sizes)])
-    else:
-        images = torch.randn(
-            max(batch_sizes), 3, *model.manifest.input.size, generator=torch.Generator().manual_seed(0)
-        )
+    images = normalised_test_images(model.manifest, args.data_root, max(batch_sizes))
     rows = []
     for batch in batch_sizes:
         x = images[:batch].contiguous(memory_format=torch.channels_last)
