@@ -94,6 +94,13 @@ class StalledCall:
                     return True
         return False
 
+    def refused_within(self, wait_s: float) -> bool:
+        """Whether the server ends the call within ``wait_s`` (reading what it sends meanwhile)."""
+        deadline = time.monotonic() + wait_s
+        while not self.refused and time.monotonic() < deadline and self.read(0.2):
+            pass
+        return self.refused
+
     def close(self) -> None:
         self.socket.close()
 
