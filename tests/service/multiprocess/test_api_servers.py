@@ -477,20 +477,28 @@ def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
         while answered.count(200) < 2:
             assert len(answered) < 10 and set(answered) <= {200, 503}, answered
             answered.append(loader.post("/v1/classify?variant=slow", json=one_batch).status_code)
-        refused = None
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            big = pool.submit(loader.post, "/v1/classify?variant=slow", json=batch)
-            while (
-                not big.done() and metric(observer.get("/metrics").text, "blockdrop_queue_depth", variant="slow") < 16
-            ):
-                time.sleep(0.005)
-            while refused is None and not big.done():
-                response = observer.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
-                if response.status_code == 503 and "queued ahead" in response.json()["error"]:
-                    refused = response
-                time.sleep(0.01)
-            big.result()  # 200, or 503 if some of its images waited past the budget: either way they queued
-    assert refused is not None and refused.headers["retry-after"] == "1"
+        refused, others = None, []
+        # up to three tries: on the busy 2 cores the queue can drain before api-1 asks, or api-1's own event loop
+        # run late enough to refuse for that first (another 503); what api-1 answered otherwise is in the message
+        for _ in range(3):
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                big = pool.submit(loader.post, "/v1/classify?variant=slow", json=batch)
+                while (
+                    not big.done()
+                    and metric(observer.get("/metrics").text, "blockdrop_queue_depth", variant="slow") < 16
+                ):
+                    time.sleep(0.005)
+                while refused is None and not big.done():
+                    response = observer.post("/v1/classify?variant=slow", content=png_bytes(), headers=PNG)
+                    if response.status_code == 503 and "queued ahead" in response.json()["error"]:
+                        refused = response
+                    else:
+                        others.append((response.status_code, response.text[:80]))
+                    time.sleep(0.01)
+                big.result()  # 200, or 503 if some of its images waited past the budget: either way they queued
+            if refused is not None:
+                break
+    assert refused is not None and refused.headers["retry-after"] == "1", others[-5:]
     assert served_by(refused)[0] == "api-1"
 
 
