@@ -9,9 +9,11 @@ for its last byte, held in memory meanwhile (a hundred 10 MB bodies one byte sho
 all there ``body_timeout_s`` after its headers gets a 408, and a body whose bytes would take the process's bodies
 in progress past ``body_memory_bytes`` gets a 503 with Retry-After, both closing the connection. A request
 httptools cannot parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before
-the client reads it). These answers carry a JSON error, a new ``X-Request-ID`` (also in the warning logged) and
-``X-Served-By``, as the app's own do. A body's size is bounded by the app (``max_body_bytes``), idle keep-alive
-connections by uvicorn itself.
+the client reads it); so does a body that fails to parse after headers that did, and the app, already running for
+those headers, sees its request end as a disconnect (its answer would have gone into the ended connection). These
+answers carry a JSON error, a new ``X-Request-ID`` (also in the one warning logged) and ``X-Served-By``, as the
+app's own do. A body's size is bounded by the app (``max_body_bytes``), idle keep-alive connections by uvicorn
+itself.
 """
 
 from __future__ import annotations
@@ -173,6 +175,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
+        # the app may be running already, for headers that parsed before the body did not: its request ends as a
+        # disconnect (as when the connection is lost), and whatever it answers is dropped, not written after ours
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
         # A lingering close: end our side after the answer, then read and drop what the client still sends for a
         # moment. Closing with its bytes unread would reset the connection, and a reset can destroy the answer
         # before the client reads it.
@@ -187,6 +195,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_body_timer()
 
 
+class _WithoutParserWarning(logging.Filter):
+    """Drops uvicorn's own warning for a request it cannot parse: the 400 logs one, with the request's id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != PARSER_WARNING
+
+
+PARSER_WARNING = "Invalid HTTP request received."  # (uvicorn's httptools protocol, data_received)
+_without_parser_warning = _WithoutParserWarning()
+
+
 def bounded_protocol(
     max_header_bytes: int,
     header_timeout_s: float,
@@ -195,6 +214,7 @@ def bounded_protocol(
     retry_after_s: int = 1,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` with these bounds (its connections share one body budget)."""
+    logging.getLogger("uvicorn.error").addFilter(_without_parser_warning)  # (adding it again changes nothing)
     return type(
         "BoundedHttpTools",
         (BoundedHttpToolsProtocol,),

@@ -56,14 +56,23 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._output = b""
+        os.set_blocking(self.process.stdout.fileno(), False)  # ``logged`` reads what is there, never waits
         self._wait_ready()
+
+    def logged(self) -> str:
+        """Everything the server has logged so far (its stdout and stderr)."""
+        with contextlib.suppress(BlockingIOError):  # (read() gives None, or raises that, when nothing is new)
+            while chunk := self.process.stdout.read(65536):
+                self._output += chunk
+        return self._output.decode(errors="replace")
 
     def _wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=1) as client:  # one client: each new one loads the system's CA bundle (~25 ms)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.process.stdout.read().decode()}")
+                    raise RuntimeError(f"server exited: {self.logged()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.url}/healthz/ready").status_code == 200:
                         return
@@ -78,5 +87,4 @@ class Server:
 
     def exited_cleanly(self) -> bool:
         code = self.process.wait(timeout=30)
-        output = self.process.stdout.read().decode()
-        return code in (0, -signal.SIGTERM) and "Traceback" not in output
+        return code in (0, -signal.SIGTERM) and "Traceback" not in self.logged()

@@ -177,6 +177,22 @@ def test_a_request_that_is_not_http_gets_a_400_and_a_closed_connection(server):
         assert client.get("/healthz/live").status_code == 200
 
 
+def test_a_request_that_breaks_off_after_its_headers_is_refused_without_an_error_logged(server):
+    """Headers that parse, then a body that does not (a bad chunk size): the app was already running for those
+    headers, and its answer went into the connection the 400 had ended, logged as an unhandled error twice over,
+    with tracebacks. Now the app's request ends as a disconnect, and the one warning logged is the 400's own."""
+    bad_chunk = b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n"
+    for request_line in (b"GET / HTTP/1.1", b"GET /v1/models HTTP/1.1", b"POST /v1/classify HTTP/1.1"):
+        before = server.logged()
+        answer = _exchange(server.port, request_line + b"\r\nHost: x\r\nContent-Type: image/png\r\n" + bad_chunk)
+        assert "could not be parsed" in _refusal(answer, 400)
+        time.sleep(0.3)  # the app's answer to those headers, if any, lands meanwhile
+        logged = server.logged()[len(before) :].splitlines()
+        assert len(logged) == 1 and "answered 400 before the app" in logged[0], (request_line, logged)
+    with httpx.Client(base_url=server.url) as client:  # and the server serves on
+        assert client.get("/healthz/live").status_code == 200
+
+
 def test_sigterm_turns_readiness_off_for_the_pre_stop_period_while_requests_are_served(variants):
     server = Server(variants, prestop_s=3, inference_workers="thread")
     server.process.send_signal(signal.SIGTERM)
