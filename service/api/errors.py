@@ -9,11 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.accounting import ECHOED_HEADERS
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
+CLIENT_LEFT = "the client went away before sending the whole body"
 
 
 def encode_json(content: object) -> bytes:
@@ -42,6 +44,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         headers = getattr(error, "headers", None)
         return error_response(error.status_code, _plain_message(request, error, headers), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # the client's fault, not the service's: a 400, as the raw-image path answers it (fast_classify.py),
+        # not an unhandled error counted as a 500; nobody reads the answer
+        return error_response(400, CLIENT_LEFT)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.accounting import SERVED_BY_HEADER, RequestAccount
 from service.api.choice import RAW_HEADERS, choose_variant
-from service.api.errors import encode_json
+from service.api.errors import CLIENT_LEFT, encode_json
 from service.dataplane import DataPlane
 from service.errors import PayloadTooLarge, ServiceError
 from service.metrics import ServiceMetrics
@@ -107,7 +107,7 @@ class FastClassify:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise ServiceError("the client went away before sending the whole body", 400)
+                raise ServiceError(CLIENT_LEFT, 400)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

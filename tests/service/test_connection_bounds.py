@@ -193,6 +193,30 @@ def test_a_request_that_breaks_off_after_its_headers_is_refused_without_an_error
         assert client.get("/healthz/live").status_code == 200
 
 
+def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_service_error(server):
+    """A client that went away before its whole body arrived (or whose body ran out of time) made every endpoint
+    that reads its body through Starlette raise ``ClientDisconnect``: logged as an unhandled error, with its
+    traceback, and counted as a 500 in the metrics that alerts and rollout guardrails read."""
+    bodies = [  # (the fast path for raw images has its own read, checked too)
+        (b"/v2/models/full/infer", b"application/json", b'{"inputs": [{"name": "images"'),
+        (b"/v1/classify", b"multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data"),
+        (b"/v1/classify", b"image/png", png_bytes()[:50]),
+    ]
+    before = server.logged()
+    for path, content_type, partial in bodies:
+        head = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: 1000\r\n\r\n" % (path, content_type)
+        with socket.create_connection(("127.0.0.1", server.port)) as leaving:
+            leaving.sendall(head + partial)
+            time.sleep(0.3)  # the app is reading the body when the client leaves
+        # and one that stays, silent, until the body timeout's 408 ends it
+        assert "body did not arrive within 2 s" in _refusal(_exchange(server.port, head + partial), 408)
+    time.sleep(0.5)
+    logged = server.logged()[len(before) :]
+    assert "Traceback" not in logged and '"level": "error"' not in logged, logged
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert not re.search(r'^blockdrop_requests_total\{status="5', metrics, re.MULTILINE), metrics
+
+
 def test_sigterm_turns_readiness_off_for_the_pre_stop_period_while_requests_are_served(variants):
     server = Server(variants, prestop_s=3, inference_workers="thread")
     server.process.send_signal(signal.SIGTERM)
