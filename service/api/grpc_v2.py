@@ -3,7 +3,8 @@ event loop: the same data plane, router, batchers, limits, metrics and shutdown 
 
 The stubs are the ones generated from Triton's ``grpc_service.proto`` (a superset of KServe's
 ``grpc_predict_v2.proto``) that ship in ``tritonclient[grpc]``; only the v2 methods are served, the others answer
-UNIMPLEMENTED. Domain errors map once each to a gRPC status.
+UNIMPLEMENTED, and a message that does not parse INVALID_ARGUMENT (``grpc_handlers.py``). Domain errors map once each
+to a gRPC status.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from functools import partial
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from service import __version__
 from service.accounting import SERVED_BY_HEADER, RequestAccount, served_by
 from service.api.choice import choose_variant, refuse_repeated_metadata
 from service.api.grpc_bounds import grpc_bounds
+from service.api.grpc_handlers import add_inference_service
 from service.api.v2_binary import EXTENSION
 from service.config import Settings
 from service.dataplane import MODEL_VERSION, Compute, DataPlane
@@ -103,7 +104,7 @@ def response_for(
     return response
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """Every answer names the process in metadata ``x-served-by``: ModelInfer's initial metadata (beside
     ``x-request-id``), the other methods' trailing metadata."""
 
@@ -184,7 +185,7 @@ async def start_grpc(
     bounds = grpc_bounds(settings, plane.max_tensor_values)
     options = [*bounds.options, ("grpc.so_reuseport", 1 if share_port else 0)]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=bounds.max_concurrent_rpcs)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
+    add_inference_service(InferenceServicer(plane, metrics), server)
     if server.add_insecure_port(f"{settings.host}:{settings.grpc_port}") == 0:
         raise OSError(f"could not listen for gRPC on {settings.host}:{settings.grpc_port}")
     await server.start()

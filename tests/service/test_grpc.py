@@ -155,6 +155,38 @@ def test_no_malformed_grpc_request_gets_an_internal_error(stub, datatype, shape,
         assert error.code() in REFUSALS, (error.code(), error.details())
 
 
+def test_bytes_that_are_no_message_and_methods_not_served_are_refused_without_an_error_logged(server):
+    """grpcio's generated registration raised for both: a message that did not parse was UNKNOWN (a DecodeError),
+    a method of Triton's service not served here (a client's repository probe, streaming inference) raised
+    NotImplementedError; each logged as an error with its traceback, every call."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    before = server.logged()
+
+    def call(method: str, payload: bytes, streaming: bool = False) -> grpc.RpcError:
+        path = f"/inference.GRPCInferenceService/{method}"
+        with pytest.raises(grpc.RpcError) as refused:
+            if streaming:
+                list(channel.stream_stream(path)(iter([payload]), timeout=10))
+            else:
+                channel.unary_unary(path)(payload, timeout=10)
+        return refused.value
+
+    for method in ("ModelInfer", "ServerLive", "ModelMetadata"):
+        for garbage in (b"\xff" * 10, b"\x0a\x50short"):  # a bad tag; a field longer than the message
+            refused = call(method, garbage)
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, refused.details())
+            assert f"not a valid {method}Request protobuf message" in refused.details()
+    for method, streaming in (("RepositoryIndex", False), ("ModelStatistics", False), ("ModelStreamInfer", True)):
+        refused = call(method, pb.RepositoryIndexRequest().SerializeToString(), streaming)
+        assert refused.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert f"{method} is not served" in refused.details() and "ModelInfer" in refused.details()
+    live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
+    assert pb.ServerLiveResponse.FromString(live).live  # (the empty message is a valid one)
+    channel.close()
+    time.sleep(0.3)
+    assert server.logged()[len(before) :] == ""
+
+
 def test_overload_and_shutdown_over_grpc(served_variants):
     server = Server(served_variants, queue_limit=2, max_batch_size=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
