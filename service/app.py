@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.settings = settings
     app.state.backend = backend
+    app.state.metrics = metrics  # (the HTTP server counts its own refusals there too: service/server.py)
     app.state.request_rate = RequestRate()  # the snapshots behind /v1/experiment's requests/s
     install_error_handlers(app)
     app.include_router(v1.router)

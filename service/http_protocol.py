@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -48,6 +49,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout_s = 30.0
     bodies = BodiesInProgress(256 * 1024 * 1024)
     retry_after_s = 1
+    count_refusal: Callable[[int], None] = staticmethod(lambda status: None)  # the status of each answer given here
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -163,6 +165,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         request_id = uuid.uuid4().hex
         log.warning("answered %d before the app (request %s): %s", status, request_id, message)
+        self.count_refusal(status)
         body = encode_json({"error": message})
         head = [
             b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status]),
@@ -212,8 +215,10 @@ def bounded_protocol(
     body_timeout_s: float = 30.0,
     body_memory_bytes: int = 256 * 1024 * 1024,
     retry_after_s: int = 1,
+    count_refusal: Callable[[int], None] | None = None,
 ) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=`` with these bounds (its connections share one body budget)."""
+    """The protocol class for uvicorn's ``http=`` with these bounds (its connections share one body budget);
+    ``count_refusal`` is told the status of each answer it gives before the app (the app's metrics count them)."""
     logging.getLogger("uvicorn.error").addFilter(_without_parser_warning)  # (adding it again changes nothing)
     return type(
         "BoundedHttpTools",
@@ -224,5 +229,6 @@ def bounded_protocol(
             "body_timeout_s": body_timeout_s,
             "bodies": BodiesInProgress(body_memory_bytes),
             "retry_after_s": retry_after_s,
+            **({"count_refusal": staticmethod(count_refusal)} if count_refusal is not None else {}),
         },
     )

@@ -108,6 +108,13 @@ class ServiceMetrics:
             ["variant"],
             registry=r,
         )
+        self.http_refusals = Counter(
+            "blockdrop_http_refusals",
+            "Requests the HTTP server answered before the app: unparsable (400), headers or body too slow (408), "
+            "headers too large (431), bodies past the memory budget (503)",
+            ["status"],
+            registry=r,
+        )
         self.admin_changes = Counter(
             "blockdrop_admin_changes",
             "Runtime changes through PUT /v1/variants/{name}",

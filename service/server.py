@@ -36,8 +36,17 @@ def uvicorn_config(app: Callable, settings: Settings, log_level: str | None = No
             settings.body_timeout_s,
             settings.body_memory_bytes,
             settings.retry_after_s,
+            refusal_counter(app),
         ),
     )
+
+
+def refusal_counter(app: Callable) -> Callable[[int], None] | None:
+    """Counts what the HTTP server answers before the app (a 400, 408, 431 or 503) in the app's metrics."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    if metrics is None:
+        return None
+    return lambda status: metrics.http_refusals.labels(str(status)).inc()
 
 
 class DrainingServer(uvicorn.Server):

@@ -217,6 +217,26 @@ def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_service_error(serv
     assert not re.search(r'^blockdrop_requests_total\{status="5', metrics, re.MULTILINE), metrics
 
 
+def _refusals(server) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        m[1]: float(m[2]) for m in re.finditer(r'^blockdrop_http_refusals_total\{status="(\d+)"\} (\S+)$', text, re.M)
+    }
+
+
+def test_each_answer_given_before_the_app_is_counted_by_status(server):
+    """Nothing but the warning log said that the server refused requests before the app (a flood of slow or
+    malformed ones, say); now a counter by status does."""
+    before = _refusals(server)
+    _exchange(server.port, b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 20_000 + b"\r\n\r\n")
+    _exchange(server.port, b"\x16\x03\x01 TLS hello?\r\n\r\n")
+    _exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    _exchange(server.port, b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Slow: ", wait_s=15)
+    after = _refusals(server)
+    grew = {status: after[status] - before.get(status, 0) for status in after}
+    assert {status: n for status, n in grew.items() if n} == {"431": 1, "400": 2, "408": 1}
+
+
 def test_sigterm_turns_readiness_off_for_the_pre_stop_period_while_requests_are_served(variants):
     server = Server(variants, prestop_s=3, inference_workers="thread")
     server.process.send_signal(signal.SIGTERM)
