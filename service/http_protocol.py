@@ -10,7 +10,8 @@ all there ``body_timeout_s`` after its headers gets a 408, and a body whose byte
 in progress past ``body_memory_bytes`` gets a 503 with Retry-After, both closing the connection. A request
 httptools cannot parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before
 the client reads it); so does a body that fails to parse after headers that did, and the app, already running for
-those headers, sees its request end as a disconnect (its answer would have gone into the ended connection). These
+those headers, sees its request end as a disconnect (its answer would have gone into the ended connection). A
+request the app answered before its body was all there gets no second answer: its connection just ends. These
 answers carry a JSON error, a new ``X-Request-ID`` (also in the one warning logged) and ``X-Served-By``, as the
 app's own do. A body's size is bounded by the app (``max_body_bytes``), idle keep-alive connections by uvicorn
 itself.
@@ -163,24 +164,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str, *headers: tuple[bytes, bytes]) -> None:
         if self.transport.is_closing() or self._refused:
             return
-        request_id = uuid.uuid4().hex
-        log.warning("answered %d before the app (request %s): %s", status, request_id, message)
         self.count_refusal(status)
-        body = encode_json({"error": message})
-        head = [
-            b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status]),
-            *(b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers),
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"x-request-id: %s\r\n" % request_id.encode(),
-            b"%s: %s\r\n" % (SERVED_BY_HEADER.encode(), served_by().encode()),
-            *(b"%s: %s\r\n" % header for header in headers),
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        cycle = self.cycle
+        if not self._reading_headers and cycle is not None and cycle.response_started:
+            # the app answered this request before its body was all there (a 404, say): a second answer would be
+            # read as the answer to the client's next request; the connection just ends
+            log.warning("closed a connection after the app's answer: %s", message)
+        else:
+            self._answer(status, message, headers)
         # the app may be running already, for headers that parsed before the body did not: its request ends as a
         # disconnect (as when the connection is lost), and whatever it answers is dropped, not written after ours
-        cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
@@ -196,6 +189,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Its bytes stay counted until the connection is lost: until then the app's handler still holds what it
         # received (released at once, the budget let a hundred refused bodies hold 2.7x it).
         self._stop_body_timer()
+
+    def _answer(self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        request_id = uuid.uuid4().hex
+        log.warning("answered %d before the app (request %s): %s", status, request_id, message)
+        body = encode_json({"error": message})
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT[status]),
+            *(b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id.encode(),
+            b"%s: %s\r\n" % (SERVED_BY_HEADER.encode(), served_by().encode()),
+            *(b"%s: %s\r\n" % header for header in headers),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
 
 
 class _WithoutParserWarning(logging.Filter):
@@ -218,7 +227,7 @@ def bounded_protocol(
     count_refusal: Callable[[int], None] | None = None,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` with these bounds (its connections share one body budget);
-    ``count_refusal`` is told the status of each answer it gives before the app (the app's metrics count them)."""
+    ``count_refusal`` is told the status of each refusal (the app's metrics count them)."""
     logging.getLogger("uvicorn.error").addFilter(_without_parser_warning)  # (adding it again changes nothing)
     return type(
         "BoundedHttpTools",

@@ -110,7 +110,7 @@ class ServiceMetrics:
         )
         self.http_refusals = Counter(
             "blockdrop_http_refusals",
-            "Requests the HTTP server answered before the app: unparsable (400), headers or body too slow (408), "
+            "Requests the HTTP server refused itself: unparsable (400), headers or body too slow (408), "
             "headers too large (431), bodies past the memory budget (503)",
             ["status"],
             registry=r,

@@ -217,6 +217,19 @@ def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_service_error(serv
     assert not re.search(r'^blockdrop_requests_total\{status="5', metrics, re.MULTILINE), metrics
 
 
+def test_a_body_that_stalls_after_the_app_answered_ends_the_connection_without_a_second_answer(server):
+    """The app may answer before a body is all there (a 404, a health check). When the rest of the body then
+    did not come in time, a 408 followed the app's answer on the same connection, where a client reads it as
+    the answer to its next request; now the connection just ends. Counted all the same."""
+    before = _refusals(server)
+    for request_line in (b"GET /healthz/live HTTP/1.1", b"POST /nowhere HTTP/1.1"):
+        started = time.monotonic()
+        answer = _exchange(server.port, request_line + b"\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", 15)
+        assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 404 ")), answer
+        assert time.monotonic() - started < 10  # closed at the 2 s body timeout
+    assert _refusals(server).get("408", 0) - before.get("408", 0) == 2
+
+
 def _refusals(server) -> dict[str, float]:
     text = httpx.get(f"{server.url}/metrics").text
     return {
