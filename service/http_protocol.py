@@ -11,7 +11,8 @@ in progress past ``body_memory_bytes`` gets a 503 with Retry-After, both closing
 httptools cannot parse gets a 400 the same way (uvicorn's own closes at once, which can reset the connection before
 the client reads it); so does a body that fails to parse after headers that did, and the app, already running for
 those headers, sees its request end as a disconnect (its answer would have gone into the ended connection). A
-request the app answered before its body was all there gets no second answer: its connection just ends. These
+request the app answered before its body was all there gets no second answer: its connection just ends; one
+pipelined behind requests the app is still answering gets its refusal after their answers, in order. These
 answers carry a JSON error, a new ``X-Request-ID`` (also in the one warning logged) and ``X-Served-By``, as the
 app's own do. A body's size is bounded by the app (``max_body_bytes``), idle keep-alive connections by uvicorn
 itself.
@@ -24,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.accounting import SERVED_BY_HEADER, served_by
 from service.api.errors import encode_json
@@ -57,7 +58,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # bytes received while in the headers (a partial header counts before it is parsed)
         self._parsed_header_bytes = 0  # the request line and headers parsed so far
         self._reading_headers = True
+        self._headers_begun = False  # the parser has met the first byte of a request whose headers are not complete
         self._refused = False
+        self._deferred: tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None = None  # a refusal awaiting its turn
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_bytes = 0  # of the body in progress, counted in ``bodies``
@@ -102,11 +105,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._parsed_header_bytes = 0
         self._reading_headers = True
+        self._headers_begun = True
         if self._header_timer is None:  # a new request on a kept-alive connection (the first has one since it opened)
             self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
+        self._headers_begun = False
         self._header_bytes = 0
         self._disarm_header_timer()
         self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
@@ -156,7 +161,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _header_timeout(self) -> None:
         self._header_timer = None
         if self._reading_headers and not self._refused and not self.transport.is_closing():
-            if self._header_bytes:
+            if self._header_bytes or self._headers_begun:  # (a request pipelined behind others counts no bytes)
                 self._refuse(408, f"the request's headers did not arrive within {self.header_timeout_s:g} s")
             else:
                 self.transport.close()  # a connection that never sent a byte gets no answer
@@ -165,13 +170,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._refused:
             return
         self.count_refusal(status)
+        in_headers = self._reading_headers
+        self._refused = True  # nothing more is read from this connection
+        self._reading_headers = False
+        self._disarm_header_timer()
+        # Its bytes stay counted until the connection is lost: until then the app's handler still holds what it
+        # received (released at once, the budget let a hundred refused bodies hold 2.7x it).
+        self._stop_body_timer()
         cycle = self.cycle
-        if not self._reading_headers and cycle is not None and cycle.response_started:
+        if in_headers and (self.pipeline or (cycle is not None and not cycle.response_complete)):
+            # a request pipelined behind others the app is still answering: its refusal is its answer, so it
+            # follows theirs (on_response_complete); written now, a client would take it for the first one's
+            self._deferred = (status, message, headers)
+            return
+        if not in_headers and cycle is not None and cycle.response_started:
             # the app answered this request before its body was all there (a 404, say): a second answer would be
             # read as the answer to the client's next request; the connection just ends
             log.warning("closed a connection after the app's answer: %s", message)
         else:
             self._answer(status, message, headers)
+        self._end(cycle)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        deferred = self._deferred
+        cycle = self.cycle  # (the newest request's; the pipeline holds those not started yet)
+        if deferred is not None and not self.pipeline and (cycle is None or cycle.response_complete):
+            self._deferred = None
+            if not self.transport.is_closing():  # (a request the app answered with ``Connection: close``)
+                self._answer(*deferred)
+                self._end(cycle)
+
+    def _end(self, cycle: RequestResponseCycle | None) -> None:
+        """After a refusal: the app's request in progress ends, then the connection."""
         # the app may be running already, for headers that parsed before the body did not: its request ends as a
         # disconnect (as when the connection is lost), and whatever it answers is dropped, not written after ours
         if cycle is not None and not cycle.response_complete:
@@ -183,12 +214,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
-        self._refused = True
-        self._reading_headers = False
-        self._disarm_header_timer()
-        # Its bytes stay counted until the connection is lost: until then the app's handler still holds what it
-        # received (released at once, the budget let a hundred refused bodies hold 2.7x it).
-        self._stop_body_timer()
 
     def _answer(self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...]) -> None:
         request_id = uuid.uuid4().hex

@@ -240,6 +240,21 @@ def test_a_body_that_stalls_after_the_app_answered_ends_the_connection_without_a
     assert _refusals(server).get("408", 0) - before.get("408", 0) == 2
 
 
+def test_a_refused_request_pipelined_behind_a_good_one_is_answered_after_it(server):
+    """A refusal was written the moment the parser met the bad request, before the app had answered the good one
+    pipelined ahead of it on the same connection: the client read it as the good request's answer, whose own
+    answer was lost. Now each gets its own, in order."""
+    good = b"GET /healthz/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    for bad, status in (
+        (b"\x16\x03\x01 TLS hello?\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"GET /healthz/live HTTP/1.1\r\nHost: x\r\nX-Slow: ", 408),
+    ):
+        answer = _exchange(server.port, good + good + bad)
+        statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]  # (a body ends unterminated)
+        assert statuses == [200, 200, status], (status, answer)
+
+
 def _refusals(server) -> dict[str, float]:
     text = httpx.get(f"{server.url}/metrics").text
     return {
