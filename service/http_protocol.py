@@ -51,7 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout_s = 30.0
     bodies = BodiesInProgress(256 * 1024 * 1024)
     retry_after_s = 1
-    count_refusal: Callable[[int], None] = staticmethod(lambda status: None)  # the status of each answer given here
+    count_refusal: Callable[[int], None] = staticmethod(lambda status: None)  # told the status of each refusal
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -232,6 +232,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
 
 
+PARSER_WARNING = "Invalid HTTP request received."  # (uvicorn's httptools protocol, data_received)
+
+
 class _WithoutParserWarning(logging.Filter):
     """Drops uvicorn's own warning for a request it cannot parse: the 400 logs one, with the request's id."""
 
@@ -239,7 +242,6 @@ class _WithoutParserWarning(logging.Filter):
         return record.msg != PARSER_WARNING
 
 
-PARSER_WARNING = "Invalid HTTP request received."  # (uvicorn's httptools protocol, data_received)
 _without_parser_warning = _WithoutParserWarning()
 
 
