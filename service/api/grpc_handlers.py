@@ -68,8 +68,6 @@ def method_handlers(servicer: object) -> dict[str, grpc.RpcMethodHandler]:
     not_served += ", ".join(served)
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in SERVICE.methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
         if method.name not in served:  # the request is not even parsed
             refuse = _unimplemented(f"{method.name} is not served; {not_served}")
             streaming = method.client_streaming or method.server_streaming
@@ -80,8 +78,8 @@ def method_handlers(servicer: object) -> dict[str, grpc.RpcMethodHandler]:
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _served(getattr(servicer, method.name), method.input_type.name),
-                request_deserializer=_tolerant_parser(request_class),
-                response_serializer=response_class.SerializeToString,
+                request_deserializer=_tolerant_parser(getattr(pb, method.input_type.name)),
+                response_serializer=getattr(pb, method.output_type.name).SerializeToString,
             )
     return handlers
 

@@ -76,6 +76,16 @@ def client(settings):
         yield test_client
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` that carry ``labels`` in the Prometheus text ``text`` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def png_bytes(size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0, fmt: str = "PNG", **save) -> bytes:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": None, "CMYK": 4}[mode]

@@ -29,7 +29,7 @@ from service.fork_server import ForkServerEnded
 from service.multiprocess import frames
 from service.multiprocess.backend import SUPERVISOR_SILENCE_S
 from service.multiprocess.supervisor import API_SERVER_SILENCE_S, Child, Supervisor
-from tests.service.conftest import cifar_manifest, png_bytes
+from tests.service.conftest import cifar_manifest, metric, png_bytes
 from tests.service.live_server import Server
 
 API_SERVERS = ("api-0", "api-1")
@@ -140,16 +140,6 @@ def wait_until_gone(processes: dict[int, str], seconds: float = 10.0) -> None:
     while left := {pid: name for pid, name in processes.items() if Path(f"/proc/{pid}").exists()}:
         assert time.monotonic() < deadline, f"orphans left: {left}"
         time.sleep(0.1)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` that carry ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith(name + "{") or line.startswith(name + " ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_two_api_servers_and_one_model_server_per_variant(server):
