@@ -230,12 +230,17 @@ class ForkStart:
 
 
 def _stopped(pid: int) -> bool:
-    """Whether the process is stopped by a signal (``/proc/PID/stat``'s state, after the command's parentheses)."""
+    """Whether the process is stopped by a signal (not a debugger's trace stop)."""
+    return _state(pid) == "T"
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (``/proc/PID/stat``, after the command's parentheses); None if there is none."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["T"]
+        return None
+    return (stat.rpartition(")")[2].split() or [None])[0]
 
 
 def fork_server_pid() -> int | None:
@@ -243,10 +248,28 @@ def fork_server_pid() -> int | None:
     return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
-def kill_fork_server() -> None:
+def kill_fork_server(wait_s: float = 5.0) -> None:
     """SIGKILL this process's fork server: a start waiting on it fails (end-of-file), the children it forked run
-    on, and the next start launches a new one."""
+    on, and the next start launches a new one. Returns once it has ended (at most ``wait_s``): multiprocessing
+    takes a fork server for alive until it has, and a start a moment after the signal failed on the dying one."""
     pid = fork_server_pid()
-    if pid is not None:
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)  # readable once the process has ended; it stays unreaped, for multiprocessing
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfds here: signal it, and wait for it as /proc shows it
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + wait_s
+        while _state(pid) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        wait([pidfd], wait_s)
+    except ProcessLookupError:  # already reaped: gone
+        pass
+    finally:
+        os.close(pidfd)

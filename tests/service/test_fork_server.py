@@ -60,6 +60,19 @@ def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
     assert after.exitcode == -signal.SIGKILL  # reported by the (live) fork server
 
 
+def test_a_start_right_after_the_fork_server_is_killed_gets_a_new_one():
+    """``kill_fork_server`` returns once the fork server is gone: multiprocessing, asked to start a child a moment
+    after the SIGKILL, still took the dying one for alive and failed the start with end-of-file."""
+    for _ in range(5):
+        first = ForkStart(_sleeper()).result()
+        kill_fork_server()
+        after = ForkStart(_sleeper()).result()
+        assert parent_of(after.pid) != parent_of(first.pid)
+        for child in (first, after):
+            child.kill()
+            child.join(5)
+
+
 def _ended_and_replaced(stopped_within: float) -> None:
     """Two starts wait on a stopped fork server; it is ended, both fail with ForkServerEnded (one start ended it,
     the other was waiting on it too) within ``stopped_within`` s, the children it forked run on, and the next start
@@ -131,18 +144,26 @@ def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_be
 
 
 def test_starts_queued_while_a_new_fork_server_imports_are_not_ended_once_it_forks(monkeypatch):
-    """Starts that began together, while a new fork server imported (here torch, for seconds), are forked one after
-    the other; the deadline of a fork server that has forked counts from its last fork, so the later ones are not
-    taken for stuck (counted from their own beginning, they were past it the moment the first one forked)."""
-    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", 0.5)
-    kill_fork_server()  # the next start launches one that imports torch first
+    """Starts that began together, while a new fork server imported (here torch, then a module that takes 3 s), are
+    forked one after the other; the deadline of a fork server that has forked counts from its last fork, so the
+    later ones are not taken for stuck (counted from their own beginning, they were past it the moment the first one
+    forked)."""
+    from tests.service import slow_preload
+
+    # well under the import, and well over the time between two forks, even on a machine busy with other tests
+    monkeypatch.setattr(fork_server_module, "FORK_TIMEOUT_S", slow_preload.IMPORT_S / 2)
+    kill_fork_server()  # the next start launches one that imports first (forking a torch process takes a while)
     processes = []
     for _ in range(4):
-        process = fork_server_context(("torch",)).Process(target=time.sleep, args=(60,), name="sleeper")
+        process = fork_server_context(("torch", slow_preload.__name__)).Process(
+            target=time.sleep, args=(60,), name="sleeper"
+        )
         processes.append(process)
+    began = time.monotonic()
     starts = [ForkStart(process) for process in processes]
     while not all(start.done() for start in starts):  # polled as the supervisor polls its children's starts
         time.sleep(0.01)
+    assert time.monotonic() - began >= slow_preload.IMPORT_S  # (the fork server ignores a preload it cannot import)
     children = [start.result() for start in starts]
     assert all(child.is_alive() for child in children)
     assert len({parent_of(child.pid) for child in children}) == 1  # one fork server forked them all
