@@ -14,9 +14,12 @@ $(BIN)/blockdrop: pyproject.toml
 serve: $(BIN)/blockdrop
 	$(BIN)/blockdrop serve
 
+# two workers: much of the suite waits on servers and timeouts, so two overlap well even on two cores
+TEST_WORKERS ?= 2
+
 test: $(BIN)/blockdrop
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(BIN)/blockdrop
 	$(BIN)/blockdrop bench executor

@@ -17,3 +17,21 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
             module.running_mean = torch.randn(n, generator=generator) * 0.1
             module.running_var = torch.rand(n, generator=generator) + 1.0
     return model.eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a module's tests stay on one
+    worker, so its module fixtures (live servers, a Ray cluster) start once; everything that starts Ray or looks
+    for what Ray leaves behind (tests/cluster/, the Ray benchmark) shares one worker, since two local clusters on two
+    cores starve each other and a stale-HAProxy check would see the other's; the benchmark smoke tests, each a whole
+    run of its own, spread one by one."""
+    import pytest
+
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if item.get_closest_marker("ray") or module.startswith("tests/cluster/"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif module != "tests/test_bench.py":
+            item.add_marker(pytest.mark.xdist_group(module))
