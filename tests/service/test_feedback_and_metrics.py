@@ -1,5 +1,4 @@
 import base64
-import re
 import time
 
 from fastapi.testclient import TestClient
@@ -7,16 +6,12 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.feedback import PredictionStore
 from tests.service.conftest import make_settings, png_bytes
+from tests.service.conftest import metric as read_metric
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
-    """The value of one sample on /metrics (0 if absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in client.get("/metrics").text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if match and ",".join(sorted((match[1] or "").split(","))) == wanted:
-            return float(match[2])
-    return 0.0
+    """A sample on the service's /metrics (0 if absent)."""
+    return read_metric(client.get("/metrics").text, name, **labels)
 
 
 def _classify(client, variant: str, seed: int) -> dict:
