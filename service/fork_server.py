@@ -250,26 +250,14 @@ def fork_server_pid() -> int | None:
 
 def kill_fork_server(wait_s: float = 5.0) -> None:
     """SIGKILL this process's fork server: a start waiting on it fails (end-of-file), the children it forked run
-    on, and the next start launches a new one. Returns once it has ended (at most ``wait_s``): multiprocessing
-    takes a fork server for alive until it has, and a start a moment after the signal failed on the dying one."""
+    on, and the next start launches a new one. Returns once it has ended (at most ``wait_s``; left unreaped, for
+    multiprocessing): multiprocessing takes a fork server for alive until it has, and a start a moment after the
+    signal failed on the dying one."""
     pid = fork_server_pid()
     if pid is None:
         return
-    try:
-        pidfd = os.pidfd_open(pid)  # readable once the process has ended; it stays unreaped, for multiprocessing
-    except ProcessLookupError:
-        return
-    except (AttributeError, OSError):  # no pidfds here: signal it, and wait for it as /proc shows it
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + wait_s
-        while _state(pid) not in (None, "Z") and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        wait([pidfd], wait_s)
-    except ProcessLookupError:  # already reaped: gone
-        pass
-    finally:
-        os.close(pidfd)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while _state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.002)

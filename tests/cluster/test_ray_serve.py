@@ -391,10 +391,14 @@ def ray_worker_ports() -> set[tuple[int, int]]:
     }
     for named in ray.util.list_named_actors(all_namespaces=True):
         if named["name"].startswith("SERVE_REPLICA::"):
-            replica = ray.get_actor(named["name"], namespace=named["namespace"])
-            owned.add(
-                ray.get(replica.__ray_call__.remote(lambda r: (os.getpid(), r._replica_impl._internal_grpc_port)))
-            )
+            try:
+                replica = ray.get_actor(named["name"], namespace=named["namespace"])
+                port = ray.get(
+                    replica.__ray_call__.remote(lambda r: (os.getpid(), r._replica_impl._internal_grpc_port))
+                )
+            except (ValueError, ray.exceptions.RayActorError):  # gone meanwhile (an earlier test killed it)
+                continue
+            owned.add(port)
     return owned
 
 
