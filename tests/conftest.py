@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -23,10 +24,8 @@ def pytest_collection_modifyitems(config, items):
     """For pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a module's tests stay on one
     worker, so its module fixtures (live servers, a Ray cluster) start once; everything that starts Ray or looks
     for what Ray leaves behind (tests/cluster/, the Ray benchmark) shares one worker, since two local clusters on two
-    cores starve each other and a stale-HAProxy check would see the other's; the benchmark smoke tests, each a whole
-    run of its own, spread one by one."""
-    import pytest
-
+    cores starve each other, and the preflight test's stale HAProxy would stop another test's `serve --ray`; the
+    benchmark smoke tests, each a whole run of its own, spread one by one."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
