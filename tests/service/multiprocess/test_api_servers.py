@@ -464,10 +464,10 @@ def test_admission_on_one_api_server_sees_the_queue_another_filled(server):
     """While one request of 64 images through api-0 fills the `slow` variant's queue, a request through api-1 (which
     has nothing queued of its own) is refused at once (503, "queued ahead"): the queue's depth and batch time live
     at the model server, which every API server reads. api-1 is asked only once its /metrics show the queue, and
-    while the model server is stopped (SIGSTOP, for less than its heartbeat timeout): on a busy machine the queue
-    drained, or its images ran past their patience and were refused, before api-1 was asked (CI runs saw both; a
-    request sent too early is let in and waits behind all 64 images). First requests of one full batch set the
-    model server's batch time: measured on one image, it gives the 64 images a patience too short."""
+    while the model server is stopped (SIGSTOP, for less than its heartbeat timeout): on a machine busy with other
+    tests the queue could be gone (drained, or its images past their patience) before api-1 was asked, three tries
+    running (a request sent too early is let in and waits behind all 64 images). First requests of one full batch
+    set the model server's batch time: measured on one image, it gives the 64 images a patience too short."""
     batch = {"images": [base64.b64encode(png_bytes(seed=i)).decode() for i in range(64)]}
     (model_server,) = [pid for pid, name in children(server.process.pid).items() if name == "bd:slow"]
     with (
