@@ -41,6 +41,8 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from service.cluster import processes
+
 log = logging.getLogger(__name__)
 
 # a fork takes milliseconds; a new fork server first imports the preloaded modules (seconds; as long as a model's
@@ -230,17 +232,12 @@ class ForkStart:
 
 
 def _stopped(pid: int) -> bool:
-    """Whether the process is stopped by a signal (not a debugger's trace stop)."""
-    return _state(pid) == "T"
-
-
-def _state(pid: int) -> str | None:
-    """The process's state letter (``/proc/PID/stat``, after the command's parentheses); None if there is none."""
+    """Whether the process is stopped by a signal (``/proc/PID/stat``'s state, after the command's parentheses)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    return (stat.rpartition(")")[2].split() or [None])[0]
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]
 
 
 def fork_server_pid() -> int | None:
@@ -259,5 +256,5 @@ def kill_fork_server(wait_s: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + wait_s
-    while _state(pid) not in (None, "Z") and time.monotonic() < deadline:
+    while processes.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.002)

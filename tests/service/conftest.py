@@ -86,6 +86,11 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def metric_on(client, name: str, **labels: str) -> float:
+    """``metric`` on the /metrics of the service ``client`` (a TestClient, or an httpx client with its base URL)."""
+    return metric(client.get("/metrics").text, name, **labels)
+
+
 def png_bytes(size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0, fmt: str = "PNG", **save) -> bytes:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": None, "CMYK": 4}[mode]

@@ -5,13 +5,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.feedback import PredictionStore
-from tests.service.conftest import make_settings, png_bytes
-from tests.service.conftest import metric as read_metric
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    """A sample on the service's /metrics (0 if absent)."""
-    return read_metric(client.get("/metrics").text, name, **labels)
+from tests.service.conftest import make_settings, metric_on, png_bytes
 
 
 def _classify(client, variant: str, seed: int) -> dict:
@@ -23,38 +17,40 @@ def _classify(client, variant: str, seed: int) -> dict:
 
 
 def test_metrics_move_exactly_as_the_requests_imply(client):
-    before_executed = metric(client, "blockdrop_executed_flops_total", variant="blockdrop")
+    before_executed = metric_on(client, "blockdrop_executed_flops_total", variant="blockdrop")
     bodies = [_classify(client, "blockdrop", seed) for seed in range(6)]
     images = [base64.b64encode(png_bytes(seed=s)).decode() for s in (10, 11, 12)]
     batch = client.post("/v1/classify?variant=blockdrop", json={"images": images}).json()["results"]
     bodies += batch
     executed = sum(b["flops"]["executed"] for b in bodies)
-    assert metric(client, "blockdrop_executed_flops_total", variant="blockdrop") - before_executed == executed
-    assert metric(client, "blockdrop_full_flops_total", variant="blockdrop") == sum(b["flops"]["full"] for b in bodies)
-    assert metric(client, "blockdrop_images_total", variant="blockdrop") == 9
-    assert metric(client, "blockdrop_requests_total", variant="blockdrop", status="200") == 7
-    assert metric(client, "blockdrop_flops_per_image_count", variant="blockdrop") == 9
-    assert metric(client, "blockdrop_flops_per_image_sum", variant="blockdrop") == executed
+    assert metric_on(client, "blockdrop_executed_flops_total", variant="blockdrop") - before_executed == executed
+    assert metric_on(client, "blockdrop_full_flops_total", variant="blockdrop") == sum(
+        b["flops"]["full"] for b in bodies
+    )
+    assert metric_on(client, "blockdrop_images_total", variant="blockdrop") == 9
+    assert metric_on(client, "blockdrop_requests_total", variant="blockdrop", status="200") == 7
+    assert metric_on(client, "blockdrop_flops_per_image_count", variant="blockdrop") == 9
+    assert metric_on(client, "blockdrop_flops_per_image_sum", variant="blockdrop") == executed
     skipped = sum(b["blocks"]["skipped"] for b in bodies)
-    assert metric(client, "blockdrop_blocks_skipped_sum", variant="blockdrop") == skipped
+    assert metric_on(client, "blockdrop_blocks_skipped_sum", variant="blockdrop") == skipped
     for block in range(3):
         ran = sum(b["blocks"]["mask"][block] == "1" for b in bodies)
-        assert metric(client, "blockdrop_block_executions_total", variant="blockdrop", block=str(block)) == ran
-    assert metric(client, "blockdrop_request_latency_seconds_count", variant="blockdrop") == 7
-    assert metric(client, "blockdrop_queue_wait_seconds_count", variant="blockdrop") == 9
-    assert metric(client, "blockdrop_queue_depth", variant="blockdrop") == 0
+        assert metric_on(client, "blockdrop_block_executions_total", variant="blockdrop", block=str(block)) == ran
+    assert metric_on(client, "blockdrop_request_latency_seconds_count", variant="blockdrop") == 7
+    assert metric_on(client, "blockdrop_queue_wait_seconds_count", variant="blockdrop") == 9
+    assert metric_on(client, "blockdrop_queue_depth", variant="blockdrop") == 0
 
 
 def test_error_statuses_are_counted(client):
     client.post("/v1/classify?variant=full", content=b"junk", headers={"content-type": "image/png"})
     client.post("/v1/classify?variant=missing", content=b"junk", headers={"content-type": "image/png"})
-    assert metric(client, "blockdrop_requests_total", variant="full", status="415") == 1
-    assert metric(client, "blockdrop_requests_total", variant="none", status="404") == 1
+    assert metric_on(client, "blockdrop_requests_total", variant="full", status="415") == 1
+    assert metric_on(client, "blockdrop_requests_total", variant="none", status="404") == 1
 
 
 def test_model_info_and_series_exist_before_traffic(client):
     assert (
-        metric(
+        metric_on(
             client,
             "blockdrop_model_info",
             variant="blockdrop",
@@ -80,8 +76,8 @@ def test_feedback_counts_right_and_wrong_once_per_request(client):
     label_name = ["airplane", "automobile"][other["prediction"]["class_id"] == 0]
     wrong = client.post("/v1/feedback", json={"request_id": other["request_id"], "label": label_name})
     assert wrong.json()["correct"] is (other["prediction"]["label"] == label_name)
-    assert metric(client, "blockdrop_feedback_total", variant="full", outcome="right") == 1 + wrong.json()["correct"]
-    assert metric(client, "blockdrop_feedback_total", variant="full", outcome="wrong") == 1 - wrong.json()["correct"]
+    assert metric_on(client, "blockdrop_feedback_total", variant="full", outcome="right") == 1 + wrong.json()["correct"]
+    assert metric_on(client, "blockdrop_feedback_total", variant="full", outcome="wrong") == 1 - wrong.json()["correct"]
 
 
 def test_feedback_errors(client):
@@ -116,7 +112,7 @@ def test_shadow_runs_after_answering_and_counts_agreement(artifacts):
 
         def compared() -> float:
             return sum(
-                metric(client, "blockdrop_shadow_comparisons_total", variant="blockdrop", shadow="full", outcome=o)
+                metric_on(client, "blockdrop_shadow_comparisons_total", variant="blockdrop", shadow="full", outcome=o)
                 for o in ("agree", "disagree")
             )
 

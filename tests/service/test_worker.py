@@ -22,7 +22,7 @@ from service.app import create_app
 from service.config import VariantSettings
 from service.variants import ExecutionOptions, load_variant
 from service.worker import InferenceWorker, WorkerSpec, WorkerUnavailable
-from tests.service.conftest import make_settings, metric, png_bytes
+from tests.service.conftest import make_settings, metric_on, png_bytes
 from tests.service.live_server import Server
 
 PNG = {"content-type": "image/png"}
@@ -112,10 +112,6 @@ def _wait(condition, timeout: float = 60.0) -> bool:
     return False
 
 
-def _metric(client: TestClient, name: str, **labels: str) -> float:
-    return metric(client.get("/metrics").text, name, **labels)
-
-
 def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     settings = make_settings(artifacts, inference_workers="process")
     with TestClient(create_app(settings)) as client:
@@ -132,9 +128,9 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
         assert _wait(lambda: client.get("/healthz/ready").status_code == 200)
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=3), headers=PNG).status_code == 200
         assert client.post("/v1/classify?variant=blockdrop", content=png_bytes(seed=3), headers=PNG).status_code == 200
-        assert _metric(client, "blockdrop_worker_restarts_total", variant="full") == 1
-        assert _metric(client, "blockdrop_worker_restarts_total", variant="blockdrop") == 0
-        assert _metric(client, "blockdrop_worker_up", variant="full") == 1
+        assert metric_on(client, "blockdrop_worker_restarts_total", variant="full") == 1
+        assert metric_on(client, "blockdrop_worker_restarts_total", variant="blockdrop") == 0
+        assert metric_on(client, "blockdrop_worker_up", variant="full") == 1
     assert all(not w.alive for replicas in client.app.state.backend.workers.values() for w in replicas)
 
 
@@ -274,7 +270,7 @@ def test_replicas_share_one_queue(artifacts):
         for seed in range(4):
             response = client.post("/v1/classify?variant=full", content=png_bytes(seed=seed), headers=PNG)
             assert response.status_code == 200
-        assert _metric(client, "blockdrop_worker_up", variant="full") == 2
+        assert metric_on(client, "blockdrop_worker_up", variant="full") == 2
 
 
 def test_a_runtime_threshold_reaches_the_worker_processes(artifacts):
@@ -338,7 +334,7 @@ def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once
         worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGSTOP)
         try:
-            assert _wait(lambda: _metric(client, "blockdrop_worker_up", variant="full") == 0, timeout=2.5)
+            assert _wait(lambda: metric_on(client, "blockdrop_worker_up", variant="full") == 0, timeout=2.5)
             models = {m["name"]: m["ready"] for m in client.get("/v1/models").json()["models"]}
             assert models == {"blockdrop": True, "full": False}
             assert client.get("/v2/models/full/ready").status_code == 503
