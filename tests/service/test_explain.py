@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.service.conftest import png_bytes
-from tests.service.test_feedback_and_metrics import metric
+from tests.service.conftest import metric_on, png_bytes
 
 PNG = {"content-type": "image/png"}
 
@@ -53,11 +52,11 @@ def test_a_plain_variant_has_no_probabilities(client):
 
 
 def test_explaining_is_not_an_inference_request(client):
-    before = metric(client, "blockdrop_images_total", variant="blockdrop")
+    before = metric_on(client, "blockdrop_images_total", variant="blockdrop")
     for _ in range(3):
         explain(client, "blockdrop", png_bytes())
-    assert metric(client, "blockdrop_images_total", variant="blockdrop") == before
-    assert metric(client, "blockdrop_requests_total", variant="blockdrop", status="200") == 0
+    assert metric_on(client, "blockdrop_images_total", variant="blockdrop") == before
+    assert metric_on(client, "blockdrop_requests_total", variant="blockdrop", status="200") == 0
 
 
 @pytest.mark.parametrize(
