@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.cluster import processes
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,34 +70,19 @@ def write_results(out: str | os.PathLike, name: str, result: dict, markdown: str
     print(markdown)
 
 
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of ``name`` (labels, value) in the Prometheus text ``text`` a service's /metrics gave."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it (a service and its inference workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended while we looked
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
-def process_ended(pid: int) -> bool:
-    """Whether ``pid`` has ended: gone, or a zombie its parent has not reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
-def parent_of(pid: int) -> int:
-    """The pid of ``pid``'s parent (a forked worker's: the fork server)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return [pid, *sorted(processes.descendants(pid))]
 
 
 def commit_of(checkout: str | os.PathLike) -> str | None:
@@ -107,11 +95,8 @@ def worker_of(pid: int, variant: str) -> int:
     """The pid of ``variant``'s inference worker or model server below ``pid`` (named ``bd:VARIANT`` by the
     service)."""
     for member in process_tree(pid):
-        try:
-            if Path(f"/proc/{member}/comm").read_text().strip() == f"bd:{variant}"[:15]:
-                return member
-        except OSError:
-            continue
+        if (found := processes.status(member)) and found.name == f"bd:{variant}"[:15]:
+            return member
     raise RuntimeError(f"no worker process for variant {variant} below {pid}")
 
 

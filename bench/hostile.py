@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -35,8 +34,7 @@ import httpx
 from bench.common import (
     RESULTS,
     machine_description,
-    parent_of,
-    process_ended,
+    metric_samples,
     process_tree,
     tree_memory_kib,
     worker_of,
@@ -46,6 +44,7 @@ from bench.hostile_inputs import HALF_HEADER, hostile_requests, huge_header, png
 from bench.load import free_port, run_wrk, service, write_bodies
 from bench.stalled_grpc import StalledCall, small_infer, wait_until_closed
 from bench.variants import add_variant_option, parse_variants
+from service.cluster import processes
 
 TOKEN = "bench-hostile"
 QUEUE_WAIT_BUDGET_S = 0.25  # the service's default, which this run keeps
@@ -270,8 +269,8 @@ def send_burst(url: str, image: bytes, count: int) -> list[int]:
 
 def worker_up(url: str, variant: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
-    match = re.search(rf'^blockdrop_worker_up{{variant="{variant}"}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else -1.0
+    ups = [value for labels, value in metric_samples(text, "blockdrop_worker_up") if labels.get("variant") == variant]
+    return ups[0] if ups else -1.0
 
 
 def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") -> dict:
@@ -311,14 +310,14 @@ def hung_worker(url: str, pid: int, bodies: list[bytes], variant: str = "full") 
         "pinned_status": pinned.status_code,
         "pinned_retry_after": pinned.headers.get("retry-after"),
         "pinned_answered_in_s": round(pinned_s, 3),
-        "hung_worker_killed": process_ended(hung),
+        "hung_worker_killed": not processes.alive(hung),
         "replaced_after_s": replaced,  # from the SIGSTOP until its replacement was up (None: not within 60 s)
     }
 
 
 def worker_restarts(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r"^blockdrop_worker_restarts_total{[^}]*} (\S+)$", text, re.MULTILINE))
+    return sum(value for _, value in metric_samples(text, "blockdrop_worker_restarts_total"))
 
 
 def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "full") -> dict:
@@ -327,7 +326,7 @@ def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "
     server and watch for 3 s whether any worker is restarted or ends."""
     servers = [member for member in process_tree(pid) if _is_server(member)]
     victim = worker_of(pid, variant)
-    fork_server = parent_of(victim)
+    fork_server = processes.parent(victim)
     with good_traffic(url, bodies) as unkeyed:
         time.sleep(0.5)
         os.kill(fork_server, signal.SIGSTOP)
@@ -343,17 +342,17 @@ def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "
                     break
                 time.sleep(0.05)
         finally:
-            stopped_one_ended = process_ended(fork_server)
+            stopped_one_ended = not processes.alive(fork_server)
             if not stopped_one_ended:
                 os.kill(fork_server, signal.SIGCONT)
         # the others were forked by the ended fork server (init has them now); the replacement by a new one
         replacement = worker_of(pid, variant)
         servers = [member for member in servers if member != victim] + [replacement]
         restarts = worker_restarts(url)
-        os.kill(parent_of(replacement), signal.SIGKILL)
+        os.kill(processes.parent(replacement), signal.SIGKILL)
         time.sleep(3.0)  # thirty rounds of every worker's supervising thread
         restarted = worker_restarts(url) - restarts
-        ended = sum(process_ended(member) for member in servers)
+        ended = sum(not processes.alive(member) for member in servers)
     samples = unkeyed.samples
     return {
         "variant": variant,
@@ -369,18 +368,15 @@ def fork_server_faults(url: str, pid: int, bodies: list[bytes], variant: str = "
 
 def _is_server(pid: int) -> bool:
     """A worker or model server (``bd:VARIANT``), or an API server (``bd-api-N``)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().startswith("bd")
-    except OSError:
-        return False
+    return (found := processes.status(pid)) is not None and found.name.startswith("bd")
 
 
 def slowest_batch_seconds(url: str) -> float:
     """The largest mean batch time of any variant so far (from blockdrop_inference_seconds)."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    sums = dict(re.findall(r'^blockdrop_inference_seconds_sum{variant="([^"]+)"} (\S+)$', text, re.MULTILINE))
-    counts = dict(re.findall(r'^blockdrop_inference_seconds_count{variant="([^"]+)"} (\S+)$', text, re.MULTILINE))
-    return max(float(sums[v]) / float(counts[v]) for v in sums if float(counts.get(v, 0)) > 0)
+    sums = {labels["variant"]: value for labels, value in metric_samples(text, "blockdrop_inference_seconds_sum")}
+    counts = {labels["variant"]: value for labels, value in metric_samples(text, "blockdrop_inference_seconds_count")}
+    return max(sums[v] / counts[v] for v in sums if counts.get(v, 0) > 0)
 
 
 def overload(url: str, folder: Path, images: int, seconds: int) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, machine_description, write_results
+from bench.common import RESULTS, machine_description, metric_samples, write_results
 from bench.efficiency import load_bodies
 from bench.load import Process, free_port, run_wrk
 from bench.variants import CHECKPOINTS
@@ -96,14 +95,14 @@ class ThresholdWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        pattern = re.compile(r'^blockdrop_policy_threshold\{variant="blockdrop"\} (\S+)$', re.MULTILINE)
         while not self._stop.wait(0.5):
             try:
-                match = pattern.search(httpx.get(self.url + "/metrics", timeout=2).text)
+                samples = metric_samples(httpx.get(self.url + "/metrics", timeout=2).text, "blockdrop_policy_threshold")
             except httpx.HTTPError:
                 continue
-            if match:
-                self.samples.append((round(time.monotonic() - self.started, 2), float(match.group(1))))
+            for labels, threshold in samples:
+                if labels.get("variant") == "blockdrop":
+                    self.samples.append((round(time.monotonic() - self.started, 2), threshold))
 
     def stop(self) -> list[tuple[float, float]]:
         self._stop.set()

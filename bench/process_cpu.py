@@ -5,28 +5,15 @@ with several API servers, the micro-batching) and the supervisor (``--api-server
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from bench.common import process_tree
+from service.cluster import processes
 
-TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = ("api_server", "model_worker", "supervisor")
-
-
-def _stat(pid: int) -> tuple[str, float] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    return name, (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def cpu_by_kind(root: int) -> dict[str, float]:
     """CPU seconds so far of every process under ``root`` (itself included), summed per kind of process."""
-    stats = {pid: stat for pid in process_tree(root) if (stat := _stat(pid)) is not None}
+    stats = {pid: (found.name, found.cpu_seconds) for pid in process_tree(root) if (found := processes.status(pid))}
     several = any(name.startswith("bd-api") for name, _ in stats.values())
     totals = dict.fromkeys(KINDS, 0.0)
     for pid, (name, seconds) in stats.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -31,6 +30,7 @@ from bench.common import RESULTS, machine_description, positive_int, process_tre
 from bench.efficiency import load_bodies
 from bench.load import Process, free_port, run_wrk
 from bench.variants import add_variant_option, parse_variants
+from service.cluster import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ("v1 PNG", "v2 JSON", "v2 binary", "v2 gRPC")
@@ -38,15 +38,7 @@ PROTOCOLS = ("v1 PNG", "v2 JSON", "v2 binary", "v2 gRPC")
 
 def service_cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of ``pid`` and the processes below it."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for member in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+    return sum(found.cpu_seconds for member in process_tree(pid) if (found := processes.status(member)))
 
 
 def write_protocol_bodies(pngs: list[bytes], folder: Path) -> dict[str, dict[str, str]]:

@@ -29,7 +29,6 @@ from bench.common import (
     commit_of,
     machine_description,
     paired_median_ratio,
-    process_ended,
     tree_memory_kib,
     worker_of,
     write_results,
@@ -37,6 +36,7 @@ from bench.common import (
 from bench.hostile_inputs import png
 from bench.load import ROOT, Process, free_port, run_wrk
 from bench.variants import add_variant_option, parse_variants
+from service.cluster import processes
 from service.config import VariantSettings
 
 READY_PATH = "/healthz/ready"
@@ -62,7 +62,7 @@ def replace_seconds(server: Process, variant: str, image: bytes, timeout_s: floa
     victim = worker_of(server.process.pid, variant)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
-    while not process_ended(victim):
+    while processes.alive(victim):
         time.sleep(0.01)
     url = f"{server.url}/v1/classify?variant={variant}"
     with httpx.Client(timeout=30) as client:

@@ -39,7 +39,6 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
 from service.cluster import processes
 
@@ -232,12 +231,8 @@ class ForkStart:
 
 
 def _stopped(pid: int) -> bool:
-    """Whether the process is stopped by a signal (``/proc/PID/stat``'s state, after the command's parentheses)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["T"]
+    """Whether the process is stopped by a signal."""
+    return (found := processes.status(pid)) is not None and found.state == "T"
 
 
 def fork_server_pid() -> int | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 PROC = Path("/proc")
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 PR_SET_CHILD_SUBREAPER = 36
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -71,19 +72,39 @@ def command_line(pid: int) -> list[str]:
         return []
 
 
-def parent(pid: int) -> int | None:
-    try:  # the command name (field 2) may hold spaces and parentheses: split after its closing one
-        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+@dataclass(frozen=True)
+class Status:
+    """What the project reads of a process's ``/proc/PID/stat`` line."""
+
+    name: str  # the command name the process gave itself (``bd:VARIANT``, ``bd-api-N``), at most 15 bytes
+    state: str  # R running, S sleeping, T stopped by a signal, Z zombie, ...
+    ppid: int
+    cpu_seconds: float  # user + system time so far
+
+
+def status(pid: int) -> Status | None:
+    """``pid``'s status, or None when it is gone."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+        # the command name (field 2) may hold spaces and parentheses: the fields go on after its last ")"
+        fields = text[text.rindex(")") + 2 :].split()
+        return Status(
+            name=text[text.index("(") + 1 : text.rindex(")")],
+            state=fields[0],
+            ppid=int(fields[1]),
+            cpu_seconds=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,  # utime + stime
+        )
     except (OSError, IndexError, ValueError):
         return None
 
 
+def parent(pid: int) -> int | None:
+    return found.ppid if (found := status(pid)) else None
+
+
 def alive(pid: int) -> bool:
     """Running: not gone, not a zombie waiting to be reaped."""
-    try:
-        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return (found := status(pid)) is not None and found.state not in ("Z", "X")
 
 
 def children(pid: int) -> set[int]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from models import save_artifact
 from models.artifacts import InputSpec, Manifest
@@ -78,12 +79,12 @@ def client(settings):
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` that carry ``labels`` in the Prometheus text ``text`` (0 if none)."""
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith(name + "{") or line.startswith(name + " ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
 
 
 def metric_on(client, name: str, **labels: str) -> float:

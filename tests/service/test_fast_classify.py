@@ -9,6 +9,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.errors import encode_json
 from service.api.fast_classify import FastClassify, parse_query
@@ -69,8 +70,13 @@ def test_refusals_and_answers_are_counted_alike(clients):
 
 
 def _request_counts(metrics: str) -> dict[tuple[str, str], float]:
-    pattern = re.compile(r'^blockdrop_requests_total\{status="(\d+)",variant="([^"]+)"\} (\S+)$', re.MULTILINE)
-    return {(variant, status): float(n) for status, variant, n in pattern.findall(metrics)}
+    """``blockdrop_requests_total`` per (variant, status)."""
+    return {
+        (sample.labels["variant"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "blockdrop_requests_total"
+    }
 
 
 def test_only_plain_queries_are_taken():

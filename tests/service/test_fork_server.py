@@ -10,8 +10,9 @@ import time
 import pytest
 
 import service.fork_server as fork_server_module
-from bench.common import parent_of, process_ended
+from service.cluster.processes import alive, parent
 from service.fork_server import ForkServerEnded, ForkStart, fork_server_context, kill_fork_server
+from tests.conftest import eventually
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,31 +30,22 @@ def _sleeper(seconds: float = 60.0):
     return process
 
 
-def _until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_a_child_outlives_its_killed_fork_server_and_is_still_seen_and_killed():
     """multiprocessing alone would report the child ended (exit code 255) once the fork server is gone, and its
     kill would signal nothing."""
     child = ForkStart(_sleeper()).result()
-    fork_server = parent_of(child.pid)
+    fork_server = parent(child.pid)
     assert fork_server != os.getpid() and child.is_alive()
     os.kill(fork_server, signal.SIGKILL)
-    assert _until(lambda: process_ended(fork_server))
+    assert eventually(lambda: not alive(fork_server))
     assert not child.process.is_alive()  # what multiprocessing says: wrongly
-    assert child.is_alive() and not process_ended(child.pid)
+    assert child.is_alive() and alive(child.pid)
     child.kill()
     child.join(5)
-    assert not child.is_alive() and _until(lambda: process_ended(child.pid))
+    assert not child.is_alive() and eventually(lambda: not alive(child.pid))
 
     after = ForkStart(_sleeper()).result()  # the next start gets a new fork server
-    assert parent_of(after.pid) not in (fork_server, os.getpid())
+    assert parent(after.pid) not in (fork_server, os.getpid())
     after.kill()
     after.join(5)
     assert not after.is_alive()
@@ -67,7 +59,7 @@ def test_a_start_right_after_the_fork_server_is_killed_gets_a_new_one():
         first = ForkStart(_sleeper()).result()
         kill_fork_server()
         after = ForkStart(_sleeper()).result()
-        assert parent_of(after.pid) != parent_of(first.pid)
+        assert parent(after.pid) != parent(first.pid)
         for child in (first, after):
             child.kill()
             child.join(5)
@@ -78,7 +70,7 @@ def _ended_and_replaced(stopped_within: float) -> None:
     the other was waiting on it too) within ``stopped_within`` s, the children it forked run on, and the next start
     forks from a new fork server."""
     first = ForkStart(_sleeper()).result()
-    fork_server = parent_of(first.pid)
+    fork_server = parent(first.pid)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         waiting = [ForkStart(_sleeper()), ForkStart(_sleeper())]
@@ -89,13 +81,13 @@ def _ended_and_replaced(stopped_within: float) -> None:
             with pytest.raises(ForkServerEnded):
                 start.result()
         assert time.monotonic() - started < stopped_within
-        assert _until(lambda: process_ended(fork_server))
+        assert eventually(lambda: not alive(fork_server))
     finally:
-        if not process_ended(fork_server):
+        if alive(fork_server):
             os.kill(fork_server, signal.SIGCONT)
     assert first.is_alive()  # the children it forked run on
     again = ForkStart(_sleeper()).result()
-    assert parent_of(again.pid) != fork_server and again.is_alive()
+    assert parent(again.pid) != fork_server and again.is_alive()
     for child in (first, again):
         child.kill()
         child.join(5)
@@ -125,18 +117,18 @@ def test_a_failed_start_that_ended_no_fork_server_keeps_its_own_error(monkeypatc
 
 def test_abandoning_a_start_ends_the_stopped_fork_server_rather_than_leave_it_behind():
     first = ForkStart(_sleeper()).result()
-    fork_server = parent_of(first.pid)
+    fork_server = parent(first.pid)
     os.kill(fork_server, signal.SIGSTOP)
     try:
         waiting = ForkStart(_sleeper())  # its deadline is seconds away
         time.sleep(0.3)
         waiting.abandon()
-        assert _until(lambda: waiting.done(), seconds=5)
+        assert eventually(lambda: waiting.done(), seconds=5)
         with pytest.raises((EOFError, OSError)):
             waiting.result()
-        assert _until(lambda: process_ended(fork_server))
+        assert eventually(lambda: not alive(fork_server))
     finally:
-        if not process_ended(fork_server):
+        if alive(fork_server):
             os.kill(fork_server, signal.SIGCONT)
     first.kill()
     first.join(5)
@@ -166,7 +158,7 @@ def test_starts_queued_while_a_new_fork_server_imports_are_not_ended_once_it_for
     assert time.monotonic() - began >= slow_preload.IMPORT_S  # (the fork server ignores a preload it cannot import)
     children = [start.result() for start in starts]
     assert all(child.is_alive() for child in children)
-    assert len({parent_of(child.pid) for child in children}) == 1  # one fork server forked them all
+    assert len({parent(child.pid) for child in children}) == 1  # one fork server forked them all
     for child in children:
         child.kill()
         child.join(5)

@@ -17,11 +17,12 @@ from fastapi.testclient import TestClient
 
 import service.fork_server as fork_server_module
 import service.worker as worker_module
-from bench.common import parent_of, process_ended
 from service.app import create_app
+from service.cluster.processes import alive, descendants, parent, status
 from service.config import VariantSettings
 from service.variants import ExecutionOptions, load_variant
 from service.worker import InferenceWorker, WorkerSpec, WorkerUnavailable
+from tests.conftest import eventually
 from tests.service.conftest import make_settings, metric_on, png_bytes
 from tests.service.live_server import Server
 
@@ -103,15 +104,6 @@ def test_a_worker_runs_the_execution_options_it_is_given(artifacts):
         worker.stop()
 
 
-def _wait(condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     settings = make_settings(artifacts, inference_workers="process")
     with TestClient(create_app(settings)) as client:
@@ -119,13 +111,13 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=1), headers=PNG).status_code == 200
         worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGKILL)
-        assert _wait(lambda: client.get("/healthz/ready").status_code == 503, timeout=10)
+        assert eventually(lambda: client.get("/healthz/ready").status_code == 503, 10)
         answers = [client.post("/v1/classify?variant=full", content=png_bytes(seed=2), headers=PNG) for _ in range(3)]
         for answer in answers:  # refused plainly while the worker restarts, or answered by the new one
             assert answer.status_code in (200, 503), answer.text
             if answer.status_code == 503:
                 assert answer.headers["retry-after"] == "1" and "worker" in answer.json()["error"]
-        assert _wait(lambda: client.get("/healthz/ready").status_code == 200)
+        assert eventually(lambda: client.get("/healthz/ready").status_code == 200, 60)
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=3), headers=PNG).status_code == 200
         assert client.post("/v1/classify?variant=blockdrop", content=png_bytes(seed=3), headers=PNG).status_code == 200
         assert metric_on(client, "blockdrop_worker_restarts_total", variant="full") == 1
@@ -139,7 +131,7 @@ def _forked_worker(artifacts) -> tuple[InferenceWorker, int, int]:
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
     worker = InferenceWorker(spec, answer_timeout_s=30, check_every_s=0.1)
     worker.start()
-    fork_server = parent_of(worker.pid)
+    fork_server = parent(worker.pid)
     assert fork_server != os.getpid()
     return worker, worker.pid, fork_server
 
@@ -150,12 +142,12 @@ def test_a_lost_fork_server_is_started_again_for_the_next_replacement(artifacts)
     worker, first, fork_server = _forked_worker(artifacts)
     try:
         os.kill(fork_server, signal.SIGKILL)
-        assert _wait(lambda: process_ended(fork_server), timeout=10)
+        assert eventually(lambda: not alive(fork_server), 10)
         time.sleep(0.5)  # five rounds of the supervising thread: the worker is not taken for dead
         assert worker.pid == first
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert eventually(lambda: worker.pid not in (None, first) and worker.alive, 30)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
         worker.stop()
@@ -169,7 +161,7 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
     os.kill(fork_server, signal.SIGSTOP)
     try:
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: not worker.alive, timeout=5)
+        assert eventually(lambda: not worker.alive, 5)
         time.sleep(0.5)  # the supervisor is in the start now, waiting for the fork server
         started = time.monotonic()
         with pytest.raises(WorkerUnavailable):
@@ -179,9 +171,9 @@ def test_a_stopped_fork_server_holds_up_no_batch_and_no_shutdown(artifacts):
         with contextlib.suppress(ProcessLookupError):  # ended by the service if it overstayed FORK_TIMEOUT_S
             os.kill(fork_server, signal.SIGCONT)
     try:
-        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert eventually(lambda: worker.pid not in (None, first) and worker.alive, 30)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
-        fork_server = parent_of(worker.pid)  # the same one, unless it overstayed FORK_TIMEOUT_S and was replaced
+        fork_server = parent(worker.pid)  # the same one, unless it overstayed FORK_TIMEOUT_S and was replaced
         os.kill(fork_server, signal.SIGSTOP)
         os.kill(worker.pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -202,11 +194,11 @@ def _replaced_from_a_new_fork_server(artifacts, monkeypatch) -> None:
     os.kill(fork_server, signal.SIGSTOP)
     try:
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
-        assert process_ended(fork_server)
+        assert eventually(lambda: worker.pid not in (None, first) and worker.alive, 30)
+        assert not alive(fork_server)
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
-        if not process_ended(fork_server):
+        if alive(fork_server):
             os.kill(fork_server, signal.SIGCONT)
         worker.stop()
 
@@ -237,7 +229,7 @@ def test_an_unexpected_failure_to_restart_is_tried_again_not_the_end_of_the_supe
     monkeypatch.setattr(InferenceWorker, "launch", launch_failing_once)
     try:
         os.kill(first, signal.SIGKILL)
-        assert _wait(lambda: worker.pid not in (None, first) and worker.alive, timeout=30)
+        assert eventually(lambda: worker.pid not in (None, first) and worker.alive, 30)
         assert failures == [1]
     finally:
         worker.stop()
@@ -256,7 +248,7 @@ def test_a_worker_that_stops_answering_is_replaced(artifacts):
         with pytest.raises(WorkerUnavailable, match="stopped"):
             worker.infer(torch.zeros(2, 3, 32, 32))
         assert time.monotonic() - started < 5
-        assert _wait(lambda: worker.alive and restarts)
+        assert eventually(lambda: worker.alive and restarts, 60)
         assert worker.pid != first and worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
         worker.stop()
@@ -290,24 +282,9 @@ def test_a_runtime_threshold_reaches_the_worker_processes(artifacts):
 
 
 def _descendants(pid: int) -> set[int]:
-    """Live processes below ``pid`` (from /proc; zombies, already dead, left out): the workers are children of
+    """Live processes below ``pid`` (zombies, already dead, left out): the workers are children of
     multiprocessing's fork server, itself a child of the service."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), list(children.get(pid, []))
-    while todo:
-        found.add(current := todo.pop())
-        todo += children.get(current, [])
-    return found
+    return {child for child in descendants(pid) if alive(child)}
 
 
 def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts):
@@ -320,8 +297,8 @@ def test_a_hung_worker_is_noticed_by_its_heartbeat_without_any_request(artifacts
         first = worker.pid
         assert worker.alive
         os.kill(first, signal.SIGSTOP)
-        assert _wait(lambda: not worker.alive, timeout=2.5)
-        assert _wait(lambda: worker.alive and restarts)
+        assert eventually(lambda: not worker.alive, 2.5)
+        assert eventually(lambda: worker.alive and restarts, 60)
         assert worker.pid != first and first not in _descendants(os.getpid())
         assert worker.infer(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
     finally:
@@ -334,7 +311,7 @@ def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once
         worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGSTOP)
         try:
-            assert _wait(lambda: metric_on(client, "blockdrop_worker_up", variant="full") == 0, timeout=2.5)
+            assert eventually(lambda: metric_on(client, "blockdrop_worker_up", variant="full") == 0, 2.5)
             models = {m["name"]: m["ready"] for m in client.get("/v1/models").json()["models"]}
             assert models == {"blockdrop": True, "full": False}
             assert client.get("/v2/models/full/ready").status_code == 503
@@ -350,7 +327,9 @@ def test_a_hung_variant_is_routed_around_and_pinned_requests_are_refused_at_once
             assert time.monotonic() - started < 30
         finally:
             os.kill(worker.pid, signal.SIGKILL) if worker.pid else None
-        assert _wait(lambda: client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).is_success)
+        assert eventually(
+            lambda: client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).is_success, 60
+        )
 
 
 def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifacts):
@@ -371,7 +350,7 @@ def test_shutdown_with_a_hung_worker_starts_nothing_and_leaves_no_process(artifa
     pinned.join(30)
     assert [a.status_code for a in answers] == [503]
     # the context exit ran the service's shutdown: every worker is gone and none was started meanwhile
-    assert _wait(lambda: not _descendants(os.getpid()) - others - _helpers(), timeout=15)
+    assert eventually(lambda: not _descendants(os.getpid()) - others - _helpers(), 15)
     assert all(not w.alive for replicas in backend.workers.values() for w in replicas)
 
 
@@ -381,19 +360,11 @@ def test_a_killed_service_leaves_no_worker_behind(artifacts):
     variants = [{"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full"}]
     server = Server(variants, inference_workers="process", worker_replicas=2)
     below = _descendants(server.process.pid)
-    workers = {pid for pid in below if _comm(pid) == "bd:full"}
+    workers = {pid for pid in below if (found := status(pid)) and found.name == "bd:full"}
     assert len(workers) == 2
     server.process.kill()
     server.process.wait()
-    assert _wait(lambda: all(process_ended(pid) for pid in below), timeout=10), "a child outlived the service"
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""
+    assert eventually(lambda: all(not alive(pid) for pid in below), 10), "a child outlived the service"
 
 
 def _helpers() -> set[int]:

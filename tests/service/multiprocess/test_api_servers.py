@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import glob
 import os
 import signal
 import threading
@@ -20,11 +19,11 @@ import httpx
 import pytest
 import torch
 
-from bench.common import parent_of, process_ended
 from models import save_artifact
 from models.blockdrop import BlockDropModel
 from models.policy import PolicyConfig, PolicyNet
 from models.resnet import cifar_resnet
+from service.cluster.processes import alive, descendants, parent, status
 from service.fork_server import ForkServerEnded
 from service.multiprocess import frames
 from service.multiprocess.backend import SUPERVISOR_SILENCE_S
@@ -118,21 +117,7 @@ def wait_for_replacement(server: Server, name: str, lost: int, seconds: float = 
 def children(pid: int) -> dict[int, str]:
     """The processes below ``pid``, with their names (``bd-api-N``, ``bd:VARIANT``; the servers are children of
     multiprocessing's fork server, itself a child of the supervisor)."""
-    below: dict[int, list[tuple[int, str]]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        below.setdefault(ppid, []).append((int(Path(stat).parent.name), name))
-    found, todo = {}, [pid]
-    while todo:
-        for child, name in below.get(todo.pop(), []):
-            found[child] = name
-            todo.append(child)
-    return found
+    return {child: found.name for child in descendants(pid) if (found := status(child))}
 
 
 def runtime_dirs_mapped_by(processes: dict[int, str]) -> set[Path]:
@@ -357,7 +342,7 @@ def test_a_killed_supervisor_leaves_no_process_and_no_files(served_variants):
 
 def _fork_server(supervisor: int) -> int:
     """The supervisor's child that forks the servers (their parent)."""
-    (pid,) = {parent_of(pid) for pid, name in children(supervisor).items() if name.startswith("bd")}
+    (pid,) = {parent(pid) for pid, name in children(supervisor).items() if name.startswith("bd")}
     assert pid != supervisor
     return pid
 
@@ -415,7 +400,7 @@ def test_a_stopped_fork_server_holds_up_neither_the_watch_nor_the_replacements_n
         for pid in (victim, api):
             os.kill(pid, signal.SIGKILL)
         _replaced(running, {victim: "bd:full", api: "bd-api-1"}, deadline=time.monotonic() + 60)
-        assert process_ended(fork_server)
+        assert not alive(fork_server)
         with httpx.Client(base_url=running.url, timeout=10) as client:
             deadline = time.monotonic() + 60
             while client.post("/v1/classify?variant=full", content=png_bytes(), headers=PNG).status_code != 200:
