@@ -1,5 +1,6 @@
 """The machine's processes and listening sockets, read from ``/proc`` (Linux; no psutil, which Ray does not bring):
-what ``blockdrop serve --ray`` checks before it starts a cluster, and what it stops when it ends."""
+what ``blockdrop serve --ray`` checks before it starts a cluster and stops when it ends, whether the fork server
+is stopped or gone (service/fork_server.py), and what the benchmarks and tests look for in a running service."""
 
 from __future__ import annotations
 
