@@ -19,7 +19,7 @@ TEST_WORKERS ?= 2
 
 test: $(BIN)/blockdrop
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 bench: $(BIN)/blockdrop
 	$(BIN)/blockdrop bench executor

@@ -33,17 +33,26 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a module's tests stay on one
-    worker, so its module fixtures (live servers, a Ray cluster) start once; everything that starts Ray or looks
-    for what Ray leaves behind (tests/cluster/, the Ray benchmark) shares one worker, since two local clusters on two
-    cores starve each other, and the preflight test's stale HAProxy would stop another test's `serve --ray`; the
-    benchmark smoke tests, each a whole run of its own, spread one by one."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if item.get_closest_marker("ray") or module.startswith("tests/cluster/"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif module != "tests/test_bench.py":
-            item.add_marker(pytest.mark.xdist_group(module))
+def work_unit(nodeid: str) -> str:
+    """The tests that run together on one pytest-xdist worker (``make test`` runs two): a module's, so its module
+    fixtures (live servers, a Ray cluster) start once; everything that starts Ray or looks for what Ray leaves
+    behind (tests/cluster/, and any ``test_ray_*`` elsewhere: the Ray benchmark's) in one unit, since two local
+    clusters on two cores starve each other and the preflight test's stale HAProxy would stop another test's
+    `serve --ray`; each benchmark smoke test, a whole run of its own, alone."""
+    module, _, name = nodeid.partition("::")
+    if module.startswith("tests/cluster/") or name.startswith("test_ray_"):
+        return "ray"
+    return nodeid if module == "tests/test_bench.py" else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, called only where it runs the suite
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, the scopes being ``work_unit``'s (xdist's own ``--dist loadgroup`` reads
+    groups from markers into node ids, which pytest 9 no longer lets a plugin change: it ran every test alone)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)

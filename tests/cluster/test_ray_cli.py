@@ -92,6 +92,7 @@ def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_lea
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
+        print(output)  # what the service said, shown should the test fail
     assert process.returncode == 0, output
     assert f"serving on http://127.0.0.1:{port} through Ray Serve" in output
     left = [processes.describe(pid) for pid in started if processes.alive(pid)]
