@@ -32,6 +32,7 @@ from service.app import create_app
 from service.cluster import processes
 from service.config import Settings
 from service.routing import Router
+from tests.service.conftest import metric
 from tests.service.live_server import exchange_until_closed, free_port
 
 ray = pytest.importorskip("ray")
@@ -254,10 +255,7 @@ def test_ab_split_is_sticky_and_the_same_as_in_one_process_and_feedback_finds_an
 
     # the metrics of either replica describe the whole service: 1,000 images, 1,000 feedbacks
     def whole(text: str) -> bool:
-        total = sum(
-            float(line.split()[-1]) for line in text.splitlines() if line.startswith("blockdrop_feedback_total{")
-        )
-        return total >= 1000
+        return metric(text, "blockdrop_feedback_total") >= 1000
 
     seen = set()
 

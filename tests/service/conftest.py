@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import metric_samples
 from models import save_artifact
 from models.artifacts import InputSpec, Manifest
 from models.biglittle import BigLittleConfig, BigLittleNet
@@ -79,12 +79,8 @@ def client(settings):
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` that carry ``labels`` in the Prometheus text ``text`` (0 if none)."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
-    )
+    samples = metric_samples(text, name)
+    return sum(value for found, value in samples if all(found.get(key) == want for key, want in labels.items()))
 
 
 def metric_on(client, name: str, **labels: str) -> float:

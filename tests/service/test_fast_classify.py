@@ -9,8 +9,8 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import metric_samples
 from service.api.errors import encode_json
 from service.api.fast_classify import FastClassify, parse_query
 from service.app import create_app
@@ -71,12 +71,8 @@ def test_refusals_and_answers_are_counted_alike(clients):
 
 def _request_counts(metrics: str) -> dict[tuple[str, str], float]:
     """``blockdrop_requests_total`` per (variant, status)."""
-    return {
-        (sample.labels["variant"], sample.labels["status"]): sample.value
-        for family in text_string_to_metric_families(metrics)
-        for sample in family.samples
-        if sample.name == "blockdrop_requests_total"
-    }
+    samples = metric_samples(metrics, "blockdrop_requests_total")
+    return {(labels["variant"], labels["status"]): value for labels, value in samples}
 
 
 def test_only_plain_queries_are_taken():
