@@ -32,6 +32,7 @@ from bench.common import RESULTS, machine_description, paired_median_ratio, posi
 from bench.process_cpu import cpu_by_kind, per_request
 from bench.variants import add_variant_option, parse_variants
 from service.config import VariantSettings
+from service.libc import signal_when_parent_ends
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
@@ -50,7 +51,14 @@ class Process:
     def __init__(self, command: list[str], env: dict[str, str], port: int, ready_path: str, cwd: Path = ROOT):
         self.url = f"http://127.0.0.1:{port}"
         env = os.environ | {"BLOCKDROP_PRESTOP_S": "0"} | env
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=signal_when_parent_ends(),  # a benchmark killed midway leaves no server running
+        )
         deadline = time.monotonic() + 120
         with httpx.Client(timeout=1) as client:  # one client: each new one loads the system's CA bundle (~25 ms)
             while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The glibc calls the service makes through ctypes (Linux; each is a no-op where the C library lacks it)."""
+"""The glibc calls the project makes through ctypes (Linux; each is a no-op where the C library lacks it)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
+import signal
+from collections.abc import Callable
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
@@ -51,3 +55,21 @@ def name_process(name: str) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def signal_when_parent_ends(signum: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``signum`` when its parent ends, killed included
+    (``PR_SET_PDEATHSIG``), so a benchmark or test run stopped midway leaves no server running beside the next one.
+    The signal follows the *thread* that started the child: start it from one that lives as long as the child
+    should (the main thread). The service does not use it for its own processes (service/fork_server.py says why)."""
+    libc = _libc()
+    prctl = getattr(libc, "prctl", None)  # looked up here: the child, between fork and exec, only calls it
+    parent = os.getpid()
+
+    def arm() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before the signal was armed
+            os.kill(os.getpid(), signum)
+
+    return arm

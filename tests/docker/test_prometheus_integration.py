@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from service.libc import signal_when_parent_ends
 from tests.docker.test_deployment_files import ROOT, dashboard_expressions
 from tests.service.conftest import make_artifacts, png_bytes
 from tests.service.live_server import Server, free_port
@@ -61,6 +62,7 @@ def stack(tmp_path_factory):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=signal_when_parent_ends(),
     )
     url = f"http://127.0.0.1:{port}"
     try:

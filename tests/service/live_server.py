@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from service.libc import signal_when_parent_ends
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,6 +57,7 @@ class Server:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=signal_when_parent_ends(),  # a test run killed midway leaves no server running
         )
         self._output = b""
         os.set_blocking(self.process.stdout.fileno(), False)  # ``logged`` reads what is there, never waits
