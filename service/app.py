@@ -20,7 +20,7 @@ from service.accounting import served_by
 from service.api import admin, console, experiment, explain, health, rollouts, samples, v1, v2
 from service.api.errors import install_error_handlers
 from service.api.fast_classify import FastClassify
-from service.api.middleware import BodySizeLimit, IdentityBodiesOnly, NoWebSockets, RequestMetrics
+from service.api.middleware import BodySizeLimit, HeadAsGet, IdentityBodiesOnly, NoWebSockets, RequestMetrics
 from service.config import Settings
 from service.dataplane import DataPlane, Executor, Store
 from service.experiment import RequestRate
@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     # X-Served-By on every answer, read now, in the process that serves; a backend whose processes name themselves
     # (a Ray ingress adds its replica's id: service/cluster/headers.py) leaves it to them
     name = served_by() if not getattr(backend, "names_its_servers", False) else None
+    app.add_middleware(HeadAsGet, routes=lambda: app.router.routes)  # innermost: the others see the HEAD
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(IdentityBodiesOnly)
     # outside the size limit, so that a 413 is counted too

@@ -1,8 +1,11 @@
 """Pure ASGI middleware: the body-size limit (413 before the body is all read), bodies sent as they are (415 for a
-content coding), WebSocket handshakes refused plainly (404), and per-request metrics."""
+content coding), WebSocket handshakes refused plainly (404), HEAD wherever GET is served, and per-request metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.accounting import ACCOUNT, ECHOED_HEADERS, SERVED_BY_HEADER, RequestAccount
@@ -89,6 +92,32 @@ class IdentityBodiesOnly:
                 await _send_error(send, 415, message, (b"accept-encoding", b"identity"))
                 return
         await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """Answer HEAD wherever GET is served: the GET answer's status and headers, without its body (RFC 9110 asks it of
+    every general-purpose server; ``curl -I`` and some monitors probe that way). FastAPI's routes take only the
+    methods they name, so HEAD got a 405. A path that takes no GET still gets the router's 405 or 404 for HEAD."""
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], Sequence[BaseRoute]]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}
+        if not any(route.matches(as_get)[0] == Match.FULL for route in self.routes()):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}  # Content-Length stays the GET answer's, as HEAD has it
+            await send(message)
+
+        await self.app(as_get, receive, headers_only)
 
 
 class NoWebSockets:

@@ -201,6 +201,19 @@ def test_health(client):
     assert client.get("/healthz/ready").json()["status"] == "ready"
 
 
+def test_head_answers_as_get_without_the_body_wherever_get_is_served(client):
+    for path in ("/healthz/ready", "/v1/models", "/metrics"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["x-request-id"] and head.headers["x-request-id"] != got.headers["x-request-id"]
+    assert client.head("/v1/models").headers["content-length"] == client.get("/v1/models").headers["content-length"]
+    # a path that takes no GET: the router's answer, as for any other method it does not take
+    refused = client.head("/v1/classify")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert client.head("/nope").status_code == 404
+
+
 def test_unknown_route_and_method_are_json(client):
     assert client.get("/nope").json() == {"error": "nothing at GET /nope; the API is described at /docs"}
     wrong_method = client.get("/v1/classify")
