@@ -42,7 +42,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        headers = getattr(error, "headers", None)
+        headers = _with_head(getattr(error, "headers", None))
         return error_response(error.status_code, _plain_message(request, error, headers), headers)
 
     @app.exception_handler(ClientDisconnect)
@@ -58,6 +58,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # this answer is sent from outside the middleware (Starlette's outermost layer): add what it adds to others
         response.raw_headers += request.scope.get("state", {}).get(ECHOED_HEADERS, [])
         return response
+
+
+def _with_head(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """A 405's ``Allow`` with HEAD wherever it names GET: the service answers HEAD there (middleware.HeadAsGet)."""
+    allowed = (headers or {}).get("Allow")
+    if allowed is None or "GET" not in allowed.split(", ") or "HEAD" in allowed.split(", "):
+        return headers
+    return {**headers, "Allow": f"{allowed}, HEAD"}
 
 
 def _plain_message(request: Request, error: HTTPException, headers: dict[str, str] | None) -> str:

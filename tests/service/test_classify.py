@@ -212,6 +212,10 @@ def test_head_answers_as_get_without_the_body_wherever_get_is_served(client):
     refused = client.head("/v1/classify")
     assert refused.status_code == 405 and refused.headers["allow"] == "POST"
     assert client.head("/nope").status_code == 404
+    # and a 405 on a path that takes GET names HEAD beside it
+    posted = client.post("/healthz/ready")
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
+    assert posted.json() == {"error": "POST /healthz/ready is not allowed; /healthz/ready takes GET, HEAD"}
 
 
 def test_unknown_route_and_method_are_json(client):
