@@ -1,6 +1,6 @@
 """The bucketed executor against the plain one: the same masks, FLOPs and logits (within 1e-5) for random masks and
-for the shipped policies, at batch sizes on both sides of every bucket edge; its CUDA graphs on a GPU (skipped
-without one)."""
+for the shipped policies, at batch sizes on both sides of every bucket edge; pieces made once and replayed for later
+batches, as graphs replay them; its CUDA graphs on a GPU (skipped without one)."""
 
 from __future__ import annotations
 
@@ -230,6 +230,37 @@ def test_prefilled_masks_replay_one_graph_from_their_first_sighting_with_the_sam
         want, got = eager.infer(x), graphed.infer(x)
         assert torch.equal(got.keep_mask, want.keep_mask) and (got.logits - want.logits).abs().max() <= 1e-4
     assert graphed.signatures.hits == sum(kept)  # each prefilled mask replayed from its first sighting
+
+
+class _Replay:
+    """A stand-in for a CUDA graph on the CPU: replaying it runs the piece it was made from, as it was made (a
+    real graph replays the kernels recorded then, on the memory they used then)."""
+
+    def __init__(self, piece):
+        self.piece = piece
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.piece()
+
+
+@torch.inference_mode()
+def test_pieces_made_once_and_replayed_for_later_batches_give_the_eager_answers():
+    """What capturing relies on: a piece reads and writes only its bucket's static buffers, so the piece made at
+    start-up (``pieces``, as ``capture`` records them) still answers every later batch of that bucket."""
+    model = _tiny_blockdrop(20)
+    eager, replayed = BucketedEngine(model, max_batch=8), BucketedEngine(model, max_batch=8)
+    graphs = {key: _Replay(piece) for b in replayed.buckets for key, piece in replayed.pieces(b)}
+    replayed._graphs = graphs  # as capture() fills it, without CUDA
+    for n in (1, 2, 3, 5, 8, 6, 1):
+        x = torch.randn(n, 3, 32, 32)
+        for mask in (None, _random_mask(n, model.num_blocks, seed=n)):
+            want, got = eager.infer(x, 0.5, keep_mask=mask), replayed.infer(x, 0.5, keep_mask=mask)
+            assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
+            assert (got.logits - want.logits).abs().max() <= 1e-5, n
+        assert torch.equal(replayed.infer(x, mode="full").logits, eager.infer(x, mode="full").logits)
+    assert all(graph.replays for key, graph in graphs.items() if key[0] in ("policy", "stem", "head", "full"))
 
 
 @torch.inference_mode()
