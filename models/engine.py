@@ -145,6 +145,7 @@ class BucketedEngine:
         # whole-backbone graphs, one per signature (batch bucket, each block's kind), at most signature_graphs of
         # them, admitted by how often each signature comes back (models/signatures.py; CUDA only)
         self.signatures: SignatureCache[torch.cuda.CUDAGraph] = SignatureCache(signature_graphs)
+        self._captures_while_serving = self.device.type == "cuda"  # signature graphs (a test stands in on the CPU)
         self._recorded: set[tuple] | None = None  # while recording: the keys of the pieces run
 
     @property
@@ -350,7 +351,7 @@ class BucketedEngine:
         kinds = self.kinds(mask, b)
         if self.gathers(kinds, b):  # else no piece reads the table: neither built nor sent
             self._send_plan(buf, host, *self.table(mask, b))
-        if self.signature_graphs and self.device.type == "cuda":
+        if self.signature_graphs and self._captures_while_serving:
             self._backbone_by_signature(buf, b, kinds)
         else:
             self._backbone(buf, b, kinds)

@@ -264,6 +264,27 @@ def test_pieces_made_once_and_replayed_for_later_batches_give_the_eager_answers(
 
 
 @torch.inference_mode()
+def test_signatures_captured_while_serving_replay_for_later_batches_with_the_eager_answers(monkeypatch):
+    """The signature cache in ``infer``, on the CPU with stand-in graphs: a signature seen a second time is captured
+    (after that batch is answered), and later batches with that signature, other images and other rows, replay it
+    with the eager answers."""
+    model = _tiny_blockdrop(20)
+    eager, replayed = BucketedEngine(model, max_batch=8), BucketedEngine(model, max_batch=8, signature_graphs=8)
+    monkeypatch.setattr(replayed, "_captures_while_serving", True)
+    monkeypatch.setattr(replayed, "_capture_one", lambda piece, warm=True, error_mode="global": _Replay(piece))
+    masks = {3: _random_mask(3, model.num_blocks, seed=1), 1: torch.ones(1, model.num_blocks, dtype=torch.bool)}
+    for round_ in range(4):
+        for n, mask in masks.items():
+            x = torch.randn(n, 3, 32, 32)
+            mask = mask[torch.randperm(n)]  # other rows keep the blocks, same signature
+            want, got = eager.infer(x, keep_mask=mask), replayed.infer(x, keep_mask=mask)
+            assert torch.equal(got.keep_mask, want.keep_mask) and torch.equal(got.flops, want.flops)
+            assert (got.logits - want.logits).abs().max() <= 1e-5, (round_, n)
+    assert len(replayed.signatures) == 2
+    assert replayed.signatures.hits == 4  # rounds 3 and 4: captured in round 2, at the second sighting
+
+
+@torch.inference_mode()
 def test_recording_lists_the_pieces_a_batch_runs_and_nothing_it_skips():
     engine = BucketedEngine(_tiny_blockdrop(8), max_batch=8)  # 3 blocks, one stage entry with a shortcut
     mask = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
