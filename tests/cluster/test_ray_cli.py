@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from service.cluster import processes
+from tests.conftest import eventually
 from tests.service.live_server import free_port
 
 pytest.importorskip("ray")
@@ -35,6 +36,22 @@ def wait_ready(process: subprocess.Popen, url: str) -> None:
             pass
         assert time.monotonic() < deadline, "never ready"
         time.sleep(0.5)
+
+
+def haproxy_below(pid: int) -> set[int]:
+    return {p for p in processes.descendants(pid) if Path((processes.command_line(p) or [""])[0]).name == "haproxy"}
+
+
+def holders_of(port: int) -> str:
+    """Who listens on ``port``, each with its line of ancestors: what a failure needs to say."""
+    lines = []
+    for holder in {lst.pid for lst in processes.listeners() if lst.port == port}:
+        chain, pid = [], holder
+        while pid and pid > 1 and len(chain) < 12:
+            chain.append(processes.describe(pid))
+            pid = processes.parent(pid)
+        lines.append(" <- ".join(chain))
+    return f"no HAProxy below the service; on port {port}: " + ("; ".join(lines) or "nobody")
 
 
 def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_leaves_nothing():
@@ -71,11 +88,12 @@ def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_lea
         assert answer.json()["prediction"]["label"] == "cat"
         assert answer.headers["x-served-by"]
 
+        # HAProxy below the service (a reload briefly has the new one as the shim's Python, before it becomes HAProxy)
+        assert eventually(lambda: haproxy_below(process.pid)), holders_of(port)
+        haproxy = haproxy_below(process.pid)
         started = processes.descendants(process.pid)
         bound = {(lst.host, lst.port) for lst in processes.listeners(started)}
         assert ("127.0.0.1", dashboard) in bound
-        haproxy = {pid for pid in started if Path((processes.command_line(pid) or [""])[0]).name == "haproxy"}
-        assert haproxy
         words = processes.command_line(min(haproxy))
         private = Path(words[words.index("-f") + 1]).parent.parent  # /tmp/bdhap-…/NODE_ID/haproxy.cfg
         assert {(lst.host, lst.port) for lst in processes.listeners(haproxy)} == {("127.0.0.1", port)}
