@@ -18,8 +18,10 @@ import pytest
 CHROMIUM_ENV = "BLOCKDROP_CHROMIUM"
 SCREENSHOTS_ENV = "BLOCKDROP_SCREENSHOTS_DIR"
 VIEWPORT = {"width": 1280, "height": 900}
-# fast settings for a test server: every shipped variant, in-process inference, no warm-up pass
-SERVER_SETTINGS = {"inference_workers": "thread", "warmup": "false", "grpc_port": 0}
+# fast settings for a test server: every shipped variant, in-process inference, no warm-up pass; and requests that
+# wait for their batch rather than being shed (503) when the machine is busy with other tests: a page sends one
+# request per variant at once, and these tests are about what it draws, not about overload
+SERVER_SETTINGS = {"inference_workers": "thread", "warmup": "false", "grpc_port": 0, "queue_wait_budget_ms": 8000}
 
 
 def chromium_path() -> str | None:
