@@ -45,23 +45,24 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-def note_console(message, problems: list[str]) -> None:
-    if message.type == "error":
+def note_console(message, problems: list[str], expected: tuple[str, ...] = ()) -> None:
+    if message.type == "error" and not any(part in message.text for part in expected):
         problems.append(f"console error: {message.text} at {message.location}")
 
 
 @pytest.fixture
 def open_page(browser) -> Iterator[Callable[[str], object]]:
-    """Open a URL in a fresh page; the test fails if the browser logged an error or a script threw."""
+    """Open a URL in a fresh page; the test fails if the browser logged an error (but those with a part of
+    ``expected_errors`` in their text) or a script threw."""
     problems: list[str] = []
     contexts = []
 
-    def opener(url: str):
+    def opener(url: str, expected_errors: tuple[str, ...] = ()):
         context = browser.new_context(viewport=VIEWPORT)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
-        page.on("console", lambda message: note_console(message, problems))
+        page.on("console", lambda message: note_console(message, problems, expected_errors))
         page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]")

@@ -4,7 +4,9 @@ keep-probabilities from ``/v1/explain``; and all of it works from the keyboard a
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 
 import httpx
 import pytest
@@ -122,6 +124,39 @@ def tab_to(page, target: str, key: str = "Tab") -> None:
         if focused(page) == target:
             return
     raise AssertionError(f"{key} never reached {target!r}")
+
+
+def test_a_request_shed_with_retry_after_is_sent_again_after_the_wait_it_asks(server, open_page):
+    """The service sheds load with 503 + Retry-After (here: the first two classifies for `full`, made so by the
+    browser); the console waits as asked and sends it again, and the card shows the answer, not the refusal."""
+    refusals: list[float] = []
+
+    def shed_twice(route):
+        if len(refusals) < 2:
+            refusals.append(time.monotonic())
+            body = json.dumps({"error": "the service is overloaded; retry after 1 s"})
+            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json", body=body)
+        else:
+            route.continue_()
+
+    page = open_page(server.url, expected_errors=("status of 503",))
+    page.route("**/v1/classify?variant=full*", shed_twice)
+    started = time.monotonic()
+    page.click("button[data-sample='cat.png']")
+    wait_for_run(page, 1)
+    assert len(refusals) == 2 and refusals[1] - refusals[0] >= 0.9 and time.monotonic() - started >= 1.9
+    assert drawn(page, "full")["label"] == "cat"
+
+
+def test_a_request_still_shed_after_the_retries_shows_the_refusal(server, open_page):
+    page = open_page(server.url, expected_errors=("status of 503",))
+    body = json.dumps({"error": "the service is overloaded; retry after 0 s"})
+    refused = {"status": 503, "headers": {"Retry-After": "0"}, "content_type": "application/json", "body": body}
+    page.route("**/v1/classify?variant=full*", lambda route: route.fulfill(**refused))
+    page.click("button[data-sample='cat.png']")
+    wait_for_run(page, 1)
+    card = page.locator("article.result[data-variant='full']")
+    assert card.locator("[role=alert]").inner_text() == "503: the service is overloaded; retry after 0 s"
 
 
 def test_the_playground_works_from_the_keyboard_alone(server, open_page):

@@ -24,7 +24,18 @@ export async function getJSON(url) {
   return answer(await fetch(url, { headers: { Accept: "application/json" } }));
 }
 
+// A 503 with Retry-After is the service shedding load for a moment (docs/operations.md): the console waits as it
+// asks, up to RETRIES times, before it shows the refusal.
+const RETRIES = 2;
+const LONGEST_WAIT_S = 5;
+
 export async function postImage(url, image) {
   const headers = { "Content-Type": image.type || "application/octet-stream" };
-  return answer(await fetch(url, { method: "POST", headers, body: image }));
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await fetch(url, { method: "POST", headers, body: image });
+    const retryAfter = response.headers.get("Retry-After");
+    if (response.status !== 503 || retryAfter === null || attempt === RETRIES) return answer(response);
+    const seconds = Number.isFinite(Number(retryAfter)) ? Number(retryAfter) : 1; // (an HTTP date: one second)
+    await new Promise((resolve) => setTimeout(resolve, Math.min(Math.max(seconds, 0), LONGEST_WAIT_S) * 1000));
+  }
 }
