@@ -88,7 +88,8 @@ def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_lea
         assert answer.json()["prediction"]["label"] == "cat"
         assert answer.headers["x-served-by"]
 
-        # HAProxy below the service (a reload briefly has the new one as the shim's Python, before it becomes HAProxy)
+        # HAProxy below the service (once, in CI, none was seen right after a classify through it, for a reason not
+        # known: it is waited for, and if it never comes the failure says who holds the port)
         assert eventually(lambda: haproxy_below(process.pid)), holders_of(port)
         haproxy = haproxy_below(process.pid)
         started = processes.descendants(process.pid)
