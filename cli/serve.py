@@ -58,7 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
         document = serve_config(settings) if args.print_config == "serve" else rayservice_manifest(settings)
         print(to_yaml(document), end="")
         return 0
-    if args.ray or args.ray_address:
+    on_ray = bool(args.ray or args.ray_address)
+    if not (on_ray and (args.ray_address or settings.ray.address)):  # a cluster elsewhere has its own GPUs and files
+        _check_before_starting(settings)
+    if on_ray:
         return _serve_on_ray(settings, args.ray_address, args.log_level)
     api_servers = settings.api_servers or default_api_servers(len(os.sched_getaffinity(0)))
     if api_servers > 1:
@@ -69,6 +72,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(settings, args.log_level)
     return 0
+
+
+def _check_before_starting(settings) -> None:
+    """A device this machine lacks or a bad artifact, said in one line (``blockdrop serve: error: …``, exit 2)
+    before any server starts, instead of a traceback from each process that would load it."""
+    from models.device import resolve_device
+    from service.variants import check_artifacts
+
+    resolve_device(settings.device)
+    check_artifacts(settings.variants)
 
 
 def _serve_on_ray(settings, address: str | None, log_level: str | None) -> int:

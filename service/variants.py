@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from models import load_artifact
-from models.artifacts import ArtifactError, Manifest
+from models.artifacts import ArtifactError, Manifest, read_manifest, verify_files
 from models.blockdrop import BlockDropModel, InferenceResult, Mode
 from models.engine import BucketedEngine
 from models.folding import fold_batchnorm as fold_batchnorm_into_convs
@@ -169,6 +171,25 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return figures or {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
+def _no_policy(settings: VariantSettings) -> ArtifactError:
+    return ArtifactError(f"variant {settings.name!r}: mode 'blockdrop' needs an artifact with a policy")
+
+
+def check_artifacts(variants: Iterable[VariantSettings]) -> None:
+    """Refuse, before any server process starts, what loading the variants would refuse later in each of them:
+    an artifact folder without a readable manifest, a file missing or not matching its hash, mode 'blockdrop'
+    without a policy (an ``ArtifactError`` naming the variant). Reads manifests and hashes files; loads no model."""
+    for settings in variants:
+        folder = Path(settings.artifact)
+        try:
+            manifest = read_manifest(folder)
+            verify_files(folder, manifest)
+        except ArtifactError as error:
+            raise ArtifactError(f"variant {settings.name!r}: {error}") from None
+        if settings.mode == "blockdrop" and not manifest.architecture.get("policy"):
+            raise _no_policy(settings)
+
+
 def load_variant(
     settings: VariantSettings,
     device: str,
@@ -188,7 +209,7 @@ def load_variant(
     except ArtifactError as error:
         raise ArtifactError(f"variant {settings.name!r}: {error}") from None
     if settings.mode == "blockdrop" and getattr(model, "policy", None) is None:
-        raise ArtifactError(f"variant {settings.name!r}: mode 'blockdrop' needs an artifact with a policy")
+        raise _no_policy(settings)
     threshold = settings.threshold
     if threshold is None:
         threshold = model.manifest.threshold

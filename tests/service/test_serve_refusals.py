@@ -1,0 +1,71 @@
+"""``blockdrop serve`` refuses a device this machine lacks or a bad artifact in one line, before any server starts
+(it used to start them, and each logged a traceback and "Application startup failed")."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli_refusal import refusal
+
+ROOT = Path(__file__).resolve().parents[2]
+RESNET = ROOT / "models" / "checkpoints" / "cifar10-resnet32"
+
+
+@pytest.fixture(autouse=True)
+def no_server_starts(monkeypatch):
+    """A start that got past the check fails the test instead of serving."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr("service.server.serve", started)
+    monkeypatch.setattr("service.multiprocess.supervisor.serve_api_servers", started)
+    monkeypatch.setattr("cli.serve._serve_on_ray", started)
+    for name in ("BLOCKDROP_DEVICE", "BLOCKDROP_RAY", "BLOCKDROP_SETTINGS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def serve_refusal(monkeypatch, variants: list[dict], *argv: str, **settings: str) -> str:
+    monkeypatch.setenv("BLOCKDROP_VARIANTS", json.dumps(variants))
+    for key, value in settings.items():
+        monkeypatch.setenv(f"BLOCKDROP_{key.upper()}", value)
+    return refusal(["serve", *argv])
+
+
+def test_an_artifact_folder_that_is_not_there_is_named_with_its_variant(monkeypatch, tmp_path):
+    message = serve_refusal(monkeypatch, [{"name": "x", "artifact": str(tmp_path / "nope"), "mode": "full"}])
+    manifest = tmp_path / "nope" / "manifest.json"
+    assert message == f"blockdrop serve: error: variant 'x': {manifest} not found: not an artifact folder\n"
+
+
+def test_a_changed_weights_file_is_refused(monkeypatch, tmp_path):
+    copy = shutil.copytree(RESNET, tmp_path / "copy")
+    with open(copy / "model.safetensors", "r+b") as weights:
+        weights.seek(-4, 2)
+        weights.write(b"\0\0\0\1")
+    message = serve_refusal(monkeypatch, [{"name": "full", "artifact": str(copy), "mode": "full"}])
+    assert "variant 'full':" in message and "does not match its sha256 in the manifest" in message
+
+
+def test_blockdrop_mode_on_an_artifact_without_a_policy_is_refused(monkeypatch):
+    message = serve_refusal(monkeypatch, [{"name": "bd", "artifact": str(RESNET), "mode": "blockdrop"}])
+    assert message == "blockdrop serve: error: variant 'bd': mode 'blockdrop' needs an artifact with a policy\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_is_refused(monkeypatch):
+    message = serve_refusal(monkeypatch, [{"name": "full", "artifact": str(RESNET), "mode": "full"}], device="cuda")
+    assert message == "blockdrop serve: error: device 'cuda': no CUDA GPU is visible to torch on this machine\n"
+
+
+def test_the_same_check_before_a_local_ray_cluster_but_not_for_one_elsewhere(monkeypatch, tmp_path):
+    bad = [{"name": "x", "artifact": str(tmp_path / "nope"), "mode": "full"}]
+    assert "variant 'x'" in serve_refusal(monkeypatch, bad, "--ray")
+    # a cluster elsewhere has its own files: the artifact's path is the cluster's, not this machine's
+    with pytest.raises(AssertionError, match="a server was started"):
+        serve_refusal(monkeypatch, bad, "--ray-address", "ray://elsewhere:10001")
