@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     on_ray = bool(args.ray or args.ray_address)
     if not (on_ray and (args.ray_address or settings.ray.address)):  # a cluster elsewhere has its own GPUs and files
-        _check_before_starting(settings)
+        _check_before_starting(settings, ports=not on_ray)  # (a cluster started here checks its ports itself)
     if on_ray:
         return _serve_on_ray(settings, args.ray_address, args.log_level)
     api_servers = settings.api_servers or default_api_servers(len(os.sched_getaffinity(0)))
@@ -74,14 +74,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_before_starting(settings) -> None:
-    """A device this machine lacks or a bad artifact, said in one line (``blockdrop serve: error: …``, exit 2)
-    before any server starts, instead of a traceback from each process that would load it."""
+def _check_before_starting(settings, ports: bool) -> None:
+    """A device this machine lacks, a bad artifact or (``ports``) a port taken, said in one line (``blockdrop serve:
+    error: …``, exit 2) before any server starts, instead of a traceback from each process that would meet it."""
     from models.device import resolve_device
+    from service.port_check import check_ports
     from service.variants import check_artifacts
 
     resolve_device(settings.device)
     check_artifacts(settings.variants)
+    if ports:
+        check_ports(
+            [
+                (settings.host, settings.port, "the service's port, --port"),
+                (settings.host, settings.grpc_port, "gRPC, GRPC_PORT"),
+            ]
+        )
 
 
 def _serve_on_ray(settings, address: str | None, log_level: str | None) -> int:

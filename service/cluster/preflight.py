@@ -4,12 +4,11 @@ and that no HAProxy of an earlier run is left behind, saying plainly what is in 
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 
 from service.cluster.processes import command_line, describe, listeners, parent, pids
 from service.config import Settings
+from service.port_check import CannotListen, taken_ports
 
 HAPROXY_PREFIX = "bdhap-"  # the private directory of the HAProxy files of a cluster launch.py starts
 HAPROXY_DIRECTORIES = (f"/tmp/{HAPROXY_PREFIX}", "/tmp/haproxy-serve/")  # ours, Ray's default
@@ -27,19 +26,6 @@ def ports(settings: Settings) -> list[tuple[str, int, str]]:
     if settings.ray.haproxy and settings.ray.haproxy_metrics_port:
         chosen.append((settings.host, settings.ray.haproxy_metrics_port, "HAProxy's metrics, ray.haproxy_metrics_port"))
     return [entry for entry in chosen if entry[1]]
-
-
-def port_taken(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no clash
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return True
-            raise StartRefused(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return False
 
 
 def stale_haproxies() -> list[int]:
@@ -69,10 +55,9 @@ def check(settings: Settings) -> None:
                 f"an HAProxy left behind by an earlier `blockdrop serve --ray` is still running: {describe(pid)}, "
                 f"listening on {', '.join(bound[pid]) or 'nothing'}; stop it with `kill {pid}`"
             )
-    for host, port, what in ports(settings):
-        if port_taken(host, port):
-            owners = sorted({lst.pid for lst in listeners() if lst.port == port})
-            by = ", ".join(describe(pid) for pid in owners) or "a process this user cannot see"
-            problems.append(f"port {port} on {host} ({what}) is taken by {by}; stop it or choose another port")
+    try:
+        problems += taken_ports(ports(settings))
+    except CannotListen as error:
+        raise StartRefused(str(error)) from None
     if problems:
         raise StartRefused("cannot start the Ray cluster: " + "; ".join(problems))

@@ -1,16 +1,18 @@
-"""``blockdrop serve`` refuses a device this machine lacks or a bad artifact in one line, before any server starts
-(it used to start them, and each logged a traceback and "Application startup failed")."""
+"""``blockdrop serve`` refuses a device this machine lacks, a bad artifact or a port taken in one line, before any
+server starts (it used to start them, and each logged a traceback and "Application startup failed")."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.cli_refusal import refusal
+from tests.service.live_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESNET = ROOT / "models" / "checkpoints" / "cifar10-resnet32"
@@ -61,6 +63,20 @@ def test_blockdrop_mode_on_an_artifact_without_a_policy_is_refused(monkeypatch):
 def test_a_gpu_this_machine_lacks_is_refused(monkeypatch):
     message = serve_refusal(monkeypatch, [{"name": "full", "artifact": str(RESNET), "mode": "full"}], device="cuda")
     assert message == "blockdrop serve: error: device 'cuda': no CUDA GPU is visible to torch on this machine\n"
+
+
+@pytest.mark.parametrize("held", ["port", "grpc_port"])
+def test_a_port_taken_is_named_with_the_process_that_holds_it(monkeypatch, held):
+    variants = [{"name": "full", "artifact": str(RESNET), "mode": "full"}]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = {"port": str(free_port()), "grpc_port": str(free_port()), held: str(taken)}
+        message = serve_refusal(monkeypatch, variants, host="127.0.0.1", **ports)
+    what = "the service's port, --port" if held == "port" else "gRPC, GRPC_PORT"
+    assert message.startswith(f"blockdrop serve: error: port {taken} on 127.0.0.1 ({what}) is taken by pid ")
+    assert message.endswith("; stop it or choose another port\n")
 
 
 def test_the_same_check_before_a_local_ray_cluster_but_not_for_one_elsewhere(monkeypatch, tmp_path):
