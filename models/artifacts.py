@@ -195,11 +195,17 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             )
 
 
+def verified_manifest(folder: Path) -> Manifest:
+    """The manifest of an artifact folder whose files all match it (``ArtifactError`` otherwise)."""
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    return manifest
+
+
 def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Verify and load an artifact folder; returns the model in eval mode with ``.infer`` and ``.manifest``."""
     folder = Path(path)
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+    manifest = verified_manifest(folder)
     builder = _BUILDERS.get(manifest.kind)
     if builder is None:
         raise ArtifactError(f"unknown artifact kind {manifest.kind!r}; known: {sorted(_BUILDERS)}")

@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     # X-Served-By on every answer, read now, in the process that serves; a backend whose processes name themselves
     # (a Ray ingress adds its replica's id: service/cluster/headers.py) leaves it to them
     name = served_by() if not getattr(backend, "names_its_servers", False) else None
-    app.add_middleware(HeadAsGet, routes=lambda: app.router.routes)  # innermost: the others see the HEAD
+    app.add_middleware(HeadAsGet, routes=app.router.routes)  # innermost: the others see the HEAD
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(IdentityBodiesOnly)
     # outside the size limit, so that a 413 is counted too

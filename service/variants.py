@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from models import load_artifact
-from models.artifacts import ArtifactError, Manifest, read_manifest, verify_files
+from models.artifacts import ArtifactError, Manifest, verified_manifest
 from models.blockdrop import BlockDropModel, InferenceResult, Mode
 from models.engine import BucketedEngine
 from models.folding import fold_batchnorm as fold_batchnorm_into_convs
@@ -180,10 +180,8 @@ def check_artifacts(variants: Iterable[VariantSettings]) -> None:
     an artifact folder without a readable manifest, a file missing or not matching its hash, mode 'blockdrop'
     without a policy (an ``ArtifactError`` naming the variant). Reads manifests and hashes files; loads no model."""
     for settings in variants:
-        folder = Path(settings.artifact)
         try:
-            manifest = read_manifest(folder)
-            verify_files(folder, manifest)
+            manifest = verified_manifest(Path(settings.artifact))
         except ArtifactError as error:
             raise ArtifactError(f"variant {settings.name!r}: {error}") from None
         if settings.mode == "blockdrop" and not manifest.architecture.get("policy"):

@@ -63,7 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
 def _with_head(headers: dict[str, str] | None) -> dict[str, str] | None:
     """A 405's ``Allow`` with HEAD wherever it names GET: the service answers HEAD there (middleware.HeadAsGet)."""
     allowed = (headers or {}).get("Allow")
-    if allowed is None or "GET" not in allowed.split(", ") or "HEAD" in allowed.split(", "):
+    methods = allowed.split(", ") if allowed is not None else []
+    if "GET" not in methods or "HEAD" in methods:
         return headers
     return {**headers, "Allow": f"{allowed}, HEAD"}
 

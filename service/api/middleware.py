@@ -3,7 +3,7 @@ content coding), WebSocket handshakes refused plainly (404), HEAD wherever GET i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -99,16 +99,16 @@ class HeadAsGet:
     every general-purpose server; ``curl -I`` and some monitors probe that way). FastAPI's routes take only the
     methods they name, so HEAD got a 405. A path that takes no GET still gets the router's 405 or 404 for HEAD."""
 
-    def __init__(self, app: ASGIApp, routes: Callable[[], Sequence[BaseRoute]]):
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]):
         self.app = app
-        self.routes = routes
+        self.routes = routes  # the router's own list: routes added later are in it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
         as_get = {**scope, "method": "GET"}
-        if not any(route.matches(as_get)[0] == Match.FULL for route in self.routes()):
+        if not any(route.matches(as_get)[0] == Match.FULL for route in self.routes):
             await self.app(scope, receive, send)
             return
 

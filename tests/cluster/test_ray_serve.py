@@ -118,16 +118,16 @@ def wait_until(
     condition: Callable[[], bool], seconds: float, what: str, seen: Callable[[], object] | None = None
 ) -> None:
     """Until ``condition`` holds; else fail, saying what ``seen`` saw each 5 s (what the cluster did meanwhile)."""
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
     history: list[str] = []
-    while time.monotonic() < deadline:
+    while (elapsed := time.monotonic() - started) < seconds:
         try:
             if condition():
                 return
         except httpx.HTTPError:
             pass
-        if seen is not None and len(history) < (time.monotonic() - deadline + seconds) / 5:
-            history.append(f"{seconds - (deadline - time.monotonic()):.0f} s: {seen()}")
+        if seen is not None and len(history) < elapsed / 5:
+            history.append(f"{elapsed:.0f} s: {seen()}")
         time.sleep(0.25)
     raise AssertionError(f"{what}: not within {seconds:g} s" + "".join(f"\n  {line}" for line in history))
 
