@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from service.cluster import processes
-from tests.conftest import eventually
 from tests.service.live_server import free_port
 
 pytest.importorskip("ray")
@@ -40,6 +39,27 @@ def wait_ready(process: subprocess.Popen, url: str) -> None:
 
 def haproxy_below(pid: int) -> set[int]:
     return {p for p in processes.descendants(pid) if Path((processes.command_line(p) or [""])[0]).name == "haproxy"}
+
+
+def serving_haproxy(pid: int, port: int) -> tuple[int, list[str], set[tuple[str, int]]] | None:
+    """The HAProxy below ``pid`` that listens on ``port``: its pid, command line and every address it listens on,
+    each read once. Ray reloads HAProxy as replicas come and go (``-sf``): the old one stops listening and ends
+    beside the new one, so a pid seen a moment ago may be gone; the highest pid (the newest, as a rule) is asked first."""
+    for haproxy in sorted(haproxy_below(pid), reverse=True):
+        words = processes.command_line(haproxy)
+        bound = {(lst.host, lst.port) for lst in processes.listeners({haproxy})}
+        if "-f" in words and any(listening_port == port for _, listening_port in bound):
+            return haproxy, words, bound
+    return None
+
+
+def wait_for_serving_haproxy(
+    pid: int, port: int, seconds: float = 10.0
+) -> tuple[int, list[str], set[tuple[str, int]]] | None:
+    deadline = time.monotonic() + seconds
+    while (found := serving_haproxy(pid, port)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def holders_of(port: int) -> str:
@@ -88,16 +108,16 @@ def test_serve_ray_serves_with_the_dashboard_on_its_host_and_a_group_sigterm_lea
         assert answer.json()["prediction"]["label"] == "cat"
         assert answer.headers["x-served-by"]
 
-        # HAProxy below the service (once, in CI, none was seen right after a classify through it, for a reason not
-        # known: it is waited for, and if it never comes the failure says who holds the port)
-        assert eventually(lambda: haproxy_below(process.pid)), holders_of(port)
-        haproxy = haproxy_below(process.pid)
+        # the HAProxy serving the port, below the service (waited for: it may be mid-reload; if it never comes the
+        # failure says who holds the port), listening there and nowhere else
+        found = wait_for_serving_haproxy(process.pid, port)
+        assert found is not None, holders_of(port)
+        _, words, haproxy_bound = found
+        assert haproxy_bound == {("127.0.0.1", port)}
+        private = Path(words[words.index("-f") + 1]).parent.parent  # /tmp/bdhap-…/NODE_ID/haproxy.cfg
         started = processes.descendants(process.pid)
         bound = {(lst.host, lst.port) for lst in processes.listeners(started)}
         assert ("127.0.0.1", dashboard) in bound
-        words = processes.command_line(min(haproxy))
-        private = Path(words[words.index("-f") + 1]).parent.parent  # /tmp/bdhap-…/NODE_ID/haproxy.cfg
-        assert {(lst.host, lst.port) for lst in processes.listeners(haproxy)} == {("127.0.0.1", port)}
         # Ray's own command line reaches the cluster through the dashboard (with Ray's token authentication)
         status = subprocess.run(
             [str(Path(sys.executable).parent / "serve"), "status", "-a", f"http://127.0.0.1:{dashboard}"],
