@@ -44,7 +44,7 @@ def haproxy_below(pid: int) -> set[int]:
 def serving_haproxy(pid: int, port: int) -> tuple[int, list[str], set[tuple[str, int]]] | None:
     """The HAProxy below ``pid`` that listens on ``port``: its pid, command line and every address it listens on,
     each read once. Ray reloads HAProxy as replicas come and go (``-sf``): the old one stops listening and ends
-    beside the new one, so a pid seen a moment ago may be gone; the highest pid (the newest, as a rule) is asked first."""
+    beside the new one, so a pid seen a moment ago may be gone; the highest pid (as a rule the newest) goes first."""
     for haproxy in sorted(haproxy_below(pid), reverse=True):
         words = processes.command_line(haproxy)
         bound = {(lst.host, lst.port) for lst in processes.listeners({haproxy})}
