@@ -38,7 +38,7 @@ from service.rollouts import (
     record,
     step_feedback,
     take_evidence,
-    target_weights,
+    weights_for,
 )
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,8 @@ class RolloutDriver:
         """Count and log a decision this process made, and set the weights it implies."""
         self.plane.metrics.rollout_decisions.labels(rollout["variant"], decision).inc()
         entry = rollout["history"][-1]
-        log.info(
-            "rollout of %s: %s to %g %% (%s)", rollout["variant"], decision, entry["share"], "; ".join(entry["reasons"])
-        )
+        outcome = "the weights back to those at its start" if decision == "abort" else f"to {entry['share']:g} %"
+        log.info("rollout of %s: %s %s (%s)", rollout["variant"], decision, outcome, "; ".join(entry["reasons"]))
         self._follow(rollout, force=True)
 
     def _follow(self, rollout: dict[str, Any], force: bool = False) -> None:
@@ -211,7 +210,7 @@ class RolloutDriver:
         self.plane.metrics.rollout_share.labels(variant).set(share or 0.0)
         if not (active or force):
             return
-        weights = target_weights(rollout["weights_at_start"], variant, rollout["baseline"], share)
+        weights = weights_for(rollout)
         current = self.plane.router.weights
         # raise before lowering, so that some variant keeps a positive weight at every moment
         for name, weight in sorted(weights.items(), key=lambda item: item[1] <= current.get(item[0], 0.0)):

@@ -192,8 +192,8 @@ def decide(plan: RolloutPlan, status: Status, step: int, step_feedback: float, e
 
 def target_weights(start: dict[str, float], variant: str, baseline: str, share: float | None) -> dict[str, float]:
     """Router weights that give ``variant`` ``share`` (a fraction) of unpinned traffic, the others keeping their
-    proportions from ``start`` (the weights when the rollout began); ``share=None`` (rolled back, aborted) gives
-    the variant 0 and the others their ``start`` weights. The baseline always gets traffic back: if it had weight 0
+    proportions from ``start`` (the weights when the rollout began); ``share=None`` (rolled back) gives the variant
+    0 and the others their ``start`` weights. The baseline always gets traffic back: if it had weight 0
     at the start it gets the highest of the others' weights (or 1)."""
     others = {name: weight for name, weight in start.items() if name != variant}
     if others.get(baseline, 0) <= 0:
@@ -203,6 +203,17 @@ def target_weights(start: dict[str, float], variant: str, baseline: str, share: 
     if share >= 1:
         return {name: 0.0 for name in others} | {variant: 1.0}
     return others | {variant: share / (1 - share) * sum(others.values())}
+
+
+def weights_for(rollout: dict[str, Any]) -> dict[str, float]:
+    """The router weights ``rollout`` asks for now: its step's share while it runs, is paused or has completed; the
+    variant's weight 0 once rolled back (a guardrail failed); once aborted (an operator's call, no verdict on the
+    variant) the weights it started from, the variant's own included."""
+    start, status = rollout["weights_at_start"], rollout["status"]
+    if status == "aborted":
+        return dict(start)
+    share = rollout["share"] / 100 if status in (*ACTIVE, "completed") else None
+    return target_weights(start, rollout["variant"], rollout["baseline"], share)
 
 
 def _state(low: float | None, high: float | None, limit: float, higher_is_better: bool) -> CheckState:

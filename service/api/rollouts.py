@@ -55,10 +55,16 @@ class RolloutView(BaseModel):
     plan: RolloutPlan
     status: Status
     step: int = Field(description="index into plan.steps")
-    share: float = Field(description="the variant's traffic share now, percent (0 once rolled back or aborted)")
+    share: float = Field(
+        description="the share the rollout gives the variant now, percent (0 once rolled back or aborted: an abort "
+        "returns the weights it started from)"
+    )
     started_at: float
     updated_at: float
-    weights_at_start: dict[str, float] = Field(description="router weights restored by a rollback or an abort")
+    weights_at_start: dict[str, float] = Field(
+        description="the router weights when it started: an abort returns to them, a rollback too but with the "
+        "variant's weight 0"
+    )
     feedback_in_step: float = Field(description="feedback on the variant since the current step began")
     evidence: dict[str, ArmSummary]
     checks: list[CheckView] = Field(description="the guardrails at the controller's last look")

@@ -17,6 +17,7 @@ from service.rollouts import (
     step_feedback,
     take_evidence,
     target_weights,
+    weights_for,
 )
 
 BOUNDS = (*REQUEST_LATENCY_BUCKETS, float("inf"))
@@ -139,6 +140,18 @@ def test_weights_give_the_variant_its_share_and_give_the_rest_back():
     assert target_weights(start, "dyn", "full", None) == {"dyn": 0.0, "full": 1.0, "slim": 2.0}
     # a baseline that had no traffic gets some back
     assert target_weights({"dyn": 1.0, "full": 0.0}, "dyn", "full", None) == {"dyn": 0.0, "full": 1.0}
+
+
+def test_the_weights_a_rollout_asks_for_follow_its_status():
+    start = {"dyn": 1.0, "full": 1.0, "slim": 2.0}
+    rollout = new_rollout("dyn", "full", RolloutPlan(steps=[25, 100]), start, now=0.0)
+    assert weights_for(rollout) == target_weights(start, "dyn", "full", 0.25)
+    paused = record(rollout, "pause", [], now=1.0)
+    assert weights_for(paused) == weights_for(rollout)
+    assert weights_for(record(rollout, "complete", [], now=1.0)) == {"dyn": 1.0, "full": 0.0, "slim": 0.0}
+    # a guardrail failed: the variant out; the operator aborted: back where it started, the variant's weight too
+    assert weights_for(record(paused, "rollback", [], now=2.0)) == {"dyn": 0.0, "full": 1.0, "slim": 2.0}
+    assert weights_for(record(paused, "abort", [], now=2.0)) == start
 
 
 def test_the_record_moves_through_steps_and_keeps_its_history():
