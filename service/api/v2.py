@@ -151,7 +151,10 @@ def _text(parameters: dict, key: str) -> str | None:
     value = parameters.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise BadInput(f"parameters.{key} must be a string, got {value!r}")
+    if key == "budget" and isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)  # a budget may come as a number (as gRPC's double_param)
+    kind = "a string or a number" if key == "budget" else "a string"
+    raise BadInput(f"parameters.{key} must be {kind}, got {value!r}")
 
 
 def parse_request(raw: bytes) -> InferenceRequest:

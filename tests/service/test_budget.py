@@ -116,5 +116,9 @@ def test_the_budget_over_http(artifacts, tmp_path):
             refused = classify(f"/v1/classify?variant=full&budget={budget}")
             assert refused.status_code == 422 and "(0, 1]" in refused.json()["error"], budget
         tensor = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
-        v2 = client.post("/v2/models/blockdrop/infer", json={"inputs": [tensor], "parameters": {"budget": "0.6"}})
-        assert v2.json()["parameters"] == {"variant": "blockdrop", "threshold": 0.7, "budget": 0.6}
+        for budget in ("0.6", 0.6):  # v2 REST takes a number too, as gRPC's double_param
+            v2 = client.post("/v2/models/blockdrop/infer", json={"inputs": [tensor], "parameters": {"budget": budget}})
+            assert v2.json()["parameters"] == {"variant": "blockdrop", "threshold": 0.7, "budget": 0.6}
+        for budget, status in ((1.5, 422), (True, 400), ([0.6], 400)):
+            v2 = client.post("/v2/models/blockdrop/infer", json={"inputs": [tensor], "parameters": {"budget": budget}})
+            assert v2.status_code == status, (budget, v2.text)
