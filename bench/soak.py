@@ -71,7 +71,12 @@ def bad_input_client(url: str, stop: threading.Event, statuses: Counter) -> None
 
 def run(args: argparse.Namespace) -> dict:
     served = parse_variants(args.variant)
-    server = service(served, queue_limit=args.queue_limit, admin_token=ADMIN_TOKEN)
+    server = service(
+        served,
+        queue_limit=args.queue_limit,
+        max_images_per_request=min(args.queue_limit, 64),  # at most the queue, which the settings require
+        admin_token=ADMIN_TOKEN,
+    )
     pid = server.process.pid
     memory: list[tuple[float, int]] = []
     load_statuses: Counter = Counter()

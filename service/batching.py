@@ -134,7 +134,7 @@ class MicroBatcher:
             self._queue.put_nowait(item)
         except queue.Full:
             raise Overloaded(
-                f"variant {self.name!r} is overloaded ({self.queue_limit} images waiting); retry shortly",
+                f"variant {self.name!r} is overloaded: its queue is full ({self.queue_limit} images); retry shortly",
                 self.retry_after_s,
             ) from None
         return item.future

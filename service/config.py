@@ -317,6 +317,11 @@ class Settings(BaseSettings):
             raise ValueError("at least one variant needs a positive weight")
         if self.shadow_variant is not None and self.shadow_variant not in names:
             raise ValueError(f"shadow_variant {self.shadow_variant!r} is not one of the variants {names}")
+        if self.queue_limit < self.max_images_per_request:  # such a request would get 503s however long it retried
+            raise ValueError(
+                f"queue_limit ({self.queue_limit}) must be at least max_images_per_request "
+                f"({self.max_images_per_request}): a request's images wait in one variant's queue together"
+            )
         return self
 
     @field_validator("budget_levels")

@@ -212,7 +212,7 @@ class ModelServer:
         s = self.settings
         if len(self.queue) >= s.queue_limit:
             refusal = Overloaded(
-                f"variant {self.spec.name!r} is overloaded ({s.queue_limit} images waiting); retry shortly",
+                f"variant {self.spec.name!r} is overloaded: its queue is full ({s.queue_limit} images); retry shortly",
                 s.retry_after_s,
             )
             client.replies.append(_refusal(slot, refusal))

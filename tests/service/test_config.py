@@ -26,12 +26,12 @@ def test_environment_variables_with_one_prefix(monkeypatch, tmp_path):
 
 def test_settings_file_then_environment(monkeypatch, tmp_path):
     (tmp_path / "s.toml").write_text(
-        'queue_limit = 9\nmax_batch_wait_ms = 4.5\n[[variants]]\nname = "x"\nartifact = "/m/x"\nmode = "full"\n'
+        'queue_limit = 90\nmax_batch_wait_ms = 4.5\n[[variants]]\nname = "x"\nartifact = "/m/x"\nmode = "full"\n'
     )
     monkeypatch.setenv("BLOCKDROP_SETTINGS_FILE", str(tmp_path / "s.toml"))
-    monkeypatch.setenv("BLOCKDROP_QUEUE_LIMIT", "11")
+    monkeypatch.setenv("BLOCKDROP_QUEUE_LIMIT", "110")
     settings = Settings()
-    assert settings.queue_limit == 11 and settings.max_batch_wait_ms == 4.5 and settings.variants[0].name == "x"
+    assert settings.queue_limit == 110 and settings.max_batch_wait_ms == 4.5 and settings.variants[0].name == "x"
 
 
 @pytest.mark.parametrize(
@@ -42,6 +42,7 @@ def test_settings_file_then_environment(monkeypatch, tmp_path):
         ({"variants": []}, "at least one variant"),
         ({"max_batch_size": 0}, "greater than or equal to 1"),
         ({"unknown_setting": 1}, "Extra inputs are not permitted"),
+        ({"queue_limit": 2}, r"queue_limit \(2\) must be at least max_images_per_request \(64\)"),
     ],
 )
 def test_invalid_settings_are_refused_clearly(overrides, fragment):

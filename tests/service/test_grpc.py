@@ -188,7 +188,7 @@ def test_bytes_that_are_no_message_and_methods_not_served_are_refused_without_an
 
 
 def test_overload_and_shutdown_over_grpc(served_variants):
-    server = Server(served_variants, queue_limit=2, max_batch_size=1)
+    server = Server(served_variants, queue_limit=2, max_images_per_request=2, max_batch_size=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     request = pb.ModelInferRequest(model_name="slow")

@@ -108,7 +108,7 @@ def test_sticky_assignment_survives_a_restart(served_variants):
 
 
 def test_overload_gives_503s_not_500s_and_the_service_recovers(served_variants):
-    server = Server(served_variants, queue_limit=2, max_batch_size=1)
+    server = Server(served_variants, queue_limit=2, max_images_per_request=2, max_batch_size=1)
     try:
 
         def hit(_):
