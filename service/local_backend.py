@@ -19,6 +19,11 @@ from service.metrics import ServiceMetrics
 from service.variants import ExecutionOptions, Variant
 from service.worker import InferenceWorker, WorkerSpec
 
+# A batch a worker has not answered in this long, at the least, although its heartbeat runs, is taken as hung. Not
+# the request deadline alone: a deadline shorter than a batch (REQUEST_TIMEOUT_S=0.003) gets the request its 504,
+# but must not get every worker killed and started again.
+MIN_ANSWER_TIMEOUT_S = 10.0
+
 
 class LocalExecutor(MicroBatcher):
     """A variant's micro-batcher and the worker processes it feeds (none: the model runs in this process)."""
@@ -82,7 +87,10 @@ class LocalBackend:
         )
         restarts = self.metrics.worker_restarts.labels(variant.name)
         worker = InferenceWorker(
-            spec, s.request_timeout_s, on_restart=restarts.inc, heartbeat_timeout_s=s.worker_heartbeat_timeout_s
+            spec,
+            max(s.request_timeout_s, MIN_ANSWER_TIMEOUT_S),
+            on_restart=restarts.inc,
+            heartbeat_timeout_s=s.worker_heartbeat_timeout_s,
         )
         if replica == 0:  # the variant's series: how many of its replicas answer
             name = variant.name

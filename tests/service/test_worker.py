@@ -126,6 +126,22 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
     assert all(not w.alive for replicas in client.app.state.backend.workers.values() for w in replicas)
 
 
+def test_a_request_deadline_shorter_than_a_batch_gets_504s_and_kills_no_worker(artifacts, served_variants):
+    slow = VariantSettings(**served_variants[2] | {"weight": 1})  # a ResNet-110: a batch takes tens of ms
+    settings = make_settings(artifacts, variants=[slow], inference_workers="process", request_timeout_s=0.01)
+    with TestClient(create_app(settings)) as client:
+        worker = client.app.state.backend.workers["slow"][0]
+        first = worker.pid
+        statuses = [
+            client.post("/v1/classify", content=png_bytes(seed=seed), headers=PNG).status_code for seed in range(5)
+        ]
+        assert 504 in statuses and set(statuses) <= {200, 504}, statuses
+        time.sleep(0.5)  # what a kill would have started by now
+        assert worker.pid == first and worker.alive
+        assert metric_on(client, "blockdrop_worker_restarts_total", variant="slow") == 0
+        assert client.get("/healthz/ready").status_code == 200
+
+
 def _forked_worker(artifacts) -> tuple[InferenceWorker, int, int]:
     """A started worker of the tiny ResNet, its pid, and the pid of the fork server it was forked from."""
     spec, _ = _spec(artifacts["tiny-resnet"], "full")
