@@ -255,8 +255,9 @@ class Settings(BaseSettings):
     max_image_scale: float = Field(
         default=64.0,
         gt=1.0,
-        description="an image may decode to at most this many times the model's input a side (2048 x 2048 pixels for "
-        "a 32 x 32 model; a JPEG decodes at a reduced scale first); larger ones get a 413",
+        description="an image may decode to at most the pixels of a square this many times the model's input a side "
+        "(2048 x 2048 pixels for a 32 x 32 model, in any shape; a JPEG decodes at a reduced scale first); larger "
+        "ones get a 413",
     )
     decode_memory_mb: int = Field(
         default=256, ge=1, description="memory for images being decoded at once; past it requests wait, then get 503"

@@ -130,7 +130,7 @@ def normalize(pixels: Tensor, spec: InputSpec) -> Tensor:
 
 class ImagePreprocessor:
     """Turns request bytes into one model input [3, H, W] for a given input spec. ``max_pixels`` bounds any image's
-    declared size; ``max_image_scale`` bounds what is decoded, as a multiple of the model's input a side."""
+    declared size; ``max_image_scale`` bounds the pixels decoded: a square that many times the model's input a side."""
 
     def __init__(self, spec: InputSpec, max_pixels: int, max_image_scale: float | None = None):
         self.spec = spec
