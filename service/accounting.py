@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,14 @@ SERVER_NAME_ENV = "BLOCKDROP_API_SERVER_NAME"
 # the ASGI scope's state: the request's account (inference requests), and the headers every HTTP answer gets
 ACCOUNT = "account"
 ECHOED_HEADERS = "echoed_headers"
+
+
+_CURRENT: ContextVar[RequestAccount | None] = ContextVar("blockdrop_request_account", default=None)
+
+
+def current_account() -> RequestAccount | None:
+    """The account of the inference request this task serves (None outside one): the data plane reads its clock."""
+    return _CURRENT.get()
 
 
 def account_in(scope: Mapping[str, Any]) -> RequestAccount | None:
@@ -54,10 +63,13 @@ class RequestAccount:
     @classmethod
     def open(cls, metrics: ServiceMetrics, offered_id: str | None, protocol: str, route: str) -> RequestAccount:
         """Start the clock; the request's id is the client's ``offered_id`` when it is usable, else a new one; its
-        log record becomes the one in hand (``service.request_log.current_record``)."""
+        log record becomes the one in hand (``service.request_log.current_record``), and the account too
+        (``current_account``)."""
         started = time.monotonic()
         request_id = request_id_from(offered_id)
-        return cls(metrics, request_id, open_record(request_id, protocol, route), started)
+        account = cls(metrics, request_id, open_record(request_id, protocol, route), started)
+        _CURRENT.set(account)
+        return account
 
     def finish(self) -> None:
         """Count the request by variant and status, time it when a variant was chosen, and write its log line."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from anyio import to_thread
 from torch import Tensor
 
+from service.accounting import current_account
 from service.adaptive import ThresholdController
 from service.batching import ImageResult
 from service.budget import budget_threshold, parse_budget
@@ -151,6 +152,7 @@ class DataPlane:
         self.warmed_up = False
         self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
         self.draining = False
+        self.draining_since = float("inf")  # the monotonic time draining began
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -194,6 +196,8 @@ class DataPlane:
         self.stopping = True
 
     def begin_shutdown(self) -> None:
+        if not self.draining:
+            self.draining_since = time.monotonic()
         self.stopping = True
         self.draining = True
 
@@ -452,8 +456,14 @@ class DataPlane:
             refuse_if_overloaded()
 
     def _refuse_if_draining(self) -> None:
-        if self.draining:
-            raise Overloaded("the service is shutting down; retry on another instance", self.settings.retry_after_s)
+        """503 for a request that arrived once draining had begun. One that arrived before (its headers did: a body
+        still on its way when the pre-stop period ended) is in flight, and in-flight requests are served."""
+        if not self.draining:
+            return
+        account = current_account()
+        if account is not None and account.started < self.draining_since:
+            return
+        raise Overloaded("the service is shutting down; retry on another instance", self.settings.retry_after_s)
 
     async def _run(
         self, variant: Variant, tensors: list[Tensor], started: float, threshold: float | None = None

@@ -240,3 +240,23 @@ def test_static_variants_answer_through_the_service(artifacts, artifact):
         assert set(body["blocks"]["mask"]) == {"1"} and body["blocks"]["skipped"] == 0
         full_flops = client.get("/v1/models").json()["models"][0]["flops"]["full"]
         assert body["flops"]["executed"] == full_flops
+
+
+@pytest.mark.parametrize("kind", ["image/png", "application/json"])  # the fast path; the routed one
+def test_a_request_that_arrived_before_draining_began_is_served_and_one_after_refused(client, kind):
+    """Draining refuses new requests, not those in flight: a body still arriving when the pre-stop period ends
+    belongs to a request whose headers came before."""
+    plane, image = client.app.state.plane, png_bytes(seed=4)
+    body = image if kind == "image/png" else b'{"images": ["%s"]}' % base64.b64encode(image)
+
+    def body_during_which_draining_begins():
+        yield body[:64]
+        plane.begin_shutdown()
+        yield body[64:]
+
+    headers = {"content-type": kind}
+    in_flight = client.post("/v1/classify", content=body_during_which_draining_begins(), headers=headers)
+    assert in_flight.status_code == 200, in_flight.text
+    after = client.post("/v1/classify", content=body, headers=headers)
+    assert after.status_code == 503 and "shutting down" in after.json()["error"]
+    assert after.headers["retry-after"] == "1"
