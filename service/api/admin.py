@@ -7,7 +7,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import get_plane
 from service.api.schemas import ERROR_RESPONSES
@@ -18,6 +18,8 @@ router = APIRouter(prefix="/v1/variants", tags=["operations"])
 
 
 class VariantUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not ignored with a 200
+
     threshold: float | None = Field(
         default=None, gt=0, lt=1, allow_inf_nan=False, description="new default policy threshold"
     )
@@ -25,6 +27,12 @@ class VariantUpdate(BaseModel):
     weight: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="new A/B weight, relative to the others' (finite)"
     )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> VariantUpdate:
+        if self.threshold is None and self.budget is None and self.weight is None:
+            raise ValueError("give threshold, budget or weight")
+        return self
 
 
 class VariantSettingsView(BaseModel):
@@ -38,7 +46,7 @@ class VariantSettingsView(BaseModel):
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     token = request.app.state.settings.admin_token
     if not token:
-        raise NotFound("not found")
+        raise NotFound("not found: this service takes no changes at runtime (its ADMIN_TOKEN setting is not set)")
     scheme, _, offered = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), token.encode()):
         raise ServiceError(

@@ -34,11 +34,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for problem in error.errors():
-            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-            problems.append(f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")))
-        return error_response(422, "invalid request: " + "; ".join(problems))
+        return error_response(422, "invalid request: " + "; ".join(_said_plainly(p) for p in error.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -58,6 +54,20 @@ def install_error_handlers(app: FastAPI) -> None:
         # this answer is sent from outside the middleware (Starlette's outermost layer): add what it adds to others
         response.raw_headers += request.scope.get("state", {}).get(ECHOED_HEADERS, [])
         return response
+
+
+def _said_plainly(problem: dict) -> str:
+    """One of FastAPI's validation problems as a user reads it: the field it is about, then what is wrong; a body
+    that is no JSON or no body at all said so (not ``1: JSON decode error``, a bare ``Field required``)."""
+    location = problem.get("loc", ())
+    where = ".".join(str(part) for part in location if part != "body")
+    if problem.get("type") == "json_invalid":
+        detail = (problem.get("ctx") or {}).get("error")
+        return "the body is not valid JSON" + (f" ({detail} at character {where})" if detail and where else "")
+    if problem.get("type") == "missing" and tuple(location) == ("body",):
+        return "a JSON body is required"
+    message = str(problem.get("msg")).removeprefix("Value error, ")  # pydantic's prefix to a validator's message
+    return f"{where}: {message}" if where else message
 
 
 def _with_head(headers: dict[str, str] | None) -> dict[str, str] | None:

@@ -42,7 +42,7 @@ def admin_client(artifacts, tmp_path):
 def test_without_a_token_configured_the_change_route_is_absent(client):
     assert client.get("/v1/variants/blockdrop").json()["threshold"] == 0.5
     refused = client.put("/v1/variants/blockdrop", json={"threshold": 0.7}, headers=AUTH)
-    assert refused.status_code == 404
+    assert refused.status_code == 404 and "ADMIN_TOKEN" in refused.json()["error"]  # why, not a bare "not found"
     assert client.get("/v1/variants/blockdrop").json()["threshold"] == 0.5
 
 
@@ -97,6 +97,24 @@ def test_the_right_token_changes_threshold_and_weight_at_once(admin_client):
     last = admin_client.put("/v1/variants/full", json={"weight": 0}, headers=AUTH)
     assert last.status_code == 422 and "positive weight" in last.json()["error"]
     assert admin_client.put("/v1/variants/nope", json={"weight": 1}, headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b'{"treshold": 0.6}', "treshold: Extra inputs are not permitted"),  # a typo changed nothing, with a 200
+        (b"{}", "give threshold, budget or weight"),
+        (b'{"threshold": 0.6', "the body is not valid JSON (Expecting ',' delimiter at character 17)"),
+        (b"", "a JSON body is required"),
+    ],
+)
+def test_a_change_that_changes_nothing_or_is_no_json_is_refused_saying_why(admin_client, raw, fragment):
+    before = admin_client.get("/v1/variants/blockdrop").json()
+    refused = admin_client.put(
+        "/v1/variants/blockdrop", content=raw, headers=AUTH | {"content-type": "application/json"}
+    )
+    assert refused.status_code == 422 and refused.json()["error"] == f"invalid request: {fragment}"
+    assert admin_client.get("/v1/variants/blockdrop").json() == before
 
 
 def test_changes_during_traffic_fail_no_request(admin_client):
