@@ -39,8 +39,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError) as error:
-        print(f"blockdrop {args.command}: error: {error}", file=sys.stderr)
+        print(f"blockdrop {args.command}: error: {plainly(error)}", file=sys.stderr)
         return 2
+
+
+def plainly(error: Exception) -> str:
+    """The error in one line; pydantic's validation errors (settings, a manifest) as ``field: what is wrong (got
+    what was given)`` for each, without pydantic's types and links."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])  # none: the whole, a rule across fields
+        said = problem["msg"].removeprefix("Value error, ")
+        said = f"{where}: {said}" if where else said
+        if where and problem["type"] != "missing":
+            given = repr(problem.get("input"))
+            said += f" (got {given if len(given) <= 60 else given[:57] + '...'})"
+        problems.append(said)
+    what = "settings" if error.title == "Settings" else error.title
+    return f"invalid {what}: " + "; ".join(problems)
 
 
 if __name__ == "__main__":

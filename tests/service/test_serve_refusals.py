@@ -85,3 +85,16 @@ def test_the_same_check_before_a_local_ray_cluster_but_not_for_one_elsewhere(mon
     # a cluster elsewhere has its own files: the artifact's path is the cluster's, not this machine's
     with pytest.raises(AssertionError, match="a server was started"):
         serve_refusal(monkeypatch, bad, "--ray-address", "ray://elsewhere:10001")
+
+
+def test_invalid_settings_are_each_named_in_one_line_without_pydantics_dump(monkeypatch):
+    variants = [{"name": "a", "artifact": str(RESNET), "mode": "full"}]
+    message = serve_refusal(monkeypatch, variants, device="tpu", max_top_k="abc")
+    assert message == (
+        "blockdrop serve: error: invalid settings: device: device must be auto, cpu, cuda or cuda:N (got 'tpu'); "
+        "max_top_k: Input should be a valid integer, unable to parse string as an integer (got 'abc')\n"
+    )
+    monkeypatch.delenv("BLOCKDROP_DEVICE")
+    monkeypatch.delenv("BLOCKDROP_MAX_TOP_K")
+    twice = serve_refusal(monkeypatch, variants * 2)  # a rule across fields: its message alone
+    assert twice == "blockdrop serve: error: invalid settings: variant names must be unique: ['a', 'a']\n"
