@@ -106,8 +106,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
             share_port = getattr(backend, "shares_ports", False)  # API servers of one service (multiprocess)
             grpc_server = await start_grpc(plane, metrics, settings, share_port)
-        background = asyncio.create_task(backend.run(plane))
         app.state.rollouts = RolloutDriver(plane, RolloutStore(settings.state_dir), settings.rollout_interval_s)
+        await app.state.rollouts.restore()  # before the backend applies the changes other processes shared
+        background = asyncio.create_task(backend.run(plane))
         # every process (each ingress replica on Ray) drives the rollouts in the shared store with its own counts
         controller = asyncio.create_task(app.state.rollouts.run())
         heap = asyncio.create_task(keep_heap_trimmed())  # what gRPC frees goes back too (service/heap_keeper.py)

@@ -39,6 +39,7 @@ from service.rollouts import (
     step_feedback,
     take_evidence,
     weights_for,
+    weights_to_restore,
 )
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class RolloutDriver:
         def begin(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is not None and current["status"] in ACTIVE:
                 raise Conflict(f"variant {variant!r} already has a rollout ({current['status']}): abort it first")
-            rollout = new_rollout(variant, baseline, plan.model_copy(update={"baseline": baseline}), weights, now)
+            planned = plan.model_copy(update={"baseline": baseline})
+            rollout = new_rollout(variant, baseline, planned, weights, now, self.settings_weights())
             return rollout | {"seen": {self.instance: seen}}
 
         async with self._deciding:
@@ -135,6 +137,25 @@ class RolloutDriver:
     async def all(self) -> list[dict[str, Any]]:
         async with self._deciding:
             return await to_thread.run_sync(self.store.all)
+
+    async def restore(self) -> None:
+        """At start, before the backend applies the changes shared since the service began: the weights the rollout
+        that ended last left, while the settings' weights are those it began under (``weights_to_restore``). Set in
+        this process alone, not shared: every process of the service starts from the same store, and one started
+        later then takes the changes made since (an operator's after the rollout ended included) from its backend."""
+        rollouts = [r for r in await to_thread.run_sync(self.store.all) if self._serves(r)]
+        restored = weights_to_restore(self.settings_weights(), rollouts)
+        if restored is None:
+            return
+        weights, rollout = restored
+        share = rollout["share"] / 100 if rollout["status"] == "completed" else 0.0
+        self.plane.metrics.rollout_share.labels(rollout["variant"]).set(share)
+        self.plane.apply_changes({name: {"weight": weight} for name, weight in weights.items()})
+        status = rollout["status"].replace("_", " ")
+        log.info("weights as the rollout of %s left them (%s): %s", rollout["variant"], status, weights)
+
+    def settings_weights(self) -> dict[str, float]:
+        return {variant.name: variant.weight for variant in self.plane.settings.variants}
 
     # the loop ------------------------------------------------------------------------------------------------
     async def run(self) -> None:

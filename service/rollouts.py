@@ -216,6 +216,24 @@ def weights_for(rollout: dict[str, Any]) -> dict[str, float]:
     return target_weights(start, rollout["variant"], rollout["baseline"], share)
 
 
+def weights_to_restore(
+    settings_weights: dict[str, float], rollouts: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, Any]] | None:
+    """What a restart sets, and the rollout it comes from: the weights left by the rollout that ended last (a
+    rolled-back variant stays out, a completed one keeps its share), if the settings' weights are still those it
+    began under; None if none ended or the settings changed since (then they win)."""
+    ended = [r for r in rollouts if r["status"] not in ACTIVE]
+    if not ended:
+        return None
+    last = max(ended, key=lambda r: r["updated_at"])
+    began_under = last.get("settings_weights")
+    if began_under is None or began_under.keys() != settings_weights.keys():
+        return None
+    if any(abs(began_under[name] - weight) > 1e-9 for name, weight in settings_weights.items()):
+        return None
+    return weights_for(last), last
+
+
 def _state(low: float | None, high: float | None, limit: float, higher_is_better: bool) -> CheckState:
     if higher_is_better:
         if low is not None and low > limit:
@@ -275,9 +293,15 @@ def _buckets(evidence: Evidence, arm: ArmCounts) -> list[tuple[float, float]]:
 
 # the rollout's record, as the store keeps it (JSON) ------------------------------------------------------------
 def new_rollout(
-    variant: str, baseline: str, plan: RolloutPlan, weights: dict[str, float], now: float
+    variant: str,
+    baseline: str,
+    plan: RolloutPlan,
+    weights: dict[str, float],
+    now: float,
+    settings_weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A rollout that starts now at the plan's first step, remembering the weights to return to."""
+    """A rollout that starts now at the plan's first step, remembering the weights to return to (``weights``, the
+    router's now) and the settings' weights it begins under (a restart keeps its outcome while they stand)."""
     rollout = {
         "variant": variant,
         "baseline": baseline,
@@ -289,6 +313,7 @@ def new_rollout(
         "updated_at": now,
         "version": 0,
         "weights_at_start": dict(weights),
+        "settings_weights": dict(settings_weights or weights),
         "step_started_feedback": 0.0,
         "evidence": {"variant": ArmCounts().as_dict(), "baseline": ArmCounts().as_dict()},
         "seen": {},

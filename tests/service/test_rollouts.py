@@ -18,6 +18,7 @@ from service.rollouts import (
     take_evidence,
     target_weights,
     weights_for,
+    weights_to_restore,
 )
 
 BOUNDS = (*REQUEST_LATENCY_BUCKETS, float("inf"))
@@ -152,6 +153,18 @@ def test_the_weights_a_rollout_asks_for_follow_its_status():
     # a guardrail failed: the variant out; the operator aborted: back where it started, the variant's weight too
     assert weights_for(record(paused, "rollback", [], now=2.0)) == {"dyn": 0.0, "full": 1.0, "slim": 2.0}
     assert weights_for(record(paused, "abort", [], now=2.0)) == start
+
+
+def test_a_restart_restores_what_the_last_ended_rollout_left_while_the_settings_stand():
+    settings = {"dyn": 1.0, "full": 1.0}
+    plan = RolloutPlan(steps=[50, 100])
+    first = record(new_rollout("dyn", "full", plan, settings, now=0.0), "complete", [], now=1.0)
+    second = record(new_rollout("full", "dyn", plan, weights_for(first), 2.0, settings), "rollback", [], now=3.0)
+    assert weights_to_restore(settings, [first]) == ({"dyn": 1.0, "full": 0.0}, first)
+    assert weights_to_restore(settings, [second, first]) == ({"dyn": 1.0, "full": 0.0}, second)  # the last one
+    assert weights_to_restore({"dyn": 2.0, "full": 1.0}, [first]) is None  # the settings changed since: they win
+    assert weights_to_restore(settings, [new_rollout("dyn", "full", plan, settings, now=0.0)]) is None  # running
+    assert weights_to_restore(settings, []) is None
 
 
 def test_the_record_moves_through_steps_and_keeps_its_history():

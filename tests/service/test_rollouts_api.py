@@ -155,6 +155,29 @@ def test_a_rollout_survives_a_restart(rollout_settings):
         assert tick(client)["evidence"]["variant"]["feedback"] == 50  # new counts add to the stored ones
 
 
+def test_the_weights_the_last_ended_rollout_left_survive_a_restart_unless_the_settings_changed(rollout_settings):
+    with TestClient(create_app(rollout_settings)) as client:
+        assert client.put("/v1/rollouts/blockdrop", json=PLAN | {"steps": [50, 100]}, headers=AUTH).status_code == 200
+        serve_with_feedback(client, "blockdrop", 40)
+        serve_with_feedback(client, "full", 40)
+        assert tick(client)["status"] == "completed"
+    with TestClient(create_app(rollout_settings)) as client:
+        assert share(client, "blockdrop") == 1  # completed: it keeps all the traffic
+        assert 'blockdrop_rollout_share{variant="blockdrop"} 1.0' in client.get("/metrics").text
+        assert client.put("/v1/rollouts/blockdrop", json=PLAN | {"steps": [50, 100]}, headers=AUTH).status_code == 200
+        serve_with_feedback(client, "blockdrop", 120, right=False)
+        serve_with_feedback(client, "full", 40)
+        assert tick(client)["status"] == "rolled_back"
+        assert share(client, "blockdrop") == 0
+    with TestClient(create_app(rollout_settings)) as client:
+        assert share(client, "blockdrop") == 0  # rolled back last: it stays out
+    variants = [
+        v.model_copy(update={"weight": 2.0 if v.name == "blockdrop" else 1.0}) for v in rollout_settings.variants
+    ]
+    with TestClient(create_app(rollout_settings.model_copy(update={"variants": variants}))) as client:
+        assert share(client, "blockdrop") == pytest.approx(2 / 3)  # weights set in the settings since win
+
+
 def test_an_operator_change_after_a_rollout_ends_stands_in_every_process(rollout_settings):
     """Two processes sharing the rollout store and the operator's changes (as API servers or Ray ingress replicas
     do): the one that ends the rollout sets the final weights and shares them; the other, ticking later, must not set
