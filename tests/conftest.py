@@ -10,6 +10,15 @@ import torch
 from torch import nn
 
 
+@pytest.fixture(autouse=True, scope="session")
+def state_of_this_run(tmp_path_factory):
+    """Apps and servers under test keep their state (the rollouts' store: its outcome is restored at start) in a
+    folder of this run, never in the user's ``~/.local/state/blockdrop``; servers started as processes inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+        yield
+
+
 def eventually(condition: Callable[[], object], seconds: float = 10.0) -> bool:
     """Whether ``condition`` holds within ``seconds`` (asked every 50 ms, and once more at the end)."""
     deadline = time.monotonic() + seconds
