@@ -50,7 +50,9 @@ class Process:
 
     def __init__(self, command: list[str], env: dict[str, str], port: int, ready_path: str, cwd: Path = ROOT):
         self.url = f"http://127.0.0.1:{port}"
-        env = os.environ | {"BLOCKDROP_PRESTOP_S": "0"} | env
+        # state of its own (rollouts, whose outcome a start restores), never the user's
+        self._state = tempfile.TemporaryDirectory(prefix="blockdrop-bench-state-")
+        env = os.environ | {"BLOCKDROP_PRESTOP_S": "0", "BLOCKDROP_STATE_DIR": self._state.name} | env
         self.process = subprocess.Popen(
             command,
             cwd=cwd,
@@ -75,6 +77,7 @@ class Process:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self._state.cleanup()
 
 
 def service(variants: dict[str, VariantSettings], **settings: object) -> Process:

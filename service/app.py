@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         controller = asyncio.create_task(app.state.rollouts.run())
         heap = asyncio.create_task(keep_heap_trimmed())  # what gRPC frees goes back too (service/heap_keeper.py)
         freeze_startup_objects()
-        log.info("serving variants %s on %s", ", ".join(plane.variants), settings.device)
+        devices = sorted({str(variant.device) for variant in plane.variants.values()})  # DEVICE=auto resolved
+        log.info("serving variants %s on %s", ", ".join(plane.variants), ", ".join(devices))
         yield
         for task in (background, controller, heap):
             task.cancel()

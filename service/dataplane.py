@@ -158,8 +158,18 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         """Every variant loaded and warm, every executor alive (every worker answering), and not shutting down."""
-        answering = all(getattr(executor, "alive", True) for executor in self.executors.values())
-        return self.warmed_up and not self.stopping and not self.draining and answering
+        return self.not_ready() is None
+
+    def not_ready(self) -> str | None:
+        """Why readiness answers 503 (None: ready)."""
+        if self.stopping or self.draining:
+            return "shutting down"
+        if not self.warmed_up:
+            return "loading"
+        down = [name for name, executor in self.executors.items() if not getattr(executor, "alive", True)]
+        if down:
+            return f"no inference worker answers for {', '.join(down)}; it is being replaced"
+        return None
 
     def not_live(self) -> str | None:
         """Why the service should be restarted (None: it is live). Never while it drains, which is not a fault."""

@@ -73,7 +73,8 @@ class RuntimeSettings:
         if threshold is not None:
             variant.threshold = threshold
             self.metrics.admin_changes.labels(name, "threshold").inc()
-        log.info("variant %s changed: threshold %s, weight %s", name, variant.threshold, self.router.weights[name])
+        threshold_now = f"threshold {variant.threshold}, " if variant.mode == "blockdrop" else ""
+        log.info("variant %s changed: %sweight %s", name, threshold_now, self.router.weights[name])
         change = {k: v for k, v in {"threshold": threshold, "weight": weight}.items() if v is not None}
         if self.on_update is not None and change:
             self.on_update(name, change)

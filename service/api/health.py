@@ -22,9 +22,9 @@ async def live(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
 
 @router.get("/healthz/ready", summary="Every variant is loaded and warmed up (503 otherwise)")
 async def ready(plane: DataPlane = Depends(get_plane)) -> JSONResponse:
-    if plane.ready:
+    reason = plane.not_ready()
+    if reason is None:
         return JSONResponse({"status": "ready", "variants": list(plane.variants)})
-    reason = "shutting down" if plane.stopping else "loading"
     return JSONResponse({"error": f"not ready: {reason}"}, status_code=503)
 
 

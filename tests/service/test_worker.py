@@ -111,7 +111,9 @@ def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=1), headers=PNG).status_code == 200
         worker = client.app.state.backend.workers["full"][0]
         os.kill(worker.pid, signal.SIGKILL)
-        assert eventually(lambda: client.get("/healthz/ready").status_code == 503, 10)
+        seen = []
+        assert eventually(lambda: seen.append(client.get("/healthz/ready")) or seen[-1].status_code == 503, 10)
+        assert seen[-1].json()["error"] == "not ready: no inference worker answers for full; it is being replaced"
         answers = [client.post("/v1/classify?variant=full", content=png_bytes(seed=2), headers=PNG) for _ in range(3)]
         for answer in answers:  # refused plainly while the worker restarts, or answered by the new one
             assert answer.status_code in (200, 503), answer.text
