@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_middleware(IdentityBodiesOnly)
     # outside the size limit, so that a 413 is counted too
     app.add_middleware(RequestMetrics, metrics=metrics, served_by=name)
-    app.add_middleware(NoWebSockets)
+    app.add_middleware(NoWebSockets, served_by=name)
     if settings.fast_path:  # added last, so it sees each request first
         app.add_middleware(
             FastClassify,

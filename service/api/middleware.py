@@ -124,8 +124,9 @@ class NoWebSockets:
     """Refuse a WebSocket handshake with a 404 and the service's JSON error: it serves no WebSocket. (Left to the
     framework, a handshake got a 403 with an empty body, which says nothing of why.)"""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, served_by: str | None = None):
         self.app = app
+        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -138,6 +139,8 @@ class NoWebSockets:
         path = scope.get("path", "")[:100]
         body = encode_json({"error": f"no WebSocket at {path}: the service answers plain HTTP; its API is at /docs"})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        request_id = request_id_from(header(scope, b"x-request-id"))  # what every other answer carries
+        headers += [(b"x-request-id", request_id.encode()), *self.fixed_headers]
         await send({"type": "websocket.http.response.start", "status": 404, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
 

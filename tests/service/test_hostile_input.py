@@ -213,9 +213,13 @@ def test_a_websocket_handshake_is_a_plain_404(client, path):
     """The service speaks no WebSocket: a handshake is told so, in its JSON error, not with an empty 403."""
     from starlette.testclient import WebSocketDenialResponse
 
-    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(path):
+    with (
+        pytest.raises(WebSocketDenialResponse) as denied,
+        client.websocket_connect(path, headers={"x-request-id": "ws-1"}),
+    ):
         pass
     assert denied.value.status_code == 404
+    assert denied.value.headers["x-request-id"] == "ws-1" and denied.value.headers["x-served-by"]  # as every answer
     assert denied.value.json() == {
         "error": f"no WebSocket at {path}: the service answers plain HTTP; its API is at /docs"
     }
