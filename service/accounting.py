@@ -77,4 +77,6 @@ class RequestAccount:
         self.metrics.requests.labels(variant, str(self.status)).inc()
         if variant != "none":
             self.metrics.latency.labels(variant).observe(time.monotonic() - self.started)
+            if self.record is not None and self.record.variant is None:  # chosen, refused before it ran (a 503)
+                self.record.variant = variant
         write_record(self.record, self.status)

@@ -43,6 +43,10 @@ def test_a_classification_logs_one_line_with_what_it_ran(artifacts, caplog, fast
         (line,) = _lines(caplog)
         assert refused.status_code == 404 and line["status"] == 404 and line["variant"] is None
         assert line["request_id"] == refused.headers["x-request-id"] and len(line["request_id"]) == 32
+        caplog.clear()
+        no_image = client.post("/v1/classify?variant=blockdrop", content=b"not an image", headers=PNG)
+        (line,) = _lines(caplog)  # refused on the variant chosen: the line names it, as the metrics count it
+        assert no_image.status_code == 415 and line["variant"] == "blockdrop" and line["images"] == 0
 
 
 def test_v2_and_batches_log_their_images_and_other_routes_only_echo_the_id(client, caplog):
