@@ -265,10 +265,10 @@ class DataPlane:
         return Compute(threshold, fraction, None)
 
     async def classify(
-        self, variant: Variant, images: list[bytes], top_k: int, budget: str | None = None
+        self, variant: Variant, images: list[bytes], top_k: int, budget: str | None = None, named: bool = False
     ) -> list[dict[str, Any]]:
         """Decode, batch and run ``images`` on ``variant`` (at the threshold ``budget`` maps to, if given); one
-        response dict per image."""
+        response dict per image. ``named``: the images of a JSON batch, an image's refusal naming it."""
         if not 1 <= top_k <= self.settings.max_top_k:
             raise Unprocessable(f"top_k must be between 1 and {self.settings.max_top_k}")
         compute = self.compute_for(variant, budget)
@@ -278,7 +278,7 @@ class DataPlane:
         preprocess = self.preprocessors[variant.name]
         executor.expect(len(images))
         try:
-            tensors = await self.decoder.tensors(preprocess, images)
+            tensors = await self.decoder.tensors(preprocess, images, named)
         finally:
             executor.expect(-len(images))
         # every image carries its threshold: worker processes hold a copy of the variant, not its live setting

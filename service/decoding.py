@@ -13,15 +13,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from PIL import Image
 from torch import Tensor
 
-from service.errors import Overloaded, PayloadTooLarge
+from service.errors import Overloaded, PayloadTooLarge, ServiceError
 from service.imaging import ImagePreprocessor
 from service.libc import release_free_memory
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +82,38 @@ class Decoder:
         self.threads = CapacityLimiter(threads)
         self.wait_s = wait_s
 
-    async def tensors(self, preprocess: ImagePreprocessor, images: list[bytes]) -> list[Tensor]:
-        """One model input per image, or the first image's error (415, 413, 400) before anything is decoded."""
+    async def tensors(self, preprocess: ImagePreprocessor, images: list[bytes], named: bool = False) -> list[Tensor]:
+        """One model input per image, or the first image's error (415, 413, 400) before anything is decoded; with
+        ``named`` (the images of a JSON batch) the error says which, ``images[i]: …``."""
         if sum(len(data) for data in images) <= INLINE_BODY_BYTES:
-            opened = [preprocess.open(data) for data in images]
+            opened = each(preprocess.open, images, named)
         else:  # a large body's headers may take a while to walk: not on the loop
-            opened = await to_thread.run_sync(lambda: [preprocess.open(data) for data in images])
+            opened = await to_thread.run_sync(each, preprocess.open, images, named)
         total = sum(cost for _, cost in opened)
         if total <= INLINE_DECODE_BYTES:
-            return [preprocess.decode(image) for image, _ in opened]
+            return each(preprocess.decode, [image for image, _ in opened], named)
         async with self.budget.reserve(total, self.wait_s):
             pending = [image for image, _ in opened]
-            return await to_thread.run_sync(_decode_all, preprocess, pending, total, limiter=self.threads)
+            return await to_thread.run_sync(_decode_all, preprocess, pending, total, named, limiter=self.threads)
 
 
-def _decode_all(preprocess: ImagePreprocessor, images: list[Image.Image], cost: int) -> list[Tensor]:
+def each(step: Callable[[T], R], items: list[T], named: bool) -> list[R]:
+    """``step`` of every item; with ``named``, an item's refusal prefixed with its place, ``images[i]: …``."""
+    done = []
+    for i, item in enumerate(items):
+        try:
+            done.append(step(item))
+        except ServiceError as error:
+            if named:
+                error.message = f"images[{i}]: {error.message}"
+                error.args = (error.message,)
+            raise
+    return done
+
+
+def _decode_all(preprocess: ImagePreprocessor, images: list[Image.Image], cost: int, named: bool) -> list[Tensor]:
     try:
-        return [preprocess.decode(image) for image in images]
+        return each(preprocess.decode, images, named)
     finally:
         if cost > TRIM_AFTER_BYTES:
             release_free_memory()

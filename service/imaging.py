@@ -49,13 +49,13 @@ def decode_image(data: bytes, max_pixels: int, spec: InputSpec | None = None) ->
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """The image's header, after the format and the declared pixel count are checked (no pixel decoded yet)."""
     if not data:
-        raise BadInput("the request body is empty; send the image bytes")
+        raise BadInput("the image is empty: no bytes were sent")
     try:
         image = open_header(data)
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"the image has more than {max_pixels} pixels") from None
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(f"the body is not an image in a supported format ({', '.join(FORMATS)})") from None
+        raise UnsupportedMediaType(f"not an image in a supported format ({', '.join(FORMATS)})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")

@@ -70,7 +70,7 @@ async def classify(
     headers = {"x-variant": x_variant, "x-client-id": x_client_id, "x-compute-budget": x_compute_budget}
     asked = {"variant": variant, "budget": budget}
     chosen, asked_budget = choose_variant(plane, account_in(request.scope), asked.get, headers.get)
-    results = await plane.classify(chosen, images, top_k or batch_top_k or 1, asked_budget)
+    results = await plane.classify(chosen, images, top_k or batch_top_k or 1, asked_budget, named=is_batch)
     # a ready response: FastAPI would otherwise walk the plain dicts once more through jsonable_encoder
     return JSONResponse({"variant": chosen.name, "results": results} if is_batch else results[0])
 

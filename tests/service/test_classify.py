@@ -73,6 +73,9 @@ def test_query_override_wins_over_header_and_client_key(client):
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
         ({"json": {"images": "nope"}}, 422, "invalid batch"),
         ({"json": {"images": ["***"]}}, 422, "not valid base64"),
+        # a batch's image refused says which
+        ({"json": {"images": [base64.b64encode(png_bytes()).decode(), ""]}}, 400, "images[1]: the image is empty"),
+        ({"json": {"images": [base64.b64encode(b"text").decode()]}}, 415, "images[0]: not an image in a supported"),
         ({"files": {"other": ("x.png", b"123", "image/png")}}, 422, "field named 'file'"),
     ],
 )
