@@ -20,6 +20,7 @@ import gc
 import logging
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,18 @@ class WorkerUnavailable(ServiceError):
     """The inference worker stopped; the batch is refused while a new one starts."""
 
     status_code = 503
+
+
+def how_it_ended(exit_code: int | None) -> str:
+    """A process's end as a log line says it: its exit code, or the signal that ended it."""
+    if exit_code is None:
+        return "ended"
+    if exit_code < 0:
+        try:
+            return f"was ended by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"was ended by signal {-exit_code}"
+    return f"exited with code {exit_code}"
 
 
 def start_timeout_s(execution: ExecutionOptions) -> float:
@@ -288,7 +301,7 @@ class InferenceWorker:
                     raise TimeoutError
                 status, message = child.connection.recv()
             except (EOFError, OSError, TimeoutError):
-                self._lose(child)
+                self._lose(child, exited=not child.process.is_alive())
                 raise WorkerUnavailable(
                     f"the inference worker of variant {self.name!r} stopped; it is being restarted",
                     headers={"Retry-After": "1"},
@@ -331,7 +344,8 @@ class InferenceWorker:
         while not self._stopping.wait(self.check_every_s):
             child = self._child
             if child is not None and (not child.process.is_alive() or child.silent_for() > self.heartbeat_timeout_s):
-                if child.process.is_alive():
+                exited = not child.process.is_alive()
+                if not exited:
                     log.error(
                         "the inference worker of variant %s (pid %s) sent no heartbeat for %.1f s; killing it",
                         self.name,
@@ -342,16 +356,17 @@ class InferenceWorker:
                 with self._lock:
                     lost = self._child is child
                     if lost:
-                        self._lose(child)
+                        self._lose(child, exited)
                 if lost:  # outside the lock: a stopped fork server would report its end late
                     child.process.join(5)
             if self._child is None and not self._stopping.is_set():
                 self._restart()
 
-    def _lose(self, child: _Child) -> None:
-        """Forget a child that died or stopped answering (called with the lock held, so it waits for nothing: its
-        parent, the fork server, reaps it)."""
-        log.error("the inference worker of variant %s (pid %s) stopped answering", self.name, child.process.pid)
+    def _lose(self, child: _Child, exited: bool) -> None:
+        """Forget a child that died (``exited``) or stopped answering (called with the lock held, so it waits for
+        nothing: its parent, the fork server, reaps it)."""
+        what = how_it_ended(child.process.exitcode) if exited else "stopped answering"
+        log.error("the inference worker of variant %s (pid %s) %s", self.name, child.process.pid, what)
         self._child = None
         if child.process.is_alive():
             child.process.kill()

@@ -104,16 +104,18 @@ def test_a_worker_runs_the_execution_options_it_is_given(artifacts):
         worker.stop()
 
 
-def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts):
+def test_a_killed_worker_gives_503s_and_readiness_and_comes_back(artifacts, caplog):
     settings = make_settings(artifacts, inference_workers="process")
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz/ready").status_code == 200
         assert client.post("/v1/classify?variant=full", content=png_bytes(seed=1), headers=PNG).status_code == 200
         worker = client.app.state.backend.workers["full"][0]
-        os.kill(worker.pid, signal.SIGKILL)
+        killed = worker.pid
+        os.kill(killed, signal.SIGKILL)
         seen = []
         assert eventually(lambda: seen.append(client.get("/healthz/ready")) or seen[-1].status_code == 503, 10)
         assert seen[-1].json()["error"] == "not ready: no inference worker answers for full; it is being replaced"
+        assert f"the inference worker of variant full (pid {killed}) was ended by SIGKILL" in caplog.messages
         answers = [client.post("/v1/classify?variant=full", content=png_bytes(seed=2), headers=PNG) for _ in range(3)]
         for answer in answers:  # refused plainly while the worker restarts, or answered by the new one
             assert answer.status_code in (200, 503), answer.text
