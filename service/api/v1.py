@@ -8,6 +8,7 @@ import binascii
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from service.accounting import account_in
 from service.api.choice import choose_variant, refuse_repeated
@@ -21,7 +22,7 @@ from service.api.schemas import (
     FeedbackResponse,
 )
 from service.dataplane import DataPlane
-from service.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from service.errors import BadInput, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -78,7 +79,10 @@ async def classify(
 async def _read_images(request: Request, max_images: int) -> tuple[list[bytes], int | None, bool]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=4)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except HTTPException as error:  # Starlette's multipart parser: "Missing boundary in multipart.", …
+            raise BadInput(f"the multipart body cannot be read: {error.detail}") from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise Unprocessable("the multipart body needs the image in a file field named 'file'")

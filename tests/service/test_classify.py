@@ -77,6 +77,7 @@ def test_query_override_wins_over_header_and_client_key(client):
         ({"json": {"images": [base64.b64encode(png_bytes()).decode(), ""]}}, 400, "images[1]: the image is empty"),
         ({"json": {"images": [base64.b64encode(b"text").decode()]}}, 415, "images[0]: not an image in a supported"),
         ({"files": {"other": ("x.png", b"123", "image/png")}}, 422, "field named 'file'"),
+        ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart body cannot be read"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(client, kwargs, status, fragment):
