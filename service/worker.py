@@ -136,6 +136,9 @@ def _serve_batches(
     lifeline: multiprocessing.connection.Connection,
 ) -> None:
     """The worker process: load the variant, warm it up, then run each batch it is told about until told to stop."""
+    # a group of its own: a SIGTERM or Ctrl-C to the service's group (a process manager, a terminal) is the
+    # service's to act on (serve through the pre-stop period, drain, then stop its workers), not the workers' to die of
+    os.setpgid(0, 0)
     name_process(f"bd:{spec.settings.name}")
     threading.Thread(target=_beat, args=(heartbeat, lifeline), name="heartbeat", daemon=True).start()
     torch.set_num_threads(spec.torch_threads)

@@ -38,8 +38,9 @@ def exchange_until_closed(port: int, payload: bytes, wait_s: float = 30) -> tupl
 
 
 class Server:
-    def __init__(self, variants: list[dict] | None, **settings):
-        """``variants=None`` serves the default settings: the shipped checkpoints."""
+    def __init__(self, variants: list[dict] | None, own_group: bool = False, **settings):
+        """``variants=None`` serves the default settings: the shipped checkpoints; ``own_group``: in a process group
+        (a session) of its own, as a terminal or a process manager starts a command, to be signalled as a whole."""
         self.port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,6 +59,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=signal_when_parent_ends(),  # a test run killed midway leaves no server running
+            start_new_session=own_group,
         )
         self._output = b""
         os.set_blocking(self.process.stdout.fileno(), False)  # ``logged`` reads what is there, never waits

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -385,6 +386,22 @@ def test_a_killed_service_leaves_no_worker_behind(artifacts):
     server.process.kill()
     server.process.wait()
     assert eventually(lambda: all(not alive(pid) for pid in below), 10), "a child outlived the service"
+
+
+def test_a_sigterm_to_the_services_group_is_the_services_to_act_on_not_its_workers(artifacts):
+    """A process manager or a terminal signals the whole process group: the workers must not die of it (they did,
+    and the service restarted each during its pre-stop period, answering 503s meanwhile)."""
+    variants = [{"name": "full", "artifact": str(artifacts["tiny-resnet"]), "mode": "full"}]
+    server = Server(variants, own_group=True, inference_workers="process", prestop_s=2)
+    os.killpg(server.process.pid, signal.SIGTERM)
+    statuses = []
+    for _ in range(6):  # through the pre-stop period
+        answer = httpx.post(f"{server.url}/v1/classify", content=png_bytes(seed=1), headers=PNG, timeout=10)
+        statuses.append(answer.status_code)
+        time.sleep(0.25)
+    assert statuses == [200] * 6
+    assert server.exited_cleanly(), server.logged()
+    assert "inference worker" not in server.logged()  # none lost, none restarted
 
 
 def _helpers() -> set[int]:
