@@ -108,12 +108,14 @@ def images_from(tensor: InputTensor, spec: InputSpec, max_images: int, where: st
     else:
         if isinstance(tensor.data, list) and len(tensor.data) > needed:  # too many before a value is converted
             raise BadInput(f"{where}.data has {len(tensor.data)} values; shape {shape} needs {needed}")
-        try:
-            values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.int64)
+        try:  # UINT8 read as float64 first: as int64, 1.5 would pass as 1
+            values = torch.tensor(tensor.data, dtype=torch.float32 if datatype == "FP32" else torch.float64)
         except (TypeError, ValueError, RuntimeError, OverflowError):
             raise BadInput(f"{where}.data must be a (flat or nested) list of numbers") from None
         if values.numel() != needed:
             raise BadInput(f"{where}.data has {values.numel()} values; shape {shape} needs {needed}")
+        if datatype == "UINT8" and not torch.equal(values, values.round()):  # NaN included: it equals nothing
+            raise BadInput("UINT8 pixel values must be whole numbers between 0 and 255")
     values = values.reshape(shape)
     if datatype == "FP32":
         if not torch.isfinite(values).all():

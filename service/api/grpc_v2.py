@@ -9,6 +9,7 @@ to a gRPC status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
@@ -81,10 +82,10 @@ def _parameter(request: pb.ModelInferRequest, key: str) -> str | None:
         return None
     parameter = request.parameters[key]
     kind = parameter.WhichOneof("parameter_choice")
-    if kind == "double_param" and key == "budget":  # a budget may come as a number
-        return repr(parameter.double_param)
+    if key == "budget" and kind in ("double_param", "int64_param", "uint64_param"):  # a number (1: tritonclient's int)
+        return repr(getattr(parameter, kind))
     if kind != "string_param":
-        raise ServiceError(f"parameters.{key} must be a string", 400)
+        raise ServiceError(f"parameters.{key} must be {'a string or a number' if key == 'budget' else 'a string'}", 400)
     return parameter.string_param
 
 
@@ -162,6 +163,9 @@ class InferenceServicer:
         except ServiceError as error:
             account.status = error.status_code
             await context.abort(status_of(error, self.plane.draining), error.message)
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody reads an answer
+            account.status = 400  # as HTTP counts a client that went away (service/api/errors.py), not a 500
+            raise
         except Exception:
             log.exception("unhandled error in gRPC ModelInfer")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")

@@ -19,7 +19,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from tests.service.conftest import png_bytes
+from tests.service.conftest import metric, png_bytes
 from tests.service.live_server import Server
 
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -314,3 +314,42 @@ def test_every_answer_names_the_process_that_served_it(server, stub):
     with pytest.raises(grpc.RpcError) as refused:
         stub.ModelReady(pb.ModelReadyRequest(name="nope"))
     assert dict(refused.value.trailing_metadata())["x-served-by"] == served_by
+
+
+def test_a_budget_may_come_as_any_kind_of_number(stub):
+    """tritonclient sends a Python int as int64_param, a float as double_param: both are budgets, as a string is."""
+    request = pb.ModelInferRequest(model_name="full")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 32, 32, 3])
+    request.raw_input_contents.append(b"\0" * 3072)
+    for kind, value in (("string_param", "0.6"), ("double_param", 0.6), ("int64_param", 1)):
+        request.parameters["budget"].Clear()
+        setattr(request.parameters["budget"], kind, value)
+        answer = stub.ModelInfer(request)  # a valid budget, which a plain network notes it ignored
+        assert "ignored" in answer.parameters["note"].string_param, kind
+    for kind, value, fragment in (("int64_param", 2, "(0, 1]"), ("bool_param", True, "a string or a number")):
+        request.parameters["budget"].Clear()
+        setattr(request.parameters["budget"], kind, value)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in refused.value.details()
+
+
+def test_a_call_its_client_gives_up_on_is_counted_as_a_client_error_not_a_500(server, stub):
+    pixels = _pixels(range(16))
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=list(pixels.shape))
+    request.raw_input_contents.append(pixels.tobytes())
+
+    def counted(status: str) -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        return metric(text, "blockdrop_requests_total", variant="slow", status=status)
+
+    before = counted("400"), counted("500")
+    with pytest.raises(grpc.RpcError) as gave_up:
+        stub.ModelInfer(request, timeout=0.05)  # sixteen images through a ResNet-110 take longer
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while counted("400") == before[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (counted("400"), counted("500")) == (before[0] + 1, before[1])
+    assert '"status": 500' not in server.logged()

@@ -96,6 +96,7 @@ def test_body_without_content_type_is_read_as_json(client):
         ({"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}, "needs 3072"),
         ({"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": "zeros"}, "inputs[0].data"),
         ({"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [300] * 3072}, "between 0 and 255"),
+        ({"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [1.5] * 3072}, "whole numbers"),
     ],
 )
 def test_bad_tensors_get_400(client, tensor, fragment):
