@@ -135,7 +135,13 @@ def rayservice_manifest(settings: Settings, image: str = "blockdrop-serving-ray:
                 },
                 *({"name": name, "value": value} for name, value in cluster_environment(settings).items()),
             ],
+            # Ray keeps its object store in /dev/shm: a container's default is 64 MiB (Ray falls back to /tmp)
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         }
+
+    def pod(container_spec: dict[str, Any]) -> dict[str, Any]:
+        memory_volume = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+        return {"spec": {"containers": [container_spec], "volumes": [memory_volume]}}
 
     head_ports = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("serve", port), ("metrics", 8080)]
     return {
@@ -150,7 +156,7 @@ def rayservice_manifest(settings: Settings, image: str = "blockdrop-serving-ray:
                 "headGroupSpec": {
                     # the head schedules no replicas: its CPUs go to the GCS, the controller and the proxy
                     "rayStartParams": {"num-cpus": "0", "metrics-export-port": "8080"},
-                    "template": {"spec": {"containers": [container("ray-head", "2", "4Gi", head_ports)]}},
+                    "template": pod(container("ray-head", "2", "4Gi", head_ports)),
                 },
                 "workerGroupSpecs": [
                     {
@@ -159,13 +165,7 @@ def rayservice_manifest(settings: Settings, image: str = "blockdrop-serving-ray:
                         "minReplicas": 1,
                         "maxReplicas": 8,
                         "rayStartParams": {"metrics-export-port": "8080"},
-                        "template": {
-                            "spec": {
-                                "containers": [
-                                    container("ray-worker", "2", "4Gi", [("serve", port), ("metrics", 8080)])
-                                ]
-                            }
-                        },
+                        "template": pod(container("ray-worker", "2", "4Gi", [("serve", port), ("metrics", 8080)])),
                     }
                 ],
             },
