@@ -189,7 +189,8 @@ async def start_grpc(
     bounds = grpc_bounds(settings, plane.max_tensor_values)
     options = [*bounds.options, ("grpc.so_reuseport", 1 if share_port else 0)]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=bounds.max_concurrent_rpcs)
-    add_inference_service(InferenceServicer(plane, metrics), server)
+    servicer = InferenceServicer(plane, metrics)
+    add_inference_service(servicer, server, (servicer.served_by,))  # its refusals too name the process
     if server.add_insecure_port(f"{settings.host}:{settings.grpc_port}") == 0:
         raise OSError(f"could not listen for gRPC on {settings.host}:{settings.grpc_port}")
     await server.start()

@@ -160,7 +160,7 @@ def test_bytes_that_are_no_message_and_methods_not_served_are_refused_without_an
     a method of Triton's service not served here (a client's repository probe, streaming inference) raised
     NotImplementedError; each logged as an error with its traceback, every call."""
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    before = server.logged()
+    before, served_by = server.logged(), f"{SERVER_NAME}/{server.process.pid}"
 
     def call(method: str, payload: bytes, streaming: bool = False) -> grpc.RpcError:
         path = f"/inference.GRPCInferenceService/{method}"
@@ -176,10 +176,12 @@ def test_bytes_that_are_no_message_and_methods_not_served_are_refused_without_an
             refused = call(method, garbage)
             assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, refused.details())
             assert f"not a valid {method}Request protobuf message" in refused.details()
+            assert dict(refused.trailing_metadata())["x-served-by"] == served_by  # as every answer names it
     for method, streaming in (("RepositoryIndex", False), ("ModelStatistics", False), ("ModelStreamInfer", True)):
         refused = call(method, pb.RepositoryIndexRequest().SerializeToString(), streaming)
         assert refused.code() == grpc.StatusCode.UNIMPLEMENTED
         assert f"{method} is not served" in refused.details() and "ModelInfer" in refused.details()
+        assert dict(refused.trailing_metadata())["x-served-by"] == served_by
     live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
     assert pb.ServerLiveResponse.FromString(live).live  # (the empty message is a valid one)
     channel.close()
