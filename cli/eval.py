@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from cli import arg_types
 from cli.help_format import DefaultsInHelp
 from training.data import DATA_ROOT_ENV
 
@@ -24,18 +26,21 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     parser.add_argument("artifact", help="artifact folder")
     parser.add_argument("--data-root", help=f"folder holding cifar-10-batches-py (default: ${DATA_ROOT_ENV})")
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10", help="which CIFAR")
     parser.add_argument(
         "--split",
         choices=["val", "test"],
         default="val",
         help="val: the seeded 5,000-image split held out of training (tune here); test: the test set",
     )
-    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument(
+        "--val-size", type=arg_types.positive_int, default=5000, help="validation images held out (as in training)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="split seed (must match training) and RandomK seed")
-    parser.add_argument("--threshold", type=float, help="policy threshold (default: the artifact's)")
+    parser.add_argument("--threshold", type=arg_types.threshold, help="policy threshold (default: the artifact's)")
     parser.add_argument(
         "--sweep",
+        type=arg_types.thresholds,
         default=",".join(map(str, DEFAULT_SWEEP)),
         help="comma-separated thresholds for the accuracy-vs-FLOPs sweep ('' for none)",
     )
@@ -53,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         default="auto",
         help="the backbone's precision (the policy stays fp32); auto: bf16 on a GPU that has it, else fp32",
     )
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images (smoke tests)")
+    parser.add_argument("--limit", type=arg_types.positive_int, help="evaluate only the first N images (smoke tests)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--record",
@@ -85,6 +90,8 @@ def _handle(args: argparse.Namespace) -> int:
     from training.data import load_cifar, train_val_split
     from training.evaluate import evaluate_table, format_table, precision_summary
 
+    if args.record and args.limit:
+        raise ValueError("--record writes a whole split's figures into the manifest; --limit evaluates part of it")
     device = resolve_device(args.device)
     model = load_artifact(args.artifact, device=device)
     precision = resolve_precision(args.precision, device)
@@ -107,8 +114,7 @@ def _handle(args: argparse.Namespace) -> int:
     if args.limit:
         data = data.subset(torch.arange(min(args.limit, len(data))))
     threshold = args.threshold if args.threshold is not None else model.manifest.threshold
-    sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
-    result = evaluate_table(model, data, threshold, sweep, args.seed, args.random_k, device)
+    result = evaluate_table(model, data, threshold, args.sweep, args.seed, args.random_k, device)
     result |= {"device": device.type, "precision": precision}
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:
@@ -118,5 +124,12 @@ def _handle(args: argparse.Namespace) -> int:
         by_precision[args.split] = precision_summary(result)
         if args.threshold is not None and getattr(model, "policy", None) is not None:
             model.manifest.defaults["threshold"] = args.threshold
+            drawn_at = model.manifest.frequent_masks.get("threshold")
+            if drawn_at is not None and drawn_at != args.threshold:
+                print(
+                    f"note: the artifact's frequent masks were drawn at threshold {drawn_at}; for the GPU engine's "
+                    f"graphs at {args.threshold}, run `blockdrop record-masks {args.artifact}` again",
+                    file=sys.stderr,
+                )
         write_manifest(args.artifact, model.manifest)
     return 0

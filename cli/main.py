@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 
@@ -41,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"blockdrop {args.command}: error: {plainly(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: said in a line, not a traceback; a run folder keeps its finished epochs
+        run_dir = getattr(args, "run_dir", None)
+        again = f"; the same command resumes {run_dir} after its last finished epoch" if run_dir else ""
+        print(f"\nblockdrop {args.command}: interrupted{again}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`blockdrop eval --json | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes stdout
+        return 141
 
 
 def plainly(error: Exception) -> str:

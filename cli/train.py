@@ -6,6 +6,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 
+from cli import arg_types
 from cli.help_format import DefaultsInHelp
 from training.data import DATA_ROOT_ENV
 
@@ -20,16 +21,18 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="artifact folder to write when training ends")
     parser.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the data order")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
-    parser.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke tests)")
-    parser.add_argument("--train-subset", type=int, help="train on only this many images (smoke tests)")
+    parser.add_argument("--batch-size", type=arg_types.positive_int, default=128, help="images per optimiser step")
+    parser.add_argument("--max-batches", type=arg_types.positive_int, help="cap batches per epoch (smoke tests)")
+    parser.add_argument(
+        "--train-subset", type=arg_types.positive_int, help="train on only this many images (smoke tests)"
+    )
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
         help="bf16 autocast (default: on where the CPU computes bf16 natively, AVX-512 BF16 or AMX; elsewhere "
         "it is emulated and many times slower than fp32)",
     )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=arg_types.positive_int, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N")
 
 
@@ -45,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
 def add_schedule_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     """The one-cycle SGD schedule every supervised stage shares."""
-    parser.add_argument("--epochs", type=int, default=epochs, help="epochs of the one-cycle schedule")
+    parser.add_argument(
+        "--epochs", type=arg_types.positive_int, default=epochs, help="epochs of the one-cycle schedule"
+    )
     parser.add_argument("--lr", type=float, default=lr, help="peak of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
 
@@ -224,7 +229,9 @@ def add_distill_options(parser: argparse.ArgumentParser, when: str) -> None:
 
 
 def add_reinforce_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help="epochs (the curriculum releases a block per epoch)")
+    parser.add_argument(
+        "--epochs", type=arg_types.positive_int, default=epochs, help="epochs (--curriculum: one block released each)"
+    )
     parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     parser.add_argument("--alpha", type=float, default=0.8, help="bounds the sampling probabilities away from 0 and 1")
     parser.add_argument("--penalty", type=float, default=5.0, help="gamma: a wrong prediction is rewarded -gamma")
@@ -241,6 +248,12 @@ def _run(module: str, function: str) -> Callable[[argparse.Namespace], int]:
         if args.threads:
             torch.set_num_threads(args.threads)
         resolve_device(args.device)  # a plain refusal now rather than a CUDA error after the data is read
-        return getattr(importlib.import_module(module), function)(args)
+        status = getattr(importlib.import_module(module), function)(args)
+        if status == 0:
+            if args.out:
+                print(f"wrote the artifact {args.out}")
+            else:  # said, not left to be found out: the run folder holds a checkpoint, not an artifact
+                print(f"no --out: no artifact written; the command again with --out DIR writes it from {args.run_dir}")
+        return status
 
     return handler

@@ -10,6 +10,7 @@ from torch import nn
 
 from models import load_artifact
 from models.artifacts import Manifest
+from models.blockdrop import BlockDropModel
 from models.resnet import FlatResNet, ResNetConfig
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
@@ -46,6 +47,15 @@ def initial_backbone(args: argparse.Namespace, classes: tuple[str, ...]) -> tupl
         return FlatResNet(ResNetConfig("cifar", args.depth, len(classes))), None
     source = start_from_artifact(args.init_from, "resnet", "a plain ResNet", args.dataset, classes)
     return source.backbone, source.manifest
+
+
+def load_resnet_family(path: str, option: str) -> BlockDropModel:
+    """The artifact ``option`` names, if it holds a ResNet backbone (a plain ResNet or BlockDrop, slimmed or not);
+    any other kind (a Big-Little network) refused in a plain message."""
+    model = load_artifact(path)
+    if not isinstance(model, BlockDropModel):
+        raise ValueError(f"{path}: {option} takes a ResNet or BlockDrop artifact, not a {model.manifest.kind}")
+    return model
 
 
 def start_from_artifact(path: str, kind: str, described: str, dataset: str, classes: tuple[str, ...]) -> nn.Module:

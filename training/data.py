@@ -62,7 +62,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def read_batch_file(path: Path) -> dict:
     """Read one CIFAR pickle (protocol 2, Python 2 strings) without allowing arbitrary objects."""
     with open(path, "rb") as f:
-        data = _ArrayOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        try:
+            data = _ArrayOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:  # truncated, corrupt, not one
+            raise ValueError(f"{path} is not a readable CIFAR batch file ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a CIFAR batch file (expected a dict)")
     return data
@@ -102,7 +105,8 @@ def load_cifar(
     if not folder.is_dir():
         if not download:
             raise FileNotFoundError(
-                f"{folder} not found; point --data-root at the folder holding it, or pass --download"
+                f"{folder} not found; point --data-root (or ${DATA_ROOT_ENV}) at the folder holding it, or let "
+                "`blockdrop train --download` fetch it"
             )
         _download(root, dataset)
     images, labels = [], []

@@ -58,9 +58,19 @@ class EpochDriver:
             return 0
         self.run.check_config(saved, dict(self.settings))
         for key, stateful in self.state.items():
-            stateful.load_state_dict(saved[key])
-        tqdm.write(f"resuming {self.run.path} after epoch {saved['epoch']}")
-        return int(saved["epoch"])
+            try:
+                stateful.load_state_dict(saved[key])
+            except (KeyError, RuntimeError, ValueError):  # the settings agree, the model does not (its depth, kind)
+                raise ValueError(
+                    f"{self.run.path} holds a run of another model or command (its saved {key} does not fit this "
+                    "one); use a new --run-dir"
+                ) from None
+        done = int(saved["epoch"])
+        if done >= self.epochs:
+            tqdm.write(f"{self.run.path} has finished its {done} epochs already")
+        else:
+            tqdm.write(f"resuming {self.run.path} after epoch {done}")
+        return done
 
     def drive(
         self,

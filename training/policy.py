@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models import load_artifact
 from models.blockdrop import BlockDropModel, run_backbone
 from models.policy import PolicyConfig, PolicyNet
+from training.backbone import load_resnet_family
 from training.checkpoint import RunFolder
 from training.data import ImageSet, Normalizer, iterate_batches, load_training_split
 from training.distill import distill_settings, distillation_record, load_teacher, supervised_loss
@@ -209,7 +209,7 @@ def _normalizer_of(manifest) -> Normalizer:
 
 def train_policy(args: argparse.Namespace) -> int:
     """Curriculum stage: a new policy over a frozen backbone artifact."""
-    backbone_model = load_artifact(args.backbone)
+    backbone_model = load_resnet_family(args.backbone, "--backbone")
     manifest = backbone_model.manifest
     torch.manual_seed(args.seed)
     policy = PolicyNet(PolicyConfig("cifar", backbone_model.num_blocks, args.policy_downsample))
@@ -245,8 +245,12 @@ def recenter(policy: PolicyNet, threshold: float) -> None:
 def finetune(args: argparse.Namespace) -> int:
     """Joint stage: policy and backbone trained together, from a BlockDrop artifact (the curriculum's output) or
     from a plain backbone artifact with a new policy that starts out keeping each block with ``--initial-keep``."""
-    model = load_artifact(args.model)
+    model = load_resnet_family(args.model, "--model")
     manifest = model.manifest
+    if model.policy is None and args.from_threshold is not None:
+        raise ValueError(
+            f"{args.model} has no policy: --from-threshold recenters a trained one (a new one uses --initial-keep)"
+        )
     if model.policy is None:
         torch.manual_seed(args.seed)
         policy = PolicyNet(PolicyConfig("cifar", model.num_blocks, args.policy_downsample))

@@ -17,7 +17,7 @@ import torch
 from models import load_artifact
 from models.resnet import FlatResNet, ResNetConfig
 from models.slimming import add_sparsity_subgradient, inner_channel_count, prune, select_channels
-from training.backbone import fit_config_from_args, teacher_from_args
+from training.backbone import fit_config_from_args, load_resnet_family, teacher_from_args
 from training.checkpoint import RunFolder
 from training.data import load_training_split, normalization_for
 from training.distill import distillation_record
@@ -32,7 +32,7 @@ def train_slim(args: argparse.Namespace) -> int:
     if args.continue_from:
         return _continue_finetuning(args, train, val, normalize, teacher)
     if args.backbone:
-        model = load_artifact(args.backbone).backbone.train()
+        model = load_resnet_family(args.backbone, "--backbone").backbone.train()
     else:
         model = FlatResNet(ResNetConfig("cifar", args.depth, len(train.classes)))
     root = Path(args.run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,12 +124,14 @@ def _interrupt_after_first_save(monkeypatch):
     monkeypatch.setattr(RunFolder, "save", save_then_stop)
 
 
-def test_interrupted_backbone_run_resumes_to_identical_weights(cifar_root, tmp_path, monkeypatch):
+def test_interrupted_backbone_run_resumes_to_identical_weights(cifar_root, tmp_path, monkeypatch, capsys):
     assert blockdrop(_backbone(cifar_root, tmp_path, name="straight")) == 0
     with monkeypatch.context() as patch:
         _interrupt_after_first_save(patch)
-        with pytest.raises(KeyboardInterrupt):
-            blockdrop(_backbone(cifar_root, tmp_path, name="resumed"))
+        assert blockdrop(_backbone(cifar_root, tmp_path, name="resumed")) == 130  # Ctrl-C: a line, not a traceback
+    said = capsys.readouterr().err.splitlines()[-1]
+    resumes = f"the same command resumes {tmp_path / 'resumed'} after its last finished epoch"
+    assert said == f"blockdrop train: interrupted; {resumes}"
     assert RunFolder(tmp_path / "resumed").load()["epoch"] == 1
     assert blockdrop(_backbone(cifar_root, tmp_path, name="resumed")) == 0
     straight = RunFolder(tmp_path / "straight").load()
@@ -145,8 +148,7 @@ def test_interrupted_policy_run_resumes_to_identical_weights(cifar_root, trained
     assert blockdrop(policy_args("straight")) == 0
     with monkeypatch.context() as patch:
         _interrupt_after_first_save(patch)
-        with pytest.raises(KeyboardInterrupt):
-            blockdrop(policy_args("resumed"))
+        assert blockdrop(policy_args("resumed")) == 130  # Ctrl-C: one line on resuming, status 130
     assert blockdrop(policy_args("resumed")) == 0
     straight, resumed = RunFolder(tmp_path / "straight").load(), RunFolder(tmp_path / "resumed").load()
     for key, value in straight["policy"].items():
@@ -450,3 +452,38 @@ def test_adapt_refuses_a_plain_resnet_and_a_changed_threshold_on_resume(trained,
     assert blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "0.4", "--epochs", "1")) == 0
     assert blockdrop(_adapt(trained, cifar_root, tmp_path, "--threshold", "0.6", "--epochs", "1")) == 2
     assert "threshold: 0.4 -> 0.6" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "checkpoints"
+
+
+@pytest.mark.parametrize(
+    "options, said",
+    [
+        (["--limit", "-5"], "argument --limit: must be at least 1, got -5"),
+        (["--limit", "0"], "argument --limit: must be at least 1, got 0"),  # it evaluated the whole split
+        (["--threshold", "2"], "argument --threshold: a policy threshold is between 0 and 1 (exclusive), got 2.0"),
+        (["--sweep", "0.5,abc"], "argument --sweep: expected a number, got 'abc'"),
+        (["--val-size", "0"], "argument --val-size: must be at least 1, got 0"),
+    ],
+)
+def test_eval_refuses_a_bad_value_naming_its_flag(cifar_root, capsys, options, said):
+    with pytest.raises(SystemExit) as refused:
+        _eval(SHIPPED / "cifar10-resnet32-blockdrop", cifar_root, *options)
+    assert refused.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"blockdrop eval: error: {said}"
+
+
+def test_training_refusals_are_one_line_before_any_work(cifar_root, trained, tmp_path):
+    data = ["--data-root", str(cifar_root), *TINY]
+    biglittle = str(SHIPPED / "cifar10-blresnet")
+    for command in (["policy", "--backbone"], ["finetune", "--model"], ["slim", "--backbone"]):
+        said = refusal(["train", *command, biglittle, "--run-dir", str(tmp_path / command[0]), *data])
+        assert f"{command[1]} takes a ResNet or BlockDrop artifact, not a biglittle" in said  # was an AttributeError
+    plain = ["train", "finetune", "--model", str(trained / "bb-artifact"), "--from-threshold", "0.5"]
+    assert "has no policy: --from-threshold recenters" in refusal([*plain, "--run-dir", str(tmp_path / "ft"), *data])
+    partial = ["eval", str(trained / "ft-artifact"), "--data-root", str(cifar_root), "--limit", "10", "--record"]
+    assert "--limit evaluates part of it" in refusal(partial)
+    # a run folder of another model: the settings agree, the weights do not fit (was a state_dict traceback)
+    assert blockdrop(_backbone(cifar_root, tmp_path, epochs=1, name="run")) == 0
+    deeper = [w if w != "8" else "20" for w in _backbone(cifar_root, tmp_path, epochs=1, name="run")]
+    assert "holds a run of another model or command" in refusal(deeper)
