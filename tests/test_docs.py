@@ -25,6 +25,14 @@ def test_the_results_page_is_regenerated_from_the_manifests():
     assert RESULTS_PAGE.read_text() == page(CHECKPOINTS), "run `blockdrop bench results` and commit docs/results.md"
 
 
+def test_the_calibration_plot_is_redrawn_from_the_manifests(tmp_path):
+    from bench.calibration_plot import curves, draw
+
+    draw(curves(CHECKPOINTS), tmp_path / "calibration.svg")
+    committed = (ROOT / "docs" / "calibration.svg").read_text()
+    assert committed == (tmp_path / "calibration.svg").read_text(), "run `blockdrop bench calibration-plot`, commit it"
+
+
 def quickstart() -> tuple[str, dict]:
     """The README's curl call and the JSON answer printed after it."""
     text = README.read_text()
