@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--power-feedback", type=positive_int, default=20_000, help="feedback per power experiment (half per arm)"
     )
-    parser.add_argument("--baseline-accuracy", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--baseline-accuracy", type=float, default=0.9, help="the simulated baseline's accuracy")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every simulated experiment")
+    parser.add_argument("--out", default=str(RESULTS), help="where the JSON and Markdown results go")
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ of policy thresholds, measured on the validation split held out of training, in 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cli import policy_split
 from cli.help_format import DefaultsInHelp
@@ -31,7 +32,11 @@ def _handle(args: argparse.Namespace) -> int:
     if default is not None:  # the shipped operating point is always on the curve
         thresholds = sorted({*thresholds, float(default)})
     normalize = Normalizer(model.manifest.input.mean, model.manifest.input.std)
-    points = calibration_curve(model, val, normalize, thresholds)
+
+    def say(line: str) -> None:  # each pass over the images as it ends (on stderr: --json keeps stdout)
+        print(f"calibrate: {line}", file=sys.stderr, flush=True)
+
+    points = calibration_curve(model, val, normalize, thresholds, report=say)
     model.manifest.calibration = {
         "split": "val",
         "images": len(val),

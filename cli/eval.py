@@ -114,7 +114,11 @@ def _handle(args: argparse.Namespace) -> int:
     if args.limit:
         data = data.subset(torch.arange(min(args.limit, len(data))))
     threshold = args.threshold if args.threshold is not None else model.manifest.threshold
-    result = evaluate_table(model, data, threshold, args.sweep, args.seed, args.random_k, device)
+
+    def say(line: str) -> None:  # each pass over the images as it ends (on stderr: --json keeps stdout)
+        print(f"eval: {line}", file=sys.stderr, flush=True)
+
+    result = evaluate_table(model, data, threshold, args.sweep, args.seed, args.random_k, device, report=say)
     result |= {"device": device.type, "precision": precision}
     print(json.dumps(result, indent=2) if args.json else format_table(model.manifest.name, args.split, result))
     if args.record:

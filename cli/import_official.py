@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
 
     parser = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsInHelp)
     parser.add_argument("checkpoint", help="a .t7 file from the original repository")
-    parser.add_argument("--arch", required=True, choices=sorted(OFFICIAL_ARCHS))
+    parser.add_argument("--arch", required=True, choices=sorted(OFFICIAL_ARCHS), help="the checkpoint's architecture")
     parser.add_argument("--out", required=True, help="artifact folder to write")
     parser.add_argument("--backbone", help="backbone-only checkpoint, when CKPT holds only the agent")
     parser.set_defaults(handler=_handle)

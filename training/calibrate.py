@@ -4,14 +4,14 @@ test set ever being read."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from models.blockdrop import BlockDropModel
 from training.data import ImageSet, Normalizer
-from training.evaluate import evaluate_blockdrop
+from training.evaluate import Passes, evaluate_blockdrop
 
 
 def threshold_grid(start: float, stop: float, step: float) -> list[float]:
@@ -24,15 +24,24 @@ def threshold_grid(start: float, stop: float, step: float) -> list[float]:
 
 @torch.no_grad()
 def calibration_curve(
-    model: BlockDropModel, data: ImageSet, normalize: Normalizer, thresholds: Sequence[float]
+    model: BlockDropModel,
+    data: ImageSet,
+    normalize: Normalizer,
+    thresholds: Sequence[float],
+    report: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One point per threshold: accuracy, mean blocks, mean FLOPs and their fraction of the full network's."""
+    """One point per threshold: accuracy, mean blocks, mean FLOPs and their fraction of the full network's;
+    ``report`` hears of each as it is measured."""
     if getattr(model, "policy", None) is None:
         raise ValueError(f"{model.manifest.name} has no policy: only BlockDrop artifacts have a compute dial")
     full = model.flops_table.full
     points = []
+    passes = Passes(len(thresholds), report)
     for threshold in sorted(thresholds):
-        row = evaluate_blockdrop(model, data, normalize, mode="policy", threshold=threshold)
+        row = passes.run(
+            f"threshold {threshold:g}",
+            lambda t=threshold: evaluate_blockdrop(model, data, normalize, mode="policy", threshold=t),
+        )
         points.append(
             {
                 "threshold": threshold,
