@@ -18,14 +18,14 @@ LOG_NAME = "log.jsonl"
 
 class RunFolder:
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # made at the first save or log line: a run refused before it trains leaves none
 
     @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT_NAME
 
     def save(self, state: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -44,6 +44,7 @@ class RunFolder:
             raise ValueError(f"{self.path} holds a run with other settings ({details}); use a new --run-dir")
 
     def log(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / LOG_NAME, "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -31,7 +31,7 @@ def test_reader_refuses_pickles_that_would_run_code(tmp_path):
             return (print, ("this must never run",))
 
     (tmp_path / "evil").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load .*print"):
+    with pytest.raises(ValueError, match=r"not a readable CIFAR batch file \(refusing to load .*print"):
         read_batch_file(tmp_path / "evil")
 
 
