@@ -51,6 +51,11 @@ def served_by() -> str:
     return f"{os.environ.get(SERVER_NAME_ENV) or 'api-0'}/{os.getpid()}"
 
 
+def served_by_headers(name: str | None) -> list[tuple[bytes, bytes]]:
+    """The raw ``X-Served-By`` header an ASGI answer adds for ``name`` (none without one)."""
+    return [(SERVED_BY_HEADER.encode(), name.encode())] if name else []
+
+
 @dataclass(slots=True)
 class RequestAccount:
     metrics: ServiceMetrics

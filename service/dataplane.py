@@ -151,9 +151,13 @@ class DataPlane:
         self.loop_lag = LoopLag()
         self.warmed_up = False
         self.stopping = False  # told to stop: not ready, but still serving (the pre-stop period)
-        self.draining = False
-        self.draining_since = float("inf")  # the monotonic time draining began
+        self.draining_since = float("inf")  # the monotonic time draining began (inf: not draining)
         self._background: set[asyncio.Task] = set()
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: new requests are refused (503), those in flight finish."""
+        return self.draining_since != float("inf")
 
     @property
     def ready(self) -> bool:
@@ -209,7 +213,6 @@ class DataPlane:
         if not self.draining:
             self.draining_since = time.monotonic()
         self.stopping = True
-        self.draining = True
 
     async def stop(self) -> None:
         """Stop taking requests, let shadow runs finish, and stop every executor (the backend stops what runs

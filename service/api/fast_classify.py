@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.accounting import SERVED_BY_HEADER, RequestAccount
+from service.accounting import RequestAccount, served_by_headers
 from service.api.choice import RAW_HEADERS, choose_variant
 from service.api.errors import CLIENT_LEFT, encode_json
 from service.dataplane import DataPlane
@@ -57,7 +57,7 @@ class FastClassify:
         self.plane = plane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
+        self.fixed_headers = served_by_headers(served_by)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = self._claim(scope)

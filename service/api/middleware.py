@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.accounting import ACCOUNT, ECHOED_HEADERS, SERVED_BY_HEADER, RequestAccount
+from service.accounting import ACCOUNT, ECHOED_HEADERS, RequestAccount, served_by_headers
 from service.api.errors import encode_json
 from service.errors import PayloadTooLarge
 from service.metrics import ServiceMetrics
@@ -126,7 +126,7 @@ class NoWebSockets:
 
     def __init__(self, app: ASGIApp, served_by: str | None = None):
         self.app = app
-        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
+        self.fixed_headers = served_by_headers(served_by)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -154,7 +154,7 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, served_by: str | None = None):
         self.app = app
         self.metrics = metrics
-        self.fixed_headers = [(SERVED_BY_HEADER.encode(), served_by.encode())] if served_by else []
+        self.fixed_headers = served_by_headers(served_by)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
